@@ -1,0 +1,149 @@
+"""Address maps that route port-I/O and MMIO accesses to devices.
+
+On a PC, a CPU access to an I/O port or to an address that is not RAM goes
+out on a bus and whichever device decodes that address answers. Under KVM
+such an access becomes a VM exit, and the VMM plays the bus: it looks the
+address up here and calls the device with an offset inside the device's own
+window. Two devices may not decode the same address, so overlapping
+registrations are refused. An access nobody decodes is recorded (guests probe
+for hardware this way) and, as on a real floating bus, reads all-ones.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass
+
+from minikvm.devices.base import Device, all_ones
+
+__all__ = ["Access", "Bus", "BusError", "Mapping"]
+
+
+class BusError(Exception):
+    """A registration that would overlap another, or an empty range."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A device decoding ``[base, base + size)``."""
+
+    base: int
+    size: int
+    device: Device
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+@dataclass
+class Access:
+    """One access that went over a bus, with its meaning when asked for."""
+
+    space: str  # "pio" or "mmio"
+    address: int
+    size: int
+    is_write: bool
+    value: int
+    device: Device | None = None
+    offset: int = 0
+    register: str = ""
+    description: str = ""
+
+    @property
+    def claimed(self) -> bool:
+        return self.device is not None
+
+    @property
+    def device_name(self) -> str:
+        return self.device.name if self.device is not None else "unclaimed"
+
+
+class Bus:
+    """A sorted map of non-overlapping address ranges to devices."""
+
+    def __init__(self, space: str, unclaimed_history: int = 256) -> None:
+        self.space = space
+        self._bases: list[int] = []
+        self._mappings: list[Mapping] = []
+        #: The most recent unclaimed accesses (bounded: a guest may probe forever).
+        self.unclaimed: deque[Access] = deque(maxlen=unclaimed_history)
+        self.unclaimed_count = 0
+
+    @property
+    def mappings(self) -> tuple[Mapping, ...]:
+        return tuple(self._mappings)
+
+    def register(self, base: int, size: int, device: Device) -> Mapping:
+        """Let ``device`` decode ``[base, base + size)``."""
+        if size <= 0 or base < 0:
+            raise BusError(f"{self.space}: bad range {base:#x}+{size:#x} for {device.name}")
+        index = bisect.bisect_right(self._bases, base)
+        neighbours = self._mappings[max(index - 1, 0):index + 1]
+        for other in neighbours:
+            if base < other.end and other.base < base + size:
+                raise BusError(
+                    f"{self.space}: {device.name} at {base:#x}-{base + size - 1:#x} overlaps "
+                    f"{other.device.name} at {other.base:#x}-{other.end - 1:#x}"
+                )
+        mapping = Mapping(base, size, device)
+        self._bases.insert(index, base)
+        self._mappings.insert(index, mapping)
+        return mapping
+
+    def find(self, address: int) -> Mapping | None:
+        """The mapping that decodes ``address``, or None."""
+        index = bisect.bisect_right(self._bases, address) - 1
+        if index >= 0:
+            mapping = self._mappings[index]
+            if address < mapping.end:
+                return mapping
+        return None
+
+    def read(self, address: int, size: int, explain: bool = False) -> Access:
+        """Perform a read; ``explain`` also asks the device for words."""
+        mapping = self.find(address)
+        if mapping is None:
+            access = Access(self.space, address, size, False, all_ones(size))
+            self._record_unclaimed(access, explain)
+            return access
+        offset = address - mapping.base
+        device = mapping.device
+        value = device.read(offset, size) & all_ones(size)
+        access = Access(self.space, address, size, False, value, device, offset)
+        if explain:
+            access.register = device.register_name(offset, False)
+            access.description = device.describe(offset, size, False, value)
+        return access
+
+    def write(self, address: int, size: int, value: int, explain: bool = False) -> Access:
+        """Perform a write; ``explain`` also asks the device for words."""
+        value &= all_ones(size)
+        mapping = self.find(address)
+        if mapping is None:
+            access = Access(self.space, address, size, True, value)
+            self._record_unclaimed(access, explain)
+            return access
+        offset = address - mapping.base
+        device = mapping.device
+        device.write(offset, size, value)
+        access = Access(self.space, address, size, True, value, device, offset)
+        if explain:
+            access.register = device.register_name(offset, True)
+            access.description = device.describe(offset, size, True, value)
+        return access
+
+    def _record_unclaimed(self, access: Access, explain: bool) -> None:
+        self.unclaimed_count += 1
+        self.unclaimed.append(access)
+        if explain:
+            what = "port" if self.space == "pio" else "address"
+            if access.is_write:
+                access.description = (
+                    f"no device at {what} {access.address:#x}: write of {access.value:#x} dropped"
+                )
+            else:
+                access.description = (
+                    f"no device at {what} {access.address:#x}: read floats to {access.value:#x}"
+                )

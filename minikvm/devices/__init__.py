@@ -1,0 +1,1 @@
+"""Device models: what a guest finds at port-I/O and MMIO addresses."""

@@ -1,0 +1,55 @@
+"""The debug-exit port: a guest ends the run with an exit status (port 0xF4).
+
+QEMU's ``isa-debug-exit`` device lets a test guest end the emulator with a
+status of its choosing, which is how test suites such as kvm-unit-tests
+report pass/fail. Writing ``v`` ends the run with status ``(v << 1) | 1``:
+the shift and the set low bit keep a guest's status apart from the VMM's own
+statuses (0 = clean halt, 124 = timeout ...), which are all even or fixed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from minikvm.devices.base import Device
+
+__all__ = ["DEBUG_EXIT_PORT", "DebugExit", "debug_exit_status"]
+
+DEBUG_EXIT_PORT = 0xF4
+
+
+def debug_exit_status(value: int) -> int:
+    """The process exit status QEMU (and minikvm) reports for a write of ``value``."""
+    return ((value << 1) | 1) & 0xFF
+
+
+class DebugExit(Device):
+    """Port 0xF4: a write asks the machine to stop with ``(v << 1) | 1``.
+
+    The device does not stop anything itself (it knows nothing of KVM): it
+    calls ``on_exit(status)`` and the machine decides.
+    """
+
+    name = "debug-exit"
+
+    def __init__(self, on_exit: Callable[[int], None] | None = None) -> None:
+        self.on_exit = on_exit
+        self.last_value: int | None = None
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.last_value = value
+        if self.on_exit is not None:
+            self.on_exit(debug_exit_status(value))
+
+    def register_name(self, offset: int, is_write: bool) -> str:
+        return "exit"
+
+    def describe(self, offset: int, size: int, is_write: bool, value: int) -> str:
+        if is_write:
+            return (f"debug exit: the guest ends the run with value {value:#x}, "
+                    f"exit status ({value:#x} << 1) | 1 = {debug_exit_status(value)}")
+        return f"debug exit: read -> {value:#x} (the port is write-only)"
+
+    def state(self) -> dict[str, Any]:
+        return {"last_value": self.last_value}

@@ -1,0 +1,65 @@
+"""``minikvm info``: what this host's KVM offers, as a rich table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from minikvm.kvm.host import detect_host
+from minikvm.kvm.system import Kvm
+from minikvm.kvm.uapi import KvmCap
+
+__all__ = ["RELIED_ON", "print_info"]
+
+#: Capabilities minikvm uses, and for what.
+RELIED_ON: tuple[tuple[str, str], ...] = (
+    ("KVM_CAP_USER_MEMORY", "guest RAM from host memory (KVM_SET_USER_MEMORY_REGION)"),
+    ("KVM_CAP_IMMEDIATE_EXIT", "stopping a running vCPU for pauses and timeouts"),
+    ("KVM_CAP_SET_TSS_ADDR", "real mode on Intel VT-x"),
+    ("KVM_CAP_IRQCHIP", "in-kernel PIC/IOAPIC/LAPIC for device interrupts"),
+    ("KVM_CAP_PIT2", "in-kernel 8254 timer"),
+    ("KVM_CAP_SET_GUEST_DEBUG", "single-stepping and breakpoints"),
+    ("KVM_CAP_DEBUGREGS", "reading and writing DR0-DR7"),
+    ("KVM_CAP_VCPU_EVENTS", "seeing pending exceptions and interrupts"),
+    ("KVM_CAP_READONLY_MEM", "read-only memory slots (writes become MMIO exits)"),
+    ("KVM_CAP_EXT_CPUID", "choosing the CPUID the guest sees"),
+    ("KVM_CAP_NR_MEMSLOTS", "number of memory slots"),
+    ("KVM_CAP_MAX_VCPUS", "largest number of vCPUs per VM"),
+)
+
+
+def info_rows(kvm: Kvm) -> list[tuple[str, str, str]]:
+    """(name, value, what for) rows; pure data for tests and the TUI."""
+    host = detect_host()
+    rows = [
+        ("KVM device", kvm.path, ""),
+        ("API version", str(kvm.api_version()), "must be 12"),
+        ("vCPU mmap size", f"{kvm.vcpu_mmap_size()} bytes", "the kvm_run page and its data area"),
+        ("host KVM", host.flavour, host.meaning),
+    ]
+    for name, why in RELIED_ON:
+        cap = getattr(KvmCap, name, None)
+        value = kvm.check_extension(cap) if cap is not None else 0
+        shown = "no" if value <= 0 else ("yes" if value == 1 else f"yes ({value})")
+        rows.append((name, shown, why))
+    return rows
+
+
+def print_info(kvm_path: str, console: Console | None = None) -> int:
+    console = console or Console()
+    with Kvm(kvm_path) as kvm:
+        rows = info_rows(kvm)
+    extra = []
+    try:
+        from minikvm.debug.probe import probe_rows
+        extra = probe_rows(kvm_path)
+    except ImportError:
+        pass
+    table = Table(title="minikvm info: this host's KVM", title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_column("meaning / used for", overflow="fold")
+    for row in rows + extra:
+        table.add_row(*row)
+    console.print(table)
+    return 0

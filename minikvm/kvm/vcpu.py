@@ -1,0 +1,262 @@
+"""``Vcpu``: a virtual CPU file descriptor and its shared ``kvm_run`` page.
+
+A vCPU is a thread of guest execution. The VMM calls ``KVM_RUN`` on it; the
+kernel enters the guest and returns when the guest needs the VMM (an exit).
+The kernel and the VMM talk through the ``kvm_run`` page, mapped from the
+vCPU fd: the exit reason and its details come back there, and the VMM
+leaves answers (data for an ``in``) and requests (``immediate_exit``) there.
+
+Getting a running vCPU back -- to pause it, or because a guest loops forever
+-- is done the way QEMU and kvmtool do it: set ``immediate_exit`` and send a
+signal to the vCPU's thread. The signal makes a ``KVM_RUN`` in progress
+return ``EINTR``; ``immediate_exit`` catches the race where the signal
+arrives just before ``KVM_RUN`` starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+from minikvm.kvm import ioctls
+from minikvm.kvm.errors import KvmError
+from minikvm.kvm.exits import Interrupted, VmExit, decode_exit
+from minikvm.kvm.fd import KvmFd, ioctl
+from minikvm.kvm.uapi import (
+    kvm_debugregs,
+    kvm_fpu,
+    kvm_guest_debug,
+    kvm_interrupt,
+    kvm_lapic_state,
+    kvm_mp_state,
+    kvm_regs,
+    kvm_run,
+    kvm_sregs,
+    kvm_translation,
+    kvm_vcpu_events,
+    make_kvm_cpuid2,
+    make_kvm_msrs,
+)
+
+if TYPE_CHECKING:
+    from minikvm.kvm.vm import Vm
+
+__all__ = ["KICK_SIGNAL", "Vcpu", "install_kick_handler"]
+
+#: The signal used to get a vCPU thread out of ``KVM_RUN``.
+KICK_SIGNAL = signal.SIGUSR1
+
+
+def _ignore_kick(signum: int, frame: object) -> None:
+    """The kick needs a handler (not SIG_IGN, not SIG_DFL) to interrupt KVM_RUN."""
+
+
+def install_kick_handler() -> bool:
+    """Install a no-op handler for :data:`KICK_SIGNAL` (main thread only).
+
+    A signal whose action is 'ignore' is dropped before it can interrupt a
+    system call, and the default action of SIGUSR1 kills the process, so the
+    vCPU kick needs a real handler. Returns False when it could not be
+    installed (called off the main thread with none in place).
+    """
+    current = signal.getsignal(KICK_SIGNAL)
+    if current not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(KICK_SIGNAL, _ignore_kick)
+    return True
+
+
+class Vcpu(KvmFd):
+    """One virtual CPU. Create it with :meth:`Vm.create_vcpu`."""
+
+    def __init__(self, vm: Vm, fd: int, vcpu_id: int, mmap_size: int) -> None:
+        super().__init__(fd)
+        self.vm = vm
+        self.id = vcpu_id
+        self._page = mmap.mmap(fd, mmap_size, flags=mmap.MAP_SHARED,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self._view = memoryview(self._page)
+        #: The shared ``kvm_run`` structure, a ctypes view of the mapping.
+        self.run_page = kvm_run.from_buffer(self._page)
+        self._thread_id: int | None = None
+        self._kick_lock = threading.Lock()
+        install_kick_handler()
+
+    # -- running -----------------------------------------------------------
+
+    def run(self) -> VmExit:
+        """``KVM_RUN``: enter the guest until the next exit; return it typed.
+
+        ``EINTR`` (a kick or another signal) is returned as
+        :class:`Interrupted`, not raised, and clears ``immediate_exit``.
+        """
+        self._thread_id = threading.get_ident()
+        try:
+            ioctl(self.fd, ioctls.KVM_RUN, 0)
+        except KvmError as err:
+            if err.errno == errno.EINTR:
+                self.run_page.immediate_exit = 0
+                return Interrupted()
+            if err.errno == errno.EFAULT:
+                raise KvmError("KVM_RUN", err.errno,
+                               "the guest touched memory KVM could not map") from None
+            raise
+        finally:
+            self._thread_id = None
+        return decode_exit(self.run_page, self._view)
+
+    def kick(self) -> None:
+        """Make the current (or next) :meth:`run` return :class:`Interrupted`.
+
+        Safe to call from any thread; this is how a debugger pauses a
+        free-running guest and how a timeout stops a runaway one.
+        """
+        with self._kick_lock:
+            self.run_page.immediate_exit = 1
+            thread_id = self._thread_id
+            if (thread_id is not None and thread_id != threading.get_ident()
+                    and signal.getsignal(KICK_SIGNAL) not in (signal.SIG_DFL, signal.SIG_IGN, None)):
+                try:
+                    signal.pthread_kill(thread_id, KICK_SIGNAL)
+                except (ProcessLookupError, OSError):
+                    pass
+
+    @property
+    def immediate_exit(self) -> bool:
+        return bool(self.run_page.immediate_exit)
+
+    @immediate_exit.setter
+    def immediate_exit(self, value: bool) -> None:
+        self.run_page.immediate_exit = 1 if value else 0
+
+    # -- registers -----------------------------------------------------------
+
+    def get_regs(self) -> kvm_regs:
+        """``KVM_GET_REGS``: general-purpose registers, RIP and RFLAGS."""
+        regs = kvm_regs()
+        self._ioctl(ioctls.KVM_GET_REGS, regs)
+        return regs
+
+    def set_regs(self, regs: kvm_regs) -> None:
+        """``KVM_SET_REGS``."""
+        self._ioctl(ioctls.KVM_SET_REGS, regs)
+
+    def get_sregs(self) -> kvm_sregs:
+        """``KVM_GET_SREGS``: segment, descriptor-table and control registers, EFER."""
+        sregs = kvm_sregs()
+        self._ioctl(ioctls.KVM_GET_SREGS, sregs)
+        return sregs
+
+    def set_sregs(self, sregs: kvm_sregs) -> None:
+        """``KVM_SET_SREGS``."""
+        self._ioctl(ioctls.KVM_SET_SREGS, sregs)
+
+    def get_fpu(self) -> kvm_fpu:
+        """``KVM_GET_FPU``: x87 and SSE state (FXSAVE layout)."""
+        fpu = kvm_fpu()
+        self._ioctl(ioctls.KVM_GET_FPU, fpu)
+        return fpu
+
+    def set_fpu(self, fpu: kvm_fpu) -> None:
+        """``KVM_SET_FPU``."""
+        self._ioctl(ioctls.KVM_SET_FPU, fpu)
+
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        """``KVM_GET_MSRS``: the values of the model-specific registers asked for."""
+        msrs = make_kvm_msrs(len(indices))
+        msrs.nmsrs = len(indices)
+        for entry, index in zip(msrs.entries, indices):
+            entry.index = index
+        count = self._ioctl(ioctls.KVM_GET_MSRS, msrs)
+        return {msrs.entries[i].index: msrs.entries[i].data for i in range(count)}
+
+    def set_msrs(self, values: dict[int, int]) -> int:
+        """``KVM_SET_MSRS``; returns how many were set."""
+        msrs = make_kvm_msrs(len(values))
+        msrs.nmsrs = len(values)
+        for entry, (index, data) in zip(msrs.entries, values.items()):
+            entry.index = index
+            entry.data = data
+        return self._ioctl(ioctls.KVM_SET_MSRS, msrs)
+
+    def set_cpuid2(self, cpuid) -> None:
+        """``KVM_SET_CPUID2``: what the guest's CPUID instruction returns."""
+        self._ioctl(ioctls.KVM_SET_CPUID2, cpuid)
+
+    def get_cpuid2(self, max_entries: int = 256):
+        """``KVM_GET_CPUID2``: the CPUID table set on this vCPU."""
+        cpuid = make_kvm_cpuid2(max_entries)
+        cpuid.nent = max_entries
+        self._ioctl(ioctls.KVM_GET_CPUID2, cpuid)
+        return cpuid
+
+    def get_debugregs(self) -> kvm_debugregs:
+        """``KVM_GET_DEBUGREGS``: DR0-DR3, DR6, DR7."""
+        debugregs = kvm_debugregs()
+        self._ioctl(ioctls.KVM_GET_DEBUGREGS, debugregs)
+        return debugregs
+
+    def set_debugregs(self, debugregs: kvm_debugregs) -> None:
+        """``KVM_SET_DEBUGREGS``."""
+        self._ioctl(ioctls.KVM_SET_DEBUGREGS, debugregs)
+
+    def get_vcpu_events(self) -> kvm_vcpu_events:
+        """``KVM_GET_VCPU_EVENTS``: pending exceptions, interrupts, NMIs."""
+        events = kvm_vcpu_events()
+        self._ioctl(ioctls.KVM_GET_VCPU_EVENTS, events)
+        return events
+
+    def set_vcpu_events(self, events: kvm_vcpu_events) -> None:
+        """``KVM_SET_VCPU_EVENTS``."""
+        self._ioctl(ioctls.KVM_SET_VCPU_EVENTS, events)
+
+    def get_lapic(self) -> kvm_lapic_state:
+        """``KVM_GET_LAPIC``: the local APIC's 1 KiB register page."""
+        lapic = kvm_lapic_state()
+        self._ioctl(ioctls.KVM_GET_LAPIC, lapic)
+        return lapic
+
+    def get_mp_state(self) -> int:
+        """``KVM_GET_MP_STATE``: runnable, halted, waiting for INIT/SIPI..."""
+        state = kvm_mp_state()
+        self._ioctl(ioctls.KVM_GET_MP_STATE, state)
+        return state.mp_state
+
+    def interrupt(self, vector: int) -> None:
+        """``KVM_INTERRUPT``: inject an external interrupt (no in-kernel irqchip only)."""
+        self._ioctl(ioctls.KVM_INTERRUPT, kvm_interrupt(irq=vector))
+
+    # -- debugging -----------------------------------------------------------
+
+    def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
+        """``KVM_SET_GUEST_DEBUG``: single-step and breakpoints for the VMM.
+
+        ``control`` is a mask of ``KVM_GUESTDBG_*``; ``debugreg`` gives the
+        values of DR0-DR7 the VMM wants while debugging.
+        """
+        debug = kvm_guest_debug(control=control)
+        if debugreg is not None:
+            for i, value in enumerate(debugreg[:8]):
+                debug.arch.debugreg[i] = value
+        self._ioctl(ioctls.KVM_SET_GUEST_DEBUG, debug)
+
+    def translate(self, linear_address: int) -> kvm_translation:
+        """``KVM_TRANSLATE``: walk the guest's current page tables for an address."""
+        translation = kvm_translation(linear_address=linear_address)
+        self._ioctl(ioctls.KVM_TRANSLATE, translation)
+        return translation
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            try:
+                del self.run_page
+                self._view.release()
+                self._page.close()
+            except (AttributeError, BufferError, ValueError):
+                pass
+        super().close()

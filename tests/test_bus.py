@@ -1,0 +1,118 @@
+"""The I/O bus: routing by address, refusing overlaps, recording the unclaimed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minikvm.bus import Bus, BusError
+from minikvm.devices.base import Device
+from minikvm.devices.debug_exit import DebugExit, debug_exit_status
+from minikvm.devices.debugcon import DebugCon
+
+
+class Recorder(Device):
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.log: list[tuple] = []
+
+    def read(self, offset, size):
+        self.log.append(("r", offset, size))
+        return 0x1234_5678_9ABC_DEF0
+
+    def write(self, offset, size, value):
+        self.log.append(("w", offset, size, value))
+
+
+def test_access_reaches_device_with_offset_inside_its_window():
+    bus = Bus("pio")
+    dev = Recorder()
+    bus.register(0x3F8, 8, dev)
+    bus.write(0x3FB, 1, 0x83)
+    assert dev.log == [("w", 3, 1, 0x83)]
+
+
+def test_read_value_is_truncated_to_access_size():
+    bus = Bus("mmio")
+    bus.register(0xD000_0000, 0x1000, Recorder())
+    assert bus.read(0xD000_0004, 2).value == 0xDEF0
+
+
+def test_overlapping_registration_is_refused():
+    bus = Bus("pio")
+    bus.register(0x60, 5, Recorder())
+    with pytest.raises(BusError, match="overlaps"):
+        bus.register(0x64, 1, Recorder())
+    with pytest.raises(BusError, match="overlaps"):
+        bus.register(0x5F, 2, Recorder())
+    bus.register(0x65, 1, Recorder())  # adjacent is fine
+    bus.register(0x5F, 1, Recorder())
+
+
+def test_unclaimed_read_floats_to_all_ones_and_is_recorded():
+    bus = Bus("pio")
+    access = bus.read(0x80, 2, explain=True)
+    assert access.value == 0xFFFF
+    assert not access.claimed
+    assert bus.unclaimed_count == 1 and bus.unclaimed[-1].address == 0x80
+    assert "no device at port 0x80" in access.description
+
+
+def test_unclaimed_write_is_dropped_and_recorded():
+    bus = Bus("pio")
+    bus.write(0x80, 1, 0x42)
+    assert bus.unclaimed_count == 1
+    assert bus.unclaimed[-1].is_write and bus.unclaimed[-1].value == 0x42
+
+
+def test_unclaimed_history_is_bounded():
+    bus = Bus("pio", unclaimed_history=8)
+    for _ in range(100):
+        bus.write(0x80, 1, 0)
+    assert len(bus.unclaimed) == 8 and bus.unclaimed_count == 100
+
+
+def test_explained_access_names_register_and_effect():
+    bus = Bus("pio")
+    output = []
+    bus.register(0xE9, 1, DebugCon(output.append))
+    access = bus.write(0xE9, 1, ord("H"), explain=True)
+    assert output == [b"H"]
+    assert access.device_name == "debugcon"
+    assert access.register == "data"
+    assert "'H'" in access.description
+
+
+def test_debugcon_read_returns_port_number():
+    assert DebugCon().read(0, 1) == 0xE9
+
+
+def test_debug_exit_reports_shifted_status():
+    statuses = []
+    device = DebugExit(statuses.append)
+    device.write(0, 1, 0x2A)
+    assert statuses == [(0x2A << 1) | 1] == [85]
+    assert "85" in device.describe(0, 1, True, 0x2A)
+    assert debug_exit_status(0) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 0xFFFF), st.integers(1, 64)), max_size=20),
+       st.integers(0, 0x1_0040))
+def test_lookup_agrees_with_a_linear_model(ranges, probe):
+    bus = Bus("pio")
+    accepted = []
+    for base, size in ranges:
+        overlaps = any(base < b + s and b < base + size for b, s, _ in accepted)
+        device = Recorder()
+        if overlaps:
+            with pytest.raises(BusError):
+                bus.register(base, size, device)
+        else:
+            bus.register(base, size, device)
+            accepted.append((base, size, device))
+    expected = [d for b, s, d in accepted if b <= probe < b + s]
+    found = bus.find(probe)
+    assert (found.device if found else None) is (expected[0] if expected else None)
