@@ -105,7 +105,7 @@ __all__ = [
     "UART_MSR_DCTS", "UART_MSR_DDSR", "UART_MSR_TERI", "UART_MSR_DDCD", "UART_MSR_ANY_DELTA",
     "UART_MSR_CTS", "UART_MSR_DSR", "UART_MSR_RI", "UART_MSR_DCD", "UART_MSR_STATUS_BITS",
     # the model
-    "FIFO_SIZE", "UART_CLOCK_HZ", "RESET_DIVISOR", "Uart16550",
+    "FIFO_SIZE", "UART_CLOCK_HZ", "RESET_DIVISOR", "Uart16550", "describe_lcr",
 ]
 
 # --- Register offsets (from the base port; DLAB = LCR bit 7) ---------------------------

@@ -14,12 +14,16 @@ Rules of this module:
 * Padding fields are mirrored too (``padding1``, ``pad``, ``reserved``):
   the kernel often requires them to be zero, and they keep the offsets right.
 * No behaviour: only layouts, numbers and tiny constructors.
-* C writes some members as *anonymous* structs/unions (no tag). Their
-  Python classes get a made-up name (``kvm_run_io`` for ``kvm_run.io``) and
-  a ``_c_parent_ = (parent class name, member)`` marker saying where C
-  declares them; a member that starts with ``_`` and is listed in the
-  parent's ``_anonymous_`` is one that has no name in C at all (its fields
-  are reached straight through the parent, as in ``run.io``).
+* C declares some structs/unions inline, without a tag. Their Python
+  classes get a made-up name (``kvm_run_io`` for ``kvm_run.io``) and a
+  ``_c_parent_ = (name of the Python class holding it, member)`` marker. A
+  member C does not even name (``kvm_run``'s union of exit details) is a
+  ctypes field with a ``_`` name listed in the holder's ``_anonymous_``, so
+  its fields are reached straight through the parent, as in C: ``run.io.port``.
+* Structures that end in a flexible array (``kvm_msrs``, ``kvm_msr_list``,
+  ``kvm_cpuid2``) mirror only the header and name the array in
+  ``_flexible_array_``; ``make_kvm_msrs(n)`` and friends build an instance
+  with room for ``n`` entries.
 * ``tests/test_abi_conformance.py`` compiles a C program against the
   installed header and checks every size, offset and constant here. The
   layouts follow the Linux 6.1 UAPI headers; where a later kernel renamed a
@@ -940,7 +944,7 @@ class kvm_run_hw(ctypes.Structure):
     """``KVM_EXIT_UNKNOWN``: the hardware's own exit reason (VMX/SVM code)."""
 
     _fields_ = [("hardware_exit_reason", c_uint64)]
-    _c_parent_ = ("kvm_run", "hw")
+    _c_parent_ = ("kvm_run_exit", "hw")
 
 
 class kvm_run_fail_entry(ctypes.Structure):
@@ -951,7 +955,7 @@ class kvm_run_fail_entry(ctypes.Structure):
         ("hardware_entry_failure_reason", c_uint64),
         ("cpu", c_uint32),
     ]
-    _c_parent_ = ("kvm_run", "fail_entry")
+    _c_parent_ = ("kvm_run_exit", "fail_entry")
 
 
 class kvm_run_ex(ctypes.Structure):
@@ -961,7 +965,7 @@ class kvm_run_ex(ctypes.Structure):
         ("exception", c_uint32),
         ("error_code", c_uint32),
     ]
-    _c_parent_ = ("kvm_run", "ex")
+    _c_parent_ = ("kvm_run_exit", "ex")
 
 
 class kvm_run_io(ctypes.Structure):
@@ -977,14 +981,14 @@ class kvm_run_io(ctypes.Structure):
         ("count", c_uint32),
         ("data_offset", c_uint64),
     ]
-    _c_parent_ = ("kvm_run", "io")
+    _c_parent_ = ("kvm_run_exit", "io")
 
 
 class kvm_run_debug(ctypes.Structure):
     """``KVM_EXIT_DEBUG``: see :class:`kvm_debug_exit_arch`."""
 
     _fields_ = [("arch", kvm_debug_exit_arch)]
-    _c_parent_ = ("kvm_run", "debug")
+    _c_parent_ = ("kvm_run_exit", "debug")
 
 
 class kvm_run_mmio(ctypes.Structure):
@@ -998,7 +1002,7 @@ class kvm_run_mmio(ctypes.Structure):
         ("len", c_uint32),
         ("is_write", c_uint8),
     ]
-    _c_parent_ = ("kvm_run", "mmio")
+    _c_parent_ = ("kvm_run_exit", "mmio")
 
 
 class kvm_run_hypercall(ctypes.Structure):
@@ -1016,7 +1020,7 @@ class kvm_run_hypercall(ctypes.Structure):
         ("ret", c_uint64),
         ("longmode", c_uint32),
     ]
-    _c_parent_ = ("kvm_run", "hypercall")
+    _c_parent_ = ("kvm_run_exit", "hypercall")
 
 
 class kvm_run_tpr_access(ctypes.Structure):
@@ -1027,7 +1031,7 @@ class kvm_run_tpr_access(ctypes.Structure):
         ("is_write", c_uint32),
         ("pad", c_uint32),
     ]
-    _c_parent_ = ("kvm_run", "tpr_access")
+    _c_parent_ = ("kvm_run_exit", "tpr_access")
 
 
 class kvm_run_internal(ctypes.Structure):
@@ -1039,7 +1043,7 @@ class kvm_run_internal(ctypes.Structure):
         ("ndata", c_uint32),
         ("data", c_uint64 * 16),
     ]
-    _c_parent_ = ("kvm_run", "internal")
+    _c_parent_ = ("kvm_run_exit", "internal")
 
 
 class _kvm_run_emulation_failure_insn(ctypes.Structure):
@@ -1073,7 +1077,7 @@ class kvm_run_emulation_failure(ctypes.Structure):
         ("_u", _kvm_run_emulation_failure_u),
     ]
     _anonymous_ = ("_u",)
-    _c_parent_ = ("kvm_run", "emulation_failure")
+    _c_parent_ = ("kvm_run_exit", "emulation_failure")
 
 
 class _kvm_run_system_event_u(ctypes.Union):
@@ -1097,14 +1101,14 @@ class kvm_run_system_event(ctypes.Structure):
         ("_u", _kvm_run_system_event_u),
     ]
     _anonymous_ = ("_u",)
-    _c_parent_ = ("kvm_run", "system_event")
+    _c_parent_ = ("kvm_run_exit", "system_event")
 
 
 class kvm_run_eoi(ctypes.Structure):
     """``KVM_EXIT_IOAPIC_EOI``: the guest ended interrupt ``vector`` (split irqchip)."""
 
     _fields_ = [("vector", c_uint8)]
-    _c_parent_ = ("kvm_run", "eoi")
+    _c_parent_ = ("kvm_run_exit", "eoi")
 
 
 class kvm_run_msr(ctypes.Structure):
@@ -1118,14 +1122,14 @@ class kvm_run_msr(ctypes.Structure):
         ("index", c_uint32),
         ("data", c_uint64),
     ]
-    _c_parent_ = ("kvm_run", "msr")
+    _c_parent_ = ("kvm_run_exit", "msr")
 
 
 class kvm_run_notify(ctypes.Structure):
     """``KVM_EXIT_NOTIFY``: the guest stayed in a non-interruptible window too long."""
 
     _fields_ = [("flags", c_uint32)]
-    _c_parent_ = ("kvm_run", "notify")
+    _c_parent_ = ("kvm_run_exit", "notify")
 
 
 class kvm_run_exit(ctypes.Union):
@@ -1330,8 +1334,8 @@ class KvmCap(IntEnum):
 # ---------------------------------------------------------------------------
 
 #: Every structure and union class in this module, nested ones included.
-#: A class with a ``_c_parent_`` attribute has no tag in C (it is checked
-#: through its parent); every other class is ``struct <class name>`` in C.
+#: A class with a ``_c_parent_`` attribute has no tag in C (the conformance
+#: test reaches it through its parent); every other one is ``struct <name>``.
 ALL_STRUCTS: tuple[type, ...] = (
     kvm_regs, kvm_segment, kvm_dtable, kvm_sregs, kvm_fpu, kvm_debugregs,
     kvm_msr_entry, kvm_msrs, kvm_msr_list, kvm_cpuid_entry2, kvm_cpuid2,

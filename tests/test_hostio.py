@@ -1,0 +1,218 @@
+"""The host end of the serial line: output sinks, bounded input, raw terminal mode."""
+
+from __future__ import annotations
+
+import os
+import termios
+import threading
+
+import pytest
+
+from minikvm.devices.uart import UART_FCR, UART_FCR_ENABLE_FIFO, UART_MCR, UART_MCR_LOOP, Uart16550
+from minikvm.hostio import BufferSink, HostInput, RawStdin, StdoutSink
+
+
+@pytest.fixture
+def pty_pair():
+    master, slave = os.openpty()
+    yield master, slave
+    for fd in (master, slave):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+# --- output ---------------------------------------------------------------------------------
+
+def test_buffer_sink_collects_uart_output():
+    sink = BufferSink()
+    uart = Uart16550(output=sink)
+    for byte in b"hello\r\n":
+        uart.write(0, 1, byte)
+    assert sink.getvalue() == b"hello\r\n"
+    assert sink.text() == "hello\r\n"
+
+
+def test_buffer_sink_keeps_only_the_last_limit_bytes():
+    sink = BufferSink(limit=4)
+    sink(b"abc")
+    sink(b"defg")
+    assert sink.getvalue() == b"defg"
+    assert (sink.total, sink.discarded) == (7, 3)
+
+
+def test_buffer_sink_passes_chunks_to_callback():
+    seen: list[bytes] = []
+    sink = BufferSink(limit=0, callback=seen.append)
+    sink(b"x")
+    sink(b"yz")
+    assert seen == [b"x", b"yz"]
+    assert len(sink) == 0
+
+
+def test_stdout_sink_writes_raw_bytes_to_its_fd():
+    read_end, write_end = os.pipe()
+    try:
+        sink = StdoutSink(fd=write_end)
+        sink(b"\x00raw\xff\r\n")
+        assert os.read(read_end, 100) == b"\x00raw\xff\r\n"
+        assert sink.written == 7
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_stdout_sink_marks_itself_broken_when_reader_is_gone():
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        sink = StdoutSink(fd=write_end)
+        sink(b"lost")   # EPIPE (SIGPIPE is ignored by Python)
+        sink(b"more")
+        assert sink.broken
+        assert sink.dropped == 8
+    finally:
+        os.close(write_end)
+
+
+# --- input queue ----------------------------------------------------------------------------
+
+def test_host_input_feeds_uart_no_more_than_it_has_room_for():
+    uart = Uart16550()
+    host = HostInput()
+    host.put(b"abc")
+    assert host.feed(uart) == 1          # FIFOs off: one byte of room
+    assert uart.overruns == 0
+    assert uart.read(0, 1) == ord("a")
+    uart.write(UART_FCR, 1, UART_FCR_ENABLE_FIFO)
+    assert host.feed(uart) == 2
+    assert bytes(uart.read(0, 1) for _ in range(2)) == b"bc"
+    assert host.feed(uart) == 0
+    assert uart.overruns == 0
+
+
+def test_host_input_waits_while_uart_is_in_loopback():
+    uart = Uart16550()
+    uart.write(UART_MCR, 1, UART_MCR_LOOP)
+    host = HostInput()
+    host.put(b"k")
+    assert host.feed(uart) == 0
+    assert len(host) == 1
+    uart.write(UART_MCR, 1, 0)
+    assert host.feed(uart) == 1
+
+
+def test_host_input_flood_is_bounded_and_counted():
+    host = HostInput(capacity=1024)
+    accepted = sum(host.put(b"y" * 100) for _ in range(100))
+    assert accepted == 1024
+    assert len(host) == 1024
+    assert host.dropped == 100 * 100 - 1024
+    assert host.free() == 0
+
+
+def test_host_input_keeps_order_across_threads():
+    host = HostInput(capacity=100_000)
+    chunks = [bytes([i]) * 50 for i in range(100)]
+
+    def producer() -> None:
+        for chunk in chunks:
+            host.put(chunk)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    got = bytearray()
+    while thread.is_alive() or len(host):
+        got += host.get(37)
+    thread.join()
+    assert bytes(got) == b"".join(chunks)
+
+
+# --- raw terminal ---------------------------------------------------------------------------
+
+def test_raw_stdin_puts_a_tty_in_raw_mode_and_restores_it(pty_pair):
+    _, slave = pty_pair
+    before = termios.tcgetattr(slave)
+    assert before[3] & termios.ICANON
+    with RawStdin(fd=slave) as stdin:
+        assert stdin.is_tty and stdin.is_raw
+        during = termios.tcgetattr(slave)
+        assert not during[3] & (termios.ICANON | termios.ECHO)
+        assert during[3] & termios.ISIG  # Ctrl-C still stops the VMM by default
+    assert termios.tcgetattr(slave) == before
+
+
+def test_raw_stdin_restores_the_terminal_after_an_exception(pty_pair):
+    _, slave = pty_pair
+    before = termios.tcgetattr(slave)
+
+    class GuestCrashed(Exception):
+        pass
+
+    with pytest.raises(GuestCrashed):
+        with RawStdin(fd=slave, keep_signals=False):
+            assert not termios.tcgetattr(slave)[3] & termios.ISIG
+            raise GuestCrashed
+    assert termios.tcgetattr(slave) == before
+
+
+def test_raw_stdin_reads_keys_without_waiting_for_enter(pty_pair):
+    master, slave = pty_pair
+    with RawStdin(fd=slave) as stdin:
+        assert stdin.read_available() == b""       # nothing typed: no blocking
+        os.write(master, b"ls")                  # no newline
+        assert stdin.read_available(timeout=2.0) == b"ls"
+
+
+def test_raw_stdin_reader_thread_fills_host_input(pty_pair):
+    master, slave = pty_pair
+    host = HostInput()
+    woke = threading.Event()
+    with RawStdin(fd=slave, keep_signals=False) as stdin:  # Ctrl-C goes to the guest
+        stdin.start_reader(host, on_input=woke.set, poll_seconds=0.01)
+        os.write(master, b"\x03q")
+        assert woke.wait(5.0)
+        pause = threading.Event()
+        for _ in range(200):
+            if len(host) >= 2:
+                break
+            pause.wait(0.01)
+    assert host.get(10) == b"\x03q"
+
+
+def test_raw_stdin_on_a_pipe_changes_nothing_and_reads():
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"scripted input")
+        os.close(write_end)
+        with RawStdin(fd=read_end) as stdin:
+            assert not stdin.is_tty and not stdin.is_raw
+            assert stdin.read_available(timeout=1.0) == b"scripted input"
+            assert stdin.read_available(timeout=1.0) == b""
+            assert stdin.eof
+    finally:
+        os.close(read_end)
+
+
+def test_raw_stdin_pump_respects_host_input_capacity(pty_pair):
+    master, slave = pty_pair
+    host = HostInput(capacity=3)
+    with RawStdin(fd=slave) as stdin:
+        os.write(master, b"abcdef")
+        stdin.read_available(0, timeout=0.5)  # asks for nothing: reads nothing
+        got = 0
+        for _ in range(50):
+            got += stdin.pump(host)
+            if got >= 3:
+                break
+            threading.Event().wait(0.01)
+        assert host.get(10) == b"abc"
+        assert host.dropped == 0                 # the rest waits in the terminal
+        assert stdin.read_available(timeout=1.0) == b"def"
+
+
+def test_raw_stdin_without_stdin_reads_nothing():
+    with RawStdin(fd=-1) as stdin:
+        assert stdin.read_available() == b""
+        assert stdin.pump(HostInput()) == 0
