@@ -72,6 +72,18 @@ def parse_timeout(text: str) -> float:
     return value
 
 
+def parse_blk(text: str) -> tuple[str, bool]:
+    """``PATH`` or ``PATH,ro``."""
+    path, _, option = text.partition(",")
+    if option not in ("", "ro"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the only option after the path is ',ro'")
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path!r}: no such disk image file")
+    if not os.access(path, os.R_OK | (0 if option == "ro" else os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{path!r}: permission denied")
+    return path, option == "ro"
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("guest", help="guest image: a flat binary (or an ELF file)")
     parser.add_argument("--load-addr", type=parse_int, default=None, metavar="ADDR",
@@ -84,6 +96,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="CPU mode to start a flat binary in (default real; ELF: from its class)")
     parser.add_argument("--timeout", type=parse_timeout, default=None, metavar="S",
                         help="stop the guest after S seconds (exit status 124)")
+    parser.add_argument("--no-irqchip", dest="irqchip", action="store_false",
+                        help="no in-kernel PIC/IOAPIC/LAPIC and PIT: hlt then exits to the VMM")
+    parser.add_argument("--virtio-rng", action="store_true",
+                        help="add a virtio-rng device (entropy from the host)")
+    parser.add_argument("--virtio-blk", type=parse_blk, default=None, metavar="PATH[,ro]",
+                        help="add a virtio-blk device backed by the file PATH (,ro: read-only)")
+    parser.add_argument("--virtio-console", action="store_true",
+                        help="add a virtio-console device (host stdin/stdout)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -117,18 +137,50 @@ def _stdout_sink(data: bytes) -> None:
     sys.stdout.buffer.flush()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def build_machine(args: argparse.Namespace, output: Callable[[bytes], None] = _stdout_sink):
+    """The machine ``minikvm run``/``tui``/``trace`` describe with their options,
+    with the guest loaded. Bad guest files raise UsageError."""
     from minikvm.loaders import LoaderError
     from minikvm.machine import DEFAULT_MEM_SIZE, Machine
 
     _read_guest(args.guest)
-    with Machine(args.mem or DEFAULT_MEM_SIZE, kvm_path=args.kvm, output=_stdout_sink) as machine:
-        try:
-            machine.load_guest(args.guest, load_addr=args.load_addr, entry=args.entry,
-                               mode=args.mode)
-        except LoaderError as err:
-            raise UsageError(str(err)) from None
+    machine = Machine(args.mem or DEFAULT_MEM_SIZE, kvm_path=args.kvm, output=output,
+                      irqchip=args.irqchip)
+    try:
+        if args.virtio_rng:
+            from minikvm.devices.virtio.rng import VirtioRng
+            machine.add_virtio(VirtioRng())
+        if args.virtio_blk:
+            from minikvm.devices.virtio.blk import VirtioBlk
+            path, read_only = args.virtio_blk
+            machine.add_virtio(VirtioBlk(path, read_only=read_only))
+        if args.virtio_console:
+            from minikvm.devices.virtio.console import VirtioConsole
+            machine.add_virtio(VirtioConsole(output))
+        machine.load_guest(args.guest, load_addr=args.load_addr, entry=args.entry, mode=args.mode)
+    except LoaderError as err:
+        machine.close()
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        machine.close()
+        raise UsageError(f"{err.filename or args.guest}: {err.strerror}") from None
+    except BaseException:
+        machine.close()
+        raise
+    return machine
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from minikvm.hostio import RawStdin
+
+    machine = build_machine(args)
+    with machine, RawStdin() as stdin:
+        # Keyboard (or piped) input goes to the guest: to the virtio console
+        # when there is one, else to COM1. The reader thread kicks the vCPU
+        # so that a guest sleeping in hlt sees the byte at once.
+        stdin.start_reader(machine.serial_input, on_input=machine.vcpu.kick)
         stop = machine.run(timeout=args.timeout)
+        stdin.stop_reader()
     if stop.kind.value not in ("halt", "debug-exit", "power-off", "reset"):
         print(f"minikvm: {stop.message}", file=sys.stderr)
     return stop.status if stop.status is not None else 0

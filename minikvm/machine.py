@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minikvm.bus import Access, Bus
-from minikvm.devices.base import Device
+from minikvm.devices.base import Device, InterruptLine, RecordingLine
 from minikvm.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
 from minikvm.devices.debugcon import DEBUGCON_PORT, DebugCon
 from minikvm.kvm.exits import (
@@ -39,7 +39,10 @@ from minikvm.kvm.exits import (
     SystemEvent,
     VmExit,
 )
+from minikvm.devices.uart import Uart16550
+from minikvm.hostio import HostInput
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
+from minikvm.kvm.uapi import KvmMpState
 from minikvm.memory import GuestMemory
 
 __all__ = [
@@ -54,6 +57,21 @@ __all__ = [
 ]
 
 DEFAULT_MEM_SIZE = 2 * 1024 * 1024
+
+#: COM1, as on every PC: eight ports from 0x3F8, interrupt on IRQ 4.
+COM1_PORT = 0x3F8
+COM1_IRQ = 4
+
+#: virtio-mmio devices: 4 KiB windows from here, IRQ 5, 6, 7 ... in order
+#: (DESIGN.md; Linux learns them from ``virtio_mmio.device=4K@0xd0000000:5``).
+VIRTIO_MMIO_BASE = 0xD000_0000
+VIRTIO_MMIO_WINDOW = 0x1000
+VIRTIO_MMIO_FIRST_IRQ = 5
+
+#: With the in-kernel irqchip, ``hlt`` waits inside KVM and never exits to
+#: us. If no exit came for this long, the machine looks whether the guest
+#: halted with interrupts off (then nothing can ever wake it: the run is over).
+HALT_CHECK_INTERVAL = 0.05
 
 #: Exit statuses of ``minikvm run`` (DESIGN.md, "the guest contract").
 STATUS_OK = 0
@@ -257,6 +275,16 @@ class Machine:
         self.debug_exit = DebugExit(self._on_debug_exit)
         self.pio.register(DEBUGCON_PORT, 1, self.debugcon)
         self.pio.register(DEBUG_EXIT_PORT, 4, self.debug_exit)
+        #: COM1. Its interrupt reaches the guest only with the irqchip;
+        #: without one the line is just recorded.
+        self.serial_input = HostInput()
+        self.uart = Uart16550(self._line(COM1_IRQ), output, name="com1")
+        self.pio.register(COM1_PORT, 8, self.uart)
+        #: virtio-mmio transports, in the order added (see add_virtio).
+        self.virtio: list = []
+        #: Where host input (send_serial_input, the keyboard) goes: COM1, or
+        #: the virtio console once one is added.
+        self.input_target = self.uart
 
         #: Called with every ExitEvent (the tracer, the TUI).
         self.listeners: list[Callable[[ExitEvent], None]] = []
@@ -265,7 +293,7 @@ class Machine:
         self._pending_stop: Stop | None = None
         self._timed_out = False
         self._pause_requested = False
-        self._last_exit_time = time.monotonic()
+        self._halt_check_pending = False
 
     # -- wiring ------------------------------------------------------------
 
@@ -282,6 +310,39 @@ class Machine:
         if not self.irqchip:
             raise RuntimeError("this machine has no in-kernel irqchip (Machine(irqchip=True))")
         return KvmIrqLine(self.vm, gsi)
+
+    def add_virtio(self, backend):
+        """Put a virtio device (rng, blk, console backend) on the next
+        virtio-mmio window and IRQ; returns its transport."""
+        from minikvm.devices.virtio.mmio import VirtioMmioTransport
+        index = len(self.virtio)
+        base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_WINDOW
+        irq = VIRTIO_MMIO_FIRST_IRQ + index
+        transport = VirtioMmioTransport(backend, self.memory, self._line(irq),
+                                        name=f"virtio{index}-{backend.name}")
+        self.mmio.register(base, VIRTIO_MMIO_WINDOW, transport)
+        self.virtio.append(transport)
+        if backend.name == "console":
+            self.input_target = _ConsoleInput(backend)
+        return transport
+
+    def virtio_cmdline(self) -> str:
+        """The Linux command-line words that describe our virtio-mmio devices."""
+        return " ".join(
+            f"virtio_mmio.device=4K@{VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_WINDOW:#x}:"
+            f"{VIRTIO_MMIO_FIRST_IRQ + i}" for i in range(len(self.virtio)))
+
+    def _line(self, gsi: int) -> InterruptLine:
+        """GSI ``gsi`` of the irqchip, or a line that only records without one."""
+        return self.irq_line(gsi) if self.irqchip else RecordingLine()
+
+    def send_serial_input(self, data: bytes) -> int:
+        """Queue bytes for COM1's receiver (bounded; returns how many were
+        accepted) and wake the vCPU so they are delivered promptly."""
+        accepted = self.serial_input.put(data)
+        if accepted:
+            self.vcpu.kick()
+        return accepted
 
     # -- loading -----------------------------------------------------------
 
@@ -382,6 +443,11 @@ class Machine:
             return Stop(StopKind.SHUTDOWN, STATUS_GUEST_CRASH,
                         f"system event: {exit.type_name}", self._rip())
         if isinstance(exit, Interrupted):
+            if self._halt_check_pending:
+                self._halt_check_pending = False
+                stop = self._halted_for_good()
+                if stop is not None:
+                    return stop
             if self._timed_out:
                 return Stop(StopKind.TIMEOUT, STATUS_TIMEOUT, "timeout: the guest was stopped",
                             self._rip())
@@ -396,8 +462,24 @@ class Machine:
                     f"unexpected exit {exit.reason_name}"
                     + (f" at RIP {rip:#x}" if rip is not None else ""), rip)
 
+    def _halted_for_good(self) -> Stop | None:
+        """With the irqchip: is the vCPU halted with RFLAGS.IF clear? Then no
+        device interrupt can wake it (only NMI/INIT, which nothing sends)."""
+        if self.vcpu.get_mp_state() != KvmMpState.KVM_MP_STATE_HALTED:
+            return None
+        regs = self.vcpu.get_regs()
+        if regs.rflags & 0x200:  # RFLAGS.IF
+            return None
+        return Stop(StopKind.HALT, STATUS_OK, "the guest halted (hlt with interrupts off)",
+                    regs.rip)
+
+    def _deliver_host_input(self) -> None:
+        if len(self.serial_input):
+            self.serial_input.feed(self.input_target)
+
     def step(self, explain: bool = True, capture_rip: bool = False) -> ExitEvent:
         """Run the guest to its next exit, handle it, and return what happened."""
+        self._deliver_host_input()
         started = time.monotonic()
         exit = self.vcpu.run()
         now = time.monotonic()
@@ -413,8 +495,10 @@ class Machine:
             listener(event)
         return event
 
-    def run(self, timeout: float | None = None, max_exits: int | None = None) -> Stop:
-        """Run until the guest stops, ``timeout`` seconds pass, or ``pause()``.
+    def run(self, timeout: float | None = None, max_exits: int | None = None,
+            until: Callable[[], bool] | None = None) -> Stop:
+        """Run until the guest stops, ``timeout`` seconds pass, ``pause()``,
+        ``max_exits`` exits, or ``until()`` (checked after each exit) is true.
 
         A guest that loops without exiting is still stopped at the timeout: a
         timer thread kicks the vCPU out of ``KVM_RUN`` (see :meth:`Vcpu.kick`).
@@ -425,6 +509,7 @@ class Machine:
             timer = threading.Timer(timeout, self._on_timeout)
             timer.daemon = True
             timer.start()
+        watchdog = _HaltWatchdog(self) if self.irqchip else None
         try:
             exits = 0
             explain = bool(self.listeners)
@@ -436,7 +521,12 @@ class Machine:
                 if max_exits is not None and exits >= max_exits:
                     return Stop(StopKind.EXIT_LIMIT, None, f"stopped after {exits} exits",
                                 self._rip())
+                if until is not None and until():
+                    return Stop(StopKind.PAUSED, None, "the condition asked for was met",
+                                self._rip())
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             if timer is not None:
                 timer.cancel()
             self._timed_out = False
@@ -454,3 +544,41 @@ class Machine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _HaltWatchdog:
+    """Kicks the vCPU when no exit came for a while, so that the machine can
+    see a guest that halted with interrupts off inside the in-kernel irqchip."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="minikvm-halt-check",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        machine = self.machine
+        seen = machine.exit_count
+        while not self._stop.wait(HALT_CHECK_INTERVAL):
+            if machine.exit_count == seen and not machine._halt_check_pending:
+                machine._halt_check_pending = True
+                machine.vcpu.kick()
+            seen = machine.exit_count
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+
+class _ConsoleInput:
+    """Host input into a virtio console, with the receiver interface of a UART."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+
+    def rx_space(self) -> int:
+        return max(0, self.console.input_limit - len(self.console.pending))
+
+    def receive(self, data: bytes) -> int:
+        return self.console.receive(data)

@@ -27,7 +27,7 @@ _ioctl.restype = ctypes.c_int
 def ioctl(fd: int, request: int, arg: object = None) -> int:
     """Issue one ioctl; ``arg`` is an int, a ctypes object (passed by
     reference) or None. Returns the non-negative result or raises KvmError."""
-    if isinstance(arg, ctypes.Structure | ctypes.Array | ctypes.Union):
+    if isinstance(arg, ctypes.Structure | ctypes.Array | ctypes.Union | ctypes._SimpleCData):
         arg = ctypes.addressof(arg)
     result = _ioctl(fd, request, arg)
     if result < 0:

@@ -1,0 +1,125 @@
+"""virtio-console: one serial port made of two queues (virtio 1.2 §5.3).
+
+Without VIRTIO_CONSOLE_F_MULTIPORT the device is a single port and has two
+queues: ``receiveq`` (0), where the driver posts empty device-writable
+buffers that the device fills with input from the host, and ``transmitq``
+(1), where the driver posts device-readable buffers holding output.
+Linux drives it as ``/dev/hvc0`` (``console=hvc0``).
+
+Input is asynchronous: bytes arrive from the host when they arrive, not when
+the guest asks. :meth:`VirtioConsole.receive` keeps them in a bounded
+buffer and hands them over whenever the driver has posted receive buffers
+(at once, or on the next kick of the receiveq, or when the driver sets
+DRIVER_OK). Call it on the thread that runs the VM, between exits.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from minikvm.devices.virtio.device import VIRTIO_ID_CONSOLE, VirtioDevice
+from minikvm.devices.virtio.queue import DescriptorChain
+
+__all__ = [
+    "CONSOLE_INPUT_LIMIT",
+    "VIRTIO_CONSOLE_F_EMERG_WRITE",
+    "VIRTIO_CONSOLE_F_MULTIPORT",
+    "VIRTIO_CONSOLE_F_SIZE",
+    "VIRTIO_CONSOLE_RECEIVEQ",
+    "VIRTIO_CONSOLE_TRANSMITQ",
+    "VirtioConsole",
+]
+
+# Feature bits (§5.3.3); none are offered: one port, no size, no emergency write.
+VIRTIO_CONSOLE_F_SIZE = 0
+VIRTIO_CONSOLE_F_MULTIPORT = 1
+VIRTIO_CONSOLE_F_EMERG_WRITE = 2
+
+#: Queue indices of port 0 (§5.3.2).
+VIRTIO_CONSOLE_RECEIVEQ = 0
+VIRTIO_CONSOLE_TRANSMITQ = 1
+
+#: Host input kept while the guest has no receive buffer posted; more is dropped.
+CONSOLE_INPUT_LIMIT = 64 * 1024
+_HISTORY = 4096
+
+
+def _stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+class VirtioConsole(VirtioDevice):
+    """A one-port console; guest output goes to ``output`` (host stdout by default)."""
+
+    device_id = VIRTIO_ID_CONSOLE
+    name = "console"
+    num_queues = 2
+
+    def __init__(self, output: Callable[[bytes], None] | None = None,
+                 input_limit: int = CONSOLE_INPUT_LIMIT, queue_max_size: int = 256) -> None:
+        super().__init__()
+        self.output = output if output is not None else _stdout
+        self.input_limit = input_limit
+        self.queue_max_size = queue_max_size
+        self.pending = bytearray()
+        self.recent_output = bytearray()
+        self.counters = {"bytes_out": 0, "bytes_in": 0, "input_dropped": 0}
+
+    def config_bytes(self) -> bytes:
+        """struct virtio_console_config: cols, rows, max_nr_ports, emerg_wr (§5.3.4).
+        All zero: the features that give them meaning are not offered."""
+        return struct.pack("<HHII", 0, 0, 0, 0)
+
+    # -- host to guest -------------------------------------------------------
+
+    def receive(self, data: bytes) -> int:
+        """Host input for the guest; returns how many bytes were kept."""
+        room = max(0, self.input_limit - len(self.pending))
+        kept = data[:room]
+        self.pending += kept
+        self.counters["input_dropped"] += len(data) - len(kept)
+        self._deliver()
+        return len(kept)
+
+    def _deliver(self) -> None:
+        if self.transport is not None and self.pending:
+            self.transport.serve(VIRTIO_CONSOLE_RECEIVEQ, self._fill,
+                                 more=lambda: bool(self.pending))
+
+    def _fill(self, chain: DescriptorChain) -> int:
+        written = chain.write(self.pending[:chain.writable_len])
+        del self.pending[:written]
+        self.counters["bytes_in"] += written
+        return written
+
+    # -- guest to host -------------------------------------------------------
+
+    def _transmit(self, chain: DescriptorChain) -> int:
+        data = chain.read()
+        if data:
+            self.counters["bytes_out"] += len(data)
+            self.recent_output += data
+            del self.recent_output[:-_HISTORY]
+            self.output(data)
+        return 0  # the device writes nothing into transmit buffers
+
+    # -- transport hooks ---------------------------------------------------------
+
+    def queue_notify(self, queue_index: int) -> None:
+        if self.transport is None:
+            return
+        if queue_index == VIRTIO_CONSOLE_TRANSMITQ:
+            self.transport.serve(queue_index, self._transmit)
+        elif queue_index == VIRTIO_CONSOLE_RECEIVEQ:
+            self._deliver()  # new empty buffers: hand over waiting input
+
+    def activate(self) -> None:
+        self._deliver()
+
+    def state(self) -> dict[str, Any]:
+        return {"pending_input": len(self.pending), "counters": dict(self.counters),
+                "recent_output": self.recent_output.decode("latin-1")}

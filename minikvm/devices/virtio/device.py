@@ -1,0 +1,108 @@
+"""What a virtio device type is, apart from the transport it sits behind.
+
+Virtio splits a device in two (virtio 1.2 §2, §4): the *transport* (MMIO,
+PCI, channel I/O) is how the driver finds the device, negotiates features,
+sets up queues and gets interrupts; the *device type* (block, console,
+entropy ...) only says what its requests mean and what its configuration
+space holds. :class:`VirtioDevice` is the second half. It never touches
+registers or interrupt lines: it gets validated descriptor chains and
+returns how many bytes it wrote, and the transport does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from minikvm.devices.virtio.queue import DescriptorChain
+
+if TYPE_CHECKING:
+    from minikvm.devices.virtio.mmio import VirtioMmioTransport
+
+__all__ = [
+    "VIRTIO_ID_BLOCK",
+    "VIRTIO_ID_CONSOLE",
+    "VIRTIO_ID_NET",
+    "VIRTIO_ID_RNG",
+    "VirtioDevice",
+]
+
+# Device IDs (virtio 1.2 §5, Linux <linux/virtio_ids.h>).
+VIRTIO_ID_NET = 1
+VIRTIO_ID_BLOCK = 2
+VIRTIO_ID_CONSOLE = 3
+VIRTIO_ID_RNG = 4
+
+#: A request handler: takes a chain, returns the bytes it wrote into it.
+ChainHandler = Callable[[DescriptorChain], int]
+
+
+class VirtioDevice:
+    """Base class of a virtio device type (the "backend" of a transport).
+
+    Subclasses set :attr:`device_id`, :attr:`num_queues`, and override
+    :meth:`process` (and maybe :meth:`device_features`, :meth:`config_bytes`,
+    :meth:`queue_notify`). Raising
+    :class:`~minikvm.devices.virtio.queue.VirtqueueError` from
+    :meth:`process` says "this request cannot even be answered" and puts the
+    device in NEEDS_RESET.
+    """
+
+    #: Virtio device ID (DeviceID register); 0 means "no device".
+    device_id = 0
+    #: Short name for traces ("blk", "rng", "console").
+    name = "virtio"
+    #: How many virtqueues the device has.
+    num_queues = 1
+    #: QueueNumMax for every queue (a power of two, at most 32768).
+    queue_max_size = 256
+    #: Names of the device-type feature bits (bit number -> name), for traces.
+    feature_bit_names: dict[int, str] = {}
+
+    def __init__(self) -> None:
+        #: Set by the transport this device is plugged into.
+        self.transport: VirtioMmioTransport | None = None
+
+    # -- hooks the transport calls -------------------------------------------
+
+    def attach(self, transport: VirtioMmioTransport) -> None:
+        """Called once by the transport's constructor."""
+        self.transport = transport
+
+    def device_features(self) -> int:
+        """The device-type feature bits offered (the transport adds its own)."""
+        return 0
+
+    def features_problem(self, features: int) -> str | None:
+        """Why the driver's feature choice cannot be honoured, or None (§2.2.2)."""
+        return None
+
+    def config_bytes(self) -> bytes:
+        """The device configuration space as it reads now (§2.5)."""
+        return b""
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        """The driver wrote ``data`` at ``offset`` of the configuration space.
+        Most fields are read-only: the default ignores the write."""
+
+    def activate(self) -> None:
+        """The driver set DRIVER_OK: the device is live."""
+
+    def reset(self) -> None:
+        """The driver reset the device (Status write 0)."""
+
+    def queue_notify(self, queue_index: int) -> None:
+        """The driver kicked ``queue_index``: serve what it made available.
+
+        The default serves every available chain with :meth:`process`.
+        """
+        if self.transport is not None:
+            self.transport.serve(queue_index, lambda chain: self.process(queue_index, chain))
+
+    def process(self, queue_index: int, chain: DescriptorChain) -> int:
+        """Handle one request; return the bytes written into its writable part."""
+        return 0
+
+    def state(self) -> dict[str, Any]:
+        """The device type's own state as plain data."""
+        return {}

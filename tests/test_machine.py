@@ -1,0 +1,115 @@
+"""Machine: wiring, typed events that explain themselves, stops and timeouts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from minikvm.bus import Bus
+from minikvm.devices.debugcon import DebugCon
+from minikvm.kvm.exits import Hlt, IoOut
+from minikvm.machine import Machine, StopKind, dispatch_exit
+
+pytestmark = pytest.mark.kvm
+
+
+def test_hello_guest_prints_its_greeting(guests):
+    output = []
+    with Machine(output=output.append) as machine:
+        machine.load_flat(guests / "hello.bin", 0x1000)
+        stop = machine.run(timeout=30)
+    assert b"".join(output) == b"Hello from a KVM guest, driven entirely from Python!\n"
+    assert stop.kind is StopKind.HALT and stop.status == 0
+
+
+def test_step_returns_an_explained_event_per_exit(guests):
+    with Machine() as machine:
+        machine.load_flat(guests / "hello.bin", 0x1000)
+        event = machine.step()
+        assert event.seq == 1
+        assert event.reason == "IO_OUT"
+        assert event.device == "debugcon" and event.register == "data"
+        assert event.value == ord("H")
+        assert "'H'" in event.description
+        assert event.stop is None
+
+
+def test_exitcode_guest_stops_with_shifted_status(guests):
+    with Machine() as machine:
+        machine.load_flat(guests / "exitcode.bin", 0x1000)
+        stop = machine.run(timeout=30)
+    assert stop.kind is StopKind.DEBUG_EXIT
+    assert stop.status == (0x2A << 1) | 1
+
+
+def test_result_guest_leaves_known_registers_and_memory(guests):
+    with Machine() as machine:
+        machine.load_flat(guests / "result.bin", 0x1000)
+        stop = machine.run(timeout=30)
+        regs = machine.vcpu.get_regs()
+        assert stop.kind is StopKind.HALT
+        assert regs.rax & 0xFFFF == 0x5555
+        assert regs.rbx & 0xFFFF == 42
+        assert regs.rcx & 0xFFFF == 3628800 % 65536
+        assert machine.memory.read_u16(0x5000) == 0xBEEF
+        assert machine.memory.read_u16(0x5002) == 5050
+
+
+def test_runaway_guest_is_stopped_at_the_timeout(guests):
+    with Machine() as machine:
+        machine.load_flat(guests / "spin.bin", 0x1000)
+        stop = machine.run(timeout=0.5)
+    assert stop.kind is StopKind.TIMEOUT and stop.status == 124
+    assert stop.rip == 0x1001  # inside the `jmp $` loop
+
+
+def test_pause_from_another_thread_returns_and_guest_can_continue(guests):
+    with Machine() as machine:
+        machine.load_flat(guests / "spin.bin", 0x1000)
+        threading.Timer(0.2, machine.pause).start()
+        stop = machine.run(timeout=20)
+        assert stop.kind is StopKind.PAUSED and stop.status is None
+        assert machine.run(timeout=0.3).kind is StopKind.TIMEOUT
+
+
+def test_unclaimed_port_writes_are_recorded(guests):
+    with Machine() as machine:
+        machine.load_flat(guests / "portloop.bin", 0x1000)
+        machine.memory.write_u32(0x1004, 5)
+        stop = machine.run(timeout=30)
+        assert stop.kind is StopKind.HALT
+        assert machine.pio.unclaimed_count == 5
+        assert machine.pio.unclaimed[-1].address == 0x80
+
+
+def test_listeners_see_every_event(guests):
+    events = []
+    with Machine() as machine:
+        machine.listeners.append(events.append)
+        machine.load_flat(guests / "hello.bin", 0x1000)
+        machine.run(timeout=30)
+    text = "".join(chr(e.value) for e in events if e.device == "debugcon")
+    assert text.startswith("Hello from a KVM guest")
+    assert events[-1].reason == "HLT" and events[-1].stop is not None
+    assert all(e.rip is not None for e in events)
+
+
+def test_triple_fault_is_reported_with_status_3():
+    # Long mode: `lidt [0x2000]` loads an IDT with limit 0, then `ud2` raises
+    # #UD, which has no gate -> #GP, no gate either -> #DF -> triple fault.
+    with Machine() as machine:
+        machine.memory.write(0x2000, b"\x00" * 10)
+        machine.load_flat(bytes.fromhex("0f011c2500200000") + b"\x0f\x0b\xf4", 0x1000,
+                          mode="long")
+        stop = machine.run(timeout=10)
+    assert stop.kind is StopKind.SHUTDOWN and stop.status == 3
+    assert "triple fault" in stop.message
+
+
+def test_dispatch_exit_completes_reads_without_a_vm():
+    pio, mmio = Bus("pio"), Bus("mmio")
+    pio.register(0xE9, 1, DebugCon())
+    access, count = dispatch_exit(IoOut(0xE9, 1, 2, b"ok"), pio, mmio, explain=True)
+    assert count == 2 and access.value == ord("o")
+    assert dispatch_exit(Hlt(False), pio, mmio) == (None, 0)
