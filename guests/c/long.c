@@ -36,7 +36,7 @@ void __attribute__((section(".text.start"), noreturn)) _start(void)
     volatile u64 *result = (volatile u64 *)RESULT_ADDR;
 
     u64 a = 0, b = 1;
-    for (int i = 0; i < 90; i++) {   /* fib(90) = 2880067194370816120 */
+    for (int i = 1; i < 90; i++) {   /* b = fib(i + 1): fib(90) = 2880067194370816120 */
         u64 t = a + b;
         a = b;
         b = t;

@@ -4,8 +4,10 @@
  * starting us. We prove the mode from the inside:
  *   - CR0.PE is set and CR0.PG clear;
  *   - CS holds the VMM's 32-bit code selector (read with `mov %cs`);
- *   - `lsl` reads the data segment's limit from the GDT: a flat 4 GiB
- *     segment with 4 KiB granularity reports 0xffffffff;
+ *   - the data segment's limit, decoded from its descriptor in the GDT
+ *     (found with `sgdt`): 20 limit bits scaled by 4 KiB granularity, so a
+ *     flat 4 GiB segment reports 0xffffffff. (`lsl` would do this in one
+ *     instruction, but kvm-pvm's instruction emulator does not know it.)
  *   - 32-bit arithmetic wraps at 2^32.
  * Results go to RESULT_ADDR as u32 words, in this order.
  */
@@ -20,7 +22,12 @@ void __attribute__((section(".text.start"), noreturn)) _start(void)
     __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
     __asm__ volatile("mov %%cs, %0" : "=r"(cs));
     __asm__ volatile("mov %%ds, %0" : "=r"(ds));
-    __asm__ volatile("lsl %1, %0" : "=r"(limit) : "r"((u32)ds));
+    struct { u16 limit; u32 base; } __attribute__((packed)) gdtr;
+    __asm__ volatile("sgdt %0" : "=m"(gdtr));
+    const volatile u8 *d = (const volatile u8 *)(uptr)(gdtr.base + (ds & ~7u));
+    limit = d[0] | (d[1] << 8) | ((u32)(d[6] & 0x0f) << 16);
+    if (d[6] & 0x80)                 /* G: the limit counts 4 KiB pages */
+        limit = (limit << 12) | 0xfff;
 
     u32 wrap = 0xfffffff0u;
     for (int i = 0; i < 0x20; i++)

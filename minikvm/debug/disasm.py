@@ -4,10 +4,10 @@ The same bytes mean different instructions in 16-, 32- and 64-bit code:
 ``48 ff c0`` is ``inc rax`` in 64-bit mode but ``dec ax; inc eax`` in 32-bit
 mode. The CPU decides which from three bits (Intel SDM vol. 3A, 3.4.5 "the
 D/B flag" and 5.2.1 "code-segment descriptor in 64-bit mode"): CR0.PE (real
-mode is always 16-bit),
-the L bit of the CS descriptor (64-bit code, only with EFER.LMA) and its D/B
-bit (32-bit default operand size). :func:`code_bitness` applies that rule, so
-a debugger that disassembles around RIP shows what the CPU will execute.
+mode is always 16-bit), the L bit of the CS descriptor (64-bit code, only
+with EFER.LMA) and its D/B bit (32-bit default operand size).
+:func:`minikvm.x86.modes.code_bitness` applies that rule; the debugger passes
+its answer here, so what it shows around RIP is what the CPU will execute.
 
 :func:`memory_accesses` goes further: with capstone's detail mode it lists
 the memory an instruction reads and writes, computing each effective address
@@ -27,35 +27,17 @@ from capstone import x86 as cs_x86
 __all__ = [
     "Instruction",
     "MemoryAccess",
-    "code_bitness",
     "disassemble",
     "format_instructions",
     "memory_accesses",
     "register_value",
 ]
 
-_CR0_PE = 1 << 0
-_EFER_LMA = 1 << 10
-
 _MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
 _ENGINES: dict[tuple[int, bool], capstone.Cs] = {}
 
 #: The longest x86 instruction (SDM vol. 2, 2.3.11): 15 bytes.
 MAX_INSTRUCTION_LENGTH = 15
-
-
-def code_bitness(cr0: int, efer: int, cs_l: int, cs_db: int) -> int:
-    """16, 32 or 64: the default operand/address size of the code being run.
-
-    Real mode (CR0.PE clear) is 16-bit whatever CS says. In IA-32e mode
-    (EFER.LMA) a code segment with L=1 is 64-bit; otherwise (protected mode
-    or compatibility mode) CS.D selects 32-bit (1) or 16-bit (0).
-    """
-    if not cr0 & _CR0_PE:
-        return 16
-    if efer & _EFER_LMA and cs_l:
-        return 64
-    return 32 if cs_db else 16
 
 
 def _engine(bitness: int, detail: bool = False) -> capstone.Cs:
