@@ -164,8 +164,10 @@ class Scenario:
 
     # -- building requests ------------------------------------------------------
 
-    def valid_request(self, data_len=64, request_type=VIRTIO_BLK_T_IN, sector=0):
+    def valid_request(self, data_len=None, request_type=VIRTIO_BLK_T_IN, sector=0):
         """Buffers of a request the device completes: (addr, len, writable)."""
+        if data_len is None:
+            data_len = 64 if self.kind == "rng" else 512
         if self.kind == "rng":
             return [(0x8000, data_len, True)]
         header = next(a for a, h in HEADERS.items() if h == blk_request_header(request_type,
@@ -306,47 +308,111 @@ small_lengths = st.one_of(st.integers(0, 64), st.sampled_from([0, 1, 16, 511, 51
                           st.integers(0, 8192))
 lengths = st.one_of(small_lengths, small_lengths, st.integers(0, 2**32 - 1),
                     st.integers(2**32 - 64, 2**32 - 1))
-flag_values = st.one_of(st.sampled_from([0, NEXT, WRITE, NEXT | WRITE]),
-                        st.sampled_from([0, NEXT, WRITE, NEXT | WRITE]),
+flag_values = st.one_of(st.sampled_from([0, NEXT, WRITE, NEXT | WRITE, INDIRECT]),
                         st.integers(0, 7), st.integers(0, 0xFFFF))
-next_values = st.one_of(st.integers(0, SIZE - 1), st.integers(0, SIZE - 1),
-                        st.integers(0, 0xFFFF))
+next_values = st.one_of(st.integers(0, SIZE - 1), st.integers(0, 0xFFFF))
+
+
+def address_for(flags):
+    """An address for a descriptor with these flags, keeping the layout rules:
+    indirect tables only in the table area or the zeros, writable buffers
+    only in the writable area (or outside RAM)."""
+    if flags & INDIRECT:
+        return st.one_of(st.sampled_from(TABLES), st.integers(ZEROS[0], ZEROS[1] - 16 * SIZE),
+                         beyond_ram)
+    if flags & WRITE:
+        return st.one_of(st.integers(*WRITABLE), beyond_ram)
+    return st.one_of(st.sampled_from(sorted(HEADERS)), st.integers(0, RAM - 1), beyond_ram)
+
+
+def length_for(flags):
+    if flags & INDIRECT:
+        return st.one_of(st.sampled_from([16, 32, 48, 128, 144]), st.integers(0, 16 * SIZE + 32),
+                         lengths)
+    return st.one_of(st.just(16), lengths)
 
 
 @st.composite
-def descriptors(draw):
-    """Any descriptor, its address chosen by role so the layout rules hold."""
+def random_descriptors(draw):
+    """Any descriptor at all (its address chosen by role)."""
     flags = draw(flag_values)
-    if flags & INDIRECT:
-        addr = draw(st.one_of(st.sampled_from(TABLES),
-                              st.integers(ZEROS[0], ZEROS[1] - 16 * SIZE), beyond_ram))
-        length = draw(st.one_of(st.sampled_from([16, 32, 48, 128, 144]),
-                                st.integers(0, 16 * SIZE + 32), lengths))
-    elif flags & WRITE:
-        addr = draw(st.one_of(st.integers(*WRITABLE), beyond_ram))
-        length = draw(lengths)
-    else:
-        addr = draw(st.one_of(st.sampled_from(sorted(HEADERS)), st.integers(0, RAM - 1),
-                              beyond_ram))
-        length = draw(st.one_of(st.just(16), lengths))
-    return Descriptor(addr, length, flags, draw(next_values))
+    return Descriptor(draw(address_for(flags)), draw(length_for(flags)), flags,
+                      draw(next_values))
 
 
-tables = st.lists(descriptors(), min_size=SIZE, max_size=SIZE)
+@st.composite
+def plausible_chain(draw, slots):
+    """Descriptors for the table ``slots`` (in chain order) that form one
+    well-formed request: readable buffers, then writable ones."""
+    readable = draw(st.integers(0, len(slots)))
+    out = {}
+    for position, slot in enumerate(slots):
+        last = position + 1 == len(slots)
+        writable = position >= readable
+        if writable:
+            addr = draw(st.integers(WRITABLE[0], RAM - 1))
+            length = draw(st.integers(0, min(2048, RAM - addr)))
+        else:
+            addr = draw(st.sampled_from(sorted(HEADERS)))
+            length = draw(st.sampled_from([16, 16, 32, 512]))
+        flags = (WRITE if writable else 0) | (0 if last else NEXT)
+        out[slot] = Descriptor(addr, length, flags, 0 if last else slots[position + 1])
+    return out
+
+
+@st.composite
+def hostile_queues(draw):
+    """Well-formed requests (direct and indirect), then up to four hostile
+    mutations: a field changed to a hostile value, or a descriptor replaced
+    by a random one. Returns (table, indirect tables, heads)."""
+    order = draw(st.permutations(range(SIZE)))
+    cuts = sorted(draw(st.sets(st.integers(1, SIZE - 1), max_size=SIZE - 1)))
+    chains = [order[a:b] for a, b in zip([0] + cuts, cuts + [SIZE])]
+    table = [None] * SIZE
+    for chain in chains:
+        for slot, d in draw(plausible_chain(chain)).items():
+            table[slot] = d
+    indirect_tables = []
+    for addr in TABLES:
+        entries = draw(st.integers(1, SIZE))
+        chain = draw(plausible_chain(list(range(entries))))
+        indirect_tables.append([chain[i] for i in range(entries)]
+                               + [Descriptor(0, 0, 0, 0)] * (SIZE - entries))
+        if draw(st.booleans()):  # one of the chains goes through this table
+            head = draw(st.sampled_from(chains))[0]
+            table[head] = Descriptor(addr, 16 * entries, INDIRECT, 0)
+    every = [table] + indirect_tables
+    for _ in range(draw(st.integers(0, 4))):
+        where = draw(st.sampled_from(every))
+        index = draw(st.integers(0, SIZE - 1))
+        d = where[index]
+        field = draw(st.sampled_from(["addr", "len", "flags", "next", "replace"]))
+        if field == "replace":
+            where[index] = draw(random_descriptors())
+        elif field == "flags":
+            flags = draw(flag_values)
+            where[index] = Descriptor(draw(address_for(flags)), d.len, flags, d.next)
+        elif field == "addr":
+            where[index] = Descriptor(draw(address_for(d.flags)), d.len, d.flags, d.next)
+        elif field == "len":
+            where[index] = Descriptor(d.addr, draw(length_for(d.flags)), d.flags, d.next)
+        else:
+            where[index] = Descriptor(d.addr, d.len, d.flags, draw(next_values))
+    heads = draw(st.lists(st.one_of(st.sampled_from([c[0] for c in chains]),
+                                    st.sampled_from([c[0] for c in chains]),
+                                    st.integers(0, SIZE - 1), st.integers(0, 0xFFFF)),
+                          min_size=1, max_size=SIZE))
+    return table, indirect_tables, heads
 
 
 @hostile(200)
-@given(kind=kinds, features=ring_features, start=starts, table=tables,
-       indirect_tables=st.lists(tables, min_size=3, max_size=3),
-       heads=st.lists(st.one_of(st.integers(0, SIZE - 1), st.integers(0, 0xFFFF)),
-                      max_size=SIZE),
-       jump=st.one_of(st.none(), st.none(), st.integers(0, 0xFFFF)))
-def test_random_queues_end_in_a_defined_outcome(disk, kind, features, start, table,
-                                                indirect_tables, heads, jump):
+@given(kind=kinds, features=ring_features, start=starts, queue=hostile_queues(),
+       jump=st.one_of(st.none(), st.none(), st.none(), st.integers(0, 0xFFFF)))
+def test_random_queues_end_in_a_defined_outcome(disk, kind, features, start, queue, jump):
     """Random descriptor tables, indirect tables and available rings."""
-
-    def build():
-        s = scenario(kind, disk, features, start)
+    table, indirect_tables, heads = queue
+    s = scenario(kind, disk, features, start)
+    try:
         s.write_chain(table)
         for addr, entries in zip(TABLES, indirect_tables):
             s.queue.write_indirect_table(addr, entries)
@@ -355,12 +421,8 @@ def test_random_queues_end_in_a_defined_outcome(disk, kind, features, start, tab
         if jump is not None:
             s.queue.set_avail_idx(jump)
         everything = table + [d for t in indirect_tables for d in t]
-        writable = [(d.addr, d.len) for d in everything if d.flags & WRITE
-                    and not d.flags & INDIRECT]
-        return s, writable
-
-    s, writable = build()
-    try:
+        writable = [(d.addr, d.len) for d in everything
+                    if d.flags & WRITE and not d.flags & INDIRECT]
         s.kick()
         outcome = s.outcome()
         pending = (s.queue.avail_idx - start) & 0xFFFF
@@ -368,11 +430,12 @@ def test_random_queues_end_in_a_defined_outcome(disk, kind, features, start, tab
             assert outcome is Outcome.NEEDS_RESET
         if outcome is not Outcome.NEEDS_RESET:
             # every chain made available was returned, in order, nothing else
-            used = [s.queue.used_element(start + i) for i in range(s.queue.used_idx() - start
-                                                                   & 0xFFFF)]
+            used = [s.queue.used_element(start + i)
+                    for i in range((s.queue.used_idx() - start) & 0xFFFF)]
             published = [s.memory.read_u16(s.queue.avail_ring + 4 + 2 * ((start + i) % SIZE))
                          for i in range(pending)]
             assert [e.id for e in used] == published
+            event(f"{kind}: {len(used)} request(s) completed")
         s.finish(set(Outcome), writable)
     finally:
         s.close()
@@ -520,7 +583,7 @@ def test_malformed_indirect_tables_need_reset(disk, kind, start, defect):
         elif defect == "len 0":
             length = 0
         elif defect == "table past RAM":
-            addr = RAM - 16
+            addr = RAM - length + 8
         elif defect == "INDIRECT|NEXT":
             flags |= NEXT
         elif defect == "longer than the queue":
@@ -559,24 +622,28 @@ def test_writable_before_readable_needs_reset(disk, kind, start, position, indir
 def test_zero_length_buffers_change_nothing(disk, kind, start, zeros, indirect):
     """Zero-length descriptors anywhere (even at wild addresses) are
     skipped; the request completes as it would without them."""
-    def build():
+    def serve(with_zeros):
+        """Run the request; returns (used len, the writable area afterwards)."""
         s = scenario(kind, disk, with_indirect, start)
-        buffers = s.valid_request()
-        for position, writable, addr in zeros:
-            at = min(position, len(buffers))
-            # keep readable-before-writable: a zero buffer takes its neighbours' side
-            side = buffers[at - 1][2] if at and at == len(buffers) else (
-                buffers[at][2] if at < len(buffers) else writable)
-            buffers.insert(at, (addr, 0, side))
-        s.queue.add_chain(buffers, indirect_table=TABLES[0] if indirect else None)
-        return s, writable_of(buffers)
+        try:
+            buffers = s.valid_request()
+            plain = writable_of(buffers)
+            for position, writable, addr in zeros if with_zeros else ():
+                at = min(position, len(buffers))
+                # keep readable-before-writable: a zero buffer takes its neighbours' side
+                side = buffers[at - 1][2] if at and at == len(buffers) else (
+                    buffers[at][2] if at < len(buffers) else writable)
+                buffers.insert(at, (addr, 0, side))
+            s.queue.add_chain(buffers, indirect_table=TABLES[0] if indirect else None)
+            s.kick()
+            used = s.queue.used_element(start)
+            area = s.memory.read(WRITABLE[0], RAM - WRITABLE[0])
+            assert s.finish({Outcome.COMPLETED}, plain) is Outcome.COMPLETED
+            return used.len, area
+        finally:
+            s.close()
 
-    s, writable = build()
-    try:
-        s.kick()
-        assert s.finish({Outcome.COMPLETED}, writable) is Outcome.COMPLETED
-    finally:
-        s.close()
+    assert serve(with_zeros=True) == serve(with_zeros=False)
 
 
 @hostile(CLASS_EXAMPLES)
@@ -591,12 +658,9 @@ def test_huge_or_out_of_range_blk_requests_get_ioerr(disk, start, sector, sector
 
     def build():
         s = scenario("blk-ro" if read_only else "blk", disk, 0, start)
-        s.memory.write(0x4000, blk_request_header(request_type, sector))
+        s.memory.write(0x7000, blk_request_header(request_type, sector))
         data = (0x8000, sectors * SECTOR_SIZE, request_type == VIRTIO_BLK_T_IN)
-        buffers = [(0x4000, 16, False), data, (0xF000, 1, True)]
-        if request_type == VIRTIO_BLK_T_OUT:
-            buffers = [(0x4000, 16, False), data, (0xF000, 1, True)]
-        s.queue.add_chain(buffers)
+        s.queue.add_chain([(0x7000, 16, False), data, (0xF000, 1, True)])
         return s, [(0xF000, 1)]  # not even the data buffer may change
 
     assert run_scenario(build, {Outcome.IOERR}) is Outcome.IOERR
@@ -622,13 +686,13 @@ def test_huge_rng_requests_are_capped(disk, start, length, pieces):
 
 
 @hostile(CLASS_EXAMPLES)
-@given(kind=kinds, start=starts, kicks=st.integers(1, 3), status_steps=st.integers(0, 3))
-def test_kicks_before_driver_ok_are_ignored(disk, kind, start, kicks, status_steps):
+@given(kind=kinds, start=starts, kicks=st.integers(1, 3), failed=st.booleans())
+def test_kicks_before_driver_ok_are_ignored(disk, kind, start, kicks, failed):
     """Before DRIVER_OK (§2.1.2) nothing is consumed and nothing changes;
     after it the same request completes."""
     s = Scenario(kind, disk, 0, start, driver_ok=False)
     try:
-        if status_steps == 0:
+        if failed:
             s.driver.write_reg(VIRTIO_MMIO_STATUS, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER
                                | DeviceStatus.FEATURES_OK | DeviceStatus.FAILED)
         buffers = s.valid_request()
@@ -638,7 +702,7 @@ def test_kicks_before_driver_ok_are_ignored(disk, kind, start, kicks, status_ste
             s.driver.kick(0)
         assert s.memory.read(0, RAM) == s.before
         assert s.queue.used_idx() == s.used_before and not s.dev.irq.level
-        if status_steps == 0:  # FAILED: only a reset brings it back
+        if failed:  # FAILED: only a reset brings it back
             s.check_recovers_after_reset()
             return
         s.driver.add_status(DeviceStatus.DRIVER_OK)
@@ -658,22 +722,19 @@ def test_valid_requests_across_the_index_wrap_all_complete(disk, kind, features,
                                                            request_type):
     """The control group: well-formed requests, any start index (so the
     16-bit indices wrap), any ring features -- all complete, in order."""
-    def build():
-        s = scenario(kind, disk, features, start)
+    s = scenario(kind, disk, features, start)
+    try:
         data_len = {VIRTIO_BLK_T_GET_ID: 20, VIRTIO_BLK_T_FLUSH: 0}.get(request_type, 512)
         buffers = s.valid_request(data_len=data_len, request_type=request_type)
         use_indirect = bool(features & with_indirect)
+        if not use_indirect:
+            count = max(1, min(count, SIZE // len(buffers)))
         for i in range(count):
             s.queue.add_chain(buffers, indirect_table=TABLES[i % 3] if use_indirect else None)
-        return s, writable_of(buffers)
-
-    s, writable = build()
-    try:
         s.kick()
-        used = s.queue.get_used()
-        assert len(used) == count
-        outcome = s.finish({Outcome.COMPLETED, Outcome.IOERR}, writable)
+        assert (s.queue.used_idx() - start) & 0xFFFF == count
         status = s.memory.read_u8(0xF000)
+        outcome = s.finish({Outcome.COMPLETED, Outcome.IOERR}, writable_of(buffers))
         if kind == "rng":
             assert outcome is Outcome.COMPLETED
         elif request_type == 3:

@@ -25,14 +25,13 @@ static struct virtq vq __attribute__((aligned(4096)));
 static struct blk_req_header header;
 static u8 data[SECTOR];
 static volatile u8 status;
-static volatile u32 interrupts;
 
 __attribute__((interrupt)) static void virtio_irq(struct interrupt_frame *frame)
 {
     (void)frame;
     u32 why = vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_STATUS);
     vio_write(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_ACK, why);
-    interrupts++;
+    virtio_irqs++;
     pic_eoi(IRQ);
 }
 
@@ -95,7 +94,7 @@ void __attribute__((section(".text.start"), noreturn)) _start(void)
         data[i] = msg[i];
     result[3] = blk_request(VIRTIO_BLK_T_OUT, 1, 1, 0);
     result[4] = blk_request(VIRTIO_BLK_T_FLUSH, 0, 0, 0);
-    result[5] = interrupts;
+    result[5] = virtio_irqs;
     puts_e9("virtio-blk: wrote sector 1, flushed\n");
     halt();
 }

@@ -16,14 +16,13 @@
 
 static struct virtq vq __attribute__((aligned(4096)));
 static u8 buffer[NBYTES];
-static volatile u32 interrupts;
 
 __attribute__((interrupt)) static void virtio_irq(struct interrupt_frame *frame)
 {
     (void)frame;
     u32 why = vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_STATUS);
     vio_write(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_ACK, why);  /* lowers the line */
-    interrupts++;
+    virtio_irqs++;
     pic_eoi(IRQ);
 }
 
@@ -49,7 +48,7 @@ void __attribute__((section(".text.start"), noreturn)) _start(void)
     struct virtq_used_elem used = virtq_wait(&vq);
 
     result[1] = used.len;
-    result[2] = interrupts;
+    result[2] = virtio_irqs;
     puts_e9("virtio-rng: ");
     for (u32 i = 0; i < used.len && i < NBYTES; i++)
         puthex_e9(buffer[i], 2), putc_e9(' ');

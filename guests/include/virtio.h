@@ -125,16 +125,21 @@ static inline void virtq_submit(uptr base, struct virtq *vq, u16 head)
     vio_write(base, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 }
 
-/* Sleep until the device has used a new chain. `cli; check; sti; hlt`:
- * sti delays interrupts by one instruction, so an interrupt that arrives
- * after the check still wakes the hlt instead of being lost. */
+/* Counted by the guest's interrupt handler (which also ACKs the device). */
+static volatile u32 virtio_irqs;
+
+/* Sleep until the device's interrupt reports a used chain. The driver only
+ * looks at the used ring after an interrupt, so a completed request proves
+ * the interrupt path. `cli; check; sti; hlt`: sti delays interrupts by one
+ * instruction, so an interrupt arriving after the check still wakes the hlt
+ * instead of being lost. */
 static inline struct virtq_used_elem virtq_wait(struct virtq *vq)
 {
     for (;;) {
-        __asm__ volatile("cli" ::: "memory");
-        if (*(volatile u16 *)&vq->used.idx != vq->last_used)
+        u32 seen = virtio_irqs;
+        __asm__ volatile("sti; hlt; cli" ::: "memory");   /* wait for an interrupt */
+        if (virtio_irqs != seen && *(volatile u16 *)&vq->used.idx != vq->last_used)
             break;
-        __asm__ volatile("sti; hlt" ::: "memory");
     }
     struct virtq_used_elem e = vq->used.ring[vq->last_used % QUEUE_SIZE];
     vq->last_used++;

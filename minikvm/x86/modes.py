@@ -176,7 +176,8 @@ def _check_start(memory: GuestMemory, where: str, entry: int, entry_limit: int,
     """Entry and stack must be reachable in the mode and lie in guest RAM."""
     if not isinstance(entry, int) or not 0 <= entry < entry_limit:
         shown = f"{entry:#x}" if isinstance(entry, int) else repr(entry)
-        raise ModeError(f"entry {shown} is out of reach in {where} (must be below {entry_limit:#x})")
+        raise ModeError(f"entry {shown} is out of reach in {where} "
+                        f"(must be below {entry_limit:#x})")
     if not isinstance(stack_top, int) or not 0 < stack_top <= stack_limit:
         shown = f"{stack_top:#x}" if isinstance(stack_top, int) else repr(stack_top)
         raise ModeError(f"stack top {shown} is out of reach in {where} "

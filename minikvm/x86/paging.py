@@ -523,7 +523,8 @@ def walk_4level(memory: GuestMemory, cr3: int, vaddr: int, *, nxe: bool = True,
         try:
             entry = memory.read_u64(entry_address)
         except GuestMemoryError:
-            return _invalid(vaddr, f"{name} table at {table:#x} is outside guest RAM", steps, paging)
+            return _invalid(vaddr, f"{name} table at {table:#x} is outside guest RAM",
+                            steps, paging)
         step = dict(level=name, table=table, index=index, entry_address=entry_address,
                     entry=entry, entry_size=8)
         if not entry & PageFlag.PRESENT:
@@ -565,7 +566,8 @@ def walk_32bit(memory: GuestMemory, cr3: int, vaddr: int, *, pse: bool = True,
         try:
             entry = memory.read_u32(entry_address)
         except GuestMemoryError:
-            return _invalid(vaddr, f"{name} table at {table:#x} is outside guest RAM", steps, paging)
+            return _invalid(vaddr, f"{name} table at {table:#x} is outside guest RAM",
+                            steps, paging)
         step = dict(level=name, table=table, index=index, entry_address=entry_address,
                     entry=entry, entry_size=4)
         if not entry & PageFlag.PRESENT:

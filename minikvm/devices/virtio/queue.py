@@ -75,7 +75,7 @@ VIRTQ_USED_ELEM_SIZE = 8
 #: The largest queue size a split queue can have (§2.7: at most 32768).
 VIRTQ_MAX_SIZE = 32768
 #: Our cap on the bytes one chain may describe. The spec forbids chains over
-#: 2**32 bytes (§2.7.5.1); 16 MiB is far above what Linux sends (a virtio-blk
+#: 2**32 bytes (§2.7.5.2); 16 MiB is far above what Linux sends (a virtio-blk
 #: request is at most a few MiB) and keeps one request from pinning the VMM.
 MAX_CHAIN_BYTES = 16 * 1024 * 1024
 
