@@ -268,6 +268,13 @@ class Machine:
             self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size,
                                            region.host_address)
         self.vcpu = self.vm.create_vcpu(0)
+        # The CPUID the guest sees: everything KVM can virtualize, as QEMU's
+        # "-cpu host" does. KVM's page walker also reads it (1 GiB pages,
+        # physical address width), so our own walk asks the same table.
+        self.cpuid = self.kvm.supported_cpuid()
+        self.vcpu.set_cpuid2(self.cpuid)
+        from minikvm.x86.cpuid import paging_features
+        self.paging = paging_features(self.cpuid)
 
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
@@ -386,6 +393,13 @@ class Machine:
         modes.setup_mode(mode, self.memory, sregs, regs, entry)
         self.vcpu.set_sregs(sregs)
         self.vcpu.set_regs(regs)
+
+    def translate(self, vaddr: int):
+        """Walk the guest's current page tables in Python (level by level),
+        the way the vCPU would: see :func:`minikvm.x86.paging.translate`."""
+        from minikvm.x86.paging import translate
+        return translate(self.memory, self.vcpu.get_sregs(), vaddr,
+                         gbpages=self.paging.gbpages, maxphyaddr=self.paging.maxphyaddr)
 
     # -- running -----------------------------------------------------------
 

@@ -24,9 +24,9 @@ Keeping writable buffers away from everything the device reads as
 descriptors is what makes "nothing outside the writable buffers changed" a
 sharp check even for random tables.
 
-Example counts: 200 random queues plus 12 hostile classes of 25-30 examples
-(about 540 hostile examples; tests/test_virtio_mmio.py and
-tests/test_virtio_status.py add register and status-machine traffic).
+Example counts per run: 200 random queues plus 13 classes of 28 examples
+(564 hostile examples, about 3 s); tests/test_virtio_mmio.py and
+tests/test_virtio_status.py add register and status-machine traffic.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ after_out:
     mov     %rax, data(%rip)        /* data = 0x41 */
     push    %rcx
     pop     %rsi                    /* rsi = 464 */
-    mov     0xd0000000, %edi        /* MMIO read, unclaimed: rdi = 0xffffffff */
+    mov     $0xd0000000, %r8d       /* r8 = an address no device decodes */
+    mov     (%r8), %edi             /* MMIO read, unclaimed: rdi = 0xffffffff */
     dec     %rbx                    /* rbx = 6 */
     cli
     hlt

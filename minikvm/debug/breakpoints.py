@@ -116,10 +116,19 @@ class BreakpointKind(enum.Enum):
     SOFTWARE = "software"
     HARDWARE = "hardware"
 
+    @classmethod
+    def _missing_(cls, value: object) -> BreakpointKind | None:
+        return {"sw": cls.SOFTWARE, "hw": cls.HARDWARE}.get(str(value).lower())
+
 
 class WatchKind(enum.Enum):
     WRITE = "write"
     READ_WRITE = "read/write"
+
+    @classmethod
+    def _missing_(cls, value: object) -> WatchKind | None:
+        return {"w": cls.WRITE, "rw": cls.READ_WRITE, "access": cls.READ_WRITE,
+                "read-write": cls.READ_WRITE}.get(str(value).lower())
 
 
 @dataclass

@@ -598,6 +598,13 @@ def translate(memory: GuestMemory, sregs: Any, vaddr: int, *, gbpages: bool = Tr
     ``sregs`` is a ``kvm_sregs`` or anything with ``cr0``, ``cr3``, ``cr4``
     and ``efer``. The paging mode follows CR0.PG, CR4.PAE and EFER.LMA (SDM
     4.1.1). Segmentation is not applied: ``vaddr`` is already linear.
+
+    To agree with ``KVM_TRANSLATE`` on a vCPU whose CPUID was never set,
+    pass ``gbpages=False, maxphyaddr=36``: KVM's software walker takes both
+    from the guest's CPUID, which then offers no 1 GiB pages and KVM's
+    default of 36 address bits. (``KVM_TRANSLATE`` reports ``writeable=1``
+    and ``usermode=0`` whatever the tables say; compare only ``valid`` and
+    the physical address.)
     """
     cr0, cr3, cr4, efer = (int(sregs.cr0), int(sregs.cr3), int(sregs.cr4), int(sregs.efer))
     if not 0 <= vaddr < 1 << 64:
