@@ -142,6 +142,7 @@ def build_machine(args: argparse.Namespace, output: Callable[[bytes], None] = _s
     with the guest loaded. Bad guest files raise UsageError."""
     from minikvm.loaders import LoaderError
     from minikvm.machine import DEFAULT_MEM_SIZE, Machine
+    from minikvm.x86.modes import ModeError
 
     _read_guest(args.guest)
     machine = Machine(args.mem or DEFAULT_MEM_SIZE, kvm_path=args.kvm, output=output,
@@ -158,7 +159,7 @@ def build_machine(args: argparse.Namespace, output: Callable[[bytes], None] = _s
             from minikvm.devices.virtio.console import VirtioConsole
             machine.add_virtio(VirtioConsole(output))
         machine.load_guest(args.guest, load_addr=args.load_addr, entry=args.entry, mode=args.mode)
-    except LoaderError as err:
+    except (LoaderError, ModeError) as err:
         machine.close()
         raise UsageError(str(err)) from None
     except OSError as err:

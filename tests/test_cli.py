@@ -55,8 +55,10 @@ def test_info_shows_api_version_and_host(guests):
     (["run", "guests/hello.bin", "--mem", "3x"], 2, "not a size"),
     (["run", "guests/hello.bin", "--timeout", "-1"], 2, "positive"),
     (["frobnicate"], 2, "invalid choice"),
+    (["run", "guests/build/hello.bin", "--entry", "0x900000"], 2, "out of reach in real mode"),
+    (["run", "guests/build/hello.bin", "--virtio-blk", "no/such.img"], 2, "no such disk image"),
 ])
-def test_bad_input_gets_one_line_and_nonzero_status(args, status, words):
+def test_bad_input_gets_one_line_and_nonzero_status(args, status, words, guests):
     result = minikvm(*args)
     assert result.returncode == status
     assert_one_clean_line(result)

@@ -111,6 +111,9 @@ _MAX_RUNS_PER_STEP = 8
 MAX_ACCESS = 16 << 20
 
 _MECH_STEP = "single-step compare"
+#: In DR6 after a plain single step: BS set, no B0-B3.
+_DR6_BS_OR_B = DR6_BS | 0xF
+_monotonic = time.monotonic
 _MECH_DECODE = "single-step + operand decode"
 
 
@@ -506,7 +509,7 @@ class Debugger:
         """Re-issue ``KVM_SET_GUEST_DEBUG`` only when the wanted state changed."""
         if state != self._issued:
             self.vcpu.set_guest_debug(state[0], list(state[1]))
-            self._issued = state
+        self._issued = state
 
     def _changed(self) -> None:
         """Breakpoints or watchpoints changed: recompute states lazily."""
@@ -684,17 +687,23 @@ class Debugger:
 
     # -- stepping -----------------------------------------------------------------------
 
-    def _step(self) -> StepRecord:
-        """Execute exactly one guest instruction (the core of every step)."""
-        before = self._current()
+    def _step(self, before: kvm_regs | None = None) -> StepRecord:
+        """Execute exactly one guest instruction (the core of every step).
+
+        This is the debugger's hot loop: one ``KVM_RUN``, one
+        ``KVM_GET_REGS`` and one small record per instruction, nothing else
+        unless the step exited to the VMM on the way.
+        """
+        if before is None:
+            before = self._current()
         pc = self._pc
         state = self._step_state or self._stepping_state()
-        if state != self._issued:
+        if state is not self._issued:
             self._apply(state)
         vcpu = self.vcpu
-        started = time.monotonic()
+        started = _monotonic()
         exit = vcpu.run()
-        if type(exit) is Debug and exit.dr6 & DR6_BS and not exit.dr6 & 0xF:
+        if type(exit) is Debug and exit.dr6 & _DR6_BS_OR_B == DR6_BS:
             after = vcpu.get_regs()
             self._regs = after
             self._pc = new_pc = exit.pc
@@ -772,9 +781,12 @@ class Debugger:
         ``KVM_GUESTDBG_BLOCKIRQ``. Breakpoints do not stop a single step;
         watchpoints do: ``record.hit`` is then set.
         """
-        self._previous = self._current()
+        before = self._regs
+        if before is None or self._stamp != self.machine.exit_count:
+            before = self._refresh()
+        self._previous = before
         if not self.watchpoints:
-            return self._step()
+            return self._step(before)
         predicted = self._predict_accesses()
         record = self._step()
         record.hit = self._watch_hit(record, predicted)
