@@ -1,0 +1,155 @@
+"""``minikvm trace GUEST`` and ``minikvm run --trace FILE``: the exit log for people.
+
+``minikvm trace`` runs a guest with a :class:`~minikvm.debug.trace.Tracer`
+attached and prints the exits as a table -- sequence number, time since the
+start, RIP, reason, port or address, size, direction, value, device,
+register and what the device says it means -- followed by the statistics by
+reason, device and port. ``minikvm run --trace FILE`` writes the same
+records as JSON Lines while the guest runs normally.
+
+The rendering functions are pure (records in, rich tables out), so tests
+render them without a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from minikvm.debug.trace import DEFAULT_CAPACITY, StatEntry, TraceRecord, Tracer
+
+__all__ = [
+    "add_trace_arguments",
+    "attach_trace_file",
+    "cmd_trace",
+    "render_log",
+    "render_stats",
+]
+
+STATUS_USAGE = 2
+STATUS_KVM_UNAVAILABLE = 1
+#: How long ``minikvm trace`` lets a guest run unless --timeout says otherwise.
+DEFAULT_TRACE_TIMEOUT = 10.0
+
+
+def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``minikvm trace`` beyond the guest and run options
+    (the CLI adds those with its own ``_add_run_options`` first)."""
+    parser.add_argument("--limit", type=int, default=200, metavar="N",
+                        help="show the last N exits (default 200; 0: statistics only)")
+    parser.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, metavar="N",
+                        help=f"exits kept in memory (default {DEFAULT_CAPACITY})")
+    parser.add_argument("--jsonl", default=None, metavar="FILE",
+                        help="also write every exit to FILE as JSON Lines")
+
+
+def attach_trace_file(machine: Any, path: str | os.PathLike) -> Tracer:
+    """For ``minikvm run --trace FILE``: record every exit of ``machine`` to
+    ``path`` as JSON Lines. Call ``close()`` on the result after the run."""
+    return Tracer.attach(machine, capacity=1, path=os.fspath(path))
+
+
+def _time_cell(record: TraceRecord, start: float) -> str:
+    return f"{(record.time - start) * 1e3:.3f}"
+
+
+def render_log(records: Iterable[TraceRecord], title: str = "exits") -> Table:
+    """One row per exit."""
+    records = list(records)
+    start = records[0].time - records[0].guest_time if records else 0.0
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("#", "right"), ("ms", "right"), ("rip", "right"), ("reason", "left"),
+                          ("where", "left"), ("size", "right"), ("dir", "left"),
+                          ("value", "right"), ("char", "left"), ("device", "left"),
+                          ("register", "left"), ("meaning", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for record in records:
+        value = "" if record.value is None else f"{record.value:#x}"
+        table.add_row(str(record.seq), _time_cell(record, start),
+                      "" if record.rip is None else f"{record.rip:#x}", record.reason,
+                      record.where, "" if record.size is None else str(record.size),
+                      record.direction, value, record.char, record.device, record.register,
+                      record.description)
+    return table
+
+
+def _stats_table(title: str, key_name: str, table_data: dict[str, StatEntry]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(key_name)
+    table.add_column("exits", justify="right")
+    table.add_column("guest time (ms)", justify="right")
+    table.add_column("VMM time (ms)", justify="right")
+    table.add_column("VMM us/exit", justify="right")
+    for key, entry in sorted(table_data.items(), key=lambda item: -item[1].count):
+        per_exit = entry.vmm_time / entry.count * 1e6 if entry.count else 0.0
+        table.add_row(key, str(entry.count), f"{entry.guest_time * 1e3:.3f}",
+                      f"{entry.vmm_time * 1e3:.3f}", f"{per_exit:.1f}")
+    return table
+
+
+def render_stats(tracer: Tracer) -> list[Table]:
+    """Statistics by reason, device and port, one table each."""
+    stats = tracer.stats
+    tables = [_stats_table("exits by reason", "reason", stats.by_reason)]
+    if stats.by_device:
+        tables.append(_stats_table("exits by device", "device", stats.by_device))
+    if stats.by_port:
+        tables.append(_stats_table("exits by port / address", "port", stats.by_port))
+    return tables
+
+
+def _usage(message: str) -> int:
+    print(f"minikvm: {message}", file=sys.stderr)
+    return STATUS_USAGE
+
+
+def cmd_trace(args: argparse.Namespace, console: Console | None = None) -> int:
+    """Run the guest with a tracer; print the log and the statistics.
+
+    Returns the guest's exit status as ``minikvm run`` would.
+    """
+    from minikvm.kvm.errors import KvmError
+    from minikvm.loaders import LoaderError
+    from minikvm.machine import DEFAULT_MEM_SIZE, Machine
+
+    guest = args.guest
+    if not os.path.isfile(guest):
+        return _usage(f"{guest}: no such file")
+    limit = getattr(args, "limit", 200)
+    capacity = getattr(args, "capacity", DEFAULT_CAPACITY)
+    if limit < 0 or capacity < 1:
+        return _usage("--limit must be >= 0 and --capacity >= 1")
+    console = console or Console()
+    output = bytearray()
+    try:
+        machine = Machine(getattr(args, "mem", None) or DEFAULT_MEM_SIZE,
+                          kvm_path=getattr(args, "kvm", "/dev/kvm"),
+                          output=output.extend)
+    except KvmError as err:
+        print(f"minikvm: {err}", file=sys.stderr)
+        return STATUS_KVM_UNAVAILABLE
+    with machine:
+        try:
+            machine.load_guest(guest, load_addr=getattr(args, "load_addr", None),
+                               entry=getattr(args, "entry", None), mode=getattr(args, "mode", None))
+        except LoaderError as err:
+            return _usage(str(err))
+        with Tracer.attach(machine, capacity=capacity, path=getattr(args, "jsonl", None)) as tracer:
+            stop = machine.run(timeout=getattr(args, "timeout", None) or DEFAULT_TRACE_TIMEOUT)
+    if limit:
+        shown = list(tracer.records)[-limit:]
+        hidden = tracer.seen - len(shown)
+        title = f"exits ({tracer.seen} in all" + (f", first {hidden} not shown)" if hidden else ")")
+        console.print(render_log(shown, title))
+    for table in render_stats(tracer):
+        console.print(table)
+    if output:
+        console.print(f"guest output: {bytes(output).decode('latin-1')!r}")
+    console.print(f"stop: {stop.message}")
+    return stop.status if stop.status is not None else 0
