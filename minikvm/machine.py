@@ -25,6 +25,7 @@ from minikvm.bus import Access, Bus
 from minikvm.devices.base import Device, InterruptLine, RecordingLine
 from minikvm.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
 from minikvm.devices.debugcon import DEBUGCON_PORT, DebugCon
+from minikvm.devices.i8042 import I8042, I8042_DATA_PORT
 from minikvm.kvm.exits import (
     Debug,
     FailEntry,
@@ -282,6 +283,11 @@ class Machine:
         self.debug_exit = DebugExit(self._on_debug_exit)
         self.pio.register(DEBUGCON_PORT, 1, self.debugcon)
         self.pio.register(DEBUG_EXIT_PORT, 4, self.debug_exit)
+        self.i8042 = I8042(self._on_reset_request)
+        # Ports 0x60-0x64, except 0x61 (the PC speaker, which the in-kernel
+        # PIT claims with KVM_PIT_SPEAKER_DUMMY): data at 0x60, command at 0x64.
+        self.pio.register(I8042_DATA_PORT, 1, self.i8042)
+        self.pio.register(I8042_DATA_PORT + 4, 1, _Offset(self.i8042, 4))
         #: COM1. Its interrupt reaches the guest only with the irqchip;
         #: without one the line is just recorded.
         self.serial_input = HostInput()
@@ -407,6 +413,10 @@ class Machine:
         self._pending_stop = Stop(StopKind.DEBUG_EXIT, status,
                                   f"the guest wrote {self.debug_exit.last_value:#x} to the "
                                   f"debug-exit port: status {status}")
+
+    def _on_reset_request(self) -> None:
+        self._pending_stop = Stop(StopKind.RESET, STATUS_OK,
+                                  "the guest asked for a reset (i8042 command 0xfe)")
 
     def request_stop(self, stop: Stop) -> None:
         """For devices wired by the machine: end the run after this exit."""
@@ -596,3 +606,28 @@ class _ConsoleInput:
 
     def receive(self, data: bytes) -> int:
         return self.console.receive(data)
+
+
+class _Offset(Device):
+    """Presents a device's register at ``offset`` through a window elsewhere
+    (the i8042's command port 0x64 sits four ports above its data port)."""
+
+    def __init__(self, device: Device, offset: int) -> None:
+        self.device = device
+        self.offset = offset
+        self.name = device.name
+
+    def read(self, offset: int, size: int) -> int:
+        return self.device.read(self.offset + offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.device.write(self.offset + offset, size, value)
+
+    def register_name(self, offset: int, is_write: bool) -> str:
+        return self.device.register_name(self.offset + offset, is_write)
+
+    def describe(self, offset: int, size: int, is_write: bool, value: int) -> str:
+        return self.device.describe(self.offset + offset, size, is_write, value)
+
+    def state(self):
+        return self.device.state()

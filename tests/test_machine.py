@@ -113,3 +113,22 @@ def test_dispatch_exit_completes_reads_without_a_vm():
     access, count = dispatch_exit(IoOut(0xE9, 1, 2, b"ok"), pio, mmio, explain=True)
     assert count == 2 and access.value == ord("o")
     assert dispatch_exit(Hlt(False), pio, mmio) == (None, 0)
+
+
+def test_i8042_reset_command_ends_the_run_with_a_reset():
+    # mov al, 0xfe ; out 0x64, al ; hlt
+    with Machine() as machine:
+        machine.load_flat(b"\xb0\xfe\xe6\x64\xf4", 0x1000)
+        event = machine.step()
+        assert event.device == "i8042" and event.register == "command"
+        assert "asks for a reset" in event.description
+        assert event.stop is not None and event.stop.kind is StopKind.RESET
+        assert event.stop.status == 0
+
+
+def test_i8042_status_says_ready_so_drivers_do_not_spin():
+    # in al, 0x64 ; hlt
+    with Machine() as machine:
+        machine.load_flat(b"\xe4\x64\xf4", 0x1000)
+        event = machine.step()
+        assert event.register == "status" and event.value == 0
