@@ -83,8 +83,9 @@ def test_long_mode_guest_computes_in_64_bits_and_writes_through_its_own_tables(g
 
 
 @pytest.mark.skipif(detect_host().is_pvm,
-                    reason="kvm-pvm cannot run 32-bit paging (the guest ends in a shutdown); "
-                           "this test runs on hardware KVM")
+                    reason="32-bit paging is unavailable on this host's software nested "
+                           "virtualization (PVM): the guest would end in a shutdown; this test "
+                           "runs on hardware virtualization (VT-x/AMD-V)")
 def test_paged_mode_guest_writes_through_its_own_32bit_tables(guests):
     machine, stop, text = run_guest(guests / "paged.elf", mode="paged")
     with machine:
