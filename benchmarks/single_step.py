@@ -18,7 +18,6 @@ Targets: (a)/(c) <= 1.5, (a) >= 40,000 steps/s.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import struct
 import subprocess
@@ -145,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"steps per run: {args.steps}, runs: {args.repeat} (median shown), "
           f"BLOCKIRQ: {'on' if blockirq else 'off'}; all end at RIP {finals['a'][0]:#x}, "
           f"RAX {finals['a'][1]:#x}")
-    print(f"(a) Debugger.step_instruction()   {med['a'] * 1e6:7.2f} us/step {rate['a']:9.0f} steps/s")
-    print(f"(b) bare Vcpu.run()+get_regs()    {med['b'] * 1e6:7.2f} us/step {rate['b']:9.0f} steps/s")
-    print(f"(c) C loop                        {med['c'] * 1e6:7.2f} us/step {rate['c']:9.0f} steps/s")
-    print(f"(d) (a) + record.changed          {med['d'] * 1e6:7.2f} us/step {rate['d']:9.0f} steps/s")
+    labels = {"a": "(a) Debugger.step_instruction()", "b": "(b) bare Vcpu.run()+get_regs()",
+              "c": "(c) C loop", "d": "(d) (a) + record.changed"}
+    for key, label in labels.items():
+        print(f"{label:<34}{med[key] * 1e6:7.2f} us/step {rate[key]:9.0f} steps/s")
     print(f"(a)/(c) = {med['a'] / med['c']:.2f}  (target <= 1.5); "
           f"(a) = {rate['a']:.0f} steps/s (target >= 40000)")
     print(f"(b)/(c) = {med['b'] / med['c']:.2f}")

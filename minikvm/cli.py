@@ -115,6 +115,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a guest to completion")
     _add_run_options(run)
+    run.add_argument("--trace", default=None, metavar="FILE",
+                     help="record every VM exit to FILE as JSON Lines")
+
+    from minikvm.debug.trace_cli import add_trace_arguments
+    trace = sub.add_parser("trace", help="run a guest and print every VM exit, explained")
+    _add_run_options(trace)
+    add_trace_arguments(trace)
 
     sub.add_parser("info", help="what this host's KVM offers")
     return parser
@@ -172,19 +179,35 @@ def build_machine(args: argparse.Namespace, output: Callable[[bytes], None] = _s
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from minikvm.debug.trace_cli import attach_trace_file
     from minikvm.hostio import RawStdin
 
     machine = build_machine(args)
+    tracer = None
     with machine, RawStdin() as stdin:
-        # Keyboard (or piped) input goes to the guest: to the virtio console
-        # when there is one, else to COM1. The reader thread kicks the vCPU
-        # so that a guest sleeping in hlt sees the byte at once.
-        stdin.start_reader(machine.serial_input, on_input=machine.vcpu.kick)
-        stop = machine.run(timeout=args.timeout)
-        stdin.stop_reader()
+        if args.trace:
+            try:
+                tracer = attach_trace_file(machine, args.trace)
+            except OSError as err:
+                raise UsageError(f"cannot write the trace to {args.trace}: {err.strerror}") from None
+        try:
+            # Keyboard (or piped) input goes to the guest: to the virtio console
+            # when there is one, else to COM1. The reader thread kicks the vCPU
+            # so that a guest sleeping in hlt sees the byte at once.
+            stdin.start_reader(machine.serial_input, on_input=machine.vcpu.kick)
+            stop = machine.run(timeout=args.timeout)
+        finally:
+            stdin.stop_reader()
+            if tracer is not None:
+                tracer.close()
     if stop.kind.value not in ("halt", "debug-exit", "power-off", "reset"):
         print(f"minikvm: {stop.message}", file=sys.stderr)
     return stop.status if stop.status is not None else 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from minikvm.debug.trace_cli import cmd_trace as trace
+    return trace(args, build_machine=build_machine)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -194,6 +217,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
+    "trace": cmd_trace,
     "info": cmd_info,
 }
 

@@ -497,24 +497,35 @@ class Machine:
         return Stop(StopKind.HALT, STATUS_OK, "the guest halted (hlt with interrupts off)",
                     regs.rip)
 
-    def _deliver_host_input(self) -> None:
+    def deliver_host_input(self) -> None:
+        """Move queued host input into the receiving device as far as it has
+        room. Runs on the vCPU thread between exits, so devices are only ever
+        touched by one thread."""
         if len(self.serial_input):
             self.serial_input.feed(self.input_target)
 
     def step(self, explain: bool = True, capture_rip: bool = False) -> ExitEvent:
         """Run the guest to its next exit, handle it, and return what happened."""
-        self._deliver_host_input()
         started = time.monotonic()
         exit = self.vcpu.run()
-        now = time.monotonic()
+        return self.handle_exit(exit, started, time.monotonic(), explain, capture_rip)
+
+    def handle_exit(self, exit: VmExit, started: float, now: float, explain: bool = True,
+                    capture_rip: bool = False, rip: int | None = None) -> ExitEvent:
+        """Everything the VMM does with one exit: dispatch it to the buses,
+        decide whether it ends the run, explain it, tell the listeners.
+
+        :meth:`step` calls it after ``KVM_RUN``; the debugger calls it for
+        exits it met while single-stepping, so devices and traces see them too.
+        """
+        self.deliver_host_input()
         access, count = dispatch_exit(exit, self.pio, self.mmio, explain)
         self.exit_count += 1
         event = ExitEvent(self.exit_count, now, now - started, exit, access, count)
         event.stop = self._stop_for(exit)
         if explain:
             event.description = describe_exit(exit, access, count)
-        if capture_rip:
-            event.rip = self._rip()
+        event.rip = rip if rip is not None else (self._rip() if capture_rip else None)
         for listener in self.listeners:
             listener(event)
         return event

@@ -44,12 +44,10 @@ dispatched.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from minikvm.debug.breakpoints import (
@@ -76,7 +74,14 @@ from minikvm.debug.disasm import (
     disassemble,
     memory_accesses,
 )
-from minikvm.debug.inspect import FpuState, RegisterSnapshot, changed_registers, fpu_state
+from minikvm.debug.inspect import (
+    GPR_NAMES,
+    FpuState,
+    RegisterSnapshot,
+    changed_registers,
+    fpu_state,
+)
+from minikvm.debug.events import ExitFilter, StepRecord, StopEvent, StopReason
 from minikvm.debug.probe import DebugSupport, probe_debug_support
 from minikvm.kvm.exits import Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, VmExit
 from minikvm.kvm.uapi import (
@@ -85,9 +90,10 @@ from minikvm.kvm.uapi import (
     KVM_GUESTDBG_SINGLESTEP,
     KVM_GUESTDBG_USE_HW_BP,
     KVM_GUESTDBG_USE_SW_BP,
+    KvmMpState,
     kvm_regs,
 )
-from minikvm.machine import ExitEvent, Stop, StopKind, describe_exit, dispatch_exit
+from minikvm.machine import ExitEvent, Stop, StopKind
 from minikvm.memory import GuestMemoryError
 from minikvm.x86.modes import code_bitness
 from minikvm.x86.paging import Translation, translate
@@ -109,136 +115,58 @@ _PAGE = 4096
 _MAX_RUNS_PER_STEP = 8
 #: Most bytes one read_memory/write_memory call moves (a debugger shows pages, not RAM).
 MAX_ACCESS = 16 << 20
+#: Most instructions one disassemble() call lists on either side of its address.
+MAX_LISTING = 256
 
 _MECH_STEP = "single-step compare"
+_MECH_DECODE = "single-step + operand decode"
+_REG_NAMES = frozenset(GPR_NAMES + ("rip", "rflags"))
 #: In DR6 after a plain single step: BS set, no B0-B3.
 _DR6_BS_OR_B = DR6_BS | 0xF
 _monotonic = time.monotonic
-_MECH_DECODE = "single-step + operand decode"
 
 
 class DebuggerError(Exception):
     """A request the debugger cannot do: an unmapped address, a bad register name."""
 
 
-class StopReason(enum.Enum):
-    """Why :meth:`Debugger.cont` returned."""
-
-    BREAKPOINT = "breakpoint"
-    WATCHPOINT = "watchpoint"
-    EXIT_MATCHED = "exit-matched"      # the ``until`` filter matched an exit
-    GUEST_STOPPED = "guest-stopped"    # halt, debug-exit port, crash, ...: see ``stop``
-    PAUSED = "paused"                  # pause() from another thread
-    TIMEOUT = "timeout"
-    STEP_LIMIT = "step-limit"          # ``max_steps`` instructions single-stepped
-    DEBUG_EXCEPTION = "debug-exception"  # a #DB/#BP the debugger did not ask for
-
-
-@dataclass
-class StopEvent:
-    """Where and why the guest stopped. ``steps`` counts the instructions
-    single-stepped on the way (0 when the guest ran freely)."""
-
-    reason: StopReason
-    rip: int
-    message: str
-    breakpoint: Breakpoint | None = None
-    watchpoint: Watchpoint | None = None
-    old_value: int | None = None
-    new_value: int | None = None
-    event: ExitEvent | None = None
-    stop: Stop | None = None
-    steps: int = 0
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass(frozen=True)
-class ExitFilter:
-    """Which exit :meth:`Debugger.cont` should stop at; unset fields match anything.
-
-    ``reason`` is an :attr:`ExitEvent.reason` (``IO_OUT``, ``IO_IN``,
-    ``MMIO_READ``, ``MMIO_WRITE``, ``HLT`` ...) or ``IO``/``MMIO`` for both
-    directions; ``port`` a port number; ``address`` an MMIO guest-physical
-    address inside the access; ``device`` a device name.
-    """
-
-    reason: str | None = None
-    port: int | None = None
-    address: int | None = None
-    device: str | None = None
-
-    def __call__(self, event: ExitEvent) -> bool:
-        return self.matches(event)
-
-    def matches(self, event: ExitEvent) -> bool:
-        exit = event.exit
-        if self.reason is not None:
-            reason = event.reason
-            if self.reason != reason and not (self.reason in ("IO", "MMIO")
-                                              and reason.startswith(self.reason + "_")):
-                return False
-        if self.port is not None:
-            if not isinstance(exit, (IoIn, IoOut)) or exit.port != self.port:
-                return False
-        if self.address is not None:
-            if not isinstance(exit, (MmioRead, MmioWrite)):
-                return False
-            if not exit.address <= self.address < exit.address + max(exit.length, 1):
-                return False
-        if self.device is not None and event.device != self.device:
-            return False
-        return True
-
-
-class StepRecord:
-    """One single-stepped instruction: the registers before and after, the
-    linear addresses it started and ended at, and the exits it caused.
-
-    ``changed`` names the registers the instruction changed; ``stop`` is the
-    machine's :class:`Stop` when the instruction ended the run (``hlt``,
-    the debug-exit port); ``hit`` a watchpoint or breakpoint it ran into.
-    """
-
-    __slots__ = ("before", "after", "pc", "new_pc", "exits", "stop", "debug", "hit")
-
-    def __init__(self, before: kvm_regs, after: kvm_regs, pc: int, new_pc: int,
-                 exits: tuple[ExitEvent, ...] = (), stop: Stop | None = None,
-                 debug: Debug | None = None) -> None:
-        self.before = before
-        self.after = after
-        self.pc = pc
-        self.new_pc = new_pc
-        self.exits = exits
-        self.stop = stop
-        self.debug = debug
-        self.hit: StopEvent | None = None
-
-    @property
-    def old_rip(self) -> int:
-        return self.before.rip
-
-    @property
-    def new_rip(self) -> int:
-        return self.after.rip
-
-    @property
-    def changed(self) -> tuple[str, ...]:
-        """Registers whose value the instruction changed (RIP nearly always)."""
-        return changed_registers(self.before, self.after)
-
-    @property
-    def registers(self) -> RegisterSnapshot:
-        return RegisterSnapshot.capture(self.after)
-
-    def __repr__(self) -> str:
-        extra = f", exits={len(self.exits)}" if self.exits else ""
-        return (f"StepRecord({self.old_rip:#x} -> {self.new_rip:#x}, "
-                f"changed={','.join(self.changed)}{extra})")
-
-
 _Matcher = Callable[[ExitEvent], bool]
+
+
+class _HaltWatchdog:
+    """With the in-kernel irqchip a ``hlt`` waits inside ``KVM_RUN``. When no
+    exit came for a while, kick the vCPU out and look: halted with RFLAGS.IF
+    clear means nothing can ever wake it, so the run is over (the rule
+    :class:`~minikvm.machine.Machine` applies in ``run``)."""
+
+    INTERVAL = 0.05
+
+    def __init__(self, machine: Any) -> None:
+        self.machine = machine
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="minikvm-debug-halt-check",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        seen = self.machine.exit_count
+        while not self._done.wait(self.INTERVAL):
+            if self.machine.exit_count == seen:
+                self.machine.vcpu.kick()
+            seen = self.machine.exit_count
+
+    def halted_for_good(self) -> Stop | None:
+        vcpu = self.machine.vcpu
+        if vcpu.get_mp_state() != KvmMpState.KVM_MP_STATE_HALTED:
+            return None
+        regs = vcpu.get_regs()
+        if regs.rflags & _RFLAGS_IF:
+            return None
+        return Stop(StopKind.HALT, 0, "the guest halted (hlt with interrupts off)", regs.rip)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=1.0)
 
 
 class Debugger:
@@ -274,7 +202,8 @@ class Debugger:
         self._watch_phys: dict[int, int | None] = {}
         self._pause = False
         self._timed_out = False
-        self._lock = threading.Lock()
+        #: Look at one-byte steps for a hlt that did not exit (see _stepped_hlt).
+        self._check_hlt = not support.step_reports_hlt or bool(getattr(machine, "irqchip", False))
 
     # -- registers ----------------------------------------------------------------------
 
@@ -327,8 +256,7 @@ class Debugger:
         """Change general registers, RIP or RFLAGS: ``set_registers(rax=1, rip=0x1000)``."""
         regs = self.vcpu.get_regs()
         for name, value in values.items():
-            if name not in RegisterSnapshot.__dataclass_fields__ or name not in dict(
-                    kvm_regs._fields_):
+            if name not in _REG_NAMES:
                 raise DebuggerError(f"{name!r} is not a general register, rip or rflags")
             if not 0 <= value < 1 << 64:
                 raise DebuggerError(f"{name}={value:#x} does not fit in 64 bits")
@@ -458,17 +386,20 @@ class Debugger:
         points further and further back and keep the first whose decoding
         falls exactly on ``address`` -- a heuristic, as in every debugger.
         """
+        if not 0 < count <= MAX_LISTING or not 0 <= before <= MAX_LISTING:
+            raise DebuggerError(f"count and before must be within 1..{MAX_LISTING}")
         start = self.pc if address is None else address
         bits = self.bitness()
         forward = disassemble(self._read_code(start, count * MAX_INSTRUCTION_LENGTH), start,
                               bits, count, self.symbol_at)
-        if before <= 0:
+        if before == 0:
             return forward
-        for back in range(min(before * MAX_INSTRUCTION_LENGTH, start), 0, -1):
-            code = self._read_code(start - back, back)
-            if len(code) != back:
-                continue
-            decoded = disassemble(code, start - back, bits, None, self.symbol_at)
+        reach = min(before * MAX_INSTRUCTION_LENGTH, start)
+        window = self._read_code(start - reach, reach)
+        if len(window) != reach:
+            return forward   # the bytes before are not all mapped
+        for back in range(reach, 0, -1):
+            decoded = disassemble(window[reach - back:], start - back, bits, None, self.symbol_at)
             if decoded and decoded[-1].next_address == start and len(decoded) >= before:
                 return decoded[-before:] + forward
         return forward
@@ -666,22 +597,7 @@ class Debugger:
         """Hand an exit we got from ``KVM_RUN`` to the machine: bus, stop
         rules, listeners -- what :meth:`Machine.step` does after its run."""
         machine = self.machine
-        now = time.monotonic()
-        handler = getattr(machine, "handle_exit", None)
-        if handler is not None:
-            event = handler(exit, started, now, explain=True, rip=rip)
-        else:
-            deliver = getattr(machine, "_deliver_host_input", None)
-            if deliver is not None and isinstance(exit, IoIn):
-                deliver()
-            access, count = dispatch_exit(exit, machine.pio, machine.mmio, True)
-            machine.exit_count += 1
-            event = ExitEvent(machine.exit_count, now, now - started, exit, access, count)
-            event.stop = machine._stop_for(exit)
-            event.description = describe_exit(exit, access, count)
-            event.rip = rip
-            for listener in list(machine.listeners):
-                listener(event)
+        event = machine.handle_exit(exit, started, time.monotonic(), explain=True, rip=rip)
         self._stamp = machine.exit_count
         return event
 
@@ -709,7 +625,7 @@ class Debugger:
             self._pc = new_pc = exit.pc
             self.steps += 1
             record = StepRecord(before, after, pc, new_pc)
-            if new_pc - pc == 1 and not self.support.step_reports_hlt:
+            if new_pc - pc == 1 and self._check_hlt:
                 self._stepped_hlt(record, started)
             return record
         return self._step_slow(before, pc, exit, started)
@@ -751,15 +667,19 @@ class Debugger:
         self._pc = new_pc = debug.pc if debug is not None else self._linear(after, sregs)
         self.steps += 1
         record = StepRecord(before, after, pc, new_pc, tuple(exits), stop, debug)
-        if (debug is not None and new_pc - pc == 1 and not self.support.step_reports_hlt
-                and not exits):
+        if debug is not None and new_pc - pc == 1 and self._check_hlt and not exits:
             self._stepped_hlt(record, started)
         return record
 
     def _stepped_hlt(self, record: StepRecord, started: float) -> None:
-        """Where a stepped ``hlt`` comes back as a #DB and the vCPU does not
-        halt (kvm-pvm), recognise it and give the machine the HLT exit that
-        hardware KVM would have produced."""
+        """Recognise a stepped ``hlt`` that did not come back as a HLT exit
+        and give the machine the exit it stands for.
+
+        Two cases: kvm-pvm reports a stepped ``hlt`` as a #DB after it and
+        the vCPU does not halt; with the in-kernel irqchip, ``hlt`` never
+        exits to us at all (the vCPU waits inside KVM), and with RFLAGS.IF
+        clear nothing can wake it, so the next step would wait for ever.
+        Only one-byte steps are looked at (``hlt`` is one byte)."""
         try:
             phys = self._physical(record.pc)
             if phys is None or self.memory.read_u8(phys) != _HLT:
@@ -962,7 +882,8 @@ class Debugger:
                          steps=steps)
 
     def _after_step(self, record: StepRecord, until: _Matcher | None,
-                    predicted: list[tuple[Watchpoint, MemoryAccess]], steps: int) -> StopEvent | None:
+                    predicted: list[tuple[Watchpoint, MemoryAccess]],
+                    steps: int) -> StopEvent | None:
         """What, if anything, a stepped instruction ran into."""
         if until is not None:
             for event in record.exits:
@@ -1024,6 +945,16 @@ class Debugger:
         self._insert_int3s()
         self._apply(self._state(stepping=False, exec_slots=True))
         machine = self.machine
+        watchdog = _HaltWatchdog(machine) if getattr(machine, "irqchip", False) else None
+        try:
+            return self._run_free_loop(until, steps, watchdog)
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+
+    def _run_free_loop(self, until: _Matcher | None, steps: int,
+                       watchdog: _HaltWatchdog | None) -> StopEvent:
+        machine = self.machine
         while True:
             stop = self._control_stop(steps)
             if stop is not None:
@@ -1031,18 +962,41 @@ class Debugger:
             event = machine.step(explain=True, capture_rip=bool(machine.listeners))
             self._regs = None
             exit = event.exit
+            if type(exit) is Interrupted and watchdog is not None and event.stop is None:
+                halted = watchdog.halted_for_good()
+                if halted is not None:
+                    return self._guest_stopped(halted, event, steps)
             if type(exit) is Debug:
                 hit = self._on_debug(exit, steps)
                 if hit is not None:
                     return hit
                 continue
             if event.stop is not None:
+                self._complete(exit)
                 return self._guest_stopped(event.stop, event, steps)
             if until is not None and until(event):
+                self._complete(exit)
                 rip = self._current().rip
                 return StopEvent(StopReason.EXIT_MATCHED, rip,
                                  f"exit matched: {event.description} (RIP {rip:#x})",
                                  event=event, steps=steps)
+
+    def _complete(self, exit: VmExit) -> None:
+        """Before stopping at an I/O or MMIO exit: let KVM finish the
+        instruction (store an ``in`` value, advance RIP) without running on,
+        so the registers a person looks at are consistent (KVM_RUN with
+        ``immediate_exit`` set, Documentation/virt/kvm/api.rst)."""
+        if not isinstance(exit, (IoIn, IoOut, MmioRead, MmioWrite)):
+            return
+        started = time.monotonic()
+        self.vcpu.immediate_exit = True
+        try:
+            done = self.vcpu.run()
+        finally:
+            self.vcpu.immediate_exit = False
+        if not isinstance(done, (Interrupted, Debug)):
+            self._dispatch(done, started, None)
+        self._regs = None
 
     def _on_debug(self, exit: Debug, steps: int) -> StopEvent | None:
         """A #DB or #BP while running freely: which breakpoint or watchpoint?"""

@@ -25,6 +25,7 @@ __all__ = [
     "SREG_NAMES",
     "changed_registers",
     "describe_control_registers",
+    "describe_debug_registers",
     "describe_rflags",
     "describe_segment",
     "extended_to_float",
@@ -171,6 +172,23 @@ def describe_control_registers(sregs: Any) -> dict[str, str]:
     }
 
 
+def describe_debug_registers(debugregs: Any) -> list[str]:
+    """DR0-DR3 with what DR7 makes of each, then DR6's status bits
+    (``KVM_GET_DEBUGREGS``; SDM vol. 3B, 18.2)."""
+    from minikvm.debug.breakpoints import DR6_BD, DR6_BS, DR6_BT, decode_dr7, dr6_slots
+
+    lines = []
+    for slot in decode_dr7(debugregs.dr7):
+        use = (f"{slot.condition}, {slot.size} byte(s)" if slot.enabled else "disabled")
+        lines.append(f"dr{slot.slot}={debugregs.db[slot.slot]:#x} ({use})")
+    status = [f"B{n}" for n in dr6_slots(debugregs.dr6)]
+    status += [name for bit, name in ((DR6_BD, "BD"), (DR6_BS, "BS"), (DR6_BT, "BT"))
+               if debugregs.dr6 & bit]
+    lines.append(f"dr6={debugregs.dr6:#x} [{' '.join(status)}]")
+    lines.append(f"dr7={debugregs.dr7:#x}")
+    return lines
+
+
 def extended_to_float(raw: bytes) -> float:
     """An x87 80-bit extended-precision value (SDM vol. 1, 4.2.2) as a float.
 
@@ -185,7 +203,8 @@ def extended_to_float(raw: bytes) -> float:
     sign = -1.0 if top & 0x8000 else 1.0
     exponent = top & 0x7FFF
     if exponent == 0x7FFF:
-        return sign * math.inf if significand << 1 == 0 else math.nan
+        fraction = significand & ((1 << 63) - 1)   # bit 63 is the integer bit
+        return sign * math.inf if fraction == 0 else math.nan
     if exponent == 0 and significand == 0:
         return sign * 0.0
     try:

@@ -32,7 +32,7 @@ from minikvm.debug.breakpoints import (
     DR_RW_WRITE,
     dr7_slot_bits,
 )
-from minikvm.kvm.errors import KvmError
+from minikvm.kvm.errors import KvmError, KvmUnavailableError
 from minikvm.kvm.exits import Debug, Hlt, VmExit
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
 from minikvm.kvm.uapi import (
@@ -131,8 +131,8 @@ def clear_probe_cache() -> None:
 
 def probe_debug_support(kvm_path: str = DEFAULT_KVM_PATH, kvm: Kvm | None = None,
                         refresh: bool = False) -> DebugSupport:
-    """Try each debug feature once (cached per ``kvm_path``); raises
-    :class:`KvmError` only when KVM itself cannot be opened."""
+    """Try each debug feature once (cached per ``kvm_path``). Raises only
+    when KVM itself cannot be opened (:class:`KvmUnavailableError`)."""
     with _cache_lock:
         if not refresh and kvm_path in _cache:
             return _cache[kvm_path]
@@ -152,7 +152,7 @@ def probe_rows(kvm_path: str = DEFAULT_KVM_PATH) -> list[tuple[str, str, str]]:
     """Rows for ``minikvm info`` (see :mod:`minikvm.info`)."""
     try:
         return probe_debug_support(kvm_path).rows()
-    except (KvmError, OSError) as err:
+    except (KvmError, KvmUnavailableError, OSError) as err:
         return [("debug features", "unknown", f"could not probe: {err}")]
 
 

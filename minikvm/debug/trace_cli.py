@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -51,7 +52,8 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
 
 def attach_trace_file(machine: Any, path: str | os.PathLike) -> Tracer:
     """For ``minikvm run --trace FILE``: record every exit of ``machine`` to
-    ``path`` as JSON Lines. Call ``close()`` on the result after the run."""
+    ``path`` as JSON Lines. Call ``close()`` on the result after the run.
+    Raises OSError when the file cannot be created."""
     return Tracer.attach(machine, capacity=1, path=os.fspath(path))
 
 
@@ -60,22 +62,28 @@ def _time_cell(record: TraceRecord, start: float) -> str:
 
 
 def render_log(records: Iterable[TraceRecord], title: str = "exits") -> Table:
-    """One row per exit."""
+    """One row per exit; the explanation takes whatever width is left."""
     records = list(records)
     start = records[0].time - records[0].guest_time if records else 0.0
-    table = Table(title=title, title_justify="left")
-    for name, justify in (("#", "right"), ("ms", "right"), ("rip", "right"), ("reason", "left"),
-                          ("where", "left"), ("size", "right"), ("dir", "left"),
-                          ("value", "right"), ("char", "left"), ("device", "left"),
-                          ("register", "left"), ("meaning", "left")):
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    table = Table(title=title, title_justify="left", expand=True, box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1), collapse_padding=True)
+    for name, justify in (("#", "right"), ("ms", "right"), ("rip", "right"), ("exit", "left"),
+                          ("access", "left"), ("value", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("device.register", overflow="fold", max_width=16)
+    table.add_column("meaning", overflow="fold", ratio=1, min_width=24)
     for record in records:
         value = "" if record.value is None else f"{record.value:#x}"
+        if record.char:
+            value += f" {record.char!r}"
+        where = record.where.removeprefix("port ")
+        access = " ".join(part for part in (record.direction, where) if part)
+        if record.size:
+            access += f"/{record.size}"
+        where = ".".join(part for part in (record.device, record.register) if part)
         table.add_row(str(record.seq), _time_cell(record, start),
                       "" if record.rip is None else f"{record.rip:#x}", record.reason,
-                      record.where, "" if record.size is None else str(record.size),
-                      record.direction, value, record.char, record.device, record.register,
-                      record.description)
+                      access, value, where, record.description)
     return table
 
 
@@ -109,38 +117,28 @@ def _usage(message: str) -> int:
     return STATUS_USAGE
 
 
-def cmd_trace(args: argparse.Namespace, console: Console | None = None) -> int:
+def cmd_trace(args: argparse.Namespace, build_machine: Callable[..., Any],
+              console: Console | None = None) -> int:
     """Run the guest with a tracer; print the log and the statistics.
 
-    Returns the guest's exit status as ``minikvm run`` would.
+    ``build_machine(args, output=...)`` makes the machine with the guest
+    loaded (the CLI passes its own, which knows every ``run`` option and
+    reports a bad guest file in one line). Returns the guest's exit status
+    as ``minikvm run`` would, 2 for bad usage.
     """
-    from minikvm.kvm.errors import KvmError
-    from minikvm.loaders import LoaderError
-    from minikvm.machine import DEFAULT_MEM_SIZE, Machine
-
-    guest = args.guest
-    if not os.path.isfile(guest):
-        return _usage(f"{guest}: no such file")
     limit = getattr(args, "limit", 200)
     capacity = getattr(args, "capacity", DEFAULT_CAPACITY)
     if limit < 0 or capacity < 1:
         return _usage("--limit must be >= 0 and --capacity >= 1")
     console = console or Console()
     output = bytearray()
-    try:
-        machine = Machine(getattr(args, "mem", None) or DEFAULT_MEM_SIZE,
-                          kvm_path=getattr(args, "kvm", "/dev/kvm"),
-                          output=output.extend)
-    except KvmError as err:
-        print(f"minikvm: {err}", file=sys.stderr)
-        return STATUS_KVM_UNAVAILABLE
+    machine = build_machine(args, output=output.extend)
     with machine:
         try:
-            machine.load_guest(guest, load_addr=getattr(args, "load_addr", None),
-                               entry=getattr(args, "entry", None), mode=getattr(args, "mode", None))
-        except LoaderError as err:
-            return _usage(str(err))
-        with Tracer.attach(machine, capacity=capacity, path=getattr(args, "jsonl", None)) as tracer:
+            tracer = Tracer.attach(machine, capacity=capacity, path=getattr(args, "jsonl", None))
+        except OSError as err:
+            return _usage(f"{err.filename}: {err.strerror}")
+        with tracer:
             stop = machine.run(timeout=getattr(args, "timeout", None) or DEFAULT_TRACE_TIMEOUT)
     if limit:
         shown = list(tracer.records)[-limit:]

@@ -1,0 +1,254 @@
+"""Single-stepping: one guest instruction per step, registers as the instruction says.
+
+The guest ``guests/debug/steps64.S`` is a straight line of 64-bit
+instructions; capstone's decoding of its bytes is the specification of the
+RIP sequence, and each instruction's effect is checked on the registers
+captured after its step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from minikvm.debug.debugger import Debugger, ExitFilter, StopReason
+from minikvm.debug.disasm import disassemble
+from minikvm.debug.guestbuild import assemble, tools_available
+from minikvm.machine import Machine, StopKind
+
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(not tools_available(), reason="needs binutils (as, ld)")]
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "tests" / "build" / "debug"
+ZF, IF = 1 << 6, 1 << 9
+
+
+@pytest.fixture(scope="module")
+def steps64() -> Path:
+    return assemble(ROOT / "guests" / "debug" / "steps64.S", BUILD).elf
+
+
+@pytest.fixture(scope="module")
+def loop64() -> Path:
+    return assemble(ROOT / "guests" / "debug" / "loop64.S", BUILD).elf
+
+
+@pytest.fixture
+def session(steps64):
+    output: list[bytes] = []
+    with Machine(output=output.append) as machine:
+        machine.load_elf(steps64)
+        debugger = Debugger(machine)
+        debugger.set_registers(rdx=0x1234, rdi=0, rsi=0)
+        yield machine, debugger, output
+        debugger.close()
+
+
+def expected_instructions(machine, debugger):
+    """capstone's view of the guest from _start to its hlt."""
+    start = debugger.address_of("_start")
+    listing = disassemble(machine.memory.read(start, 0x38), start, 64)
+    end = next(i for i, insn in enumerate(listing) if insn.mnemonic == "hlt")
+    return listing[:end + 1]
+
+
+def test_rip_sequence_equals_capstone_decoding(session):
+    machine, debugger, _ = session
+    expected = expected_instructions(machine, debugger)
+    records = []
+    for _ in range(len(expected) + 5):
+        records.append(debugger.step_instruction())
+        if records[-1].stop is not None:
+            break
+    assert [r.old_rip for r in records] == [i.address for i in expected]
+    assert [r.new_rip for r in records] == [i.next_address for i in expected]
+
+
+def test_registers_after_each_step_match_the_instruction(session):
+    machine, debugger, output = session
+    by_text = {}
+    for insn in expected_instructions(machine, debugger):
+        record = debugger.step_instruction()
+        assert record.old_rip == insn.address
+        by_text[insn.text] = record
+        r = record.after
+        match insn.text:
+            case "mov eax, 5":
+                assert r.rax == 5 and record.changed == ("rax", "rip")
+            case "mov ebx, 7":
+                assert r.rbx == 7
+            case "add rax, rbx":
+                assert r.rax == 12
+            case "lea rcx, [rax + rbx*2 + 3]":
+                assert r.rcx == 29 and "rflags" not in record.changed  # lea sets no flags
+            case "shl rcx, 4":
+                assert r.rcx == 29 << 4
+            case "xor edx, edx":
+                assert r.rdx == 0 and r.rflags & ZF
+            case "mov al, 0x41":
+                assert r.rax == 0x41
+            case "out 0xe9, al":
+                assert record.changed == ("rip",)
+                assert [e.reason for e in record.exits] == ["IO_OUT"]
+                assert record.exits[0].value == 0x41 and record.exits[0].device == "debugcon"
+                assert output == [b"A"]   # the device saw the byte during the step
+            case "push rcx":
+                assert r.rsp == record.before.rsp - 8
+                assert machine.memory.read_u64(r.rsp) == 29 << 4
+            case "pop rsi":
+                assert r.rsi == 29 << 4 and r.rsp == record.before.rsp + 8
+            case "mov r8d, 0xd0000000":
+                assert r.r8 == 0xD000_0000
+            case "mov edi, dword ptr [r8]":
+                assert r.rdi == 0xFFFF_FFFF   # nobody decodes it: the bus floats to all-ones
+                assert [e.reason for e in record.exits] == ["MMIO_READ"]
+            case "dec rbx":
+                assert r.rbx == 6
+            case "cli":
+                assert not r.rflags & IF
+            case "hlt":
+                assert record.stop is not None and record.stop.kind is StopKind.HALT
+    store = by_text["mov qword ptr [rip + 0x15], rax"]
+    assert store.changed == ("rip",)
+    assert machine.memory.read_u64(debugger.address_of("data")) == 0x41
+
+
+def test_changed_registers_reports_the_last_step(session):
+    _, debugger, _ = session
+    debugger.step_instruction()
+    assert debugger.changed_registers() == ("rax", "rip")
+
+
+def test_step_count_stops_early_when_the_guest_halts(session):
+    _, debugger, _ = session
+    records = debugger.step(100)
+    assert records[-1].stop is not None and len(records) < 100
+    assert records[-1].stop.kind is StopKind.HALT
+
+
+def test_step_exit_runs_to_the_next_vm_exit(session):
+    _, debugger, output = session
+    first = debugger.step_exit(timeout=10)
+    assert first.reason is StopReason.EXIT_MATCHED and first.event.reason == "IO_OUT"
+    assert output == [b"A"]
+    second = debugger.step_exit(timeout=10)
+    assert second.event.reason == "MMIO_READ"
+    third = debugger.step_exit(timeout=10)
+    assert third.reason is StopReason.GUEST_STOPPED and third.stop.kind is StopKind.HALT
+
+
+def test_cont_until_an_exit_filter_matches(session):
+    _, debugger, _ = session
+    stop = debugger.cont(until=ExitFilter(reason="MMIO_READ", address=0xD000_0000), timeout=10)
+    assert stop.reason is StopReason.EXIT_MATCHED
+    assert stop.event.exit.address == 0xD000_0000
+    assert debugger.registers().rdi == 0xFFFF_FFFF
+
+
+def test_exit_filter_fields():
+    from minikvm.kvm.exits import IoOut, MmioWrite
+    from minikvm.machine import ExitEvent
+    out = ExitEvent(1, 0.0, 0.0, IoOut(0xE9, 1, 1, b"A"))
+    mmio = ExitEvent(2, 0.0, 0.0, MmioWrite(0xD000_0010, 4, b"\0\0\0\0"))
+    assert ExitFilter(reason="IO")(out) and ExitFilter(port=0xE9)(out)
+    assert not ExitFilter(port=0x80)(out) and not ExitFilter(reason="MMIO")(out)
+    assert ExitFilter(address=0xD000_0012)(mmio) and not ExitFilter(address=0xD000_0014)(mmio)
+    assert ExitFilter()(out) and ExitFilter()(mmio)
+
+
+def test_disassembly_around_rip_uses_the_elf_symbols(session):
+    _, debugger, _ = session
+    for _ in range(8):
+        debugger.step_instruction()
+    assert debugger.bitness() == 64
+    listing = debugger.disassemble(count=2, before=2)
+    assert [i.address for i in listing][2] == debugger.rip
+    assert listing[2].symbol == "after_out" and listing[2].text.startswith("mov qword ptr")
+    assert listing[0].symbol.startswith("_start+")
+
+
+def test_set_registers_changes_what_the_guest_runs(session):
+    _, debugger, _ = session
+    start = debugger.address_of("_start")
+    debugger.set_registers(rip=start + 5)   # skip mov eax, 5
+    record = debugger.step_instruction()
+    assert record.old_rip == start + 5 and record.after.rbx == 7
+
+
+def _patch_count(machine, debugger, passes):
+    machine.memory.write_u64(debugger.address_of("count"), passes)
+
+
+def test_pause_from_another_thread_stops_a_free_running_guest(loop64):
+    with Machine() as machine:
+        machine.load_elf(loop64)
+        debugger = Debugger(machine)
+        _patch_count(machine, debugger, 1 << 40)   # never ends by itself
+        timer = threading.Timer(0.3, debugger.pause)
+        timer.start()
+        started = time.monotonic()
+        stop = debugger.cont(timeout=20)
+        timer.join()
+        assert stop.reason is StopReason.PAUSED
+        assert time.monotonic() - started < 10
+        assert debugger.address_of("loop") <= stop.rip < debugger.address_of("done")
+
+
+def test_pause_also_stops_a_stepping_run(loop64):
+    with Machine() as machine:
+        machine.load_elf(loop64)
+        debugger = Debugger(machine, support=_no_debug_registers())
+        _patch_count(machine, debugger, 1 << 40)
+        debugger.watch(0x9100, 8)   # never written; served by stepping and comparing
+        timer = threading.Timer(0.3, debugger.pause)
+        timer.start()
+        stop = debugger.cont(timeout=20)
+        timer.join()
+        assert stop.reason is StopReason.PAUSED and stop.steps > 0
+
+
+def test_timeout_stops_a_guest_that_never_exits(loop64):
+    with Machine() as machine:
+        machine.load_elf(loop64)
+        debugger = Debugger(machine)
+        _patch_count(machine, debugger, 1 << 40)
+        stop = debugger.cont(timeout=0.3)
+        assert stop.reason is StopReason.TIMEOUT
+
+
+def test_max_steps_limits_a_stepping_run(loop64):
+    with Machine() as machine:
+        machine.load_elf(loop64)
+        debugger = Debugger(machine, support=_no_debug_registers())
+        debugger.break_at(0x9000)
+        stop = debugger.cont(max_steps=5, timeout=20)
+        assert stop.reason is StopReason.STEP_LIMIT and stop.steps == 5
+        assert debugger.steps == 5
+
+
+def _no_debug_registers():
+    from minikvm.debug.probe import probe_debug_support
+    return probe_debug_support().without("hw_breakpoints", "sw_breakpoints", "hw_write_watch",
+                                         "hw_rw_watch")
+
+
+def test_with_the_irqchip_a_halt_with_interrupts_off_ends_a_free_run(steps64):
+    # hlt waits inside KVM with the in-kernel irqchip; nothing exits to us.
+    with Machine(irqchip=True, output=lambda data: None) as machine:
+        machine.load_elf(steps64)
+        debugger = Debugger(machine)
+        stop = debugger.cont(timeout=20)
+        assert stop.reason is StopReason.GUEST_STOPPED and stop.stop.kind is StopKind.HALT
+
+
+def test_with_the_irqchip_a_stepped_halt_with_interrupts_off_stops(steps64):
+    with Machine(irqchip=True, output=lambda data: None) as machine:
+        machine.load_elf(steps64)
+        debugger = Debugger(machine)
+        records = debugger.step(100)
+        assert records[-1].stop is not None and records[-1].stop.kind is StopKind.HALT
+        assert records[-1].old_rip == debugger.address_of("after_out") + 0x16   # the hlt
