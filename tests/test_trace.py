@@ -76,7 +76,8 @@ def test_log_and_statistics_render_as_tables():
     records = [TraceRecord(1, 1.0, 0.0, 0x1000, "IO_OUT", "pio", 0xE9, 1, "out", 0x48, 1,
                            "debugcon", "data", "prints 'H'", "H")]
     text = render(render_log(records))
-    assert "IO_OUT" in text and "port 0xe9" in text and "debugcon" in text and "0x48" in text
+    assert "IO_OUT" in text and "out 0xe9/1" in text and "debugcon" in text
+    assert "0x48 'H'" in text
     tracer = Tracer()
     tracer(fake_event(1, IoOut(0xE9, 1, 1, b"H"), 1.0))
     tables = [render(t) for t in render_stats(tracer)]
