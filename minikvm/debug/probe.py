@@ -269,7 +269,7 @@ def _check_int3(probe: _ProbeVm) -> tuple[bool, str]:
         return True, "int3 exits to the debugger"
     if not isinstance(exit, Debug) and getattr(exit, "port", None) == _HANDLER_PORT:
         return False, ("int3 went to the guest's own #BP handler instead of exiting "
-                       "(typical of emulated ring 0, e.g. kvm-pvm)")
+                       "(typical of emulated ring 0, as under PVM nested virtualization)")
     return False, f"int3 did not exit to the debugger: {_describe(exit)}"
 
 
