@@ -94,30 +94,41 @@ class DebugSupport:
         return dataclasses.replace(self, reasons=reasons, **{name: False for name in names})
 
     def rows(self) -> list[tuple[str, str, str]]:
-        """(what, value, meaning) rows for ``minikvm info``."""
-        def yes(flag: bool, name: str, meaning: str) -> tuple[str, str]:
-            return ("yes" if flag else "no", meaning if flag else self.reasons.get(name, meaning))
-
+        """(what, value, meaning) rows for ``minikvm info``: what works, and
+        for what does not, why and which fallback the debugger uses instead."""
         entries = [
             ("single-step", "single_step",
-             "KVM_GUESTDBG_SINGLESTEP stops after every guest instruction"),
+             "KVM_GUESTDBG_SINGLESTEP stops after every guest instruction",
+             "no stepping: breakpoints and watchpoints need it or the debug registers"),
             ("single-step of hlt", "step_reports_hlt",
-             "a stepped hlt exits as HLT (else the debugger spots hlt itself)"),
+             "a stepped hlt exits as HLT", ""),
             ("hw breakpoints", "hw_breakpoints",
-             "DR0-DR3 execute breakpoints exit to the debugger"),
+             "DR0-DR3 execute breakpoints exit to the debugger",
+             "breakpoints use int3 or single-stepping"),
             ("int3 breakpoints", "sw_breakpoints",
-             "KVM_GUESTDBG_USE_SW_BP: int3 exits to the debugger (else: a DR slot or stepping)"),
+             "KVM_GUESTDBG_USE_SW_BP: int3 exits to the debugger",
+             "software breakpoints use a free DR slot, else single-step and compare RIP"),
             ("hw write watchpoints", "hw_write_watch",
-             "a DR write breakpoint fires on a guest write (else: step and compare)"),
+             "a DR write breakpoint fires on a guest write",
+             "write watchpoints single-step and compare the watched bytes"),
             ("hw read/write watchpoints", "hw_rw_watch",
-             "a DR read/write breakpoint fires on a guest read (else: step and decode operands)"),
+             "a DR read/write breakpoint fires on a guest read",
+             "read/write watchpoints single-step and decode each instruction's operands"),
             ("block IRQs while stepping", "block_irq",
-             "KVM_GUESTDBG_BLOCKIRQ keeps a step out of interrupt handlers"),
+             "KVM_GUESTDBG_BLOCKIRQ keeps a step out of interrupt handlers",
+             "a step may enter an interrupt handler"),
             ("read-only memory slots", "readonly_memory",
-             "KVM_MEM_READONLY: writes to such RAM become MMIO exits"),
+             "KVM_MEM_READONLY: writes to such RAM become MMIO exits", "not used"),
         ]
-        return [(f"debug: {label}", *yes(getattr(self, name), name, meaning))
-                for label, name, meaning in entries]
+        rows = []
+        for label, name, works, fallback in entries:
+            if getattr(self, name):
+                rows.append((f"debug: {label}", "yes", works))
+            else:
+                why = self.reasons.get(name, "not offered by this KVM")
+                instead = f". In use instead: {fallback}" if fallback else ""
+                rows.append((f"debug: {label}", "no", why + instead))
+        return rows
 
 
 _cache: dict[str, DebugSupport] = {}
