@@ -339,9 +339,114 @@ def check_04(path: Path, work: Path) -> Verdict:
                f"{_bit_words(cr0, Cr0)}. PE is clear: real mode.")
 
 
+#: The exercise 05 guest (32-bit code, encodings from ``as --32``).
+_GDT_GUEST = bytes([
+    0x66, 0xB8, 0x20, 0x00,                         # 0x1000 mov ax, 0x20
+    0x8E, 0xC0,                                     # 0x1004 mov es, ax
+    0x26, 0xC7, 0x05, 0x00, 0x00, 0x00, 0x00,       # 0x1006 mov dword es:[0], 0x600dc0de
+    0xDE, 0xC0, 0x0D, 0x60,
+    0xF4,                                           # 0x1011 hlt
+])
+_GDT_LOAD_RIP, _GDT_WRITE_RIP = 0x1004, 0x1006
+_GDT_MARKER = (0x600DC0DE).to_bytes(4, "little")
+_GDT_BASE, _GDT_LIMIT = 0x10000, 0xFFFF
+
+
+def _descriptor_problems(desc) -> list[str]:
+    """What differs from the descriptor the task asks for, in words."""
+    from minikvm.x86.flags import SegmentType
+
+    problems = []
+    if desc.base != _GDT_BASE:
+        problems.append(f"its base is {desc.base:#x}, the task asks for {_GDT_BASE:#x} "
+                        "(base 23:0 is bits 39:16, base 31:24 bits 63:56)")
+    if desc.byte_limit != _GDT_LIMIT:
+        problems.append(f"its limit is {desc.byte_limit:#x} bytes (limit field "
+                        f"{desc.limit:#x}, G={desc.g}), the task asks for {_GDT_LIMIT:#x} "
+                        "(limit 15:0 is bits 15:0, limit 19:16 bits 51:48, G bit 55)")
+    if not desc.present:
+        problems.append("P (bit 47) is 0: not present")
+    if not desc.s:
+        problems.append("S (bit 44) is 0: that makes it a system descriptor (TSS, LDT, "
+                        "gate), not code or data")
+    if desc.type & SegmentType.EXECUTABLE:
+        problems.append(f"its type {desc.type:#x} has bit 3 set: a code segment, and code "
+                        "is never writable (type 0x3 is data, read/write, accessed)")
+    elif not desc.type & SegmentType.RW:
+        problems.append(f"its type {desc.type:#x} has bit 1 clear: read-only data")
+    if desc.dpl != 0:
+        problems.append(f"its DPL (bits 46:45) is {desc.dpl}, the task asks for ring 0")
+    if desc.db != 1 or desc.l:
+        problems.append(f"D/B (bit 54) is {desc.db} and L (bit 53) {desc.l}: a 32-bit "
+                        "segment has D/B=1, L=0")
+    return problems
+
+
+def check_05(path: Path, work: Path) -> Verdict:
+    """data_descriptor(): base 0x10000, 64 KiB, writable, used by a real guest."""
+    from minikvm.machine import Machine
+    from minikvm.x86.gdt import SegmentDescriptor
+    from minikvm.x86.layout import GDT_ADDR
+
+    function, problem = _function(path, "data_descriptor")
+    if problem is not None:
+        return problem
+    try:
+        value = function()
+    except Exception as err:  # noqa: BLE001
+        return _not_yet(f"data_descriptor() raised {_their_error(err, path)}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
+        return _not_yet(f"data_descriptor() returned {value!r}: it must be an int that fits "
+                        "in 64 bits (a descriptor is 8 bytes)")
+    desc = SegmentDescriptor.unpack(value)
+    decoded = (f"Your descriptor {value:#018x} decodes as: {desc.describe()} "
+               f"(D/B={desc.db}, L={desc.l}, S={desc.s}).")
+    problems = _descriptor_problems(desc)
+    with Machine() as machine:
+        machine.load_flat(_GDT_GUEST, 0x1000, mode="protected")
+        machine.memory.write(GDT_ADDR + 0x20, value.to_bytes(8, "little"))
+        sregs = machine.vcpu.get_sregs()
+        sregs.gdt.limit = 0x27          # five entries: the machine's four and yours
+        machine.vcpu.set_sregs(sregs)
+        stop = machine.run(timeout=GUEST_TIMEOUT)
+        es = machine.vcpu.get_sregs().es
+        ram = bytearray(machine.memory.read(0, machine.memory.size))
+        unclaimed = [a.address for a in machine.mmio.unclaimed if a.is_write]
+    ram[0x1000:0x1000 + len(_GDT_GUEST)] = bytes(len(_GDT_GUEST))  # the marker in the code
+    landed = ram.find(_GDT_MARKER)
+    hints = [f"- {problem}." for problem in problems]
+    if stop.kind.value == "shutdown":
+        if stop.rip == _GDT_LOAD_RIP:
+            return _not_yet("The CPU refused to load selector 0x20 into ES (`mov %ax, %es` "
+                            "faulted, and with no IDT the fault became a triple fault).",
+                            decoded, *(hints or ["Loading a data segment needs P=1 and S=1."]))
+        if stop.rip == _GDT_WRITE_RIP:
+            return _not_yet("ES was loaded, but the write through it faulted (#GP, then a "
+                            "triple fault).", decoded,
+                            *(hints or ["A write needs a writable data type and a limit of "
+                                        "at least 3."]))
+        return _not_yet(f"The guest crashed: {stop.message}.", decoded, *hints)
+    if stop.kind.value != "halt":
+        return _not_yet(f"The guest did not finish: {_stop_words(stop)}.", decoded, *hints)
+    cached = f"After `mov %ax, %es`, KVM_GET_SREGS shows ES.base={es.base:#x}, " \
+             f"ES.limit={es.limit:#x}: the CPU copied your descriptor into the hidden part."
+    if landed != _GDT_BASE:
+        where = (f"at physical {landed:#x}" if landed >= 0 else
+                 f"outside RAM (an MMIO write nobody claimed, at "
+                 f"{', '.join(hex(a) for a in unclaimed) or 'an unknown address'})")
+        return _not_yet(f"The guest's write landed {where}, not at {_GDT_BASE:#x}.",
+                        decoded, cached, *hints)
+    if problems:
+        return _not_yet(f"The write landed at {_GDT_BASE:#x}, but the descriptor is not the "
+                        "one asked for.", decoded, *hints)
+    return _ok("The guest loaded selector 0x20, the CPU read your descriptor from the GDT, "
+               f"and the write through ES landed at {_GDT_BASE:#x}.", cached)
+
+
 _CHECKS: dict[str, Callable[[Path, Path], Verdict]] = {
     "03": check_03,
     "04": check_04,
+    "05": check_05,
 }
 
 #: Exercise numbers, in order.

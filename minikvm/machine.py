@@ -301,6 +301,9 @@ class Machine:
 
         #: Called with every ExitEvent (the tracer, the TUI).
         self.listeners: list[Callable[[ExitEvent], None]] = []
+        #: Called when run() starts to let the guest go freely (a debugger
+        #: uses it to turn single-stepping off).
+        self.run_hooks: list[Callable[[], None]] = []
         self.exit_count = 0
         self.image = None
         self._pending_stop: Stop | None = None
@@ -539,6 +542,8 @@ class Machine:
         timer thread kicks the vCPU out of ``KVM_RUN`` (see :meth:`Vcpu.kick`).
         """
         self._timed_out = False
+        for hook in self.run_hooks:
+            hook()
         timer = None
         if timeout is not None:
             timer = threading.Timer(timeout, self._on_timeout)

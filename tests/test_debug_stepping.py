@@ -252,3 +252,20 @@ def test_with_the_irqchip_a_stepped_halt_with_interrupts_off_stops(steps64):
         records = debugger.step(100)
         assert records[-1].stop is not None and records[-1].stop.kind is StopKind.HALT
         assert records[-1].old_rip == debugger.address_of("after_out") + 0x16   # the hlt
+
+
+@pytest.mark.kvm
+def test_machine_run_after_stepping_runs_freely_to_the_end(guests):
+    from minikvm.machine import Machine, StopKind
+    from minikvm.debug import Debugger
+    output = []
+    with Machine(output=output.append) as machine:
+        machine.load_flat(guests / "hello.bin", 0x1000)
+        debugger = Debugger(machine)
+        debugger.break_at(0x1011, "hardware")
+        debugger.step(3)
+        stop = machine.run(timeout=30)   # the debugger steps aside
+        assert stop.kind is StopKind.HALT
+        assert b"".join(output).endswith(b"Python!\n")
+        debugger.close()
+        assert machine.run_hooks == []

@@ -204,6 +204,15 @@ class Debugger:
         self._timed_out = False
         #: Look at one-byte steps for a hlt that did not exit (see _stepped_hlt).
         self._check_hlt = not support.step_reports_hlt or bool(getattr(machine, "irqchip", False))
+        machine.run_hooks.append(self._machine_runs_alone)
+
+    def _machine_runs_alone(self) -> None:
+        """``Machine.run()`` is about to run the guest without us: take the
+        int3s out and turn guest debugging off, or the guest would trap into
+        debug exits nobody handles. Our next step or ``cont`` puts them back."""
+        self._remove_int3s()
+        if self._issued is not None and self._issued[0] != 0:
+            self._apply((0, (0,) * 8))
 
     # -- registers ----------------------------------------------------------------------
 
@@ -1025,6 +1034,8 @@ class Debugger:
 
     def close(self) -> None:
         """Take every int3 out and turn guest debugging off."""
+        if self._machine_runs_alone in self.machine.run_hooks:
+            self.machine.run_hooks.remove(self._machine_runs_alone)
         self._remove_int3s()
         if self._issued is not None and self._issued[0] != 0:
             try:
