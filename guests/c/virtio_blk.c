@@ -10,10 +10,8 @@
  * (u64): marker, capacity in sectors, status of read/write/flush, interrupts.
  */
 #include "guest.h"
-#include "interrupts64.h"
 #include "virtio.h"
 
-#define IRQ VIRTIO_MMIO_FIRST_IRQ
 #define SECTOR 512
 #define VIRTIO_BLK_T_IN 0
 #define VIRTIO_BLK_T_OUT 1
@@ -25,15 +23,6 @@ static struct virtq vq __attribute__((aligned(4096)));
 static struct blk_req_header header;
 static u8 data[SECTOR];
 static volatile u8 status;
-
-__attribute__((interrupt)) static void virtio_irq(struct interrupt_frame *frame)
-{
-    (void)frame;
-    u32 why = vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_STATUS);
-    vio_write(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_ACK, why);
-    virtio_irqs++;
-    pic_eoi(IRQ);
-}
 
 static u8 blk_request(u32 type, u64 sector, int with_data, int device_writes_data)
 {
@@ -69,9 +58,7 @@ void __attribute__((section(".text.start"), noreturn)) _start(void)
     volatile u64 *result = (volatile u64 *)RESULT_ADDR;
     result[0] = 0x4b4c4221;  /* "!BLK" */
 
-    idt_set_gate(PIC_VECTOR_BASE + IRQ, virtio_irq);
-    idt_load();
-    pic_init_unmask(IRQ);
+    virtio_setup_interrupts();
     int err = virtio_init(VIRTIO_MMIO_BASE, 2 /* block device */, &vq);
     if (err) {
         puts_e9("virtio-blk: init failed\n");

@@ -8,10 +8,8 @@
  * interrupts taken, checksum, first failing status (0 = all ok).
  */
 #include "guest.h"
-#include "interrupts64.h"
 #include "virtio.h"
 
-#define IRQ VIRTIO_MMIO_FIRST_IRQ
 #define BLOCK (64 * 1024)
 #define VIRTIO_BLK_T_IN 0
 
@@ -22,24 +20,13 @@ static struct blk_req_header header;
 static u8 data[BLOCK] __attribute__((aligned(4096)));
 static volatile u8 status;
 
-__attribute__((interrupt)) static void virtio_irq(struct interrupt_frame *frame)
-{
-    (void)frame;
-    u32 why = vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_STATUS);
-    vio_write(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_ACK, why);
-    virtio_irqs++;
-    pic_eoi(IRQ);
-}
-
 void __attribute__((section(".text.start"), noreturn)) _start(void)
 {
     volatile u64 *result = (volatile u64 *)RESULT_ADDR;
     u64 requests = result[0];
     u64 checksum = 0, failed = 0, done = 0;
 
-    idt_set_gate(PIC_VECTOR_BASE + IRQ, virtio_irq);
-    idt_load();
-    pic_init_unmask(IRQ);
+    virtio_setup_interrupts();
     int err = virtio_init(VIRTIO_MMIO_BASE, 2, &vq);
     if (err)
         guest_exit(err);

@@ -8,32 +8,19 @@
  * init error (0 = ok).
  */
 #include "guest.h"
-#include "interrupts64.h"
 #include "virtio.h"
 
-#define IRQ VIRTIO_MMIO_FIRST_IRQ
 #define NBYTES 16
 
 static struct virtq vq __attribute__((aligned(4096)));
 static u8 buffer[NBYTES];
-
-__attribute__((interrupt)) static void virtio_irq(struct interrupt_frame *frame)
-{
-    (void)frame;
-    u32 why = vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_STATUS);
-    vio_write(VIRTIO_MMIO_BASE, VIRTIO_MMIO_INTERRUPT_ACK, why);  /* lowers the line */
-    virtio_irqs++;
-    pic_eoi(IRQ);
-}
 
 void __attribute__((section(".text.start"), noreturn)) _start(void)
 {
     volatile u64 *result = (volatile u64 *)RESULT_ADDR;
     result[0] = 0x524e4721;  /* "!GNR" */
 
-    idt_set_gate(PIC_VECTOR_BASE + IRQ, virtio_irq);
-    idt_load();
-    pic_init_unmask(IRQ);
+    virtio_setup_interrupts();
 
     int err = virtio_init(VIRTIO_MMIO_BASE, 4 /* entropy source */, &vq);
     result[3] = err;

@@ -9,6 +9,7 @@
 #ifndef MINIKVM_VIRTIO_H
 #define MINIKVM_VIRTIO_H
 #include "guest.h"
+#include "interrupts64.h"
 
 /* The machine places virtio-mmio devices from here, 4 KiB apart, on IRQ 5, 6 ... */
 #define VIRTIO_MMIO_BASE 0xd0000000ul
@@ -125,8 +126,27 @@ static inline void virtq_submit(uptr base, struct virtq *vq, u16 head)
     vio_write(base, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 }
 
-/* Counted by the guest's interrupt handler (which also ACKs the device). */
+/* Counted by virtio_irq_handler. */
 static volatile u32 virtio_irqs;
+
+/* The device's interrupt (§4.2.3.4): read why (InterruptStatus), ACK it,
+ * which lowers the level-triggered line, count it, end it at the PIC. */
+__attribute__((interrupt, unused)) static void virtio_irq_handler(struct interrupt_frame *frame)
+{
+    (void)frame;
+    u32 why = mmio_read32(VIRTIO_MMIO_BASE + VIRTIO_MMIO_INTERRUPT_STATUS);
+    mmio_write32(VIRTIO_MMIO_BASE + VIRTIO_MMIO_INTERRUPT_ACK, why);
+    virtio_irqs++;
+    pic_eoi(VIRTIO_MMIO_FIRST_IRQ);
+}
+
+/* Route the first virtio-mmio device's IRQ through the PIC to our handler. */
+static inline void virtio_setup_interrupts(void)
+{
+    idt_set_gate(PIC_VECTOR_BASE + VIRTIO_MMIO_FIRST_IRQ, virtio_irq_handler);
+    idt_load();
+    pic_init_unmask(VIRTIO_MMIO_FIRST_IRQ);
+}
 
 /* Sleep until the device's interrupt reports a used chain. The driver only
  * looks at the used ring after an interrupt, so a completed request proves
