@@ -18,6 +18,16 @@ from minikvm.kvm.host import detect_host
 from minikvm.kvm.system import Kvm
 from minikvm.kvm.uapi import KVM_API_VERSION, KvmCap, kvm_run
 
+#: Capabilities worth asking about, and what each is for.
+CAPABILITIES = (
+    (KvmCap.KVM_CAP_USER_MEMORY, "guest RAM from the VMM's own memory (02)"),
+    (KvmCap.KVM_CAP_NR_MEMSLOTS, "how many memory slots a VM may have (02)"),
+    (KvmCap.KVM_CAP_IRQCHIP, "interrupt controllers emulated in the kernel (08)"),
+    (KvmCap.KVM_CAP_SET_GUEST_DEBUG, "single-stepping and breakpoints (07)"),
+    (KvmCap.KVM_CAP_IMMEDIATE_EXIT, "getting a running vCPU back, e.g. for a timeout"),
+    (KvmCap.KVM_CAP_MAX_VCPUS, "the most vCPUs one VM may have"),
+)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     lesson = Lesson("01", "Opening /dev/kvm: the API version and capabilities", argv)
@@ -55,8 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         *type* byte (KVM's is `KVMIO` = `0xAE`) and a command *number*.
         `KVM_GET_API_VERSION` takes no argument, so it is just `_IO(0xAE, 0x00)`.
         `KVM_GET_REGS` fills in a `struct kvm_regs` of 144 bytes, so the number says
-        "read, 144 bytes": if the structure ever changed size, old programs would be refused
-        instead of misread.
+        "read, 144 bytes" (read *by the program*: directions are seen from user space). If
+        the structure ever changed size, the number would change with it, and old programs
+        would be refused instead of misread.
     """)
     lesson.result("KVM_GET_API_VERSION", f"{ioctls.KVM_GET_API_VERSION:#x}")
     lesson.result("KVM_GET_REGS", f"{ioctls.KVM_GET_REGS:#x} = "
@@ -69,8 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # -- 3. the API version ---------------------------------------------------------
     lesson.section("3. KVM_GET_API_VERSION")
+    lesson.narrate("""
+        `ioctl()` here is minikvm's (`minikvm/kvm/fd.py`): it calls the C library's `ioctl(2)`
+        through `ctypes` and turns a failure into a `KvmError` that names the request.
+    """)
     lesson.code("""
-        version = ioctl(fd, ioctls.KVM_GET_API_VERSION)   # minikvm.kvm.fd.ioctl: libc's ioctl
+        version = ioctl(fd, ioctls.KVM_GET_API_VERSION)
     """)
     version = ioctl(fd, ioctls.KVM_GET_API_VERSION)
     lesson.result("KVM_GET_API_VERSION returned", version)
@@ -90,11 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         error: the answer is simply 0, which is what lets an old kernel and a new VMM get along.
     """)
     rows = []
-    for cap in (KvmCap.KVM_CAP_USER_MEMORY, KvmCap.KVM_CAP_NR_MEMSLOTS, KvmCap.KVM_CAP_IRQCHIP,
-                KvmCap.KVM_CAP_SET_GUEST_DEBUG, KvmCap.KVM_CAP_IMMEDIATE_EXIT,
-                KvmCap.KVM_CAP_MAX_VCPUS):
-        rows.append((cap.name, int(cap), ioctl(fd, ioctls.KVM_CHECK_EXTENSION, int(cap))))
-    lesson.table("KVM_CHECK_EXTENSION on this host", ("capability", "number", "answer"), rows)
+    for cap, meaning in CAPABILITIES:
+        rows.append((cap.name, int(cap), ioctl(fd, ioctls.KVM_CHECK_EXTENSION, int(cap)),
+                     meaning))
+    lesson.table("KVM_CHECK_EXTENSION on this host",
+                 ("capability", "number", "answer", "what it is (lesson)"), rows)
     lesson.narrate("""
         `KVM_CAP_USER_MEMORY` is the one we cannot live without: it lets a VMM give the guest
         ordinary memory of its own process as RAM (lesson 02). The counts (memory slots,
@@ -106,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.checkpoint("capability 9999 (no such capability)", unknown, 0)
 
     # -- 5. the vCPU mmap size -----------------------------------------------------------
-    lesson.section("5. KVM_GET_VCPU_MMAP_SIZE: the page KVM shares with each vCPU")
+    lesson.section("5. KVM_GET_VCPU_MMAP_SIZE: the memory KVM shares with each vCPU")
     mmap_size = ioctl(fd, ioctls.KVM_GET_VCPU_MMAP_SIZE)
     lesson.result("KVM_GET_VCPU_MMAP_SIZE returned", f"{mmap_size} bytes")
     lesson.narrate(f"""
@@ -137,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # -- 7. the same with minikvm's API ------------------------------------------------
     lesson.section("7. The same with minikvm's Kvm class")
     lesson.code("""
-        with Kvm() as kvm:                 # opens /dev/kvm and insists on API version 12
+        with Kvm() as kvm:           # opens /dev/kvm, insists on API version 12
             kvm.api_version()
             kvm.check_extension(KvmCap.KVM_CAP_USER_MEMORY)
             kvm.require(KvmCap.KVM_CAP_IMMEDIATE_EXIT, "stopping a running guest")

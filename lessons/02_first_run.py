@@ -67,18 +67,26 @@ def by_hand(lesson: Lesson) -> None:
     ram[CODE_ADDR:CODE_ADDR + len(CODE)] = CODE
     lesson.code(f"""
         ram = mmap.mmap(-1, {RAM_SIZE:#x}, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-        region = kvm_userspace_memory_region(slot=0, flags=0, guest_phys_addr=0,
-                                             memory_size={RAM_SIZE:#x}, userspace_addr=<host address of ram>)
+        region = kvm_userspace_memory_region(
+            slot=0, flags=0, guest_phys_addr=0, memory_size={RAM_SIZE:#x},
+            userspace_addr=<the host address of ram>)
         ioctl(vm_fd, ioctls.KVM_SET_USER_MEMORY_REGION, region)
         ram[{CODE_ADDR:#x}:{CODE_ADDR:#x} + len(CODE)] = CODE        # "loading" the guest
     """)
     lesson.block("guest-physical memory at 0x1000 now:\n" + hexdump(CODE, CODE_ADDR))
     lesson.narrate("""
-        Those five bytes are the whole guest: `mov al, 'K'`, `out 0xe9, al`, `hlt`.
-
-        One more call that only matters on Intel CPUs: `KVM_SET_TSS_ADDR` names three pages of
-        guest-physical space, outside RAM, that KVM may use to emulate real mode there.
-        Other hosts accept and ignore it, so a portable VMM always makes it.
+        Those five bytes are the whole guest, three instructions:
+    """)
+    lesson.code("""
+        b0 4b     mov al, 0x4b     ; 'K'
+        e6 e9     out 0xe9, al     ; write AL to I/O port 0xE9
+        f4        hlt              ; stop the CPU
+    """, "nasm")
+    lesson.narrate("""
+        One more call, which matters only on Intel CPUs without "unrestricted guest"
+        support: `KVM_SET_TSS_ADDR` names three pages of guest-physical space, outside RAM,
+        that KVM may need there to emulate real mode. Other hosts accept and ignore it, so a
+        portable VMM always makes it.
     """)
     ioctl(vm_fd, ioctls.KVM_SET_TSS_ADDR, KVM_TSS_ADDR)
 
@@ -89,9 +97,10 @@ def by_hand(lesson: Lesson) -> None:
                      prot=mmap.PROT_READ | mmap.PROT_WRITE)
     run = kvm_run.from_buffer(page)
     lesson.code("""
-        vcpu_fd = ioctl(vm_fd, ioctls.KVM_CREATE_VCPU, 0)           # vCPU number 0
-        page = mmap.mmap(vcpu_fd, ioctl(kvm_fd, ioctls.KVM_GET_VCPU_MMAP_SIZE))
-        run = kvm_run.from_buffer(page)                              # ctypes view of struct kvm_run
+        vcpu_fd = ioctl(vm_fd, ioctls.KVM_CREATE_VCPU, 0)     # vCPU number 0
+        size = ioctl(kvm_fd, ioctls.KVM_GET_VCPU_MMAP_SIZE)
+        page = mmap.mmap(vcpu_fd, size)
+        run = kvm_run.from_buffer(page)      # a ctypes view of struct kvm_run
     """)
     lesson.narrate("""
         `struct kvm_run` is how `KVM_RUN` answers: it lives in memory shared between the
@@ -106,8 +115,8 @@ def by_hand(lesson: Lesson) -> None:
         run the instruction at CS:IP = `F000:FFF0`, where a PC's BIOS would be (lesson 04
         looks closer). KVM says CS = `{sregs.cs.selector:#x}`, CS.base = `{sregs.cs.base:#x}`.
         We have no BIOS: we point CS at segment 0 and the instruction pointer at our code.
-        RFLAGS must have bit 1 set (it always reads 1); all other flags clear means
-        "interrupts off".
+        RFLAGS must have bit 1 set (it always reads 1); all other flags clear -- IF (bit 9)
+        too, so "interrupts off".
     """)
     sregs.cs.selector = 0
     sregs.cs.base = 0
@@ -148,6 +157,13 @@ def by_hand(lesson: Lesson) -> None:
                       f"out port {io.port:#x}, {io.size} byte, value {byte:#x}",
                       "out port 0xe9, 1 byte, value 0x4b")
 
+    lesson.narrate("""
+        Run it again:
+    """)
+    lesson.code("""
+        ioctl(vcpu_fd, ioctls.KVM_RUN)
+        ioctl(vcpu_fd, ioctls.KVM_GET_REGS, regs)
+    """)
     ioctl(vcpu_fd, ioctls.KVM_RUN)
     reason = KvmExit(run.exit_reason)
     ioctl(vcpu_fd, ioctls.KVM_GET_REGS, regs)
@@ -173,14 +189,18 @@ def with_the_api(lesson: Lesson) -> None:
     lesson.section("6. The same with minikvm's Kvm, Vm, Vcpu and GuestMemory")
     lesson.code("""
         with Kvm() as kvm, kvm.create_vm() as vm:
-            memory = GuestMemory.with_size(0x10000)          # mmap, with bounds-checked access
+            memory = GuestMemory.with_size(0x10000)  # mmap, every access checked
             region = memory.regions[0]
             vm.set_user_memory_region(0, 0, region.size, region.host_address)
             vm.set_tss_addr(KVM_TSS_ADDR)
             memory.write(0x1000, CODE)
-            vcpu = vm.create_vcpu(0)                         # also maps kvm_run
-            sregs = vcpu.get_sregs(); sregs.cs.selector = sregs.cs.base = 0; vcpu.set_sregs(sregs)
-            regs = vcpu.get_regs(); regs.rip = 0x1000; regs.rflags = 0x2; vcpu.set_regs(regs)
+            vcpu = vm.create_vcpu(0)                 # also maps kvm_run
+            sregs = vcpu.get_sregs()
+            sregs.cs.selector = sregs.cs.base = 0
+            vcpu.set_sregs(sregs)
+            regs = vcpu.get_regs()
+            regs.rip, regs.rflags = 0x1000, 0x2
+            vcpu.set_regs(regs)
             vcpu.run()      # -> IoOut(...)
             vcpu.run()      # -> Hlt(...)
     """)

@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 text += exit.data
             elif isinstance(exit, Hlt):
                 break
-    lesson.result("the guest printed", bytes(text).decode())
+    lesson.result("the guest printed", bytes(text).decode().strip())
     lesson.result("VM exits", exits)
     lesson.narrate(f"""
         {len(text)} characters, {exits} exits: one per `out`, plus the `hlt`. Every byte
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.checkpoint("exits for hello", exits, len(text) + 1)
 
     # -- 2. IN: the guest waits for an answer ---------------------------------------------
-    lesson.section("2. An `in`: the guest waits for our answer")
+    lesson.section("2. An IN: the guest waits for our answer")
     lesson.narrate("""
         An `out` carries its data to us. An `in` is a question: the guest is stopped in the
         *middle* of the instruction, and KVM finishes it at the next `KVM_RUN` with whatever
@@ -98,10 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         we answer the same by hand, and then, to prove who decides, with something else.
     """)
     lesson.code("""
-        in  al, 0xe9     ; E4 E9
-        out 0xe9, al     ; E6 E9
-        hlt              ; F4
+        e4 e9     in  al, 0xe9
+        e6 e9     out 0xe9, al
+        f4        hlt
     """, "nasm")
+    lesson.code("""
+        question = machine.vcpu.run()    # IoIn: the guest waits inside its `in`
+        question.complete([0xE9])        # our answer goes into the kvm_run page
+        echoed = machine.vcpu.run()      # the `in` finishes; the `out` exits
+    """)
     answers = {}
     for answer in (0xE9, ord("A")):
         with Machine() as machine:
@@ -121,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.checkpoint("echo of answer 0x41", repr(answers[ord("A")][1].data), repr(b"A"))
 
     # -- 3. string I/O ----------------------------------------------------------------------
-    lesson.section("3. String I/O: `rep outsb`")
+    lesson.section("3. String I/O: rep outsb")
     lesson.narrate("""
         `rep outsb` writes CX bytes from memory to a port in one instruction. `kvm_run.io` has
         a `count` field for it: KVM may collect many items and exit once. Whether it does is
@@ -139,11 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = sum(e.accesses for e in io_events)
     lesson.result("exits for the rep outsb", len(io_events))
     lesson.result("bytes they carried", items)
-    lesson.narrate("""
-        Hardware KVM (VT-x, AMD-V) usually moves the whole string in one exit with
-        `count` = the length. kvm-pvm, which emulates guest kernel code one instruction step
-        at a time, exits once per byte. Either way the device receives the same bytes -- and
-        that is all a lesson may rely on.
+    lesson.narrate(f"""
+        Here: {len(io_events)} exit(s) for {items} bytes. Hardware KVM (VT-x, AMD-V) can
+        move the whole string in one exit, with `count` = the length (up to a page);
+        kvm-pvm, which emulates guest kernel code one step at a time, exits once per byte.
+        Either way the device receives the same bytes -- and that is all a VMM (or a
+        lesson) may rely on.
     """)
     lesson.checkpoint("rep outsb text", repr(printed), repr(REP_OUTSB_TEXT))
     lesson.checkpoint("rep outsb stop", stop.kind.value, "halt")
@@ -154,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         A VMM with more than one device needs a *bus*: a map from port ranges to device
         objects. `Machine` registers a few on its port bus. An exit is looked up there and the
         device sees only an offset inside its own range, so a device model never knows which
-        port it sits on (`minikvm/bus.py`).
+        port it sits on (`minikvm/bus.py`). Besides this lesson's two, there is COM1
+        (lesson 08) and whatever else the machine has grown (an `i8042` keyboard controller,
+        say, whose only job here is to let a Linux guest ask for a reset).
     """)
     with Machine() as machine:
         mappings = machine.pio.mappings

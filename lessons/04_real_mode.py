@@ -41,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # -- 1. the state after reset ----------------------------------------------------------
     lesson.section("1. A new vCPU is a CPU just out of reset")
+    lesson.code("""
+        with Kvm() as kvm, kvm.create_vm() as vm:
+            vcpu = vm.create_vcpu(0)
+            regs, sregs = vcpu.get_regs(), vcpu.get_sregs()   # KVM_GET_REGS, KVM_GET_SREGS
+    """)
     with Kvm() as kvm, kvm.create_vm() as vm:
         vcpu = vm.create_vcpu(0)
         regs, sregs = vcpu.get_regs(), vcpu.get_sregs()
@@ -93,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # -- 3. the hidden base is what counts ----------------------------------------------------
     lesson.section("3. The hidden base is what the CPU uses")
     lesson.narrate("""
-        Now the same snippet, but the host loads DS with selector `0x1234` and a base that
+        Now a longer snippet, and the host loads DS with selector `0x1234` but a base that
         does *not* match: `0x20000`. The first write goes where the hidden base says. The
         `mov ds, ax` then makes the CPU recompute the base from the selector, and the second
         write lands at `0x12350`:
@@ -122,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.result("word at 0x12350 (selector * 16 + 0x10)", f"{at_selector:#x}")
     lesson.result("DS after the reload", f"selector {ds_after.selector:#x}, base "
                   f"{ds_after.base:#x}")
-    lesson.checkpoint("first write (base 0x20000)", f"{at_hidden:#x} at 0x20010", "0xbeef at 0x20010")
+    lesson.checkpoint("first write (base 0x20000)", f"{at_hidden:#x} at 0x20010",
+                      "0xbeef at 0x20010")
     lesson.checkpoint("second write (after mov ds, ax)", f"{at_selector:#x} at 0x12350",
                       "0xcafe at 0x12350")
     lesson.checkpoint("DS.base after the reload", f"{ds_after.base:#x}", "0x12340")
@@ -154,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.section("5. The same with minikvm: setup_real_mode and a C guest")
     lesson.narrate("""
         `Machine.load_flat(..., mode="real")` calls `minikvm.x86.modes.setup_real_mode`, which
-        writes every segment's both parts (CS = 0, base 0, 64 KiB limit ...), SS:SP =
+        writes both parts of every segment register (CS = 0, base 0, 64 KiB limit ...), SS:SP =
         0:0x7C00, CR0 = ET only (caches on: the state an OS runs in), and points IDTR at the
         real-mode interrupt vector table at address 0. `cpu_mode_of` reads the mode back from
         CR0 and EFER, `code_bitness` how the CPU decodes instructions now.

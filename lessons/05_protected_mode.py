@@ -76,11 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """)
     lesson.code("""
         def pack_by_hand(base, limit, access, flags):
-            return ((limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | access << 40
-                    | (limit >> 16 & 0xF) << 48 | flags << 52 | (base >> 24 & 0xFF) << 56)
+            return ((limit & 0xFFFF)                 # bits 15:0   limit 15:0
+                    | (base & 0xFFFFFF) << 16        # bits 39:16  base 23:0
+                    | access << 40                   # bits 47:40  P, DPL, S, type
+                    | (limit >> 16 & 0xF) << 48      # bits 51:48  limit 19:16
+                    | flags << 52                    # bits 55:52  G, D/B, L, AVL
+                    | (base >> 24 & 0xFF) << 56)     # bits 63:56  base 31:24
 
         code32 = pack_by_hand(base=0, limit=0xFFFFF, access=0x9B, flags=0xC)
-        data = pack_by_hand(base=0, limit=0xFFFFF, access=0x93, flags=0xC)   # type 3: data, RW
+        data = pack_by_hand(base=0, limit=0xFFFFF, access=0x93, flags=0xC)  # type 3
     """)
     code32 = pack_by_hand(base=0, limit=0xFFFFF, access=0x9B, flags=0xC)
     data = pack_by_hand(base=0, limit=0xFFFFF, access=0x93, flags=0xC)
@@ -107,6 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         3. set CR0 = PE | ET: protected mode, no paging;
         4. load the ELF guest `guests/c/protected.c` and start at its entry.
     """)
+    lesson.code("""
+        machine.memory.write(0x500, gdt_bytes)                            # 1
+        sregs = machine.vcpu.get_sregs()
+        sregs.gdt.base, sregs.gdt.limit = 0x500, len(gdt_bytes) - 1
+        sregs.cs.selector, sregs.cs.base, sregs.cs.limit = 0x10, 0, 0xFFFFFFFF
+        sregs.cs.type, sregs.cs.db, sregs.cs.g = 0xB, 1, 1                # 2
+        # ... the same for DS, ES, FS, GS, SS with selector 0x18, type 0x3
+        sregs.cr0 = CR0_PE | CR0_ET                                       # 3
+        machine.vcpu.set_sregs(sregs)
+        image = load_elf(machine.memory, "guests/build/protected.elf")   # 4
+        regs.rip, regs.rsp, regs.rflags = image.entry, 0x6F000, 0x2
+    """)
     output: list[bytes] = []
     with Machine(output=output.append) as machine:
         table = b"".join(entry.to_bytes() for entry in flat_gdt())
@@ -124,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine.vcpu.set_regs(regs)
         stop = machine.run(timeout=5)
         after = machine.vcpu.get_sregs()
-    lesson.block(f"the GDT at {GDT_ADDR:#x}:\n" + hexdump(table, GDT_ADDR, 8))
+    lesson.block(f"the GDT at {GDT_ADDR:#x} (little-endian: the lowest byte first):\n"
+                 + hexdump(table, GDT_ADDR, 8))
     text = b"".join(output).decode().strip()
     lesson.result("the guest printed", text)
     lesson.result("the run", stop.message)

@@ -71,6 +71,7 @@ class Lesson:
         self.checkpoints = 0
         self._built = False
         self._pending_gap = False
+        self._last_kind = ""
         if not self.quiet:
             self.console.rule(f"[bold]Lesson {number}: {escape(title)}")
             self.console.print()
@@ -78,10 +79,11 @@ class Lesson:
     # -- telling the story -----------------------------------------------------
 
     def _gap(self) -> None:
-        """A blank line after a run of result lines."""
+        """A blank line after a run of result or checkpoint lines."""
         if self._pending_gap:
             self.console.print()
             self._pending_gap = False
+        self._last_kind = ""
 
     def narrate(self, text: str) -> None:
         """A paragraph or two of Markdown: what happens next and why."""
@@ -101,7 +103,7 @@ class Lesson:
         """Show the code that is about to run (or that the guest runs)."""
         if not self.quiet:
             self._gap()
-            self.console.print(Syntax(textwrap.dedent(source).strip(), language,
+            self.console.print(Syntax(textwrap.dedent(source).strip("\n").rstrip(), language,
                                       theme="ansi_dark", background_color="default",
                                       word_wrap=True))
             self.console.print()
@@ -109,8 +111,11 @@ class Lesson:
     def result(self, what: str, value: object) -> None:
         """What KVM (or the guest) answered: ``-> what: value``."""
         if not self.quiet:
+            if self._last_kind != "result":
+                self._gap()
             self.console.print(f"  [green]->[/] {escape(what)}: [bold]{escape(str(value))}[/]")
             self._pending_gap = True
+            self._last_kind = "result"
 
     def block(self, text: str) -> None:
         """Preformatted text (a hex dump, a page walk), shown as is."""
@@ -140,8 +145,11 @@ class Lesson:
         if self.quiet:
             print(line, flush=True)
         else:
-            self.console.print(f"[bold magenta]{escape(line)}[/]")
+            if self._last_kind != "checkpoint":
+                self._gap()
+            self.console.print(f"[bold magenta]{escape(line)}[/]", soft_wrap=True)
             self._pending_gap = True
+            self._last_kind = "checkpoint"
         if expected is not _MISSING and value != expected:
             raise CheckpointError(f"checkpoint {name!r}: expected {expected!r}, got {value!r}")
 

@@ -124,6 +124,10 @@ def _build_parser() -> argparse.ArgumentParser:
     add_trace_arguments(trace)
 
     sub.add_parser("info", help="what this host's KVM offers")
+
+    from minikvm.lessons import add_lesson_arguments
+    lesson = sub.add_parser("lesson", help="the lessons: list, show NN, check NN [--file PATH]")
+    add_lesson_arguments(lesson)
     return parser
 
 
@@ -210,6 +214,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return trace(args, build_machine=build_machine)
 
 
+def cmd_lesson(args: argparse.Namespace) -> int:
+    from minikvm.lessons import cmd_lesson as lesson
+    return lesson(args)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from minikvm.info import print_info
     return print_info(args.kvm)
@@ -219,6 +228,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "trace": cmd_trace,
     "info": cmd_info,
+    "lesson": cmd_lesson,
 }
 
 

@@ -237,46 +237,54 @@ def _printable(data: bytes) -> str:
 # -- the checks ------------------------------------------------------------------------
 
 
-def _run_flat(binary: Path, **machine_options: Any):
-    """Run a flat real-mode binary at 0x1000; returns (machine, stop, output, events)."""
+@dataclass
+class _FlatRun:
+    """What a run of a flat real-mode guest left behind."""
+
+    stop: Any
+    output: bytes
+    events: list
+    cr0: int
+    exit_value: int | None
+
+
+def _run_flat(binary: Path) -> _FlatRun:
+    """Run a flat real-mode binary at 0x1000 on a fresh machine, every exit recorded."""
     from minikvm.machine import Machine
 
     output: list[bytes] = []
-    events = []
-    machine = Machine(output=output.append, **machine_options)
-    try:
+    events: list = []
+    with Machine(output=output.append) as machine:
         machine.load_flat(binary, 0x1000)
         machine.listeners.append(events.append)
         stop = machine.run(timeout=GUEST_TIMEOUT)
-    except BaseException:
-        machine.close()
-        raise
-    return machine, stop, b"".join(output), events
+        return _FlatRun(stop, b"".join(output), events, machine.vcpu.get_sregs().cr0,
+                        machine.debug_exit.last_value)
 
 
-def _stop_words(stop) -> str:
+def _stop_words(stop, timeout: float | None = None) -> str:
+    timeout = GUEST_TIMEOUT if timeout is None else timeout
     if stop.kind.value == "halt":
         return "it halted (status 0)"
     if stop.kind.value == "debug-exit":
         return f"it wrote to the debug-exit port (status {stop.status})"
     if stop.kind.value == "timeout":
-        return f"it was still running after {GUEST_TIMEOUT:.0f} s and was stopped"
+        return f"it was still running after {timeout:g} s and was stopped"
     return f"it stopped: {stop.message}"
 
 
 def check_03(path: Path, work: Path) -> Verdict:
     """Read port 0xE9, print the answer in hex, debug-exit with value 1."""
-    binary = build_asm(path, work)
-    machine, stop, output, events = _run_flat(binary)
-    with machine:
-        pass
-    reads = [e for e in events if e.reason == "IO_IN" and e.exit.port == 0xE9]
+    run = _run_flat(build_asm(path, work))
+    stop, output = run.stop, run.output
+    reads = [e for e in run.events if e.reason == "IO_IN" and e.exit.port == 0xE9]
     lines = output.decode("latin-1").splitlines()
     last = lines[-1].strip().lower() if lines else ""
     printed = f"Your guest printed {_printable(output)} and {_stop_words(stop)}."
     if stop.kind.value in ("shutdown", "internal-error", "fail-entry", "timeout",
                            "unexpected-exit"):
-        return _not_yet(f"Your guest did not finish: {_stop_words(stop)}.", printed)
+        return _not_yet(f"Your guest did not finish: {_stop_words(stop)}.",
+                        f"Before that, it printed {_printable(output)}.")
     if not reads:
         return _not_yet("Your guest never read port 0xE9: there was no KVM_EXIT_IO in the "
                         "'in' direction on that port. Use `in $0xe9, %al`.", printed)
@@ -290,7 +298,7 @@ def check_03(path: Path, work: Path) -> Verdict:
                         "the debug-exit port: `mov $1, %al` and `out %al, $0xf4` end the run "
                         "with status (1 << 1) | 1 = 3.", printed)
     if stop.status != 3:
-        value = machine.debug_exit.last_value
+        value = run.exit_value
         return _not_yet(f"Your guest wrote {value:#x} to the debug-exit port, so the run "
                         f"ended with status ({value:#x} << 1) | 1 = {stop.status}; the task "
                         "asks for value 1 (status 3).", printed)
@@ -307,14 +315,13 @@ def check_04(path: Path, work: Path) -> Verdict:
     """Print the guest's own CR0; compared with KVM_GET_SREGS after the run."""
     from minikvm.x86.flags import Cr0
 
-    binary = build_asm(path, work)
-    machine, stop, output, _ = _run_flat(binary)
-    with machine:
-        cr0 = machine.vcpu.get_sregs().cr0
+    run = _run_flat(build_asm(path, work))
+    stop, output, cr0 = run.stop, run.output, run.cr0
     text = output.decode("latin-1")
     printed = f"Your guest printed {_printable(output)} and {_stop_words(stop)}."
     if stop.kind.value not in ("halt", "debug-exit"):
-        return _not_yet(f"Your guest did not finish: {_stop_words(stop)}.", printed)
+        return _not_yet(f"Your guest did not finish: {_stop_words(stop)}.",
+                        f"Before that, it printed {_printable(output)}.")
     found = re.search(r"CR0=0x([0-9a-fA-F]+)", text)
     if found is None:
         return _not_yet("Your guest did not print a line like 'CR0=0x00000010'.", printed)
@@ -327,10 +334,10 @@ def check_04(path: Path, work: Path) -> Verdict:
         hints = []
         if wrong & Cr0.PE:
             hints.append("PE (bit 0) is clear in real mode: setting it is what enters "
-                         "protected mode")
+                         "protected mode.")
         if actual and not shown:
             hints.append("0 is what EAX held before: the value must come from CR0 itself "
-                         "(`mov %cr0, %eax`, or `smsw %ax` for the low 16 bits)")
+                         "(`mov %cr0, %eax`, or `smsw %ax` for the low 16 bits).")
         return _not_yet(f"Your guest printed CR0=0x{digits}, but its CR0 is "
                         f"{_bit_words(cr0, Cr0)} (KVM_GET_SREGS after the run); the bits "
                         f"{wrong:#x} differ.", *hints, printed)
@@ -443,10 +450,353 @@ def check_05(path: Path, work: Path) -> Verdict:
                f"and the write through ES landed at {_GDT_BASE:#x}.", cached)
 
 
+_ALIAS = 0x7F00_0000_0000
+#: Addresses the walker is tried on, with long.c's own tables in CR3: its 2 MiB
+#: identity page, its 4 KiB alias page, and holes at each level.
+_WALK_ADDRESSES = (0x1000, 0x100ABC, 0x1FFFF8, 0x60008, _ALIAS, _ALIAS + 0xFF8, _ALIAS + 0x123,
+                   0x200000, _ALIAS + 0x1000, _ALIAS + 0x200000, 0x4000_0000, 0x0000_7E00_0000_0000)
+
+
+def _hex_or_none(value: int | None) -> str:
+    return "not mapped" if value is None else f"{value:#x}"
+
+
+def check_06(path: Path, work: Path) -> Verdict:
+    """walk(memory, cr3, vaddr) against KVM_TRANSLATE, on long.c's own tables."""
+    from minikvm.machine import Machine
+    from minikvm.memory import GuestMemoryError
+    from minikvm.x86.paging import walk_4level
+
+    function, problem = _function(path, "walk")
+    if problem is not None:
+        return problem
+    subprocess.run(["make", "-s", "-C", str(GUESTS_DIR), "build/long.elf"],
+                   capture_output=True, timeout=300)
+    with Machine() as machine:
+        machine.load_guest(GUESTS_DIR / "build" / "long.elf")
+        machine.run(timeout=GUEST_TIMEOUT)
+        cr3 = machine.vcpu.get_sregs().cr3
+        results = []
+        for vaddr in _WALK_ADDRESSES:
+            kvm = machine.vcpu.translate(vaddr)
+            expected = kvm.physical_address if kvm.valid else None
+            try:
+                got = function(machine.memory, cr3, vaddr)
+            except GuestMemoryError as err:
+                return _not_yet(f"walk(memory, {cr3:#x}, {vaddr:#x}) read outside guest RAM: "
+                                f"{err}. An entry's bits 51:12 are the next table's address; "
+                                "mask off the flag bits (ADDRESS_MASK).")
+            except Exception as err:  # noqa: BLE001
+                return _not_yet(f"walk(memory, {cr3:#x}, {vaddr:#x}) raised "
+                                f"{_their_error(err, path)}")
+            reference = walk_4level(machine.memory, cr3, vaddr, gbpages=False, maxphyaddr=36)
+            results.append((vaddr, expected, got, reference))
+    wrong = [r for r in results if r[1] != r[2]]
+    if not wrong:
+        return _ok(f"All {len(results)} addresses agree with KVM_TRANSLATE, 2 MiB pages, "
+                   "4 KiB pages and holes alike.",
+                   *(f"  {vaddr:#x} -> {_hex_or_none(expected)}"
+                     for vaddr, expected, _, _ in results))
+    vaddr, expected, got, reference = wrong[0]
+    message = (f"{len(results) - len(wrong)} of {len(results)} addresses agree with "
+               f"KVM_TRANSLATE. The first that does not: {vaddr:#x}, which KVM translates "
+               f"to {_hex_or_none(expected)} and your walk to {_hex_or_none(got)}.")
+    details = ["The walk, level by level (minikvm.x86.paging.walk_4level):",
+               *("  " + line for line in reference.describe().splitlines()[1:])]
+    leaf = reference.levels[-1] if reference.levels else None
+    if expected is not None and leaf is not None and leaf.large:
+        if got is None:
+            details.append(f"The {leaf.level} entry has PS (bit 7) set: it maps a "
+                           f"{reference.page_size >> 20} MiB page itself. The walk ends there; "
+                           "it does not point to another table.")
+        elif (got ^ expected) & ~0x1FFFFF == 0:
+            details.append("Right page, wrong offset: inside a 2 MiB page the offset is bits "
+                           "20:0 of the address, not 11:0.")
+    if expected is None and got is not None:
+        details.append(f"KVM says the address is not mapped: {reference.fault_reason}.")
+    return _not_yet(message, *details)
+
+
+def _dr7_words(dr7: int, debugreg: list[int]) -> list[str]:
+    from minikvm.debug.breakpoints import decode_dr7
+
+    words = []
+    for slot in decode_dr7(dr7):
+        if slot.enabled:
+            words.append(f"slot {slot.slot}: enabled ({'G' if slot.global_ else 'L'}"
+                         f"{slot.slot}), watches {slot.condition} of {slot.size} byte(s) at "
+                         f"DR{slot.slot} = {debugreg[slot.slot]:#x}")
+    return words or ["no slot is enabled: slot n needs its L (bit 2n) or G (bit 2n+1) bit"]
+
+
+def check_07(path: Path, work: Path) -> Verdict:
+    """debug_registers(address): an execute breakpoint that stops steps64 there."""
+    from minikvm.debug.breakpoints import DR6_B, decode_dr7
+    from minikvm.kvm.exits import Debug, Hlt, Shutdown
+    from minikvm.kvm.uapi import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_USE_HW_BP
+    from minikvm.machine import Machine, dispatch_exit
+
+    function, problem = _function(path, "debug_registers")
+    if problem is not None:
+        return problem
+    flat = build_asm(GUESTS_DIR / "debug" / "steps64.S", work, bits=64)
+    with Machine() as machine:
+        image = machine.load_elf(flat.with_suffix(".elf"))
+        address = image.symbols.lookup("after_out").address
+        data = image.symbols.lookup("data").address
+        try:
+            values = function(address)
+        except Exception as err:  # noqa: BLE001
+            return _not_yet(f"debug_registers({address:#x}) raised {_their_error(err, path)}")
+        if (not isinstance(values, (list, tuple)) or len(values) != 8
+                or not all(isinstance(v, int) and 0 <= v < 1 << 64 for v in values)):
+            return _not_yet(f"debug_registers() returned {values!r}: it must be eight integers, "
+                            "DR0 to DR7")
+        values = list(values)
+        dr7 = values[7]
+        words = _dr7_words(dr7, values)
+        machine.vcpu.set_guest_debug(KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, values)
+        stopped = None
+        for _ in range(100):
+            exit = machine.vcpu.run()
+            dispatch_exit(exit, machine.pio, machine.mmio)
+            if isinstance(exit, (Debug, Hlt, Shutdown)):
+                stopped = exit
+                break
+        written = machine.memory.read_u64(data)
+    described = f"Your DR7 = {dr7:#x}: " + "; ".join(words) + "."
+    execute_slots = [s for s in decode_dr7(dr7) if s.enabled and s.condition == "execute"]
+    if isinstance(stopped, Debug) and stopped.pc == address:
+        slots = [n for n in range(4) if stopped.dr6 & DR6_B[n]]
+        long_ones = [s for s in execute_slots if s.size != 1]
+        if long_ones:
+            return _not_yet(f"The guest stopped at {address:#x}, but slot "
+                            f"{long_ones[0].slot} says length {long_ones[0].size}: an "
+                            "instruction breakpoint must have LEN = 00 (SDM vol. 3B, 18.2.5; "
+                            "other lengths are undefined behaviour).", described)
+        return _ok(f"The guest stopped with KVM_EXIT_DEBUG at {address:#x} (after_out), "
+                   f"DR6 reporting slot {', '.join(map(str, slots)) or '?'}; data is still "
+                   f"{written:#x}: the breakpoint fired before the instruction ran.", described)
+    if isinstance(stopped, Debug):
+        return _not_yet(f"The guest stopped at {stopped.pc:#x}, not at after_out "
+                        f"({address:#x}) (DR6 = {stopped.dr6:#x}).", described)
+    if isinstance(stopped, Shutdown):
+        return _not_yet("The guest crashed (triple fault) instead of stopping.", described)
+    hints = []
+    if not any(slot.enabled for slot in decode_dr7(dr7)):
+        hints.append("Nothing is switched on: set G0 (bit 1) or L0 (bit 0) to enable slot 0.")
+    elif not execute_slots:
+        hints.append("An instruction breakpoint needs R/W = 00 (\"break on instruction "
+                     "execution\") and LEN = 00 in its slot's bits of DR7: R/W0 is bits "
+                     "17:16, LEN0 bits 19:18.")
+    elif all(values[s.slot] != address for s in execute_slots):
+        hints.append(f"The enabled execute slot's address register does not hold "
+                     f"{address:#x}.")
+    elif any(s.size != 1 for s in execute_slots):
+        hints.append("An instruction breakpoint must have LEN = 00; with another length "
+                     "the CPU's behaviour is undefined (SDM vol. 3B, 18.2.5), and this one "
+                     "did not stop.")
+    return _not_yet(f"The guest ran to its hlt without stopping at after_out ({address:#x}).",
+                    described, *hints)
+
+
+_ECHO_INPUT = b"ok\x04"
+#: Seconds the echo may take: the reference guest needs milliseconds.
+_ECHO_TIMEOUT = 3.0
+
+
+def check_08(path: Path, work: Path) -> Verdict:
+    """The echo guest answers typed input through IRQ 4 (MCR.OUT2 set)."""
+    from minikvm.devices.uart import (
+        UART_IER_RDI,
+        UART_MCR_LOOP,
+        UART_MCR_OUT1,
+        UART_MCR_OUT2,
+    )
+    from minikvm.kvm.uapi import KVM_IRQCHIP_PIC_MASTER
+    from minikvm.machine import COM1_IRQ, Machine
+
+    binary = build_asm(path, work)
+    output: list[bytes] = []
+    with Machine(irqchip=True, output=output.append) as machine:
+        machine.load_flat(binary, 0x1000)
+        ready = machine.run(timeout=GUEST_TIMEOUT, until=lambda: machine.uart.ier & UART_IER_RDI)
+        if ready.kind.value != "paused":
+            return _not_yet("Your guest never enabled the UART's received-data interrupt "
+                            f"(IER.RDI): {_stop_words(ready)}.")
+        machine.send_serial_input(_ECHO_INPUT)
+        stop = machine.run(timeout=_ECHO_TIMEOUT)
+        uart = machine.uart.state()
+        pic = machine.vm.get_irqchip(KVM_IRQCHIP_PIC_MASTER).chip.pic
+        changes = machine.uart.irq.changes
+    echoed = b"".join(output)
+    seen = (f"We typed {_printable(_ECHO_INPUT)}; your guest echoed {_printable(echoed)} and "
+            f"{_stop_words(stop, _ECHO_TIMEOUT)}.")
+    if echoed == _ECHO_INPUT and stop.kind.value == "debug-exit":
+        return _ok("Your guest took the UART's interrupt and echoed every byte: the path "
+                   "UART -> MCR.OUT2 -> IRQ 4 -> PIC -> vector 0x0c -> handler works.",
+                   f"The interrupt line changed level {changes} times.")
+    mcr = uart["mcr"]
+    details = [seen, f"The UART's state now: IER={uart['ier']:#04x}, MCR={mcr:#04x}, "
+                     f"IIR says: {uart['interrupt']}, {uart['rx_level']} byte(s) waiting in "
+                     "the RX FIFO."]
+    if uart["rx_level"] and not uart["irq_level"]:
+        if not mcr & UART_MCR_OUT2:
+            why = ("MCR bit 3, OUT2, is clear: on a PC the UART's interrupt pin reaches the "
+                   "PIC only through a buffer that OUT2 enables, so IRQ 4 never rose")
+            if mcr & UART_MCR_OUT1:
+                why += " (bit 2 is OUT1, which no PC wires to anything)"
+            return _not_yet("The UART wanted to interrupt (data waiting, IER.RDI on), but its "
+                            f"interrupt never reached the PIC: {why}.", *details)
+        if mcr & UART_MCR_LOOP:
+            return _not_yet("MCR.LOOP is set: in loopback the UART is cut off from the line "
+                            "and from the PIC.", *details)
+    if pic.imr & (1 << COM1_IRQ):
+        return _not_yet(f"The PIC masks IRQ 4 (IMR={pic.imr:#04x}, bit 4 set): the "
+                        "interrupt is requested but never delivered.", *details)
+    return _not_yet("Your guest did not echo what we typed.", *details)
+
+
+#: Seconds a virtio guest may take: the reference guests need a fraction of one.
+_VIRTIO_TIMEOUT = 3.0
+
+
+def _counting_bytes(n: int) -> bytes:
+    return bytes(i & 0xFF for i in range(n))
+
+
+def _recording(backend) -> list[list[tuple[int, bool]]]:
+    """Record each request's buffers, (length, device-writable), as the device sees them."""
+    requests: list[list[tuple[int, bool]]] = []
+    original = backend.process
+
+    def process(queue_index, chain):
+        requests.append([(buffer.len, buffer.writable) for buffer in chain.buffers])
+        return original(queue_index, chain)
+
+    backend.process = process
+    return requests
+
+
+def _buffers_words(buffers: list[tuple[int, bool]]) -> str:
+    return ", ".join(f"{length} bytes {'device-writable' if writable else 'device-readable'}"
+                     for length, writable in buffers) or "no buffers"
+
+
+def check_09(path: Path, work: Path) -> Verdict:
+    """One virtio-rng request made of two chained, device-writable 8-byte descriptors."""
+    from minikvm.devices.virtio.rng import VirtioRng
+    from minikvm.machine import Machine
+
+    elf = build_c_guest(path, work)
+    rng = VirtioRng(source=_counting_bytes)
+    requests = _recording(rng)
+    output: list[bytes] = []
+    with Machine(irqchip=True, output=output.append) as machine:
+        transport = machine.add_virtio(rng)
+        machine.load_guest(elf)
+        stop = machine.run(timeout=_VIRTIO_TIMEOUT,
+                           until=lambda: transport.last_error is not None)
+        error = transport.last_error
+    text = b"".join(output).decode("latin-1")
+    printed = f"Your guest printed {text.strip()!r} and {_stop_words(stop, _VIRTIO_TIMEOUT)}."
+    seen = [f"Request {i + 1}: {_buffers_words(r)}." for i, r in enumerate(requests)]
+    if error:
+        return _not_yet(f"The device refused your request and now needs a reset: {error}.",
+                        *seen)
+    if not requests:
+        return _not_yet("The device received no request at all.", printed)
+    if len(requests) > 1:
+        return _not_yet(f"The device received {len(requests)} requests: one per descriptor. "
+                        "To make one request of two buffers, descriptor 0 needs "
+                        "VIRTQ_DESC_F_NEXT in its flags and `next = 1`, and only the head "
+                        "(0) goes in the available ring.", *seen, printed)
+    buffers = requests[0]
+    if len(buffers) == 1:
+        return _not_yet(f"The request had one buffer ({_buffers_words(buffers)}): the "
+                        "device stopped at descriptor 0 because its flags have no "
+                        "VIRTQ_DESC_F_NEXT (virtio 1.2 §2.7.5).", printed)
+    if buffers != [(8, True), (8, True)]:
+        return _not_yet(f"The request's buffers were: {_buffers_words(buffers)}. The task "
+                        "asks for two device-writable buffers of 8 bytes.", printed)
+    expected = "virtio-rng: " + " ".join(f"{b:#04x}" for b in _counting_bytes(16))
+    if expected not in text:
+        return _not_yet("The device filled a chain of two 8-byte buffers, but the guest did "
+                        "not print the 16 bytes (it prints `used.len` bytes from `buffer`: "
+                        "are the two halves next to each other?).", printed)
+    return _ok("The device received one request made of two chained 8-byte buffers, "
+               "filled both, and returned 16 bytes in one used element.", printed)
+
+
+_SERIAL = "lesson10-disk"
+_DISK_TEXT = b"the exercise 10 disk\n"
+
+
+def check_10(path: Path, work: Path) -> Verdict:
+    """A GET_ID request, and the serial printed as 'serial: ...'."""
+    from minikvm.devices.virtio.blk import SECTOR_SIZE, VIRTIO_BLK_T_GET_ID, VirtioBlk
+    from minikvm.machine import Machine
+
+    elf = build_c_guest(path, work)
+    disk = work / "disk.img"
+    disk.write_bytes(_DISK_TEXT.ljust(8 * SECTOR_SIZE, b"\0"))
+    blk = VirtioBlk(disk, serial=_SERIAL)
+    outcomes: list[str] = []
+    types: list[int] = []
+    failed: list[bool] = []
+    original = blk.process
+
+    def process(queue_index, chain):
+        if chain.readable_len >= 16:
+            types.append(int.from_bytes(chain.read(0, 4), "little"))
+        errors = blk.counters["ioerr"] + blk.counters["unsupported"]
+        written = original(queue_index, chain)
+        outcomes.append(blk.last_request)
+        failed.append(blk.counters["ioerr"] + blk.counters["unsupported"] != errors)
+        return written
+
+    blk.process = process
+    output: list[bytes] = []
+    try:
+        with Machine(irqchip=True, output=output.append) as machine:
+            transport = machine.add_virtio(blk)
+            machine.load_guest(elf)
+            stop = machine.run(timeout=_VIRTIO_TIMEOUT,
+                               until=lambda: transport.last_error is not None)
+            error = transport.last_error
+    finally:
+        blk.close()
+    text = b"".join(output).decode("latin-1")
+    printed = f"Your guest printed {text!r} and {_stop_words(stop, _VIRTIO_TIMEOUT)}."
+    requests = f"The disk's requests, in its own words: {' | '.join(outcomes) or 'none'}."
+    if error:
+        return _not_yet(f"The device refused a request and now needs a reset: {error}.",
+                        requests, printed)
+    if VIRTIO_BLK_T_GET_ID not in types:
+        return _not_yet("The device received no VIRTIO_BLK_T_GET_ID (type 8) request.",
+                        requests, printed)
+    which = types.index(VIRTIO_BLK_T_GET_ID)
+    get_id = outcomes[which]
+    if failed[which]:
+        return _not_yet(f"Your GET_ID request failed: {get_id}. The serial goes into a "
+                        "device-writable buffer of at least 20 bytes, between the header "
+                        "and the status byte.", requests, printed)
+    if f"serial: {_SERIAL}\n" not in text:
+        return _not_yet(f"The device wrote the serial {_SERIAL!r} into your buffer, but "
+                        f"your guest did not print the line 'serial: {_SERIAL}'.", printed)
+    return _ok(f"Your driver asked the disk for its ID, the device wrote {_SERIAL!r} into "
+               "guest memory, and your guest printed it.", requests)
+
+
 _CHECKS: dict[str, Callable[[Path, Path], Verdict]] = {
     "03": check_03,
     "04": check_04,
     "05": check_05,
+    "06": check_06,
+    "07": check_07,
+    "08": check_08,
+    "09": check_09,
+    "10": check_10,
 }
 
 #: Exercise numbers, in order.

@@ -149,3 +149,15 @@ def test_detect_host_reads_the_loaded_module(tmp_path):
     (tmp_path / "kvm_amd").mkdir()
     assert detect_host(str(tmp_path)).flavour == "kvm_amd"
     assert detect_host(str(tmp_path / "none")).flavour == "unknown"
+
+
+def test_ioctl_keeps_a_struct_built_in_the_call_alive():
+    from minikvm.kvm import ioctls
+    from minikvm.kvm.fd import ioctl
+    from minikvm.kvm.uapi import kvm_userspace_memory_region
+    kvm = Kvm()
+    vm = kvm.create_vm()
+    memory = GuestMemory.with_size(0x10000)
+    ioctl(vm.fd, ioctls.KVM_SET_USER_MEMORY_REGION, kvm_userspace_memory_region(
+        slot=0, guest_phys_addr=0, memory_size=0x10000,
+        userspace_addr=memory.regions[0].host_address))

@@ -4,7 +4,7 @@
  * values, stores them, and halts. The host then reads the registers
  * (KVM_GET_REGS) and guest memory and compares with what this code must
  * produce:
- *   ax = 0x1234 + 0x4321 = 0x5555, bx = 6 * 7 = 42, cx = 10! mod 2^16 = 0x7f00,
+ *   ax = 0x1234 + 0x4321 = 0x5555, bx = 6 * 7 = 42, cx = 10! mod 2^16 = 0x5f00,
  *   word at 0x5000 = 0xbeef, word at 0x5002 = sum 1..100 = 5050 (0x13ba).
  */
     .code16

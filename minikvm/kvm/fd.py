@@ -27,9 +27,12 @@ _ioctl.restype = ctypes.c_int
 def ioctl(fd: int, request: int, arg: object = None) -> int:
     """Issue one ioctl; ``arg`` is an int, a ctypes object (passed by
     reference) or None. Returns the non-negative result or raises KvmError."""
+    # ``arg`` keeps the ctypes object alive across the call; only its address
+    # goes to the kernel.
     if isinstance(arg, ctypes.Structure | ctypes.Array | ctypes.Union | ctypes._SimpleCData):
-        arg = ctypes.addressof(arg)
-    result = _ioctl(fd, request, arg)
+        result = _ioctl(fd, request, ctypes.addressof(arg))
+    else:
+        result = _ioctl(fd, request, arg)
     if result < 0:
         raise KvmError(ioctl_name(request), ctypes.get_errno())
     return result

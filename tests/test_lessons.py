@@ -1,0 +1,285 @@
+"""The lessons run, and say what their reference output says; the exercise
+checker passes the reference solutions and turns wrong ones away with words.
+
+Each lesson is run as a learner runs it, as a script in a fresh process,
+once with ``--quiet`` (its CHECKPOINT lines must equal
+``lessons/expected/NN.txt``) and once with its full narration (which must
+render, and hold the same checkpoints).
+"""
+
+from __future__ import annotations
+
+import difflib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minikvm.lessons import (
+    EXERCISES,
+    LESSONS,
+    LessonInfo,
+    Verdict,
+    check_exercise,
+    lessons_dir,
+    main as lesson_main,
+)
+from tests.conftest import ROOT
+
+LESSON_IDS = [lesson.number for lesson in LESSONS]
+EXERCISE_LESSONS = [lesson for lesson in LESSONS if lesson.starter]
+MISTAKES = lessons_dir() / "exercises" / "solutions" / "mistakes"
+
+
+def run_lesson(lesson: LessonInfo, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(lesson.script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180)
+
+
+def checkpoints(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines() if line.startswith("CHECKPOINT ")]
+
+
+# -- the lesson files ---------------------------------------------------------------------
+
+
+def test_every_lesson_has_a_script_and_reference_output():
+    for lesson in LESSONS:
+        assert lesson.script.is_file(), lesson.script
+        assert (lessons_dir() / "expected" / f"{lesson.number}.txt").is_file(), lesson.number
+
+
+def test_lessons_are_numbered_01_to_10_in_order():
+    assert LESSON_IDS == [f"{n:02d}" for n in range(1, 11)]
+
+
+def test_every_exercise_has_a_task_a_starter_and_a_solution():
+    assert [lesson.number for lesson in EXERCISE_LESSONS] == list(EXERCISES)
+    assert list(EXERCISES) == [f"{n:02d}" for n in range(3, 11)]
+    for lesson in EXERCISE_LESSONS:
+        assert lesson.task.is_file(), lesson.task
+        assert lesson.starter_path.is_file(), lesson.starter_path
+        assert lesson.solution_path.is_file(), lesson.solution_path
+        assert "minikvm lesson check " + lesson.number in lesson.task.read_text()
+
+
+def test_the_lessons_readme_names_every_lesson_and_its_command():
+    readme = (lessons_dir() / "README.md").read_text()
+    for lesson in LESSONS:
+        assert f"python lessons/{lesson.script.name}" in readme, lesson.number
+    for number in EXERCISES:
+        assert f"minikvm lesson check {number}" in readme
+
+
+# -- running the lessons ---------------------------------------------------------------------
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("number", LESSON_IDS)
+def test_lesson_quiet_output_matches_its_reference(number):
+    lesson = next(lesson for lesson in LESSONS if lesson.number == number)
+    result = run_lesson(lesson, "--quiet")
+    assert result.returncode == 0, result.stderr
+    expected = (lessons_dir() / "expected" / f"{number}.txt").read_text()
+    assert result.stdout == expected, "".join(difflib.unified_diff(
+        expected.splitlines(True), result.stdout.splitlines(True),
+        f"lessons/expected/{number}.txt", f"lesson {number} --quiet"))
+    assert result.stdout and all(line.startswith("CHECKPOINT ")
+                                 for line in result.stdout.splitlines())
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("number", LESSON_IDS)
+def test_lesson_narration_runs_and_holds_the_same_checkpoints(number):
+    lesson = next(lesson for lesson in LESSONS if lesson.number == number)
+    result = run_lesson(lesson)
+    assert result.returncode == 0, result.stderr
+    expected = (lessons_dir() / "expected" / f"{number}.txt").read_text().splitlines()
+    assert checkpoints(result.stdout) == expected
+    assert f"Lesson {number} done" in result.stdout
+    assert len(result.stdout.splitlines()) > 3 * len(expected)  # there is a story around them
+
+
+def test_a_lesson_without_kvm_says_so_in_one_line(tmp_path):
+    # The lessons open /dev/kvm through Kvm(); point it at a missing device.
+    script = tmp_path / "no_kvm.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(lessons_dir())!r})\n"
+        "from _common import run_lesson\n"
+        "from minikvm.kvm.system import Kvm\n"
+        "def main(argv):\n"
+        "    Kvm('/nonexistent/kvm')\n"
+        "    return 0\n"
+        "run_lesson(main)\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("this lesson needs KVM: /nonexistent/kvm does not exist")
+    assert "Traceback" not in result.stderr
+
+
+# -- the exercise checker -----------------------------------------------------------------------
+
+
+def verdict_text(verdict: Verdict) -> str:
+    return "\n".join([verdict.message, *verdict.details])
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("number", EXERCISES)
+def test_reference_solution_passes(number):
+    lesson = next(lesson for lesson in LESSONS if lesson.number == number)
+    verdict = check_exercise(number, lesson.solution_path)
+    assert verdict.passed, verdict_text(verdict)
+
+
+#: What the checker must say about the unchanged starting file.
+STARTER_SAYS = {
+    "03": "never read port 0xE9",
+    "04": "printed CR0=0x00000000, but its CR0 is 0x00000010",
+    "05": "a code segment, and code is never writable",
+    "06": "has PS (bit 7) set: it maps a 2 MiB page itself",
+    "07": "watches write of 4 byte(s)",
+    "08": "MCR bit 3, OUT2, is clear",
+    "09": "its flags have no VIRTQ_DESC_F_NEXT",
+    "10": "no VIRTIO_BLK_T_GET_ID (type 8) request",
+}
+
+#: A plausible wrong answer for each exercise, and what the checker must say about it.
+MISTAKE_SAYS = {
+    "04": "PE (bit 0) is clear in real mode",
+    "05": "landed at physical 0x0, not at 0x10000",
+    "06": "Right page, wrong offset",
+    "07": "Nothing is switched on",
+    "08": "bit 2 is OUT1",
+    "09": "device-readable buffer after a writable one",
+    "10": "GET_ID into 0 bytes (needs 20): IOERR",
+}
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("number", EXERCISES)
+def test_unchanged_starting_file_is_turned_away_with_the_reason(number):
+    lesson = next(lesson for lesson in LESSONS if lesson.number == number)
+    verdict = check_exercise(number, lesson.starter_path)
+    assert not verdict.passed
+    assert STARTER_SAYS[number] in verdict_text(verdict)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("number", sorted(MISTAKE_SAYS))
+def test_plausible_mistake_is_turned_away_with_the_reason(number):
+    lesson = next(lesson for lesson in LESSONS if lesson.number == number)
+    verdict = check_exercise(number, MISTAKES / lesson.starter)
+    assert not verdict.passed
+    assert MISTAKE_SAYS[number] in verdict_text(verdict)
+
+
+def test_a_guest_that_does_not_assemble_gets_the_assembler_errors(tmp_path):
+    source = tmp_path / "broken.S"
+    source.write_text(".code16\n_start:\n    mov %ax, %nosuchregister\n")
+    verdict = check_exercise("03", source)
+    assert not verdict.passed
+    assert verdict.message == "broken.S does not build."
+    assert "nosuchregister" in verdict_text(verdict)
+
+
+def test_a_python_file_that_is_not_python_is_named_with_its_line(tmp_path):
+    source = tmp_path / "mine.py"
+    source.write_text("def data_descriptor(:\n    return 0\n")
+    verdict = check_exercise("05", source)
+    assert not verdict.passed
+    assert verdict.message.startswith("mine.py is not valid Python")
+    assert "line 1" in verdict.message
+
+
+def test_an_exception_in_the_learners_function_is_a_sentence_with_its_line(tmp_path):
+    source = tmp_path / "mine.py"
+    source.write_text("def debug_registers(address):\n    return [address] * (1 // 0)\n")
+    verdict = check_exercise("07", source)
+    assert not verdict.passed
+    assert "ZeroDivisionError" in verdict.message and "mine.py line 2" in verdict.message
+
+
+def test_a_function_with_another_name_is_asked_for_by_name(tmp_path):
+    source = tmp_path / "mine.py"
+    source.write_text("def walker(memory, cr3, vaddr):\n    return None\n")
+    verdict = check_exercise("06", source)
+    assert not verdict.passed
+    assert "has no function walk()" in verdict.message
+
+
+@pytest.mark.kvm
+def test_a_descriptor_that_is_not_a_64_bit_number_is_refused_before_running(tmp_path):
+    source = tmp_path / "mine.py"
+    source.write_text("def data_descriptor():\n    return 1 << 64\n")
+    verdict = check_exercise("05", source)
+    assert not verdict.passed
+    assert "must be an int that fits in 64 bits" in verdict.message
+
+
+@pytest.mark.kvm
+def test_a_guest_that_loops_forever_is_stopped_and_said_so(tmp_path, monkeypatch):
+    import minikvm.lessons as lessons
+
+    monkeypatch.setattr(lessons, "GUEST_TIMEOUT", 0.5)
+    source = tmp_path / "loop.S"
+    source.write_text(".code16\n.globl _start\n_start:\n    jmp _start\n")
+    verdict = check_exercise("04", source)
+    assert not verdict.passed
+    assert "still running after 0.5 s" in verdict.message
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def test_lesson_list_shows_every_lesson(capsys):
+    assert lesson_main(["list"]) == 0
+    out = capsys.readouterr().out
+    for lesson in LESSONS:
+        assert lesson.number in out
+
+
+def test_check_without_a_file_here_says_how_to_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert lesson_main(["check", "3"]) == 2
+    out = capsys.readouterr().out
+    assert "there is no ./03_port_io.S here" in out and "cp " in out
+
+
+def test_check_of_a_lesson_without_exercise_is_a_usage_error(capsys):
+    assert lesson_main(["check", "02"]) == 2
+    assert "lesson 02 has no exercise" in capsys.readouterr().out
+
+
+def test_check_of_an_unknown_lesson_is_a_usage_error(capsys):
+    assert lesson_main(["check", "42"]) == 2
+    assert "there is no lesson '42'" in capsys.readouterr().out
+
+
+@pytest.mark.kvm
+def test_check_reports_passed_and_status_0(capsys):
+    solution = lessons_dir() / "exercises" / "solutions" / "03_port_io.S"
+    assert lesson_main(["check", "03", "--file", str(solution)]) == 0
+    assert "PASSED" in capsys.readouterr().out
+
+
+@pytest.mark.kvm
+def test_check_reports_not_yet_and_status_1(capsys):
+    starter = lessons_dir() / "exercises" / "03_port_io.S"
+    assert lesson_main(["check", "03", "--file", str(starter)]) == 1
+    out = capsys.readouterr().out
+    assert "NOT YET" in out and "never read port 0xE9" in out
+
+
+def test_show_prints_the_task(capsys):
+    assert lesson_main(["show", "05"]) == 0
+    assert "a segment descriptor, by hand" in capsys.readouterr().out
+
+
+def test_starting_files_are_copies_a_learner_can_use_in_place():
+    # The checker's default is the starter's name in the current folder.
+    for lesson in EXERCISE_LESSONS:
+        assert Path(lesson.starter).name == lesson.starter
