@@ -41,10 +41,16 @@ from minikvm.kvm.exits import (
     VmExit,
 )
 from minikvm.devices.uart import Uart16550
+from minikvm.devices.virtio.mmio import VirtioMmioTransport
 from minikvm.hostio import HostInput
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
 from minikvm.kvm.uapi import KvmMpState
+from minikvm.loaders.elf import load_elf
+from minikvm.loaders.flat import load_flat
 from minikvm.memory import GuestMemory
+from minikvm.x86 import layout, modes
+from minikvm.x86.cpuid import paging_features
+from minikvm.x86.paging import translate
 
 __all__ = [
     "DEFAULT_MEM_SIZE",
@@ -256,7 +262,6 @@ class Machine:
         self.vm = self.kvm.create_vm()
         # Intel VMX needs these two guest-physical areas (outside RAM) to run
         # real-mode code; AMD and kvm-pvm accept and ignore them.
-        from minikvm.x86 import layout
         self.vm.set_tss_addr(layout.KVM_TSS_ADDR)
         self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDR)
         self.irqchip = irqchip
@@ -274,7 +279,6 @@ class Machine:
         # physical address width), so our own walk asks the same table.
         self.cpuid = self.kvm.supported_cpuid()
         self.vcpu.set_cpuid2(self.cpuid)
-        from minikvm.x86.cpuid import paging_features
         self.paging = paging_features(self.cpuid)
 
         self.pio = Bus("pio")
@@ -330,7 +334,6 @@ class Machine:
     def add_virtio(self, backend):
         """Put a virtio device (rng, blk, console backend) on the next
         virtio-mmio window and IRQ; returns its transport."""
-        from minikvm.devices.virtio.mmio import VirtioMmioTransport
         index = len(self.virtio)
         base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_WINDOW
         irq = VIRTIO_MMIO_FIRST_IRQ + index
@@ -366,7 +369,6 @@ class Machine:
                   mode: str = "real"):
         """Copy a flat binary to ``load_addr`` and start there (or at ``entry``)
         in the given CPU mode (real, protected, paged, long)."""
-        from minikvm.loaders.flat import load_flat
         loaded = load_flat(self.memory, image, load_addr)
         self.image = loaded
         self.set_mode(mode, load_addr if entry is None else entry)
@@ -376,7 +378,6 @@ class Machine:
                  mode: str | None = None):
         """Load an ELF32/ELF64 guest; the CPU mode follows the ELF class
         (32-bit: protected mode, 64-bit: long mode) unless ``mode`` says otherwise."""
-        from minikvm.loaders.elf import load_elf
         loaded = load_elf(self.memory, image)
         self.image = loaded
         self.set_mode(mode or loaded.mode.value, loaded.entry if entry is None else entry)
@@ -386,7 +387,6 @@ class Machine:
                    entry: int | None = None, mode: str | None = None):
         """Load ``path`` as ELF when it starts with the ELF magic, else as a
         flat binary at ``load_addr`` (default 0x1000) in ``mode`` (default real)."""
-        from minikvm.x86 import layout
         with open(path, "rb") as file:
             data = file.read()
         if data[:4] == b"\x7fELF":
@@ -396,7 +396,6 @@ class Machine:
 
     def set_mode(self, mode: str, entry: int) -> None:
         """Put the vCPU in ``mode`` and point it at ``entry`` (see :mod:`minikvm.x86.modes`)."""
-        from minikvm.x86 import modes
         sregs = self.vcpu.get_sregs()
         regs = self.vcpu.get_regs()
         modes.setup_mode(mode, self.memory, sregs, regs, entry)
@@ -406,7 +405,6 @@ class Machine:
     def translate(self, vaddr: int):
         """Walk the guest's current page tables in Python (level by level),
         the way the vCPU would: see :func:`minikvm.x86.paging.translate`."""
-        from minikvm.x86.paging import translate
         return translate(self.memory, self.vcpu.get_sregs(), vaddr,
                          gbpages=self.paging.gbpages, maxphyaddr=self.paging.maxphyaddr)
 
