@@ -125,6 +125,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="what this host's KVM offers")
 
+    from minikvm.tui.cli import add_tui_arguments
+    tui = sub.add_parser("tui", help="step through a guest in a full-screen debugger")
+    add_tui_arguments(tui)
+
     from minikvm.lessons import add_lesson_arguments
     lesson = sub.add_parser("lesson", help="the lessons: list, show NN, check NN [--file PATH]")
     add_lesson_arguments(lesson)
@@ -214,6 +218,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return trace(args, build_machine=build_machine)
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    from minikvm.tui.cli import cmd_tui as run_tui
+    return run_tui(args)
+
+
 def cmd_lesson(args: argparse.Namespace) -> int:
     from minikvm.lessons import cmd_lesson as lesson
     return lesson(args)
@@ -227,6 +236,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "trace": cmd_trace,
+    "tui": cmd_tui,
     "info": cmd_info,
     "lesson": cmd_lesson,
 }

@@ -1,0 +1,119 @@
+"""What the TUI costs a free-running guest: exits per second, with and without it.
+
+The guest (``guests/asm/portloop.S``) writes N times to port 0x80, one VM
+exit each, then halts. We time
+
+  (a) ``Machine.run()``: the plain VMM loop (what ``minikvm run`` does);
+  (b) the TUI's free run: ``Session.start("continue")`` -- the debugger's
+      ``cont`` on the vCPU thread with the TUI's exit listener attached --
+      while this (UI) thread takes a snapshot and renders the full screen
+      (120x40, to a console writing nowhere) every 0.1 s, as ``minikvm tui``
+      does at most;
+
+and print exits/s for both and the ratio (a)/(b). Target: <= 2.0.
+
+    python benchmarks/tui_overhead.py [--exits N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+
+from minikvm.hostio import BufferSink  # noqa: E402
+from minikvm.machine import Machine  # noqa: E402
+from minikvm.tui.render import render_screen  # noqa: E402
+from minikvm.tui.session import Session  # noqa: E402
+
+GUEST = ROOT / "guests" / "build" / "portloop.bin"
+COUNT_OFFSET = 4  # where portloop keeps its iteration count
+FRAME_INTERVAL = 0.1
+TARGET = 2.0
+
+
+def _machine(exits: int, output=None) -> Machine:
+    machine = Machine(output=output)
+    machine.load_flat(GUEST, 0x1000)
+    machine.memory.write_u32(0x1000 + COUNT_OFFSET, exits)
+    return machine
+
+
+def plain_run(exits: int) -> float:
+    """(a) exits per second of ``Machine.run()``."""
+    with _machine(exits) as machine:
+        start = time.perf_counter()
+        stop = machine.run(timeout=600)
+        elapsed = time.perf_counter() - start
+        assert stop.kind.value == "halt", stop
+        assert machine.pio.unclaimed_count == exits
+    return exits / elapsed
+
+
+def tui_run(exits: int, width: int = 120, height: int = 40) -> tuple[float, int, float]:
+    """(b) exits per second of the TUI's free run with 10 Hz rendering;
+    also the frames drawn and the mean seconds per frame."""
+    sink = BufferSink()
+    with _machine(exits, sink) as machine:
+        session = Session(machine, guest="portloop.bin", console=sink)
+        console = Console(file=io.StringIO(), width=width, height=height, force_terminal=True,
+                          color_system="truecolor")
+        frames = 0
+        render_time = 0.0
+        start = time.perf_counter()
+        session.start("continue", timeout=600)
+        next_frame = start + FRAME_INTERVAL
+        while not session.poll():
+            now = time.perf_counter()
+            if now >= next_frame:
+                session.tick()
+                began = time.perf_counter()
+                console.print(render_screen(session.snapshot(), width, height))
+                console.file.seek(0)
+                console.file.truncate()
+                render_time += time.perf_counter() - began
+                frames += 1
+                next_frame = now + FRAME_INTERVAL
+            time.sleep(min(0.01, max(0.0, next_frame - time.perf_counter())))
+        elapsed = time.perf_counter() - start
+        assert session.status.value == "finished", (session.status, session.message)
+        counted = session.monitor.by_device.get("unclaimed", 0)
+        assert counted == exits, (counted, exits)
+        session.close()
+    return exits / elapsed, frames, render_time / max(frames, 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--exits", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
+    plain, tui, frames, frame_time = [], [], [], []
+    for _ in range(args.repeat):
+        plain.append(plain_run(args.exits))
+        rate, count, per_frame = tui_run(args.exits)
+        tui.append(rate)
+        frames.append(count)
+        frame_time.append(per_frame)
+    a, b = statistics.median(plain), statistics.median(tui)
+    print(f"exits per run: {args.exits}, runs: {args.repeat} (median shown)")
+    print(f"(a) Machine.run()                {a:12,.0f} exits/s")
+    print(f"(b) TUI free run, 10 Hz frames   {b:12,.0f} exits/s "
+          f"({statistics.median(frames)} frames, {statistics.median(frame_time) * 1e3:.1f} ms each)")
+    ratio = a / b
+    print(f"(a)/(b) = {ratio:.2f}  (target <= {TARGET})")
+    return 0 if ratio <= TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

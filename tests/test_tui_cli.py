@@ -1,0 +1,63 @@
+"""``minikvm tui`` options without a terminal: scripted actions and --record."""
+
+from __future__ import annotations
+
+import pytest
+
+from minikvm.tui.__main__ import main
+from minikvm.tui.cli import parse_screen_size
+
+pytestmark = pytest.mark.kvm
+
+
+def test_screen_sizes_are_columns_by_rows():
+    import argparse
+    assert parse_screen_size("120x36") == (120, 36)
+    for bad in ("120", "10x10", "axb", "1000x40"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_screen_size(bad)
+
+
+def test_record_saves_the_screen_after_the_actions_in_order(guests, tmp_path, capsys):
+    out = tmp_path / "screen.txt"
+    status = main([str(guests / "hello.bin"), "--step", "2", "--next", "3",
+                   "--record", str(out), "--size", "100x30"])
+    assert status == 0
+    text = out.read_text()
+    assert "steps 2" in text and "exits 3" in text
+    assert "debug console: the guest prints 'l'" in text
+    assert "saved the screen" in capsys.readouterr().out
+
+
+def test_record_svg_of_a_guest_run_to_a_breakpoint(guests, tmp_path):
+    out = tmp_path / "screen.svg"
+    assert main([str(guests / "hello.bin"), "--break", "0x1013", "--cont",
+                 "--record", str(out)]) == 0
+    svg = out.read_text()
+    assert svg.startswith("<svg") and "breakpoint" in svg
+
+
+def test_the_docs_picture_can_be_regenerated(tmp_path):
+    from minikvm.tui.record import main as record
+    out = tmp_path / "tui.svg"
+    assert record([str(out)]) == 0
+    assert "hello.bin" in out.read_text()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--record", "x.png"], "can be saved as .svg, .html or .txt"),
+    (["--break", "nowhere", "--record", "x.svg"], "--break nowhere"),
+    (["--memory", "p:zz", "--record", "x.svg"], "--memory p:zz"),
+    ([], "tui needs a terminal"),
+])
+def test_mistakes_are_one_line_and_status_2(guests, capsys, monkeypatch, extra, message):
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO())      # never a terminal here
+    assert main([str(guests / "hello.bin"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_guest_file_is_said_before_anything_else(capsys, tmp_path):
+    assert main([str(tmp_path / "missing.bin")]) == 2
+    assert "no such file" in capsys.readouterr().err
