@@ -41,8 +41,9 @@ def build() -> Path:
     return binary
 
 
-def _machine(exits: int) -> Machine:
-    machine = Machine()
+def _machine(exits: int, output=None) -> Machine:
+    """The portloop guest, loaded and set to do ``exits`` port writes."""
+    machine = Machine(output=output)
     machine.load_flat(GUEST, 0x1000)
     machine.memory.write_u32(0x1000 + COUNT_OFFSET, exits)
     return machine

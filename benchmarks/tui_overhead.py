@@ -30,33 +30,18 @@ sys.path.insert(0, str(ROOT))
 
 from rich.console import Console  # noqa: E402
 
+from benchmarks.exit_latency import _machine, machine_loop  # noqa: E402
 from minikvm.hostio import BufferSink  # noqa: E402
-from minikvm.machine import Machine  # noqa: E402
 from minikvm.tui.render import render_screen  # noqa: E402
 from minikvm.tui.session import Session  # noqa: E402
 
-GUEST = ROOT / "guests" / "build" / "portloop.bin"
-COUNT_OFFSET = 4  # where portloop keeps its iteration count
 FRAME_INTERVAL = 0.1
 TARGET = 2.0
 
 
-def _machine(exits: int, output=None) -> Machine:
-    machine = Machine(output=output)
-    machine.load_flat(GUEST, 0x1000)
-    machine.memory.write_u32(0x1000 + COUNT_OFFSET, exits)
-    return machine
-
-
 def plain_run(exits: int) -> float:
-    """(a) exits per second of ``Machine.run()``."""
-    with _machine(exits) as machine:
-        start = time.perf_counter()
-        stop = machine.run(timeout=600)
-        elapsed = time.perf_counter() - start
-        assert stop.kind.value == "halt", stop
-        assert machine.pio.unclaimed_count == exits
-    return exits / elapsed
+    """(a) exits per second of ``Machine.run()`` (exit_latency.py's loop (b))."""
+    return 1.0 / machine_loop(exits)
 
 
 def tui_run(exits: int, width: int = 120, height: int = 40) -> tuple[float, int, float]:
