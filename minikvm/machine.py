@@ -287,11 +287,11 @@ class Machine:
         self.debug_exit = DebugExit(self._on_debug_exit)
         self.pio.register(DEBUGCON_PORT, 1, self.debugcon)
         self.pio.register(DEBUG_EXIT_PORT, 4, self.debug_exit)
+        # Ports 0x60 (data) to 0x64 (command/status). Port 0x61 in between is
+        # the PC speaker: the in-kernel PIT claims it (KVM_PIT_SPEAKER_DUMMY)
+        # before it reaches us; without one the i8042 model floats it.
         self.i8042 = I8042(self._on_reset_request)
-        # Ports 0x60-0x64, except 0x61 (the PC speaker, which the in-kernel
-        # PIT claims with KVM_PIT_SPEAKER_DUMMY): data at 0x60, command at 0x64.
-        self.pio.register(I8042_DATA_PORT, 1, self.i8042)
-        self.pio.register(I8042_DATA_PORT + 4, 1, _Offset(self.i8042, 4))
+        self.pio.register(I8042_DATA_PORT, 5, self.i8042)
         #: COM1. Its interrupt reaches the guest only with the irqchip;
         #: without one the line is just recorded.
         self.serial_input = HostInput()
@@ -621,27 +621,3 @@ class _ConsoleInput:
     def receive(self, data: bytes) -> int:
         return self.console.receive(data)
 
-
-class _Offset(Device):
-    """Presents a device's register at ``offset`` through a window elsewhere
-    (the i8042's command port 0x64 sits four ports above its data port)."""
-
-    def __init__(self, device: Device, offset: int) -> None:
-        self.device = device
-        self.offset = offset
-        self.name = device.name
-
-    def read(self, offset: int, size: int) -> int:
-        return self.device.read(self.offset + offset, size)
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.device.write(self.offset + offset, size, value)
-
-    def register_name(self, offset: int, is_write: bool) -> str:
-        return self.device.register_name(self.offset + offset, is_write)
-
-    def describe(self, offset: int, size: int, is_write: bool, value: int) -> str:
-        return self.device.describe(self.offset + offset, size, is_write, value)
-
-    def state(self):
-        return self.device.state()
