@@ -29,8 +29,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but an error is one line (no usage dump) and status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(STATUS_USAGE, f"minikvm: {message} (see minikvm {self.prog.split()[-1]} --help)\n"
-                  if " " in self.prog else f"minikvm: {message} (see minikvm --help)\n")
+        # self.prog is "minikvm" or "minikvm run": point at the right --help.
+        self.exit(STATUS_USAGE, f"minikvm: {message} (see {self.prog} --help)\n")
 
 
 def parse_int(text: str) -> int:
