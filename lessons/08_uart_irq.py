@@ -12,7 +12,8 @@ from _common import Lesson, run_lesson
 
 from minikvm.devices.uart import UART_IER_RDI, UART_MCR_OUT2, describe_lcr
 from minikvm.kvm.uapi import KVM_IRQCHIP_PIC_MASTER
-from minikvm.machine import COM1_IRQ, Machine
+from minikvm.core.board import COM1_IRQ
+from minikvm.machine import Machine
 
 IRQ4_VECTOR = 0x0C   # the echo guest programs the master PIC with vector base 0x08
 

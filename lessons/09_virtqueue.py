@@ -19,7 +19,8 @@ from minikvm.devices.virtio.queue import VIRTQ_DESC_F_WRITE, Descriptor
 from minikvm.devices.virtio.rng import VirtioRng
 from minikvm.devices.virtio.status import describe_status
 from minikvm.kvm.exits import Hlt, MmioRead, MmioWrite
-from minikvm.machine import VIRTIO_MMIO_BASE, Machine
+from minikvm.core.board import VIRTIO_MMIO_BASE
+from minikvm.machine import Machine
 from minikvm.memory import GuestMemory
 
 # 64-bit code (encodings from `as --64`): read MagicValue, write it to Status.

@@ -29,7 +29,7 @@ import termios
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 __all__ = [
     "DEFAULT_INPUT_CAPACITY",
@@ -47,8 +47,10 @@ _READ_CHUNK = 4096
 _WRITE_STALL_SECONDS = 2.0  # give up on a terminal that accepts nothing for this long
 
 
+@runtime_checkable
 class Receiver(Protocol):
-    """What :meth:`HostInput.feed` needs from a device (a UART has both)."""
+    """A device that takes host input (keyboard, piped stdin): what
+    :meth:`HostInput.feed` needs. The UART and the virtio console have both."""
 
     def rx_space(self) -> int: ...
 

@@ -614,7 +614,8 @@ def check_08(path: Path, work: Path) -> Verdict:
         UART_MCR_OUT2,
     )
     from minikvm.kvm.uapi import KVM_IRQCHIP_PIC_MASTER
-    from minikvm.machine import COM1_IRQ, Machine
+    from minikvm.core.board import COM1_IRQ
+    from minikvm.machine import Machine
 
     binary = build_asm(path, work)
     output: list[bytes] = []

@@ -1,50 +1,48 @@
 """``Machine``: the one place that wires a virtual machine together.
 
-A VMM is mostly plumbing: open KVM, create a VM, give it RAM, create a vCPU,
-put devices on the port-I/O and MMIO buses, load a guest, set the registers,
-then loop on ``KVM_RUN`` and answer each exit. This module does exactly that
-and nothing more; the devices know nothing of KVM and the exit dispatch is a
-plain function (:func:`dispatch_exit`) that can be tested without a VM.
+A VMM is mostly plumbing: open KVM, create a VM, give it RAM, create the
+vCPUs, put devices on the port-I/O and MMIO buses, load a guest, set the
+registers, then loop on ``KVM_RUN`` and answer each exit. This module does
+the wiring, from the board (:mod:`minikvm.core.board`) and a
+:class:`~minikvm.core.config.MachineConfig`; running is the job of one
+:class:`~minikvm.core.runner.VcpuRunner` per vCPU, and whether an exit ends
+the run is :func:`~minikvm.core.stop.decide_stop`.
 
 Each exit becomes an :class:`ExitEvent` that carries its meaning: which
-device and register the access hit, the value, and a sentence from the
-device. :meth:`Machine.step` returns one event; :meth:`Machine.run` loops
-until the guest stops (a :class:`Stop` says why and with which status).
+device and register the access hit, the value, a sentence from the device,
+and the vCPU it came from. :meth:`Machine.step` returns one event;
+:meth:`Machine.run` loops until the guest stops (a :class:`Stop` says why
+and with which status).
+
+Several vCPUs share the devices under one rule: everything the machine does
+with an exit -- host input, the bus access, the device's stop request, the
+decision, the listeners -- happens under :attr:`Machine.lock`. Devices are
+therefore only ever touched by one thread at a time, and a listener sees
+events in one order.
 """
 
 from __future__ import annotations
 
-import enum
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from minikvm.bus import Access, Bus
+from minikvm.bus import Bus
+from minikvm.core import board
+from minikvm.core.config import MachineConfig, VirtioSpec
+from minikvm.core.events import ExitEvent, describe_exit, dispatch_exit
+from minikvm.core.irq import KvmIrqLine
+from minikvm.core.runner import VcpuRunner, Watchdog
+from minikvm.core.stop import Stop, StopKind, decide_stop
 from minikvm.devices.base import Device, InterruptLine, RecordingLine
-from minikvm.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
-from minikvm.devices.debugcon import DEBUGCON_PORT, DebugCon
-from minikvm.devices.i8042 import I8042, I8042_DATA_PORT
-from minikvm.kvm.exits import (
-    Debug,
-    FailEntry,
-    Hlt,
-    InternalError,
-    Interrupted,
-    IoIn,
-    IoOut,
-    MmioRead,
-    MmioWrite,
-    Shutdown,
-    SystemEvent,
-    VmExit,
-)
+from minikvm.devices.debug_exit import DebugExit
+from minikvm.devices.debugcon import DebugCon
+from minikvm.devices.i8042 import I8042
 from minikvm.devices.uart import Uart16550
 from minikvm.devices.virtio.mmio import VirtioMmioTransport
-from minikvm.hostio import HostInput
+from minikvm.hostio import HostInput, Receiver
+from minikvm.kvm.exits import VmExit
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
-from minikvm.kvm.uapi import KvmMpState
 from minikvm.loaders.elf import load_elf
 from minikvm.loaders.flat import load_flat
 from minikvm.memory import GuestMemory
@@ -57,197 +55,18 @@ __all__ = [
     "ExitEvent",
     "KvmIrqLine",
     "Machine",
+    "MachineConfig",
     "Stop",
     "StopKind",
     "describe_exit",
     "dispatch_exit",
 ]
 
-DEFAULT_MEM_SIZE = 2 * 1024 * 1024
-
-#: COM1, as on every PC: eight ports from 0x3F8, interrupt on IRQ 4.
-COM1_PORT = 0x3F8
-COM1_IRQ = 4
-
-#: virtio-mmio devices: 4 KiB windows from here, IRQ 5, 6, 7 ... in order
-#: (DESIGN.md; Linux learns them from ``virtio_mmio.device=4K@0xd0000000:5``).
-VIRTIO_MMIO_BASE = 0xD000_0000
-VIRTIO_MMIO_WINDOW = 0x1000
-VIRTIO_MMIO_FIRST_IRQ = 5
-
-#: With the in-kernel irqchip, ``hlt`` waits inside KVM and never exits to
-#: us. If no exit came for this long, the machine looks whether the guest
-#: halted with interrupts off (then nothing can ever wake it: the run is over).
-HALT_CHECK_INTERVAL = 0.05
-
-#: Exit statuses of ``minikvm run`` (DESIGN.md, "the guest contract").
-STATUS_OK = 0
-STATUS_KVM_UNAVAILABLE = 1
-STATUS_USAGE = 2
-STATUS_GUEST_CRASH = 3
-STATUS_TIMEOUT = 124
-
-
-class StopKind(enum.Enum):
-    """Why a run ended."""
-
-    HALT = "halt"                  # hlt with interrupts off: the guest is done
-    DEBUG_EXIT = "debug-exit"      # the guest wrote to port 0xF4
-    POWER_OFF = "power-off"        # KVM_SYSTEM_EVENT shutdown
-    RESET = "reset"                # the guest asked for a reset (i8042, system event)
-    SHUTDOWN = "shutdown"          # triple fault
-    FAIL_ENTRY = "fail-entry"      # the CPU refused the guest state
-    INTERNAL_ERROR = "internal-error"
-    UNEXPECTED_EXIT = "unexpected-exit"
-    TIMEOUT = "timeout"
-    PAUSED = "paused"              # another thread called pause()
-    EXIT_LIMIT = "exit-limit"      # run(max_exits=...) reached
-
-
-@dataclass(frozen=True)
-class Stop:
-    """The end of a run: what happened, the process status it maps to, and
-    one line for a person. ``status`` is None for a pause (not an end)."""
-
-    kind: StopKind
-    status: int | None
-    message: str
-    rip: int | None = None
-
-
-@dataclass(slots=True)
-class ExitEvent:
-    """One VM exit and what it meant.
-
-    ``access`` is the bus access an I/O or MMIO exit turned into (device,
-    register, value, description); ``stop`` is set when this exit ended the
-    run. ``guest_time`` is how long the guest ran before exiting (seconds).
-    """
-
-    seq: int
-    time: float
-    guest_time: float
-    exit: VmExit
-    access: Access | None = None
-    accesses: int = 1
-    stop: Stop | None = None
-    description: str = ""
-    rip: int | None = None
-
-    @property
-    def reason(self) -> str:
-        """Exit reason, with I/O and MMIO split by direction (``IO_OUT``...)."""
-        ex = self.exit
-        if isinstance(ex, IoOut):
-            return "IO_OUT"
-        if isinstance(ex, IoIn):
-            return "IO_IN"
-        if isinstance(ex, MmioWrite):
-            return "MMIO_WRITE"
-        if isinstance(ex, MmioRead):
-            return "MMIO_READ"
-        return ex.reason_name
-
-    @property
-    def device(self) -> str:
-        return self.access.device_name if self.access is not None else ""
-
-    @property
-    def register(self) -> str:
-        return self.access.register if self.access is not None else ""
-
-    @property
-    def value(self) -> int | None:
-        return self.access.value if self.access is not None else None
-
-
-class KvmIrqLine:
-    """An interrupt wire into KVM's in-kernel irqchip (``KVM_IRQ_LINE``).
-
-    Only level changes reach the kernel: a device that recomputes its line on
-    every register access would otherwise cost an ioctl each time.
-    """
-
-    def __init__(self, vm, gsi: int) -> None:
-        self.vm = vm
-        self.gsi = gsi
-        self.level = False
-        self.changes = 0
-
-    def set_level(self, level: bool) -> None:
-        level = bool(level)
-        if level != self.level:
-            self.level = level
-            self.changes += 1
-            self.vm.irq_line(self.gsi, level)
-
-
-def dispatch_exit(exit: VmExit, pio: Bus, mmio: Bus, explain: bool = False) -> tuple[Access | None, int]:
-    """Send an I/O or MMIO exit to its bus and complete reads for the guest.
-
-    Returns the (first) bus access and the number of accesses (string I/O
-    such as ``rep outsb`` moves ``count`` items in one exit). Other exits
-    return ``(None, 0)``. This is the whole of "emulating a device access".
-    """
-    if isinstance(exit, IoOut):
-        size = exit.size
-        first = None
-        for i in range(exit.count):
-            value = int.from_bytes(exit.data[i * size:(i + 1) * size], "little")
-            access = pio.write(exit.port, size, value, explain)
-            if first is None:
-                first = access
-        return first, exit.count
-    if isinstance(exit, IoIn):
-        values = []
-        first = None
-        for _ in range(exit.count):
-            access = pio.read(exit.port, exit.size, explain)
-            values.append(access.value)
-            if first is None:
-                first = access
-        exit.complete(values)
-        return first, exit.count
-    if isinstance(exit, MmioWrite):
-        return mmio.write(exit.address, exit.length, exit.value, explain), 1
-    if isinstance(exit, MmioRead):
-        access = mmio.read(exit.address, exit.length, explain)
-        exit.complete(access.value)
-        return access, 1
-    return None, 0
-
-
-def describe_exit(exit: VmExit, access: Access | None, accesses: int) -> str:
-    """One sentence on what an exit was, for the trace and the TUI."""
-    if access is not None:
-        where = f"port {access.address:#06x}" if access.space == "pio" else f"{access.address:#x}"
-        verb = "write" if access.is_write else "read"
-        text = access.description or f"{access.size}-byte {verb} at {where}"
-        if accesses > 1:
-            text += f" (string I/O: {accesses} items in one exit)"
-        return text
-    if isinstance(exit, Hlt):
-        if exit.if_flag:
-            return "hlt with interrupts on: the guest waits for an interrupt"
-        return "hlt with interrupts off: the guest has stopped for good"
-    if isinstance(exit, Debug):
-        return f"debug exception {exit.exception} at {exit.pc:#x} (dr6={exit.dr6:#x})"
-    if isinstance(exit, Shutdown):
-        return "shutdown: the CPU met a fault while handling a double fault (triple fault)"
-    if isinstance(exit, FailEntry):
-        return (f"VM entry failed: the CPU refused the guest state "
-                f"(hardware reason {exit.hardware_entry_failure_reason:#x})")
-    if isinstance(exit, InternalError):
-        return f"KVM internal error: {exit.suberror_name}"
-    if isinstance(exit, SystemEvent):
-        return f"system event: the guest asks for {exit.type_name}"
-    if isinstance(exit, Interrupted):
-        return "KVM_RUN interrupted by a signal (pause or timeout): the guest is intact"
-    return f"exit {exit.reason_name}"
+DEFAULT_MEM_SIZE = board.DEFAULT_MEM_SIZE
 
 
 class Machine:
-    """A VM with RAM, one vCPU, port-I/O and MMIO buses and the debug devices.
+    """A VM with RAM, vCPUs, port-I/O and MMIO buses and the board's devices.
 
     >>> m = Machine()                                     # doctest: +SKIP
     >>> m.load_flat("guests/build/hello.bin", 0x1000)     # doctest: +SKIP
@@ -257,7 +76,9 @@ class Machine:
 
     def __init__(self, mem_size: int = DEFAULT_MEM_SIZE, *, kvm: Kvm | None = None,
                  kvm_path: str = DEFAULT_KVM_PATH, irqchip: bool = False,
-                 output: Callable[[bytes], None] | None = None) -> None:
+                 output: Callable[[bytes], None] | None = None, vcpus: int = 1) -> None:
+        if vcpus < 1:
+            raise ValueError(f"a machine needs at least one vCPU, not {vcpus}")
         self.kvm = kvm if kvm is not None else Kvm(kvm_path)
         self.vm = self.kvm.create_vm()
         # Intel VMX needs these two guest-physical areas (outside RAM) to run
@@ -273,47 +94,80 @@ class Machine:
         for region in self.memory.regions:
             self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size,
                                            region.host_address)
-        self.vcpu = self.vm.create_vcpu(0)
         # The CPUID the guest sees: everything KVM can virtualize, as QEMU's
         # "-cpu host" does. KVM's page walker also reads it (1 GiB pages,
         # physical address width), so our own walk asks the same table.
         self.cpuid = self.kvm.supported_cpuid()
-        self.vcpu.set_cpuid2(self.cpuid)
         self.paging = paging_features(self.cpuid)
+        #: The vCPUs, by index (vCPU 0 boots the guest), and their runners.
+        self.vcpus = []
+        self.runners: list[VcpuRunner] = []
+        for index in range(vcpus):
+            vcpu = self.vm.create_vcpu(index)
+            vcpu.set_cpuid2(self.cpuid)
+            self.vcpus.append(vcpu)
+            self.runners.append(VcpuRunner(vcpu, index, halt_check=irqchip))
 
+        #: Held for everything done with one exit (see the module docstring).
+        self.lock = threading.Lock()
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self.debugcon = DebugCon(output)
         self.debug_exit = DebugExit(self._on_debug_exit)
-        self.pio.register(DEBUGCON_PORT, 1, self.debugcon)
-        self.pio.register(DEBUG_EXIT_PORT, 4, self.debug_exit)
-        # Ports 0x60 (data) to 0x64 (command/status). Port 0x61 in between is
-        # the PC speaker: the in-kernel PIT claims it (KVM_PIT_SPEAKER_DUMMY)
-        # before it reaches us; without one the i8042 model floats it.
         self.i8042 = I8042(self._on_reset_request)
-        self.pio.register(I8042_DATA_PORT, 5, self.i8042)
         #: COM1. Its interrupt reaches the guest only with the irqchip;
         #: without one the line is just recorded.
+        self.uart = Uart16550(self._line(board.COM1_IRQ), output, name="com1")
+        wired = {"debugcon": self.debugcon, "debug-exit": self.debug_exit,
+                 "i8042": self.i8042, "com1": self.uart}
+        for slot in board.PORT_DEVICES:
+            self.pio.register(slot.base, slot.size, wired[slot.name])
         self.serial_input = HostInput()
-        self.uart = Uart16550(self._line(COM1_IRQ), output, name="com1")
-        self.pio.register(COM1_PORT, 8, self.uart)
         #: virtio-mmio transports, in the order added (see add_virtio).
-        self.virtio: list = []
+        self.virtio: list[VirtioMmioTransport] = []
         #: Where host input (send_serial_input, the keyboard) goes: COM1, or
-        #: the virtio console once one is added.
-        self.input_target = self.uart
+        #: the last device added that takes host input (a virtio console).
+        self.input_target: Receiver = self.uart
 
-        #: Called with every ExitEvent (the tracer, the TUI).
+        #: Called with every ExitEvent (the tracer, the TUI), under the lock.
         self.listeners: list[Callable[[ExitEvent], None]] = []
-        #: Called when run() starts to let the guest go freely (a debugger
-        #: uses it to turn single-stepping off).
-        self.run_hooks: list[Callable[[], None]] = []
         self.exit_count = 0
         self.image = None
-        self._pending_stop: Stop | None = None
-        self._timed_out = False
-        self._pause_requested = False
-        self._halt_check_pending = False
+        self._device_stop: Stop | None = None
+        self._end_all: Stop | None = None
+
+    @classmethod
+    def from_config(cls, config: MachineConfig, *, kvm: Kvm | None = None,
+                    output: Callable[[bytes], None] | None = None) -> Machine:
+        """The machine ``config`` describes, with its guest loaded.
+
+        Loader and mode errors (``LoaderError``, ``ModeError``, ``OSError``)
+        come out as they are; the half-built machine is closed first.
+        """
+        machine = cls(config.mem_size, kvm=kvm, kvm_path=config.kvm_path,
+                      irqchip=config.irqchip, output=output, vcpus=config.vcpus)
+        try:
+            for spec in config.virtio:
+                machine.add_virtio(_virtio_backend(spec, output))
+            if config.guest is not None:
+                machine.load_guest(config.guest, load_addr=config.load_addr,
+                                   entry=config.entry, mode=config.mode)
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+
+    # -- the boot vCPU --------------------------------------------------------
+
+    @property
+    def vcpu(self):
+        """vCPU 0, the one that boots the guest."""
+        return self.vcpus[0]
+
+    @property
+    def runner(self) -> VcpuRunner:
+        """The runner of vCPU 0."""
+        return self.runners[0]
 
     # -- wiring ------------------------------------------------------------
 
@@ -331,33 +185,30 @@ class Machine:
             raise RuntimeError("this machine has no in-kernel irqchip (Machine(irqchip=True))")
         return KvmIrqLine(self.vm, gsi)
 
-    def add_virtio(self, backend):
-        """Put a virtio device (rng, blk, console backend) on the next
-        virtio-mmio window and IRQ; returns its transport."""
-        index = len(self.virtio)
-        base = VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_WINDOW
-        irq = VIRTIO_MMIO_FIRST_IRQ + index
-        transport = VirtioMmioTransport(backend, self.memory, self._line(irq),
-                                        name=f"virtio{index}-{backend.name}")
-        self.mmio.register(base, VIRTIO_MMIO_WINDOW, transport)
+    def add_virtio(self, backend) -> VirtioMmioTransport:
+        """Put a virtio device (rng, blk, console backend) on the board's next
+        virtio-mmio window and IRQ; returns its transport. A backend that
+        takes host input (a console) becomes where the keyboard goes."""
+        window = board.virtio_window(len(self.virtio))
+        transport = VirtioMmioTransport(backend, self.memory, self._line(window.irq),
+                                        name=f"virtio{window.index}-{backend.name}")
+        self.mmio.register(window.base, window.size, transport)
         self.virtio.append(transport)
-        if backend.name == "console":
-            self.input_target = _ConsoleInput(backend)
+        if isinstance(backend, Receiver):
+            self.input_target = backend
         return transport
 
     def virtio_cmdline(self) -> str:
         """The Linux command-line words that describe our virtio-mmio devices."""
-        return " ".join(
-            f"virtio_mmio.device=4K@{VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_WINDOW:#x}:"
-            f"{VIRTIO_MMIO_FIRST_IRQ + i}" for i in range(len(self.virtio)))
+        return board.virtio_cmdline(len(self.virtio))
 
     def _line(self, gsi: int) -> InterruptLine:
         """GSI ``gsi`` of the irqchip, or a line that only records without one."""
         return self.irq_line(gsi) if self.irqchip else RecordingLine()
 
     def send_serial_input(self, data: bytes) -> int:
-        """Queue bytes for COM1's receiver (bounded; returns how many were
-        accepted) and wake the vCPU so they are delivered promptly."""
+        """Queue bytes for the guest's console (bounded; returns how many were
+        accepted) and wake vCPU 0 so they are delivered promptly."""
         accepted = self.serial_input.put(data)
         if accepted:
             self.vcpu.kick()
@@ -394,184 +245,163 @@ class Machine:
         load_addr = layout.FLAT_LOAD_ADDR if load_addr is None else load_addr
         return self.load_flat(data, load_addr, entry, mode or "real")
 
-    def set_mode(self, mode: str, entry: int) -> None:
-        """Put the vCPU in ``mode`` and point it at ``entry`` (see :mod:`minikvm.x86.modes`)."""
-        sregs = self.vcpu.get_sregs()
-        regs = self.vcpu.get_regs()
+    def set_mode(self, mode: str, entry: int, vcpu: int = 0) -> None:
+        """Put a vCPU in ``mode`` and point it at ``entry`` (see :mod:`minikvm.x86.modes`)."""
+        target = self.vcpus[vcpu]
+        sregs = target.get_sregs()
+        regs = target.get_regs()
         modes.setup_mode(mode, self.memory, sregs, regs, entry)
-        self.vcpu.set_sregs(sregs)
-        self.vcpu.set_regs(regs)
+        target.set_sregs(sregs)
+        target.set_regs(regs)
 
-    def translate(self, vaddr: int):
-        """Walk the guest's current page tables in Python (level by level),
-        the way the vCPU would: see :func:`minikvm.x86.paging.translate`."""
-        return translate(self.memory, self.vcpu.get_sregs(), vaddr,
+    def translate(self, vaddr: int, vcpu: int = 0):
+        """Walk a vCPU's current page tables in Python (level by level), the
+        way the vCPU would: see :func:`minikvm.x86.paging.translate`."""
+        return translate(self.memory, self.vcpus[vcpu].get_sregs(), vaddr,
                          gbpages=self.paging.gbpages, maxphyaddr=self.paging.maxphyaddr)
 
-    # -- running -----------------------------------------------------------
+    # -- handling exits ------------------------------------------------------
 
     def _on_debug_exit(self, status: int) -> None:
-        self._pending_stop = Stop(StopKind.DEBUG_EXIT, status,
-                                  f"the guest wrote {self.debug_exit.last_value:#x} to the "
-                                  f"debug-exit port: status {status}")
+        self._device_stop = Stop(StopKind.DEBUG_EXIT, status,
+                                 f"the guest wrote {self.debug_exit.last_value:#x} to the "
+                                 f"debug-exit port: status {status}")
 
     def _on_reset_request(self) -> None:
-        self._pending_stop = Stop(StopKind.RESET, STATUS_OK,
-                                  "the guest asked for a reset (i8042 command 0xfe)")
+        self._device_stop = Stop(StopKind.RESET, board.ExitStatus.OK.value,
+                                 "the guest asked for a reset (i8042 command 0xfe)")
 
     def request_stop(self, stop: Stop) -> None:
         """For devices wired by the machine: end the run after this exit."""
-        self._pending_stop = stop
-
-    def pause(self) -> None:
-        """From any thread: make :meth:`run` return a PAUSED stop soon."""
-        self._pause_requested = True
-        self.vcpu.kick()
-
-    def _rip(self) -> int | None:
-        try:
-            return self.vcpu.get_regs().rip
-        except Exception:  # noqa: BLE001 - a report must not fail
-            return None
-
-    def _stop_for(self, exit: VmExit) -> Stop | None:
-        """Which exits end a run, and with which status (DESIGN.md)."""
-        if self._pending_stop is not None:
-            stop, self._pending_stop = self._pending_stop, None
-            return stop
-        if isinstance(exit, Hlt):
-            if exit.if_flag:
-                return Stop(StopKind.HALT, STATUS_OK,
-                            "the guest halted with interrupts on, but this machine has no "
-                            "interrupt controller to wake it", self._rip())
-            return Stop(StopKind.HALT, STATUS_OK, "the guest halted (hlt with interrupts off)",
-                        self._rip())
-        if isinstance(exit, Shutdown):
-            rip = self._rip()
-            where = f" at RIP {rip:#x}" if rip is not None else ""
-            return Stop(StopKind.SHUTDOWN, STATUS_GUEST_CRASH,
-                        f"guest crashed: triple fault (shutdown){where}", rip)
-        if isinstance(exit, FailEntry):
-            return Stop(StopKind.FAIL_ENTRY, STATUS_GUEST_CRASH,
-                        f"VM entry failed: hardware reason "
-                        f"{exit.hardware_entry_failure_reason:#x} (invalid guest state)", self._rip())
-        if isinstance(exit, InternalError):
-            rip = self._rip()
-            where = f" at RIP {rip:#x}" if rip is not None else ""
-            return Stop(StopKind.INTERNAL_ERROR, STATUS_GUEST_CRASH,
-                        f"KVM internal error: {exit.suberror_name}{where}", rip)
-        if isinstance(exit, SystemEvent):
-            if exit.type_name == "shutdown":
-                return Stop(StopKind.POWER_OFF, STATUS_OK, "the guest powered off")
-            if exit.type_name == "reset":
-                return Stop(StopKind.RESET, STATUS_OK, "the guest asked for a reset")
-            return Stop(StopKind.SHUTDOWN, STATUS_GUEST_CRASH,
-                        f"system event: {exit.type_name}", self._rip())
-        if isinstance(exit, Interrupted):
-            if self._halt_check_pending:
-                self._halt_check_pending = False
-                stop = self._halted_for_good()
-                if stop is not None:
-                    return stop
-            if self._timed_out:
-                return Stop(StopKind.TIMEOUT, STATUS_TIMEOUT, "timeout: the guest was stopped",
-                            self._rip())
-            if self._pause_requested:
-                self._pause_requested = False
-                return Stop(StopKind.PAUSED, None, "paused", self._rip())
-            return None
-        if isinstance(exit, (IoOut, IoIn, MmioRead, MmioWrite, Debug)):
-            return None
-        rip = self._rip()
-        return Stop(StopKind.UNEXPECTED_EXIT, STATUS_GUEST_CRASH,
-                    f"unexpected exit {exit.reason_name}"
-                    + (f" at RIP {rip:#x}" if rip is not None else ""), rip)
-
-    def _halted_for_good(self) -> Stop | None:
-        """With the irqchip: is the vCPU halted with RFLAGS.IF clear? Then no
-        device interrupt can wake it (only NMI/INIT, which nothing sends)."""
-        if self.vcpu.get_mp_state() != KvmMpState.KVM_MP_STATE_HALTED:
-            return None
-        regs = self.vcpu.get_regs()
-        if regs.rflags & 0x200:  # RFLAGS.IF
-            return None
-        return Stop(StopKind.HALT, STATUS_OK, "the guest halted (hlt with interrupts off)",
-                    regs.rip)
+        self._device_stop = stop
 
     def deliver_host_input(self) -> None:
         """Move queued host input into the receiving device as far as it has
-        room. Runs on the vCPU thread between exits, so devices are only ever
-        touched by one thread."""
+        room. Runs between exits under the lock, like every device access."""
         if len(self.serial_input):
             self.serial_input.feed(self.input_target)
 
-    def step(self, explain: bool = True, capture_rip: bool = False) -> ExitEvent:
-        """Run the guest to its next exit, handle it, and return what happened."""
-        started = time.monotonic()
-        exit = self.vcpu.run()
-        return self.handle_exit(exit, started, time.monotonic(), explain, capture_rip)
-
-    def handle_exit(self, exit: VmExit, started: float, now: float, explain: bool = True,
-                    capture_rip: bool = False, rip: int | None = None) -> ExitEvent:
-        """Everything the VMM does with one exit: dispatch it to the buses,
-        decide whether it ends the run, explain it, tell the listeners.
+    def handle_exit(self, exit: VmExit, runner: VcpuRunner | None = None, *,
+                    explain: bool = True, capture_rip: bool = False,
+                    rip: int | None = None) -> ExitEvent:
+        """Everything the VMM does with one exit of ``runner``'s vCPU
+        (default vCPU 0): dispatch it to the buses, decide whether it ends
+        the run, explain it, tell the listeners.
 
         :meth:`step` calls it after ``KVM_RUN``; the debugger calls it for
         exits it met while single-stepping, so devices and traces see them too.
         """
-        self.deliver_host_input()
-        access, count = dispatch_exit(exit, self.pio, self.mmio, explain)
-        self.exit_count += 1
-        event = ExitEvent(self.exit_count, now, now - started, exit, access, count)
-        event.stop = self._stop_for(exit)
-        if explain:
-            event.description = describe_exit(exit, access, count)
-        event.rip = rip if rip is not None else (self._rip() if capture_rip else None)
-        for listener in self.listeners:
-            listener(event)
+        runner = runner if runner is not None else self.runners[0]
+        with self.lock:
+            self.deliver_host_input()
+            access, count = dispatch_exit(exit, self.pio, self.mmio, explain)
+            device_stop, self._device_stop = self._device_stop, None
+            self.exit_count += 1
+            event = ExitEvent(self.exit_count, runner.returned, runner.returned - runner.started,
+                              exit, access, count, vcpu=runner.index)
+            event.stop = decide_stop(exit, runner.requests(exit, device_stop), runner.rip,
+                                     runner.index)
+            if explain:
+                event.description = describe_exit(exit, access, count)
+            if rip is not None:
+                event.rip = rip
+            elif capture_rip:
+                event.rip = runner.rip()
+            for listener in self.listeners:
+                listener(event)
         return event
+
+    def step(self, explain: bool = True, capture_rip: bool = False, vcpu: int = 0) -> ExitEvent:
+        """Run a vCPU to its next exit, handle it, and return what happened."""
+        runner = self.runners[vcpu]
+        return self.handle_exit(runner.run(), runner, explain=explain, capture_rip=capture_rip)
+
+    # -- running -----------------------------------------------------------
+
+    def pause(self) -> None:
+        """From any thread: make :meth:`run` return a PAUSED stop soon."""
+        for runner in self.runners:
+            runner.pause()
 
     def run(self, timeout: float | None = None, max_exits: int | None = None,
             until: Callable[[], bool] | None = None) -> Stop:
         """Run until the guest stops, ``timeout`` seconds pass, ``pause()``,
         ``max_exits`` exits, or ``until()`` (checked after each exit) is true.
 
-        A guest that loops without exiting is still stopped at the timeout: a
-        timer thread kicks the vCPU out of ``KVM_RUN`` (see :meth:`Vcpu.kick`).
+        A guest that loops without exiting is still stopped at the timeout:
+        the watchdog kicks the vCPU out of ``KVM_RUN`` (see :meth:`Vcpu.kick`).
+        With several vCPUs each runs on its own thread (vCPU 0 on the
+        caller's); a stop that ends the guest on any of them ends all, and
+        ``max_exits`` counts the exits of all of them.
         """
-        self._timed_out = False
-        for hook in self.run_hooks:
-            hook()
-        timer = None
-        if timeout is not None:
-            timer = threading.Timer(timeout, self._on_timeout)
-            timer.daemon = True
-            timer.start()
-        watchdog = _HaltWatchdog(self) if self.irqchip else None
-        try:
-            exits = 0
-            explain = bool(self.listeners)
-            while True:
-                event = self.step(explain=explain, capture_rip=explain)
-                if event.stop is not None:
-                    return event.stop
-                exits += 1
-                if max_exits is not None and exits >= max_exits:
-                    return Stop(StopKind.EXIT_LIMIT, None, f"stopped after {exits} exits",
-                                self._rip())
-                if until is not None and until():
-                    return Stop(StopKind.PAUSED, None, "the condition asked for was met",
-                                self._rip())
-        finally:
-            if watchdog is not None:
-                watchdog.stop()
-            if timer is not None:
-                timer.cancel()
-            self._timed_out = False
+        for runner in self.runners:
+            runner.set_guest_debug()   # a free run: no debugger traps
+        with Watchdog(self.runners, timeout):
+            if len(self.runners) == 1:
+                return self._run_vcpu(self.runners[0], max_exits, until)
+            return self._run_all(max_exits, until)
 
-    def _on_timeout(self) -> None:
-        self._timed_out = True
-        self.vcpu.kick()
+    def _run_vcpu(self, runner: VcpuRunner, max_exits: int | None,
+                  until: Callable[[], bool] | None) -> Stop:
+        """The run loop of one vCPU (on the calling thread)."""
+        explain = bool(self.listeners)
+        first = self.exit_count
+        handle = self.handle_exit
+        while True:
+            event = handle(runner.run(), runner, explain=explain, capture_rip=explain)
+            stop = event.stop
+            if stop is not None:
+                return stop  # type: ignore[return-value]
+            if max_exits is not None and self.exit_count - first >= max_exits:
+                return Stop(StopKind.EXIT_LIMIT, None,
+                            f"stopped after {self.exit_count - first} exits", runner.rip(),
+                            runner.index)
+            if until is not None and until():
+                return Stop(StopKind.PAUSED, None, "the condition asked for was met",
+                            runner.rip(), runner.index)
+
+    def _run_all(self, max_exits: int | None, until: Callable[[], bool] | None) -> Stop:
+        """Every vCPU on its own thread until one ends the guest.
+
+        A vCPU that halts for good leaves the others running; the machine
+        stops when all have halted, or when one stops for another reason
+        (debug-exit, crash, timeout, pause, a limit): then the others are
+        paused and the first such stop is the machine's.
+        """
+        stops: dict[int, Stop] = {}
+        decided: list[Stop] = []
+        done = threading.Condition()
+
+        def work(runner: VcpuRunner) -> None:
+            try:
+                stop = self._run_vcpu(runner, max_exits, until)
+            except BaseException as err:  # noqa: BLE001 - reported on the caller's thread
+                stop = Stop(StopKind.INTERNAL_ERROR, board.ExitStatus.GUEST_CRASH.value,
+                            f"vCPU {runner.index}: the VMM failed: {type(err).__name__}: {err}",
+                            None, runner.index)
+            with done:
+                stops[runner.index] = stop
+                if stop.kind is not StopKind.HALT and not decided:
+                    decided.append(stop)
+                    for other in self.runners:
+                        if other is not runner:
+                            other.pause()
+                done.notify_all()
+
+        threads = [threading.Thread(target=work, args=(runner,), daemon=True,
+                                    name=f"minikvm-vcpu{runner.index}")
+                   for runner in self.runners[1:]]
+        for thread in threads:
+            thread.start()
+        work(self.runners[0])
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.1)
+        for runner in self.runners:
+            runner.pause_requested = False
+        if decided:
+            return decided[0]
+        return stops[0]
 
     def close(self) -> None:
         self.vm.close()
@@ -584,40 +414,13 @@ class Machine:
         self.close()
 
 
-class _HaltWatchdog:
-    """Kicks the vCPU when no exit came for a while, so that the machine can
-    see a guest that halted with interrupts off inside the in-kernel irqchip."""
-
-    def __init__(self, machine: Machine) -> None:
-        self.machine = machine
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="minikvm-halt-check",
-                                        daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        machine = self.machine
-        seen = machine.exit_count
-        while not self._stop.wait(HALT_CHECK_INTERVAL):
-            if machine.exit_count == seen and not machine._halt_check_pending:
-                machine._halt_check_pending = True
-                machine.vcpu.kick()
-            seen = machine.exit_count
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=1.0)
-
-
-class _ConsoleInput:
-    """Host input into a virtio console, with the receiver interface of a UART."""
-
-    def __init__(self, console) -> None:
-        self.console = console
-
-    def rx_space(self) -> int:
-        return max(0, self.console.input_limit - len(self.console.pending))
-
-    def receive(self, data: bytes) -> int:
-        return self.console.receive(data)
-
+def _virtio_backend(spec: VirtioSpec, output: Callable[[bytes], None] | None):
+    """The device model a :class:`VirtioSpec` names."""
+    if spec.kind == "rng":
+        from minikvm.devices.virtio.rng import VirtioRng
+        return VirtioRng()
+    if spec.kind == "blk":
+        from minikvm.devices.virtio.blk import VirtioBlk
+        return VirtioBlk(spec.path, read_only=spec.read_only)
+    from minikvm.devices.virtio.console import VirtioConsole
+    return VirtioConsole(output)

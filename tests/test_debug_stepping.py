@@ -264,8 +264,9 @@ def test_machine_run_after_stepping_runs_freely_to_the_end(guests):
         debugger = Debugger(machine)
         debugger.break_at(0x1011, "hardware")
         debugger.step(3)
-        stop = machine.run(timeout=30)   # the debugger steps aside
+        assert machine.runner.guest_debug[0] != 0      # single-stepping was on
+        stop = machine.run(timeout=30)   # a free run turns guest debugging off
+        assert machine.runner.guest_debug[0] == 0
         assert stop.kind is StopKind.HALT
         assert b"".join(output).endswith(b"Python!\n")
         debugger.close()
-        assert machine.run_hooks == []

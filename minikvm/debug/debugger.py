@@ -45,7 +45,6 @@ dispatched.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -90,9 +89,9 @@ from minikvm.kvm.uapi import (
     KVM_GUESTDBG_SINGLESTEP,
     KVM_GUESTDBG_USE_HW_BP,
     KVM_GUESTDBG_USE_SW_BP,
-    KvmMpState,
     kvm_regs,
 )
+from minikvm.core.runner import Watchdog
 from minikvm.machine import ExitEvent, Stop, StopKind
 from minikvm.memory import GuestMemoryError
 from minikvm.x86.modes import code_bitness
@@ -133,42 +132,6 @@ class DebuggerError(Exception):
 _Matcher = Callable[[ExitEvent], bool]
 
 
-class _HaltWatchdog:
-    """With the in-kernel irqchip a ``hlt`` waits inside ``KVM_RUN``. When no
-    exit came for a while, kick the vCPU out and look: halted with RFLAGS.IF
-    clear means nothing can ever wake it, so the run is over (the rule
-    :class:`~minikvm.machine.Machine` applies in ``run``)."""
-
-    INTERVAL = 0.05
-
-    def __init__(self, machine: Any) -> None:
-        self.machine = machine
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="minikvm-debug-halt-check",
-                                        daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        seen = self.machine.exit_count
-        while not self._done.wait(self.INTERVAL):
-            if self.machine.exit_count == seen:
-                self.machine.vcpu.kick()
-            seen = self.machine.exit_count
-
-    def halted_for_good(self) -> Stop | None:
-        vcpu = self.machine.vcpu
-        if vcpu.get_mp_state() != KvmMpState.KVM_MP_STATE_HALTED:
-            return None
-        regs = vcpu.get_regs()
-        if regs.rflags & _RFLAGS_IF:
-            return None
-        return Stop(StopKind.HALT, 0, "the guest halted (hlt with interrupts off)", regs.rip)
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join(timeout=1.0)
-
-
 class Debugger:
     """Drives one :class:`~minikvm.machine.Machine` under guest debugging.
 
@@ -180,6 +143,7 @@ class Debugger:
     def __init__(self, machine: Any, support: DebugSupport | None = None) -> None:
         self.machine = machine
         self.vcpu = machine.vcpu
+        self.runner = machine.runner
         self.memory = machine.memory
         if support is None:
             support = probe_debug_support(getattr(machine.kvm, "path", "/dev/kvm"),
@@ -192,7 +156,6 @@ class Debugger:
         #: Instructions single-stepped by this debugger so far.
         self.steps = 0
         self._numbers = itertools.count(1)
-        self._issued: tuple[int, tuple[int, ...]] | None = None
         self._step_state: tuple[int, tuple[int, ...]] | None = None
         self._regs: kvm_regs | None = None
         self._pc = 0
@@ -200,19 +163,8 @@ class Debugger:
         self._previous: kvm_regs | None = None
         self._inserted: dict[int, Breakpoint] = {}
         self._watch_phys: dict[int, int | None] = {}
-        self._pause = False
-        self._timed_out = False
         #: Look at one-byte steps for a hlt that did not exit (see _stepped_hlt).
         self._check_hlt = not support.step_reports_hlt or bool(getattr(machine, "irqchip", False))
-        machine.run_hooks.append(self._machine_runs_alone)
-
-    def _machine_runs_alone(self) -> None:
-        """``Machine.run()`` is about to run the guest without us: take the
-        int3s out and turn guest debugging off, or the guest would trap into
-        debug exits nobody handles. Our next step or ``cont`` puts them back."""
-        self._remove_int3s()
-        if self._issued is not None and self._issued[0] != 0:
-            self._apply((0, (0,) * 8))
 
     # -- registers ----------------------------------------------------------------------
 
@@ -447,9 +399,7 @@ class Debugger:
 
     def _apply(self, state: tuple[int, tuple[int, ...]]) -> None:
         """Re-issue ``KVM_SET_GUEST_DEBUG`` only when the wanted state changed."""
-        if state != self._issued:
-            self.vcpu.set_guest_debug(state[0], list(state[1]))
-        self._issued = state
+        self.runner.set_guest_debug(state)
 
     def _changed(self) -> None:
         """Breakpoints or watchpoints changed: recompute states lazily."""
@@ -606,7 +556,7 @@ class Debugger:
         """Hand an exit we got from ``KVM_RUN`` to the machine: bus, stop
         rules, listeners -- what :meth:`Machine.step` does after its run."""
         machine = self.machine
-        event = machine.handle_exit(exit, started, time.monotonic(), explain=True, rip=rip)
+        event = machine.handle_exit(exit, self.runner, explain=True, rip=rip)
         self._stamp = machine.exit_count
         return event
 
@@ -623,11 +573,12 @@ class Debugger:
             before = self._current()
         pc = self._pc
         state = self._step_state or self._stepping_state()
-        if state is not self._issued:
-            self._apply(state)
+        runner = self.runner
+        if state is not runner.guest_debug:
+            runner.set_guest_debug(state)
         vcpu = self.vcpu
         started = _monotonic()
-        exit = vcpu.run()
+        exit = runner.run()
         if type(exit) is Debug and exit.dr6 & _DR6_BS_OR_B == DR6_BS:
             after = vcpu.get_regs()
             self._regs = after
@@ -652,7 +603,7 @@ class Debugger:
             if type(exit) is Interrupted:
                 if exits:
                     break   # the instruction completed; this KVM dropped its #DB
-                exit = vcpu.run()   # a stray kick before the instruction ran: go again
+                exit = self.runner.run()   # a stray kick before the instruction ran: go again
                 continue
             event = self._dispatch(exit, started, before.rip)
             exits.append(event)
@@ -664,11 +615,7 @@ class Debugger:
             # immediate_exit set it does only that and comes back: a #DB for
             # the step, or EINTR where the step's #DB is not reported.
             started = time.monotonic()
-            vcpu.immediate_exit = True
-            try:
-                exit = vcpu.run()
-            finally:
-                vcpu.immediate_exit = False
+            exit = self.runner.finish()
         sregs = vcpu.get_sregs()
         after = vcpu.get_regs()
         self._regs = after
@@ -827,12 +774,7 @@ class Debugger:
 
     def pause(self) -> None:
         """From any thread: make a running :meth:`cont` return PAUSED soon."""
-        self._pause = True
-        self.vcpu.kick()
-
-    def _on_timeout(self) -> None:
-        self._timed_out = True
-        self.vcpu.kick()
+        self.runner.pause()
 
     def _sym(self, address: int) -> str:
         name = self.symbol_at(address)
@@ -849,31 +791,24 @@ class Debugger:
         is single-stepped and each instruction checked (slow, and said so
         in each breakpoint's ``mechanism``).
         """
-        self._pause = False
-        self._timed_out = False
         self._previous = self._current()
-        timer = None
-        if timeout is not None:
-            timer = threading.Timer(timeout, self._on_timeout)
-            timer.daemon = True
-            timer.start()
+        self.runner.pause_requested = False
         try:
-            stop = self._cont(until, max_steps)
+            with Watchdog([self.runner], timeout):
+                stop = self._cont(until, max_steps)
         finally:
-            if timer is not None:
-                timer.cancel()
             self._remove_int3s()
-            self._timed_out = False
         self.last_stop = stop
         return stop
 
     def _control_stop(self, steps: int) -> StopEvent | None:
-        if self._pause:
-            self._pause = False
+        runner = self.runner
+        if runner.pause_requested:
+            runner.pause_requested = False
             rip = self._current().rip
             return StopEvent(StopReason.PAUSED, rip, f"paused at RIP {rip:#x}{self._sym(rip)}",
                              steps=steps)
-        if self._timed_out:
+        if runner.timed_out:
             rip = self._current().rip
             return StopEvent(StopReason.TIMEOUT, rip,
                              f"timeout: stopped at RIP {rip:#x}{self._sym(rip)}", steps=steps)
@@ -953,16 +888,9 @@ class Debugger:
         """Let the guest run, with int3s and debug registers armed."""
         self._insert_int3s()
         self._apply(self._state(stepping=False, exec_slots=True))
-        machine = self.machine
-        watchdog = _HaltWatchdog(machine) if getattr(machine, "irqchip", False) else None
-        try:
-            return self._run_free_loop(until, steps, watchdog)
-        finally:
-            if watchdog is not None:
-                watchdog.stop()
+        return self._run_free_loop(until, steps)
 
-    def _run_free_loop(self, until: _Matcher | None, steps: int,
-                       watchdog: _HaltWatchdog | None) -> StopEvent:
+    def _run_free_loop(self, until: _Matcher | None, steps: int) -> StopEvent:
         machine = self.machine
         while True:
             stop = self._control_stop(steps)
@@ -971,10 +899,6 @@ class Debugger:
             event = machine.step(explain=True, capture_rip=bool(machine.listeners))
             self._regs = None
             exit = event.exit
-            if type(exit) is Interrupted and watchdog is not None and event.stop is None:
-                halted = watchdog.halted_for_good()
-                if halted is not None:
-                    return self._guest_stopped(halted, event, steps)
             if type(exit) is Debug:
                 hit = self._on_debug(exit, steps)
                 if hit is not None:
@@ -998,11 +922,7 @@ class Debugger:
         if not isinstance(exit, (IoIn, IoOut, MmioRead, MmioWrite)):
             return
         started = time.monotonic()
-        self.vcpu.immediate_exit = True
-        try:
-            done = self.vcpu.run()
-        finally:
-            self.vcpu.immediate_exit = False
+        done = self.runner.finish()
         if not isinstance(done, (Interrupted, Debug)):
             self._dispatch(done, started, None)
         self._regs = None
@@ -1034,15 +954,11 @@ class Debugger:
 
     def close(self) -> None:
         """Take every int3 out and turn guest debugging off."""
-        if self._machine_runs_alone in self.machine.run_hooks:
-            self.machine.run_hooks.remove(self._machine_runs_alone)
         self._remove_int3s()
-        if self._issued is not None and self._issued[0] != 0:
-            try:
-                self.vcpu.set_guest_debug(0, [0] * 8)
-            except Exception:  # noqa: BLE001 - closing must not fail
-                pass
-        self._issued = None
+        try:
+            self.runner.set_guest_debug()
+        except Exception:  # noqa: BLE001 - closing must not fail
+            pass
 
     def __enter__(self) -> Debugger:
         return self

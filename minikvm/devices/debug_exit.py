@@ -14,9 +14,7 @@ from typing import Any
 
 from minikvm.devices.base import Device
 
-__all__ = ["DEBUG_EXIT_PORT", "DebugExit", "debug_exit_status"]
-
-DEBUG_EXIT_PORT = 0xF4
+__all__ = ["DebugExit", "debug_exit_status"]
 
 
 def debug_exit_status(value: int) -> int:

@@ -13,11 +13,9 @@ from typing import Any
 
 from minikvm.devices.base import Device
 
-__all__ = ["DEBUGCON_PORT", "DEBUGCON_READBACK", "DebugCon"]
+__all__ = ["DEBUGCON_READBACK", "DebugCon"]
 
-#: The port Bochs and QEMU use.
-DEBUGCON_PORT = 0xE9
-#: What a read returns: the port number, Bochs' "I am here" answer.
+#: What a read returns: the port number (0xE9, where Bochs and QEMU put it), Bochs' "I am here" answer.
 DEBUGCON_READBACK = 0xE9
 
 _HISTORY = 4096  # bytes kept for state(); output itself is not limited

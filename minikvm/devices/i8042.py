@@ -17,11 +17,13 @@ from typing import Any
 from minikvm.devices.base import Device
 
 __all__ = [
-    "I8042", "I8042_CMD_PULSE_RESET", "I8042_COMMAND_PORT", "I8042_DATA_PORT",
+    "I8042", "I8042_CMD_PULSE_RESET", "I8042_COMMAND", "I8042_DATA",
 ]
 
-I8042_DATA_PORT = 0x60
-I8042_COMMAND_PORT = 0x64         # write: command; read: status
+# Offsets inside the device's window, which the board opens at port 0x60
+# (minikvm.core.board.I8042_DATA_PORT): data at 0x60, command at 0x64.
+I8042_DATA = 0                    # data register (port 0x60 on a PC)
+I8042_COMMAND = 4                 # write: command; read: status (port 0x64 on a PC)
 I8042_CMD_PULSE_RESET = 0xFE      # pulse output line 0 (the CPU's reset line) low
 I8042_STR_OBF = 0x01              # status: output buffer full (a byte waits at 0x60)
 I8042_STR_IBF = 0x02              # status: input buffer full (controller busy)
@@ -38,12 +40,12 @@ class I8042(Device):
         self.resets = 0
 
     def read(self, offset: int, size: int) -> int:
-        if offset == I8042_COMMAND_PORT - I8042_DATA_PORT:
+        if offset == I8042_COMMAND:
             return 0  # status: nothing to read, ready for a command
         return 0xFF if size == 1 else (1 << (8 * size)) - 1
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if offset == I8042_COMMAND_PORT - I8042_DATA_PORT:
+        if offset == I8042_COMMAND:
             self.last_command = value & 0xFF
             if self.last_command == I8042_CMD_PULSE_RESET:
                 self.resets += 1
@@ -51,11 +53,11 @@ class I8042(Device):
                     self.on_reset()
 
     def register_name(self, offset: int, is_write: bool) -> str:
-        if offset == I8042_COMMAND_PORT - I8042_DATA_PORT:
+        if offset == I8042_COMMAND:
             return "command" if is_write else "status"
-        if offset == 0:
+        if offset == I8042_DATA:
             return "data"
-        return f"port {I8042_DATA_PORT + offset:#x} (not an i8042 register)"
+        return f"port 0x60+{offset} (not an i8042 register)"
 
     def describe(self, offset: int, size: int, is_write: bool, value: int) -> str:
         register = self.register_name(offset, is_write)

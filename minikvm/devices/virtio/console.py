@@ -76,6 +76,11 @@ class VirtioConsole(VirtioDevice):
 
     # -- host to guest -------------------------------------------------------
 
+    def rx_space(self) -> int:
+        """Bytes of host input the console can still hold (the host-input
+        receiver interface, as a UART's receiver FIFO has it)."""
+        return max(0, self.input_limit - len(self.pending))
+
     def receive(self, data: bytes) -> int:
         """Host input for the guest; returns how many bytes were kept."""
         room = max(0, self.input_limit - len(self.pending))

@@ -1,0 +1,153 @@
+"""The board: the PC platform of the guest contract, as data.
+
+A real PC board fixes where things are before any software runs: COM1 at
+port 0x3F8 on IRQ 4, the keyboard controller at 0x60/0x64, RAM from
+address 0. A guest relies on those numbers the way a driver relies on a
+datasheet. minikvm's board adds the debug devices QEMU offers to test guests
+(``debugcon`` at 0xE9, ``isa-debug-exit`` at 0xF4) and virtio-mmio windows
+the way Firecracker and QEMU's ``microvm`` place them.
+
+This module is the one place those numbers live. The machine wires its
+devices from :data:`PORT_DEVICES` and :func:`virtio_window`; the CLI, the
+lessons and the tests read the same names; DESIGN.md and the README repeat
+them in words. The guest-physical memory map the VMM writes (GDT, page
+tables, stacks) is :mod:`minikvm.x86.layout`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from minikvm.x86 import layout
+
+__all__ = [
+    "COM1_IRQ",
+    "COM1_PORT",
+    "COM1_PORTS",
+    "DEBUGCON_PORT",
+    "DEBUG_EXIT_PORT",
+    "DEBUG_EXIT_PORTS",
+    "DEFAULT_MEM_SIZE",
+    "ExitStatus",
+    "I8042_COMMAND_PORT",
+    "I8042_DATA_PORT",
+    "I8042_PORTS",
+    "MAX_VIRTIO_DEVICES",
+    "PORT_DEVICES",
+    "PortDevice",
+    "RAM_BASE",
+    "VIRTIO_MMIO_BASE",
+    "VIRTIO_MMIO_FIRST_IRQ",
+    "VIRTIO_MMIO_WINDOW",
+    "VirtioWindow",
+    "virtio_cmdline",
+    "virtio_window",
+]
+
+# -- memory ----------------------------------------------------------------------------
+
+#: RAM starts at guest-physical 0 (the real-mode IVT lives there).
+RAM_BASE = layout.RAM_BASE
+#: Bare-metal guests get 2 MiB unless told otherwise (``--mem``).
+DEFAULT_MEM_SIZE = 2 * 1024 * 1024
+
+# -- port I/O --------------------------------------------------------------------------
+
+#: Bochs/QEMU debug console: each byte written appears on the host.
+DEBUGCON_PORT = 0xE9
+#: QEMU ``isa-debug-exit`` with ``iosize=4``: a write of ``v`` to any of the
+#: four ports ends the run with status ``(v << 1) | 1``.
+DEBUG_EXIT_PORT = 0xF4
+DEBUG_EXIT_PORTS = 4
+#: The 8042 keyboard controller: data at 0x60, command/status at 0x64.
+#: Command 0xFE pulses the CPU reset line (Linux ``reboot=k``).
+I8042_DATA_PORT = 0x60
+I8042_COMMAND_PORT = 0x64
+I8042_PORTS = 5
+#: COM1, as on every PC: eight registers from 0x3F8, interrupt on IRQ 4.
+COM1_PORT = 0x3F8
+COM1_PORTS = 8
+COM1_IRQ = 4
+
+
+@dataclass(frozen=True)
+class PortDevice:
+    """One fixed port-I/O device of the board: its window and its IRQ."""
+
+    name: str
+    base: int
+    size: int
+    irq: int | None = None
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+#: The fixed port-I/O devices every machine has, in the order they are wired.
+PORT_DEVICES = (
+    PortDevice("debugcon", DEBUGCON_PORT, 1),
+    PortDevice("debug-exit", DEBUG_EXIT_PORT, DEBUG_EXIT_PORTS),
+    # 0x60 (data) to 0x64 (command/status). Port 0x61 in between is the PC
+    # speaker gate: the in-kernel PIT claims it (KVM_PIT_SPEAKER_DUMMY)
+    # before it reaches the VMM; without one the i8042 model floats it.
+    PortDevice("i8042", I8042_DATA_PORT, I8042_PORTS),
+    PortDevice("com1", COM1_PORT, COM1_PORTS, COM1_IRQ),
+)
+
+# -- virtio-mmio -----------------------------------------------------------------------
+
+#: virtio-mmio devices: 4 KiB windows from here, IRQ 5, 6, 7 ... in the order
+#: they are added. Linux learns them from ``virtio_mmio.device=4K@0xd0000000:5``.
+VIRTIO_MMIO_BASE = 0xD000_0000
+VIRTIO_MMIO_WINDOW = 0x1000
+VIRTIO_MMIO_FIRST_IRQ = 5
+#: IRQs 5..15 are free on the PIC (the IOAPIC has 24 pins): eleven devices.
+MAX_VIRTIO_DEVICES = 11
+
+
+@dataclass(frozen=True)
+class VirtioWindow:
+    """Where virtio-mmio device number ``index`` lives."""
+
+    index: int
+    base: int
+    size: int
+    irq: int
+
+
+def virtio_window(index: int) -> VirtioWindow:
+    """The window and IRQ of the ``index``-th virtio device (0-based)."""
+    if not 0 <= index < MAX_VIRTIO_DEVICES:
+        raise ValueError(f"virtio device {index}: the board has windows for "
+                         f"{MAX_VIRTIO_DEVICES} (IRQ {VIRTIO_MMIO_FIRST_IRQ}.."
+                         f"{VIRTIO_MMIO_FIRST_IRQ + MAX_VIRTIO_DEVICES - 1})")
+    return VirtioWindow(index, VIRTIO_MMIO_BASE + index * VIRTIO_MMIO_WINDOW,
+                        VIRTIO_MMIO_WINDOW, VIRTIO_MMIO_FIRST_IRQ + index)
+
+
+def virtio_cmdline(count: int) -> str:
+    """The Linux command-line words that describe ``count`` virtio-mmio devices."""
+    return " ".join(f"virtio_mmio.device=4K@{w.base:#x}:{w.irq}"
+                    for w in map(virtio_window, range(count)))
+
+# -- exit statuses ---------------------------------------------------------------------
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit statuses of ``minikvm`` (DESIGN.md, "the guest contract").
+
+    They follow QEMU and kvm-unit-tests: the VMM's own statuses are fixed
+    numbers, and a guest's debug-exit write ``v`` becomes ``(v << 1) | 1``
+    (:func:`minikvm.devices.debug_exit.debug_exit_status`). The two ranges
+    can meet (``v = 1`` gives 3, ``v = 0x80`` gives 1): the one line on
+    stderr and the trace say which source decided.
+    """
+
+    OK = 0                #: the guest halted with interrupts off, powered off, or reset
+    KVM_UNAVAILABLE = 1   #: no /dev/kvm, no permission, a KVM ioctl failed
+    USAGE = 2             #: bad usage or a bad guest file
+    GUEST_CRASH = 3       #: triple fault, KVM internal error, failed VM entry
+    TIMEOUT = 124         #: ``--timeout`` expired (as coreutils' timeout)
+    INTERRUPTED = 130     #: Ctrl-C (128 + SIGINT, as a shell reports it)

@@ -1,0 +1,65 @@
+"""``MachineConfig``: everything that describes a machine, as one value.
+
+The CLI's options, the TUI, ``minikvm trace``, the lessons' checker and the
+tests all say what machine they want with a :class:`MachineConfig` and get
+it from :meth:`minikvm.machine.Machine.from_config`: one way to build a
+machine, so that ``run``, ``trace`` and ``tui`` of the same options see the
+same guest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minikvm.core.board import DEFAULT_MEM_SIZE
+from minikvm.kvm.system import DEFAULT_KVM_PATH
+
+__all__ = ["MachineConfig", "VIRTIO_KINDS", "VirtioSpec"]
+
+#: The virtio devices a config can name, in the words of the CLI options.
+VIRTIO_KINDS = ("rng", "blk", "console")
+
+
+@dataclass(frozen=True)
+class VirtioSpec:
+    """One virtio-mmio device: ``rng``, ``blk`` (backed by ``path``,
+    optionally read-only) or ``console``. Devices take board windows in the
+    order they are listed (:func:`minikvm.core.board.virtio_window`)."""
+
+    kind: str
+    path: str | None = None
+    read_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in VIRTIO_KINDS:
+            raise ValueError(f"unknown virtio device {self.kind!r} (one of {', '.join(VIRTIO_KINDS)})")
+        if self.kind == "blk" and not self.path:
+            raise ValueError("a virtio-blk device needs a disk image path")
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """A machine and the guest it boots.
+
+    ``guest`` is a file: an ELF image is loaded by its program headers and
+    started in the mode its class implies; anything else is a flat binary
+    loaded at ``load_addr`` (default 0x1000) and started at ``entry`` in
+    ``mode`` (default real). ``irqchip`` adds KVM's in-kernel PIC, IOAPIC,
+    LAPIC and PIT. ``vcpus`` vCPUs are created (vCPU 0 starts the guest).
+    """
+
+    guest: str | None = None
+    mem_size: int = DEFAULT_MEM_SIZE
+    vcpus: int = 1
+    irqchip: bool = False
+    kvm_path: str = DEFAULT_KVM_PATH
+    load_addr: int | None = None
+    entry: int | None = None
+    mode: str | None = None
+    virtio: tuple[VirtioSpec, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.vcpus < 1:
+            raise ValueError(f"a machine needs at least one vCPU, not {self.vcpus}")
+        if self.mem_size <= 0 or self.mem_size % 4096:
+            raise ValueError(f"memory size {self.mem_size:#x} is not a positive multiple of 4 KiB")

@@ -1,0 +1,142 @@
+"""One VM exit and what it meant: dispatch to the buses, and words for it.
+
+:func:`dispatch_exit` is the whole of "emulating a device access": an I/O or
+MMIO exit goes to its bus, and a read is completed for the guest before the
+next ``KVM_RUN``. :class:`ExitEvent` is what the machine hands its
+listeners (the trace, the TUI): the exit, the bus access it became, the
+vCPU it came from, and one sentence (:func:`describe_exit`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minikvm.bus import Access, Bus
+from minikvm.kvm.exits import (
+    Debug,
+    FailEntry,
+    Hlt,
+    InternalError,
+    Interrupted,
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Shutdown,
+    SystemEvent,
+    VmExit,
+)
+
+__all__ = ["ExitEvent", "describe_exit", "dispatch_exit"]
+
+
+@dataclass(slots=True)
+class ExitEvent:
+    """One VM exit and what it meant.
+
+    ``access`` is the bus access an I/O or MMIO exit turned into (device,
+    register, value, description); ``stop`` is set when this exit ended the
+    run. ``guest_time`` is how long the guest ran before exiting (seconds).
+    ``vcpu`` is the index of the vCPU that exited.
+    """
+
+    seq: int
+    time: float
+    guest_time: float
+    exit: VmExit
+    access: Access | None = None
+    accesses: int = 1
+    stop: object = None
+    description: str = ""
+    rip: int | None = None
+    vcpu: int = 0
+
+    @property
+    def reason(self) -> str:
+        """Exit reason, with I/O and MMIO split by direction (``IO_OUT``...)."""
+        ex = self.exit
+        if isinstance(ex, IoOut):
+            return "IO_OUT"
+        if isinstance(ex, IoIn):
+            return "IO_IN"
+        if isinstance(ex, MmioWrite):
+            return "MMIO_WRITE"
+        if isinstance(ex, MmioRead):
+            return "MMIO_READ"
+        return ex.reason_name
+
+    @property
+    def device(self) -> str:
+        return self.access.device_name if self.access is not None else ""
+
+    @property
+    def register(self) -> str:
+        return self.access.register if self.access is not None else ""
+
+    @property
+    def value(self) -> int | None:
+        return self.access.value if self.access is not None else None
+
+
+def dispatch_exit(exit: VmExit, pio: Bus, mmio: Bus, explain: bool = False) -> tuple[Access | None, int]:
+    """Send an I/O or MMIO exit to its bus and complete reads for the guest.
+
+    Returns the (first) bus access and the number of accesses (string I/O
+    such as ``rep outsb`` moves ``count`` items in one exit). Other exits
+    return ``(None, 0)``.
+    """
+    if isinstance(exit, IoOut):
+        size = exit.size
+        first = None
+        for i in range(exit.count):
+            value = int.from_bytes(exit.data[i * size:(i + 1) * size], "little")
+            access = pio.write(exit.port, size, value, explain)
+            if first is None:
+                first = access
+        return first, exit.count
+    if isinstance(exit, IoIn):
+        values = []
+        first = None
+        for _ in range(exit.count):
+            access = pio.read(exit.port, exit.size, explain)
+            values.append(access.value)
+            if first is None:
+                first = access
+        exit.complete(values)
+        return first, exit.count
+    if isinstance(exit, MmioWrite):
+        return mmio.write(exit.address, exit.length, exit.value, explain), 1
+    if isinstance(exit, MmioRead):
+        access = mmio.read(exit.address, exit.length, explain)
+        exit.complete(access.value)
+        return access, 1
+    return None, 0
+
+
+def describe_exit(exit: VmExit, access: Access | None, accesses: int) -> str:
+    """One sentence on what an exit was, for the trace and the TUI."""
+    if access is not None:
+        where = f"port {access.address:#06x}" if access.space == "pio" else f"{access.address:#x}"
+        verb = "write" if access.is_write else "read"
+        text = access.description or f"{access.size}-byte {verb} at {where}"
+        if accesses > 1:
+            text += f" (string I/O: {accesses} items in one exit)"
+        return text
+    if isinstance(exit, Hlt):
+        if exit.if_flag:
+            return "hlt with interrupts on: the guest waits for an interrupt"
+        return "hlt with interrupts off: the guest has stopped for good"
+    if isinstance(exit, Debug):
+        return f"debug exception {exit.exception} at {exit.pc:#x} (dr6={exit.dr6:#x})"
+    if isinstance(exit, Shutdown):
+        return "shutdown: the CPU met a fault while handling a double fault (triple fault)"
+    if isinstance(exit, FailEntry):
+        return (f"VM entry failed: the CPU refused the guest state "
+                f"(hardware reason {exit.hardware_entry_failure_reason:#x})")
+    if isinstance(exit, InternalError):
+        return f"KVM internal error: {exit.suberror_name}"
+    if isinstance(exit, SystemEvent):
+        return f"system event: the guest asks for {exit.type_name}"
+    if isinstance(exit, Interrupted):
+        return "KVM_RUN interrupted by a signal (pause or timeout): the guest is intact"
+    return f"exit {exit.reason_name}"

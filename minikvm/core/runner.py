@@ -1,0 +1,219 @@
+"""The runner: the one place that calls ``KVM_RUN``.
+
+Each vCPU has one :class:`VcpuRunner`. It owns everything about *running*
+that vCPU, whoever asked for the run (the machine, the debugger, the TUI):
+
+* ``KVM_RUN`` itself (:meth:`VcpuRunner.run`), and the completion run with
+  ``immediate_exit`` set that lets KVM finish an I/O instruction without
+  entering the guest again (:meth:`VcpuRunner.finish`);
+* the guest-debug state (``KVM_SET_GUEST_DEBUG``), issued only when it
+  changes; a free run turns it off (:meth:`VcpuRunner.set_guest_debug`);
+* what other threads ask while the vCPU runs: a pause, the end of the
+  time given, the end of the whole machine (:meth:`VcpuRunner.kick`);
+* the halt check. With the in-kernel irqchip a ``hlt`` waits inside
+  ``KVM_RUN`` and never exits to us. When a vCPU has been quiet for a
+  while, the :class:`Watchdog` kicks it out and the runner asks KVM
+  (``KVM_GET_MP_STATE``, RFLAGS.IF) whether it sleeps with interrupts off:
+  then nothing can wake it, and the run is over.
+
+One :class:`Watchdog` thread per run serves both the timeout and the halt
+check for every vCPU of that run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+from minikvm.core.stop import Requests
+from minikvm.kvm.exits import Interrupted, VmExit
+from minikvm.kvm.uapi import KvmMpState
+from minikvm.kvm.vcpu import Vcpu
+
+__all__ = ["HALT_CHECK_INTERVAL", "VcpuRunner", "Watchdog"]
+
+#: A vCPU that made no exit for this long is kicked out of ``KVM_RUN`` so
+#: that the runner can look whether it halted for good (irqchip only).
+HALT_CHECK_INTERVAL = 0.05
+_RFLAGS_IF = 1 << 9
+#: The guest-debug state "off": what a free run uses.
+_NO_DEBUG = (0, (0,) * 8)
+
+
+class VcpuRunner:
+    """Runs one vCPU: ``KVM_RUN``, kicks, requests, halt check, guest debug.
+
+    ``index`` is the vCPU's place in the machine (0 is the boot vCPU).
+    ``halt_check`` is on for machines with the in-kernel irqchip, where a
+    ``hlt`` never exits to the VMM.
+    """
+
+    def __init__(self, vcpu: Vcpu, index: int = 0, *, halt_check: bool = False) -> None:
+        self.vcpu = vcpu
+        self.index = index
+        self.halt_check = halt_check
+        #: ``KVM_RUN`` calls that returned (the watchdog watches it move).
+        self.runs = 0
+        #: When the last ``KVM_RUN`` started and returned (time.monotonic).
+        self.started = 0.0
+        self.returned = 0.0
+        # Requests from other threads, read after an Interrupted exit.
+        self.pause_requested = False
+        self.timed_out = False
+        self.halt_check_pending = False
+        #: The guest-debug state issued to KVM (control, DR0-DR7).
+        self.guest_debug: tuple[int, tuple[int, ...]] = _NO_DEBUG
+
+    # -- running ------------------------------------------------------------
+
+    def run(self) -> VmExit:
+        """``KVM_RUN`` once: enter the guest until its next exit."""
+        self.started = time.monotonic()
+        exit = self.vcpu.run()
+        self.returned = time.monotonic()
+        self.runs += 1
+        return exit
+
+    def finish(self) -> VmExit:
+        """``KVM_RUN`` with ``immediate_exit`` set: KVM completes an I/O or
+        MMIO instruction (stores the value of an ``in``, advances RIP) and
+        returns at once without running the guest on (Documentation/virt/
+        kvm/api.rst, "immediate_exit"). Returns what KVM reported: usually
+        ``Interrupted``; a single-step ``Debug`` when stepping."""
+        self.vcpu.immediate_exit = True
+        try:
+            return self.run()
+        finally:
+            self.vcpu.immediate_exit = False
+
+    def set_guest_debug(self, state: tuple[int, tuple[int, ...]] = _NO_DEBUG) -> None:
+        """``KVM_SET_GUEST_DEBUG`` with ``state`` = (control, DR0-DR7), issued
+        only when it differs from what KVM has.
+
+        With no argument: guest debugging off, what a free run needs (a
+        debugger that single-stepped before must not leave the guest
+        trapping into debug exits nobody handles)."""
+        if state != self.guest_debug:
+            self.vcpu.set_guest_debug(state[0], list(state[1]))
+        self.guest_debug = state
+
+    # -- requests from other threads ----------------------------------------
+
+    def kick(self) -> None:
+        """Make the current (or next) ``KVM_RUN`` return ``Interrupted``."""
+        self.vcpu.kick()
+
+    def pause(self) -> None:
+        """From any thread: end the current run with a PAUSED stop soon."""
+        self.pause_requested = True
+        self.vcpu.kick()
+
+    def time_out(self) -> None:
+        """The time given to the run is up: end it with a TIMEOUT stop."""
+        self.timed_out = True
+        self.vcpu.kick()
+
+    def check_halt(self) -> None:
+        """Kick the vCPU out and look whether it halted for good."""
+        self.halt_check_pending = True
+        self.vcpu.kick()
+
+    def begin(self) -> None:
+        """A new run starts: forget requests of the last one."""
+        self.timed_out = False
+        self.halt_check_pending = False
+
+    def requests(self, exit: VmExit, device_stop=None) -> Requests:
+        """What was asked while ``exit`` happened, for :func:`decide_stop`.
+
+        The requests a kick carries are taken (cleared) only on the
+        ``Interrupted`` exit the kick produced; the halt check asks KVM then.
+        """
+        if type(exit) is not Interrupted:
+            return Requests(device_stop)
+        halted = False
+        if self.halt_check_pending:
+            self.halt_check_pending = False
+            halted = self.halted_for_good()
+        pause = self.pause_requested and not halted and not self.timed_out
+        if pause:
+            self.pause_requested = False
+        return Requests(device_stop, self.timed_out, pause, halted)
+
+    # -- looking at the vCPU --------------------------------------------------
+
+    def halted_for_good(self) -> bool:
+        """With the in-kernel irqchip: is the vCPU asleep in ``hlt`` with
+        RFLAGS.IF clear? Then no device interrupt can wake it (only an NMI
+        or INIT, which nothing here sends)."""
+        if not self.halt_check:
+            return False
+        if self.vcpu.get_mp_state() != KvmMpState.KVM_MP_STATE_HALTED:
+            return False
+        return not self.vcpu.get_regs().rflags & _RFLAGS_IF
+
+    def rip(self) -> int | None:
+        """RIP now (for a report; None when it cannot be read)."""
+        try:
+            return self.vcpu.get_regs().rip
+        except Exception:  # noqa: BLE001 - a report must not fail
+            return None
+
+
+class Watchdog:
+    """One thread per run: the timeout and the halt check of its vCPUs.
+
+    Every ``interval`` seconds it kicks each vCPU whose runner made no
+    ``KVM_RUN`` return since the last look (when the runner does halt
+    checks), and at ``timeout`` seconds it times every runner out.
+    """
+
+    def __init__(self, runners: Iterable[VcpuRunner], timeout: float | None = None,
+                 interval: float = HALT_CHECK_INTERVAL) -> None:
+        self.runners = tuple(runners)
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.interval = interval
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        for runner in self.runners:
+            runner.begin()
+        watch_halts = any(runner.halt_check for runner in self.runners)
+        if watch_halts or self.deadline is not None:
+            self._thread = threading.Thread(target=self._loop, name="minikvm-watchdog",
+                                            daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        seen = [runner.runs for runner in self.runners]
+        while True:
+            wait = self.interval
+            if self.deadline is not None:
+                wait = min(wait, max(0.0, self.deadline - time.monotonic()))
+            if self._done.wait(wait):
+                return
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                for runner in self.runners:
+                    runner.time_out()
+                self.deadline = None
+                continue
+            for i, runner in enumerate(self.runners):
+                if (runner.halt_check and runner.runs == seen[i]
+                        and not runner.halt_check_pending):
+                    runner.check_halt()
+                seen[i] = runner.runs
+
+    def close(self) -> None:
+        """End the watchdog and forget the run's timeout."""
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        for runner in self.runners:
+            runner.timed_out = False
+            runner.halt_check_pending = False
+
+    def __enter__(self) -> Watchdog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
