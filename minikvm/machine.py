@@ -404,8 +404,18 @@ class Machine:
         return stops[0]
 
     def close(self) -> None:
+        """Release everything the machine holds, at once and idempotently:
+        the vCPU, VM and KVM file descriptors, guest RAM (unmapped, not left
+        for the garbage collector), and the devices' host resources (a
+        virtio-blk image file). Listeners are dropped."""
+        self.listeners.clear()
         self.vm.close()
         self.kvm.close()
+        self.memory.close()
+        for transport in self.virtio:
+            close = getattr(transport.backend, "close", None)
+            if close is not None:
+                close()
 
     def __enter__(self) -> Machine:
         return self

@@ -134,6 +134,30 @@ class GuestMemory:
         self._regions.sort(key=lambda r: r.guest_phys_addr)
         return region
 
+    def close(self) -> None:
+        """Give the RAM back to the host now (idempotent).
+
+        Each region is unmapped. Where a zero-copy :meth:`view` is still
+        alive somewhere (a device mid-request), unmapping would leave it
+        pointing at nothing, so the pages are released instead
+        (``MADV_REMOVE`` frees the shared memory behind them; the view then
+        reads zeros) and the mapping goes when the last view does. After
+        close every access raises :class:`GuestMemoryError`.
+        """
+        regions, self._regions = self._regions, []
+        for region in regions:
+            try:
+                region.mapping.close()
+            except BufferError:
+                try:
+                    region.mapping.madvise(mmap.MADV_REMOVE)
+                except (OSError, ValueError, AttributeError):
+                    pass
+
+    @property
+    def closed(self) -> bool:
+        return not self._regions
+
     def region_at(self, addr: int) -> MemoryRegion | None:
         """The region holding guest-physical ``addr``, or None."""
         for region in self._regions:

@@ -31,10 +31,15 @@ from minikvm.kvm.exits import Interrupted, VmExit
 from minikvm.kvm.uapi import KvmMpState
 from minikvm.kvm.vcpu import Vcpu
 
-__all__ = ["HALT_CHECK_INTERVAL", "VcpuRunner", "Watchdog"]
+__all__ = ["HALT_CHECK_FIRST", "HALT_CHECK_INTERVAL", "VcpuRunner", "Watchdog"]
 
-#: A vCPU that made no exit for this long is kicked out of ``KVM_RUN`` so
-#: that the runner can look whether it halted for good (irqchip only).
+#: The halt check: a vCPU that made no exit for HALT_CHECK_FIRST seconds is
+#: kicked out of ``KVM_RUN`` so that the runner can look whether it halted for
+#: good (irqchip only). While it keeps running without exits (a compute loop)
+#: the wait doubles up to HALT_CHECK_INTERVAL, so a busy guest pays a few
+#: dozen kicks a second at most, and a guest that just did ``cli; hlt`` is
+#: seen within a millisecond or two.
+HALT_CHECK_FIRST = 0.001
 HALT_CHECK_INTERVAL = 0.05
 _RFLAGS_IF = 1 << 9
 #: The guest-debug state "off": what a free run uses.
@@ -53,8 +58,10 @@ class VcpuRunner:
         self.vcpu = vcpu
         self.index = index
         self.halt_check = halt_check
-        #: ``KVM_RUN`` calls that returned (the watchdog watches it move).
+        #: ``KVM_RUN`` calls that returned, and how many of them were cut
+        #: short by the halt check itself (the watchdog looks at the rest).
         self.runs = 0
+        self.halt_checks = 0
         #: When the last ``KVM_RUN`` started and returned (time.monotonic).
         self.started = 0.0
         self.returned = 0.0
@@ -135,6 +142,7 @@ class VcpuRunner:
         halted = False
         if self.halt_check_pending:
             self.halt_check_pending = False
+            self.halt_checks += 1
             halted = self.halted_for_good()
         pause = self.pause_requested and not halted and not self.timed_out
         if pause:
@@ -164,44 +172,61 @@ class VcpuRunner:
 class Watchdog:
     """One thread per run: the timeout and the halt check of its vCPUs.
 
-    Every ``interval`` seconds it kicks each vCPU whose runner made no
-    ``KVM_RUN`` return since the last look (when the runner does halt
-    checks), and at ``timeout`` seconds it times every runner out.
+    It kicks a vCPU whose runner saw no exit (other than the watchdog's own
+    kicks) for a while, when the runner does halt checks -- first after
+    ``first`` seconds of quiet, then after twice as long each time the vCPU
+    turned out to be busy, up to ``interval`` -- and at ``timeout`` seconds
+    it times every runner out.
     """
 
     def __init__(self, runners: Iterable[VcpuRunner], timeout: float | None = None,
-                 interval: float = HALT_CHECK_INTERVAL) -> None:
+                 interval: float = HALT_CHECK_INTERVAL, first: float = HALT_CHECK_FIRST) -> None:
         self.runners = tuple(runners)
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.interval = interval
+        self.first = min(first, interval)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         for runner in self.runners:
             runner.begin()
-        watch_halts = any(runner.halt_check for runner in self.runners)
-        if watch_halts or self.deadline is not None:
+        self._watched = [runner for runner in self.runners if runner.halt_check]
+        if self._watched or self.deadline is not None:
             self._thread = threading.Thread(target=self._loop, name="minikvm-watchdog",
                                             daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:
-        seen = [runner.runs for runner in self.runners]
+        watched = self._watched
+        now = time.monotonic()
+        # Per watched runner: activity seen last, since when it is quiet, and
+        # how long a quiet spell must last before the next halt check.
+        seen = [runner.runs - runner.halt_checks for runner in watched]
+        quiet_since = [now] * len(watched)
+        wait_for = [self.first] * len(watched)
         while True:
-            wait = self.interval
+            now = time.monotonic()
+            wake = [quiet_since[i] + wait_for[i] for i in range(len(watched))]
             if self.deadline is not None:
-                wait = min(wait, max(0.0, self.deadline - time.monotonic()))
-            if self._done.wait(wait):
+                wake.append(self.deadline)
+            delay = max(0.0, min(wake) - now) if wake else self.interval
+            if self._done.wait(delay):
                 return
-            if self.deadline is not None and time.monotonic() >= self.deadline:
+            now = time.monotonic()
+            if self.deadline is not None and now >= self.deadline:
                 for runner in self.runners:
                     runner.time_out()
                 self.deadline = None
                 continue
-            for i, runner in enumerate(self.runners):
-                if (runner.halt_check and runner.runs == seen[i]
-                        and not runner.halt_check_pending):
+            for i, runner in enumerate(watched):
+                activity = runner.runs - runner.halt_checks
+                if activity != seen[i]:
+                    seen[i] = activity
+                    quiet_since[i] = now
+                    wait_for[i] = self.first
+                elif now - quiet_since[i] >= wait_for[i] and not runner.halt_check_pending:
                     runner.check_halt()
-                seen[i] = runner.runs
+                    quiet_since[i] = now
+                    wait_for[i] = min(wait_for[i] * 2, self.interval)
 
     def close(self) -> None:
         """End the watchdog and forget the run's timeout."""
