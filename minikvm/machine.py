@@ -368,40 +368,31 @@ class Machine:
         (debug-exit, crash, timeout, pause, a limit): then the others are
         paused and the first such stop is the machine's.
         """
-        stops: dict[int, Stop] = {}
         decided: list[Stop] = []
-        done = threading.Condition()
+        lock = threading.Lock()
 
-        def work(runner: VcpuRunner) -> None:
+        def work(runner: VcpuRunner) -> Stop:
             try:
                 stop = self._run_vcpu(runner, max_exits, until)
-            except BaseException as err:  # noqa: BLE001 - reported on the caller's thread
+            except Exception as err:  # noqa: BLE001 - the machine reports it as a stop
                 stop = Stop(StopKind.INTERNAL_ERROR, board.ExitStatus.GUEST_CRASH.value,
                             f"vCPU {runner.index}: the VMM failed: {type(err).__name__}: {err}",
                             None, runner.index)
-            with done:
-                stops[runner.index] = stop
+            with lock:
                 if stop.kind is not StopKind.HALT and not decided:
                     decided.append(stop)
                     for other in self.runners:
                         if other is not runner:
                             other.pause()
-                done.notify_all()
+            return stop
 
-        threads = [threading.Thread(target=work, args=(runner,), daemon=True,
-                                    name=f"minikvm-vcpu{runner.index}")
-                   for runner in self.runners[1:]]
-        for thread in threads:
-            thread.start()
-        work(self.runners[0])
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.1)
+        jobs = [runner.spawn(lambda runner=runner: work(runner)) for runner in self.runners[1:]]
+        first = work(self.runners[0])
+        for job in jobs:
+            job.wait()
         for runner in self.runners:
             runner.pause_requested = False
-        if decided:
-            return decided[0]
-        return stops[0]
+        return decided[0] if decided else first
 
     def close(self) -> None:
         """Release everything the machine holds, at once and idempotently:

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from minikvm.core.stop import Requests
 from minikvm.kvm.exits import Interrupted, VmExit
 from minikvm.kvm.uapi import KvmMpState
 from minikvm.kvm.vcpu import Vcpu
 
-__all__ = ["HALT_CHECK_FIRST", "HALT_CHECK_INTERVAL", "VcpuRunner", "Watchdog"]
+__all__ = ["HALT_CHECK_FIRST", "HALT_CHECK_INTERVAL", "Job", "VcpuRunner", "Watchdog"]
 
 #: The halt check: a vCPU that made no exit for HALT_CHECK_FIRST seconds is
 #: kicked out of ``KVM_RUN`` so that the runner can look whether it halted for
@@ -105,6 +106,17 @@ class VcpuRunner:
             self.vcpu.set_guest_debug(state[0], list(state[1]))
         self.guest_debug = state
 
+    def spawn(self, work: Callable[[], Any], name: str = "") -> Job:
+        """Run ``work`` (which drives this vCPU) on a thread of its own.
+
+        The thread that runs a vCPU is the only one that may call its
+        ioctls while it runs: KVM holds the vCPU's mutex for the whole of
+        ``KVM_RUN``, so a ``KVM_GET_REGS`` from elsewhere would wait for the
+        guest's next exit. Other threads talk to it through :meth:`pause`
+        and :meth:`kick`, and read its result from the :class:`Job`.
+        """
+        return Job(work, name or f"minikvm-vcpu{self.index}")
+
     # -- requests from other threads ----------------------------------------
 
     def kick(self) -> None:
@@ -167,6 +179,44 @@ class VcpuRunner:
             return self.vcpu.get_regs().rip
         except Exception:  # noqa: BLE001 - a report must not fail
             return None
+
+
+class Job:
+    """A piece of vCPU work running on its own thread; its result or error.
+
+    ``done`` is set when ``work`` returned or raised; :meth:`result` gives
+    the value or re-raises the exception on the caller's thread.
+    """
+
+    def __init__(self, work: Callable[[], Any], name: str) -> None:
+        self.done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._work = work
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._value = self._work()
+        except BaseException as err:  # noqa: BLE001 - handed to whoever asks
+            self._error = err
+        finally:
+            self.done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the work to end; True when it has."""
+        if not self.done.wait(timeout):
+            return False
+        self.thread.join(timeout=1.0)
+        return True
+
+    def result(self) -> Any:
+        """The work's return value (raises what the work raised)."""
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class Watchdog:
