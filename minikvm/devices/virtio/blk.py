@@ -268,9 +268,9 @@ class VirtioBlk(VirtioDevice):
         _pwritev_all(self.fd, chain.readable_views(_HEADER.size, length), sector * SECTOR_SIZE)
         # With FLUSH offered but not negotiated the driver believes there is
         # no write cache, so a completed write must already be stable (§5.2.6.2).
-        transport = self.transport
-        if transport is not None and not has_feature(transport.driver_features,
-                                                     VIRTIO_BLK_F_FLUSH):
+        context = self.context
+        if context is not None and not has_feature(context.negotiated_features,
+                                                   VIRTIO_BLK_F_FLUSH):
             os.fdatasync(self.fd)
         self.counters["bytes_written"] += length
         self.last_request = f"OUT sector {sector}, {length // SECTOR_SIZE} sectors: OK"

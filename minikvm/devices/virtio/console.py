@@ -83,17 +83,16 @@ class VirtioConsole(VirtioDevice):
 
     def receive(self, data: bytes) -> int:
         """Host input for the guest; returns how many bytes were kept."""
-        room = max(0, self.input_limit - len(self.pending))
-        kept = data[:room]
+        kept = data[:self.rx_space()]
         self.pending += kept
         self.counters["input_dropped"] += len(data) - len(kept)
         self._deliver()
         return len(kept)
 
     def _deliver(self) -> None:
-        if self.transport is not None and self.pending:
-            self.transport.serve(VIRTIO_CONSOLE_RECEIVEQ, self._fill,
-                                 more=lambda: bool(self.pending))
+        if self.context is not None and self.pending:
+            self.context.serve(VIRTIO_CONSOLE_RECEIVEQ, self._fill,
+                               more=lambda: bool(self.pending))
 
     def _fill(self, chain: DescriptorChain) -> int:
         written = chain.write(self.pending[:chain.writable_len])
@@ -115,10 +114,10 @@ class VirtioConsole(VirtioDevice):
     # -- transport hooks ---------------------------------------------------------
 
     def queue_notify(self, queue_index: int) -> None:
-        if self.transport is None:
+        if self.context is None:
             return
         if queue_index == VIRTIO_CONSOLE_TRANSMITQ:
-            self.transport.serve(queue_index, self._transmit)
+            self.context.serve(queue_index, self._transmit)
         elif queue_index == VIRTIO_CONSOLE_RECEIVEQ:
             self._deliver()  # new empty buffers: hand over waiting input
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device, InterruptLine
-from minikvm.devices.virtio.device import ChainHandler, VirtioDevice
+from minikvm.devices.virtio.device import ChainHandler, VirtioContext, VirtioDevice
 from minikvm.devices.virtio.features import (
     TRANSPORT_FEATURES,
     VIRTIO_F_VERSION_1,
@@ -80,6 +80,7 @@ __all__ = [
     "VIRTIO_MMIO_VERSION",
     "VIRTIO_MMIO_VERSION_2",
     "VIRTIO_MMIO_WINDOW_SIZE",
+    "VirtioMmioContext",
     "VirtioMmioTransport",
 ]
 
@@ -190,6 +191,27 @@ _WHY_STATUS = {
 }
 
 
+class VirtioMmioContext:
+    """The :class:`~minikvm.devices.virtio.device.VirtioContext` a transport
+    hands its device: three doors into the transport and nothing else."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: VirtioMmioTransport) -> None:
+        self._transport = transport
+
+    @property
+    def negotiated_features(self) -> int:
+        return self._transport.driver_features
+
+    def serve(self, queue_index: int, handler: ChainHandler,
+              more: Callable[[], bool] | None = None) -> int:
+        return self._transport.serve(queue_index, handler, more)
+
+    def config_changed(self) -> None:
+        self._transport.config_changed()
+
+
 class VirtioMmioTransport(Device):
     """One virtio-mmio window (4 KiB) in front of a :class:`VirtioDevice`.
 
@@ -217,7 +239,8 @@ class VirtioMmioTransport(Device):
         self._reset_registers()
         # What the last access did, in words, for describe().
         self._last: tuple[int, bool, str] = (-1, False, "")
-        backend.attach(self)
+        context: VirtioContext = VirtioMmioContext(self)
+        backend.attach(context)
 
     # -- the pieces of state a reset clears -----------------------------------
 
