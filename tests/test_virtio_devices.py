@@ -361,3 +361,18 @@ def test_a_config_change_through_the_context_interrupts_a_live_driver():
     assert dev.transport.config_generation == generation + 1
     assert dev.transport.interrupt_status & VIRTIO_MMIO_INT_CONFIG
     assert dev.irq.level
+
+
+def test_device_types_word_their_own_state_rows(disk):
+    dev = blk_device(disk)
+    request = dev.driver.blk_request(dev.driver.queues[0], VIRTIO_BLK_T_IN, 3, data_len=512)
+    run(dev, request)
+    rows = dict(dev.transport.backend.state_rows())
+    assert rows["disk"] == "disk.img, 64 sectors"
+    assert rows["requests"] == "IN 1 OUT 0 FLUSH 0 GET_ID 0"
+    assert rows["bytes"] == "read 512, written 0"
+    assert rows["last"] == "IN sector 3, 1 sectors: OK"
+    console, out = console_device(input_limit=2)
+    console.transport.backend.receive(b"abc")
+    rows = dict(console.transport.backend.state_rows())
+    assert rows["input"] == "0 bytes delivered, 2 waiting for a receive buffer, 1 dropped"

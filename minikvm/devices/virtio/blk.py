@@ -137,6 +137,7 @@ class VirtioBlk(VirtioDevice):
 
     device_id = VIRTIO_ID_BLOCK
     name = "blk"
+    model = "block device"
     num_queues = 1
     feature_bit_names = _FEATURE_NAMES
 
@@ -280,3 +281,18 @@ class VirtioBlk(VirtioDevice):
         return {"path": self.path, "read_only": self.read_only, "capacity": self.capacity,
                 "serial": self.serial.decode("ascii"), "counters": dict(self.counters),
                 "last_request": self.last_request}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        counters = self.counters
+        disk = f"{os.path.basename(self.path)}, {self.capacity} sectors"
+        requests = " ".join(f"{kind} {counters[kind]}" for kind in ("IN", "OUT", "FLUSH",
+                                                                     "GET_ID"))
+        for kind, status in (("ioerr", "IOERR"), ("unsupported", "UNSUPP")):
+            if counters[kind]:
+                requests += f", {counters[kind]} {status}"
+        rows = [("disk", disk + (", read-only" if self.read_only else "")),
+                ("requests", requests),
+                ("bytes", f"read {counters['bytes_read']}, written {counters['bytes_written']}")]
+        if self.last_request:
+            rows.append(("last", self.last_request))
+        return rows

@@ -45,6 +45,7 @@ VIRTIO_CONSOLE_TRANSMITQ = 1
 #: Host input kept while the guest has no receive buffer posted; more is dropped.
 CONSOLE_INPUT_LIMIT = 64 * 1024
 _HISTORY = 4096
+_TAIL = 40  # bytes of recent output a panel row shows
 
 
 def _stdout(data: bytes) -> None:
@@ -57,6 +58,7 @@ class VirtioConsole(VirtioDevice):
 
     device_id = VIRTIO_ID_CONSOLE
     name = "console"
+    model = "console"
     num_queues = 2
 
     def __init__(self, output: Callable[[bytes], None] | None = None,
@@ -127,3 +129,15 @@ class VirtioConsole(VirtioDevice):
     def state(self) -> dict[str, Any]:
         return {"pending_input": len(self.pending), "counters": dict(self.counters),
                 "recent_output": self.recent_output.decode("latin-1")}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        counters = self.counters
+        received = (f"{counters['bytes_in']} bytes delivered, {len(self.pending)} waiting "
+                    "for a receive buffer")
+        if counters["input_dropped"]:
+            received += f", {counters['input_dropped']} dropped"
+        rows = [("output", f"{counters['bytes_out']} bytes"), ("input", received)]
+        if self.recent_output:
+            tail = self.recent_output[-_TAIL:].decode("latin-1")
+            rows.append(("last", tail.encode("unicode_escape").decode("ascii")))
+        return rows

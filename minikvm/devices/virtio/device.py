@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from minikvm.devices.base import plain_rows
 from minikvm.devices.virtio.queue import DescriptorChain
 
 __all__ = [
@@ -90,6 +91,8 @@ class VirtioDevice:
     device_id = 0
     #: Short name for traces ("blk", "rng", "console").
     name = "virtio"
+    #: What the device is, in a few words, for panel titles ("block device").
+    model = "virtio device"
     #: How many virtqueues the device has.
     num_queues = 1
     #: QueueNumMax for every queue (a power of two, at most 32768).
@@ -144,3 +147,9 @@ class VirtioDevice:
     def state(self) -> dict[str, Any]:
         """The device type's own state as plain data."""
         return {}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        """The device type's own state as (label, value) rows for a person;
+        the transport shows them under its own. The default lists
+        :meth:`state`'s scalar entries."""
+        return plain_rows(self.state())

@@ -242,6 +242,11 @@ class VirtioMmioTransport(Device):
         context: VirtioContext = VirtioMmioContext(self)
         backend.attach(context)
 
+    @property
+    def model(self) -> str:
+        """``virtio-mmio block device``: the transport and what is behind it."""
+        return f"virtio-mmio {self.backend.model}"
+
     # -- the pieces of state a reset clears -----------------------------------
 
     def _reset_registers(self) -> None:
@@ -642,3 +647,21 @@ class VirtioMmioTransport(Device):
             "last_error": self.last_error,
             "backend": self.backend.state(),
         }
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        """Status, negotiated features, the interrupt, each queue's indices,
+        then the device type's own rows."""
+        rows = [("status", f"{int(self.status):#04x} {describe_status(self.status)}"),
+                ("features", ", ".join(self.negotiated_feature_names()) or "none negotiated"),
+                ("interrupt", f"status {self.interrupt_status:#x}, line "
+                              f"{'high' if self._irq_level else 'low'}")]
+        for index, queue in enumerate(self.queues):
+            if not queue.ready and not queue.size:
+                rows.append((f"queue {index}", "not set up"))
+                continue
+            rows.append((f"queue {index}",
+                         f"size {queue.size}{' ready' if queue.ready else ''}, avail idx "
+                         f"{queue.last_avail_idx}, used idx {queue.next_used_idx}"))
+        if self.last_error:
+            rows.append(("error", self.last_error))
+        return rows + self.backend.state_rows()
