@@ -7,17 +7,60 @@ address up here and calls the device with an offset inside the device's own
 window. Two devices may not decode the same address, so overlapping
 registrations are refused. An access nobody decodes is recorded (guests probe
 for hardware this way) and, as on a real floating bus, reads all-ones.
+
+The bus sits below the devices (``minikvm/devices/`` imports from here, never
+the other way): it states in :class:`BusDevice` what it needs of whatever
+answers an address, and any object with those methods may be registered.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
-from minikvm.devices.base import Device, all_ones
+__all__ = ["Access", "Bus", "BusDevice", "BusError", "Mapping", "all_ones"]
 
-__all__ = ["Access", "Bus", "BusError", "Mapping"]
+
+def all_ones(size: int) -> int:
+    """What a read of ``size`` bytes returns from a floating bus: every bit set.
+
+    Nothing drives the data lines, the pull-up resistors win, and the CPU
+    reads 0xFF per byte -- which is how a guest probing for absent hardware
+    learns that it is absent.
+    """
+    return (1 << (8 * size)) - 1
+
+
+@runtime_checkable
+class BusDevice(Protocol):
+    """What the bus needs of a device: to be called with an offset inside its
+    own window, and to say in words what an access did (for traces).
+
+    :class:`minikvm.devices.base.Device` implements it with defaults that
+    behave like nothing being there.
+    """
+
+    #: Short name shown in traces and the TUI ("debugcon", "com1", ...).
+    name: str
+
+    def read(self, offset: int, size: int) -> int:
+        """The value of a ``size``-byte read at ``offset`` (1, 2, 4 or 8 bytes)."""
+        ...
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """A ``size``-byte write of ``value`` at ``offset``."""
+        ...
+
+    def register_name(self, offset: int, is_write: bool) -> str:
+        """The register at ``offset``, spelled as the datasheet or spec does."""
+        ...
+
+    def describe(self, offset: int, size: int, is_write: bool, value: int) -> str:
+        """One line on what the access that just happened did."""
+        ...
 
 
 class BusError(Exception):
@@ -30,7 +73,7 @@ class Mapping:
 
     base: int
     size: int
-    device: Device
+    device: BusDevice
 
     @property
     def end(self) -> int:
@@ -46,7 +89,7 @@ class Access:
     size: int
     is_write: bool
     value: int
-    device: Device | None = None
+    device: BusDevice | None = None
     offset: int = 0
     register: str = ""
     description: str = ""
@@ -73,9 +116,15 @@ class Bus:
 
     @property
     def mappings(self) -> tuple[Mapping, ...]:
+        """Every registration, in address order."""
         return tuple(self._mappings)
 
-    def register(self, base: int, size: int, device: Device) -> Mapping:
+    def __iter__(self) -> Iterator[Mapping]:
+        """The registrations in address order (a snapshot: registering while
+        iterating is safe)."""
+        return iter(self.mappings)
+
+    def register(self, base: int, size: int, device: BusDevice) -> Mapping:
         """Let ``device`` decode ``[base, base + size)``."""
         if size <= 0 or base < 0:
             raise BusError(f"{self.space}: bad range {base:#x}+{size:#x} for {device.name}")

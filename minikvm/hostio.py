@@ -10,8 +10,9 @@ reads from.
   bounded buffer (tests, the TUI) and may pass them on to a callback.
 * **Input** goes through :class:`HostInput`, a bounded, thread-safe byte
   queue. Anything may ``put`` bytes into it (a reader thread, the TUI, a
-  test); the VMM moves them into the UART with :meth:`HostInput.feed`, never
-  more than the UART has room for, so nothing is lost to an overrun. The
+  test); the VMM moves them into the device that takes host input (a
+  :class:`Receiver`: the UART, a virtio console) with :meth:`HostInput.feed`,
+  never more than the device has room for, so nothing is lost to an overrun. The
   queue has a fixed capacity: a flood of input (a paste, ``yes | minikvm``)
   drops the excess and counts it instead of growing memory.
 * :class:`RawStdin` puts a terminal into raw mode so that each key reaches
@@ -50,11 +51,17 @@ _WRITE_STALL_SECONDS = 2.0  # give up on a terminal that accepts nothing for thi
 @runtime_checkable
 class Receiver(Protocol):
     """A device that takes host input (keyboard, piped stdin): what
-    :meth:`HostInput.feed` needs. The UART and the virtio console have both."""
+    :meth:`HostInput.feed` needs. The device itself implements it -- the UART
+    (its receiver FIFO) and the virtio console (its input buffer) -- so the
+    machine needs no adapter and no knowledge of which kind it is."""
 
-    def rx_space(self) -> int: ...
+    def rx_space(self) -> int:
+        """How many bytes :meth:`receive` would keep now; 0 means "wait"."""
+        ...
 
-    def receive(self, data: bytes) -> int: ...
+    def receive(self, data: bytes) -> int:
+        """Take host bytes for the guest; returns how many were kept."""
+        ...
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -147,11 +154,11 @@ class BufferSink:
 # --- input ----------------------------------------------------------------------------------
 
 class HostInput:
-    """A bounded, thread-safe queue of bytes on their way from the host to a UART.
+    """A bounded, thread-safe queue of bytes on their way from the host to a device.
 
     ``put`` never blocks: what does not fit in ``capacity`` is dropped and
-    counted in ``dropped``. ``feed`` moves as many queued bytes as the UART
-    has room for (``rx_space()``), in order.
+    counted in ``dropped``. ``feed`` moves as many queued bytes as the
+    device (a :class:`Receiver`) has room for (``rx_space()``), in order.
     """
 
     def __init__(self, capacity: int = DEFAULT_INPUT_CAPACITY) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minikvm.bus import Bus, BusError
+import minikvm.bus
+from minikvm.bus import Bus, BusDevice, BusError
 from minikvm.devices.base import Device
 from minikvm.devices.debug_exit import DebugExit, debug_exit_status
 from minikvm.devices.debugcon import DebugCon
+from minikvm.devices.i8042 import I8042, I8042_COMMAND
 
 
 class Recorder(Device):
@@ -49,6 +54,48 @@ def test_overlapping_registration_is_refused():
         bus.register(0x5F, 2, Recorder())
     bus.register(0x65, 1, Recorder())  # adjacent is fine
     bus.register(0x5F, 1, Recorder())
+
+
+def test_the_bus_imports_nothing_from_the_devices_above_it():
+    tree = ast.parse(Path(minikvm.bus.__file__).read_text())
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names]
+    assert not [name for name in imported if name and name.startswith("minikvm")]
+
+
+class Plain:
+    """Not a Device subclass: just the methods the bus asks for."""
+
+    name = "plain"
+
+    def read(self, offset, size):
+        return offset
+
+    def write(self, offset, size, value):
+        pass
+
+    def register_name(self, offset, is_write):
+        return f"reg{offset}"
+
+    def describe(self, offset, size, is_write, value):
+        return f"plain {'write' if is_write else 'read'} {value:#x}"
+
+
+def test_any_object_with_the_bus_device_methods_can_be_registered():
+    assert isinstance(Plain(), BusDevice) and isinstance(DebugCon(), BusDevice)
+    bus = Bus("mmio")
+    bus.register(0x1000, 0x10, Plain())
+    access = bus.read(0x1003, 4, explain=True)
+    assert (access.value, access.register, access.description) == (3, "reg3", "plain read 0x3")
+
+
+def test_iterating_a_bus_lists_its_devices_in_address_order():
+    bus = Bus("pio")
+    com1, debugcon = Recorder(), DebugCon()
+    bus.register(0x3F8, 8, com1)
+    bus.register(0xE9, 1, debugcon)
+    assert [(m.base, m.size, m.device) for m in bus] == [(0xE9, 1, debugcon), (0x3F8, 8, com1)]
 
 
 def test_unclaimed_read_floats_to_all_ones_and_is_recorded():
@@ -96,6 +143,27 @@ def test_debug_exit_reports_shifted_status():
     assert statuses == [(0x2A << 1) | 1] == [85]
     assert "85" in device.describe(0, 1, True, 0x2A)
     assert debug_exit_status(0) == 1
+
+
+def test_simple_ports_word_their_state_for_the_device_panel():
+    debugcon, debug_exit, i8042 = DebugCon(), DebugExit(), I8042()
+    for byte in b"ok\n":
+        debugcon.write(0, 1, byte)
+    assert debugcon.state_rows() == [("bytes", "3 written"), ("last", "ok\\n")]
+    assert "none yet" in dict(debug_exit.state_rows())["last write"]
+    debug_exit.write(0, 1, 0x2A)
+    assert debug_exit.state_rows() == [("last write", "0x2a: exit status 85")]
+    i8042.write(I8042_COMMAND, 1, 0xFE)
+    assert i8042.state_rows() == [("last command", "0xfe (pulse the reset line)"),
+                                  ("resets asked", "1")]
+
+
+def test_a_device_without_words_of_its_own_lists_its_plain_state():
+    class Counter(Device):
+        def state(self):
+            return {"count": 3, "history": [1, 2, 3], "last": None}
+
+    assert Counter().state_rows() == [("count", "3"), ("last", "-")]
 
 
 @settings(max_examples=200, deadline=None)

@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from minikvm.devices.uart import UART_FCR, UART_FCR_ENABLE_FIFO, UART_MCR, UART_MCR_LOOP, Uart16550
-from minikvm.hostio import BufferSink, HostInput, RawStdin, StdoutSink
+from minikvm.devices.virtio.console import VirtioConsole
+from minikvm.hostio import BufferSink, HostInput, RawStdin, Receiver, StdoutSink
 
 
 @pytest.fixture
@@ -101,6 +102,23 @@ def test_host_input_waits_while_uart_is_in_loopback():
     assert len(host) == 1
     uart.write(UART_MCR, 1, 0)
     assert host.feed(uart) == 1
+
+
+def test_the_uart_and_the_virtio_console_are_both_receivers_of_host_input():
+    assert isinstance(Uart16550(), Receiver)
+    assert isinstance(VirtioConsole(output=lambda data: None), Receiver)
+    assert not isinstance(BufferSink(), Receiver)
+
+
+def test_host_input_feeds_a_virtio_console_up_to_its_input_limit():
+    console = VirtioConsole(output=lambda data: None, input_limit=4)
+    host = HostInput()
+    host.put(b"abcdef")
+    assert host.feed(console) == 4       # kept until the driver posts buffers
+    assert console.rx_space() == 0
+    assert host.feed(console) == 0       # the rest waits in HostInput, not dropped
+    assert len(host) == 2
+    assert console.counters["input_dropped"] == 0
 
 
 def test_host_input_flood_is_bounded_and_counted():

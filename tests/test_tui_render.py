@@ -7,12 +7,18 @@ hello guest with a Session and reads the frames it produces.
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minikvm.bus import Bus
 from minikvm.debug.inspect import RegisterSnapshot
+from minikvm.devices.debugcon import DebugCon
+from minikvm.devices.uart import Uart16550
+from minikvm.devices.virtio.mock import mock_device
+from minikvm.devices.virtio.rng import VirtioRng
 from minikvm.tui.render import (
     console_lines,
     export_screen,
@@ -34,6 +40,7 @@ from minikvm.tui.state import (
     StatsView,
     TuiState,
 )
+from minikvm.tui.views import device_views
 
 LONG_MODE = RegisterSnapshot(
     rax=0x2880067194370816120 & (2**64 - 1), rbx=0, rcx=0xFFFFFFFC, rdx=0x1001AF, rsi=0, rdi=0,
@@ -63,8 +70,8 @@ def long_mode_state(**changes) -> TuiState:
                         timeline=(0, 3, 10, 2), rate=8.0, steps=4),
         console="long mode: fib(90)=0x27f80ddaa1ba7878\n",
         console_total=37,
-        devices=(DeviceView("COM1 16550A (port 0x3f8)", (("LSR", "0x60 THRE TEMT"),
-                                                        ("RX FIFO", "0/16 bytes"))),),
+        devices=(DeviceView("com1 (port 0x3f8) 16550A UART", (("LSR", "0x60 THRE TEMT"),
+                                                             ("RX FIFO", "0/16 bytes"))),),
         memory=MemoryView(0x150000, False, b"\x78\x56\x34\x12\xde\xc0\xfe\x5a" * 4, "",
                           0x150000),
     )
@@ -135,10 +142,43 @@ def test_80x24_shows_registers_code_output_and_exits():
 
 def test_80x24_side_slot_cycles_to_devices_and_memory():
     devices = render_text(long_mode_state(side=SideView.DEVICES), 80, 24)
-    assert "COM1 16550A" in devices and "THRE TEMT" in devices
+    assert "com1 (port 0x3f8) 16550A UART" in devices and "THRE TEMT" in devices
     memory = render_text(long_mode_state(side=SideView.MEMORY), 80, 24)
     assert "memory at 0x150000" in memory
     assert "78 56 34 12 de c0 fe 5a" in memory
+
+
+def test_the_device_panel_lists_what_is_on_the_buses_in_each_devices_words():
+    pio, mmio = Bus("pio"), Bus("mmio")
+    pio.register(0xE9, 1, DebugCon())
+    pio.register(0x3F8, 8, Uart16550(name="com1"))
+    rng = mock_device(VirtioRng(), ram_size=64 * 1024)
+    rng.driver.init()
+    mmio.register(0xD000_0000, 0x1000, rng.transport)
+    pio.read(0x80, 1)                      # nobody there
+    views = device_views(SimpleNamespace(pio=pio, mmio=mmio))
+    # richest first; the one-row debug console last; unclaimed accesses counted
+    assert [view.name for view in views] == [
+        "com1 (port 0x3f8) 16550A UART",
+        "virtio-rng (0xd0000000) virtio-mmio entropy source",
+        "debugcon (port 0xe9) Bochs debug console",
+        "unclaimed"]
+    assert dict(views[0].rows)["LSR"] == "0x60 THRE TEMT"
+    assert dict(views[1].rows)["status"].endswith("DRIVER_OK")
+    assert views[3].rows == (("accesses", "1 (reads return all-ones)"),)
+    text = render_text(long_mode_state(side=SideView.DEVICES, devices=views), 100, 40)
+    assert "com1 (port 0x3f8) 16550A UART" in text and "LSR      0x60 THRE TEMT" in text
+
+
+def test_a_device_that_fails_to_report_does_not_break_the_panel():
+    class Broken(DebugCon):
+        def state_rows(self):
+            raise RuntimeError("caught mid-update")
+
+    pio = Bus("pio")
+    pio.register(0xE9, 1, Broken())
+    views = device_views(SimpleNamespace(pio=pio, mmio=Bus("mmio")))
+    assert views[0].rows == (("state", "unavailable"),)
 
 
 def test_a_wide_terminal_shows_every_panel_at_once():

@@ -529,3 +529,22 @@ def test_state_exports_registers_without_side_effects():
     assert before["rx_fifo"] == [ord("b")]
     assert before["overruns"] == 1
     assert before["irq_level"] is False
+
+
+def test_state_rows_name_the_set_bits_by_their_linux_names():
+    uart, _, _ = make()
+    wr(uart, UART_LCR, UART_LCR_WLEN8)
+    wr(uart, UART_FCR, UART_FCR_ENABLE_FIFO | UART_FCR_R_TRIG_10)
+    wr(uart, UART_IER, UART_IER_RDI)
+    wr(uart, UART_MCR, UART_MCR_DTR | UART_MCR_RTS | UART_MCR_OUT2)
+    uart.receive(b"ls")
+    rows = dict(uart.state_rows())
+    assert rows["LSR"] == "0x61 DR THRE TEMT"
+    assert rows["IER"] == "0x01 RDI"
+    assert rows["MCR"] == "0x0b DTR RTS OUT2"
+    assert rows["LCR"] == "0x03 8N1"
+    assert rows["divisor"] == "12 (9600 baud)"
+    assert rows["RX FIFO"] == "2/16 bytes, trigger 8, FIFOs on"
+    assert rows["IRQ line"] == "high"        # below the trigger: a character timeout
+    assert rows["bytes"] == "sent 0, received 2"
+    assert uart.state()["rx_level"] == 2     # looking took nothing

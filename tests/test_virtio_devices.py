@@ -24,8 +24,9 @@ from minikvm.devices.virtio.console import (
     VIRTIO_CONSOLE_TRANSMITQ,
     VirtioConsole,
 )
+from minikvm.devices.virtio.device import VirtioContext
 from minikvm.devices.virtio.features import VIRTIO_F_VERSION_1, bit
-from minikvm.devices.virtio.mmio import VIRTIO_MMIO_DEVICE_ID
+from minikvm.devices.virtio.mmio import VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_INT_CONFIG
 from minikvm.devices.virtio.mock import mock_device
 from minikvm.devices.virtio.rng import VirtioRng
 from minikvm.devices.virtio.status import DeviceStatus
@@ -310,3 +311,68 @@ def test_console_default_output_is_host_stdout(capfd):
 
 def test_devices_report_their_ids():
     assert VirtioConsole.device_id == 3 and VirtioRng.device_id == 4 and VirtioBlk.device_id == 2
+
+
+# -- the seam between a device type and its transport ---------------------------------
+
+class RecordingContext:
+    """A context of the test's own making: it remembers what the device asked for."""
+
+    negotiated_features = 0
+
+    def __init__(self):
+        self.served = []
+        self.config_changes = 0
+
+    def serve(self, queue_index, handler, more=None):
+        self.served.append(queue_index)
+        return 0
+
+    def config_changed(self):
+        self.config_changes += 1
+
+
+def test_a_device_type_works_against_any_context_without_a_transport():
+    console = VirtioConsole(output=lambda data: None)
+    context = RecordingContext()
+    assert isinstance(context, VirtioContext)
+    console.attach(context)
+    console.receive(b"x")                       # input: offered to the receiveq
+    console.queue_notify(VIRTIO_CONSOLE_TRANSMITQ)
+    assert context.served == [VIRTIO_CONSOLE_RECEIVEQ, VIRTIO_CONSOLE_TRANSMITQ]
+
+
+def test_the_transport_hands_its_device_a_narrow_context_not_itself():
+    dev = rng_device()
+    backend = dev.transport.backend
+    assert not hasattr(backend, "transport")
+    context = backend.context
+    assert isinstance(context, VirtioContext)
+    assert {name for name in dir(context) if not name.startswith("_")} == {
+        "config_changed", "negotiated_features", "serve"}
+    assert context.negotiated_features == dev.transport.driver_features
+    assert context.negotiated_features & bit(VIRTIO_F_VERSION_1)
+
+
+def test_a_config_change_through_the_context_interrupts_a_live_driver():
+    dev = rng_device()
+    generation = dev.transport.config_generation
+    dev.transport.backend.context.config_changed()
+    assert dev.transport.config_generation == generation + 1
+    assert dev.transport.interrupt_status & VIRTIO_MMIO_INT_CONFIG
+    assert dev.irq.level
+
+
+def test_device_types_word_their_own_state_rows(disk):
+    dev = blk_device(disk)
+    request = dev.driver.blk_request(dev.driver.queues[0], VIRTIO_BLK_T_IN, 3, data_len=512)
+    run(dev, request)
+    rows = dict(dev.transport.backend.state_rows())
+    assert rows["disk"] == "disk.img, 64 sectors"
+    assert rows["requests"] == "IN 1 OUT 0 FLUSH 0 GET_ID 0"
+    assert rows["bytes"] == "read 512, written 0"
+    assert rows["last"] == "IN sector 3, 1 sectors: OK"
+    console, out = console_device(input_limit=2)
+    console.transport.backend.receive(b"abc")
+    rows = dict(console.transport.backend.state_rows())
+    assert rows["input"] == "0 bytes delivered, 2 waiting for a receive buffer, 1 dropped"

@@ -249,6 +249,21 @@ def test_state_is_plain_data():
     assert plain(state)
 
 
+def test_state_rows_show_status_queues_and_then_the_device_types_own_rows():
+    dev = live_rng()
+    dev.driver.queues[0].add_chain([(dev.driver.alloc(8), 8, True)])
+    dev.driver.kick(0)
+    rows = dev.transport.state_rows()
+    assert rows[0] == ("status", "0x0f ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK")
+    assert "VERSION_1" in dict(rows)["features"]
+    assert dict(rows)["interrupt"] == "status 0x1, line high"
+    assert dict(rows)["queue 0"] == "size 8 ready, avail idx 1, used idx 1"
+    assert rows[-1] == ("entropy", "8 bytes in 1 request (at most 65536 each)")
+    dev.transport.needs_reset("queue 0: a test broke it")
+    assert ("error", "queue 0: a test broke it") in dev.transport.state_rows()
+    assert dev.transport.model == "virtio-mmio entropy source"
+
+
 # -- hostile register traffic ---------------------------------------------------
 
 register_offsets = st.integers(0, 0x1FF) | st.sampled_from(

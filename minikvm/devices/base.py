@@ -4,8 +4,13 @@ A device knows nothing of KVM. The bus hands it an offset inside its own
 window and a size; a device that does DMA is given a ``GuestMemory``; a device
 that interrupts is given an :class:`InterruptLine` to raise and lower. Because
 this project teaches, every device can also say in words what an access did
-(:meth:`Device.describe`) and show its state as a plain dict
-(:meth:`Device.state`): the trace, the TUI and the tests read those.
+(:meth:`Device.describe`), show its state as a plain dict (:meth:`Device.state`:
+the trace and the tests read it) and as rows a person reads
+(:meth:`Device.state_rows`: the TUI's device panel shows them, without
+knowing which devices a machine has).
+
+The bus is the layer below: :class:`Device` is one way to be the
+:class:`~minikvm.bus.BusDevice` it asks for.
 """
 
 from __future__ import annotations
@@ -13,12 +18,19 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
-__all__ = ["Device", "InterruptLine", "RecordingLine", "all_ones"]
+from minikvm.bus import all_ones
+
+__all__ = ["Device", "InterruptLine", "RecordingLine", "Row", "all_ones", "plain_rows"]
+
+#: One row of a device panel: (label, value), both already words.
+Row = tuple[str, str]
 
 
-def all_ones(size: int) -> int:
-    """What a read of ``size`` bytes returns from a floating bus: every bit set."""
-    return (1 << (8 * size)) - 1
+def plain_rows(state: dict[str, Any]) -> list[Row]:
+    """The scalar entries of a ``state()`` dict as rows, unchanged: the
+    fallback for a device that has not chosen better words."""
+    return [(key, "-" if value is None else str(value)) for key, value in state.items()
+            if value is None or isinstance(value, (bool, int, float, str))]
 
 
 class InterruptLine(Protocol):
@@ -54,6 +66,8 @@ class Device:
 
     #: Short name shown in traces and the TUI ("debugcon", "uart0", ...).
     name = "device"
+    #: What the device is, in a few words, for panel titles ("16550A UART").
+    model = "device"
 
     def read(self, offset: int, size: int) -> int:
         return all_ones(size)
@@ -79,3 +93,9 @@ class Device:
     def state(self) -> dict[str, Any]:
         """The device's state as plain data (ints, strings, lists, dicts)."""
         return {}
+
+    def state_rows(self) -> list[Row]:
+        """The state as (label, value) rows for a person: bits named, units
+        given. Reads plain Python state only, so a panel may call it while
+        the guest runs. The default lists :meth:`state`'s scalar entries."""
+        return plain_rows(self.state())

@@ -30,6 +30,7 @@ class DebugExit(Device):
     """
 
     name = "debug-exit"
+    model = "isa-debug-exit"
 
     def __init__(self, on_exit: Callable[[int], None] | None = None) -> None:
         self.on_exit = on_exit
@@ -51,3 +52,9 @@ class DebugExit(Device):
 
     def state(self) -> dict[str, Any]:
         return {"last_value": self.last_value}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        if self.last_value is None:
+            return [("last write", "none yet (writing v exits with (v << 1) | 1)")]
+        return [("last write", f"{self.last_value:#x}: exit status "
+                               f"{debug_exit_status(self.last_value)}")]

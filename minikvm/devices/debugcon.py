@@ -19,6 +19,14 @@ __all__ = ["DEBUGCON_READBACK", "DebugCon"]
 DEBUGCON_READBACK = 0xE9
 
 _HISTORY = 4096  # bytes kept for state(); output itself is not limited
+_TAIL = 40       # bytes of it a panel row shows
+
+
+def _shown(byte: int) -> str:
+    """A byte as a panel row shows it: itself if printable, else an escape."""
+    if 0x20 <= byte < 0x7F:
+        return chr(byte)
+    return {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}.get(byte, f"\\x{byte:02x}")
 
 
 def _printable(byte: int) -> str:
@@ -33,6 +41,7 @@ class DebugCon(Device):
     """Port 0xE9: each byte written goes to ``output``."""
 
     name = "debugcon"
+    model = "Bochs debug console"
 
     def __init__(self, output: Callable[[bytes], None] | None = None) -> None:
         self.output = output
@@ -62,3 +71,10 @@ class DebugCon(Device):
     def state(self) -> dict[str, Any]:
         return {"bytes_written": self.bytes_written,
                 "recent": self.recent.decode("latin-1")}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        """How much the guest printed, and the end of it."""
+        rows = [("bytes", f"{self.bytes_written} written")]
+        if self.recent:
+            rows.append(("last", "".join(_shown(byte) for byte in self.recent[-_TAIL:])))
+        return rows

@@ -33,6 +33,7 @@ class I8042(Device):
     """Registered at port 0x60 with a 5-port window (0x60 data ... 0x64 command)."""
 
     name = "i8042"
+    model = "keyboard controller (reset line only)"
 
     def __init__(self, on_reset: Callable[[], None] | None = None) -> None:
         self.on_reset = on_reset
@@ -73,3 +74,12 @@ class I8042(Device):
 
     def state(self) -> dict[str, Any]:
         return {"last_command": self.last_command, "resets": self.resets}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        if self.last_command is None:
+            command = "none yet"
+        elif self.last_command == I8042_CMD_PULSE_RESET:
+            command = f"{self.last_command:#04x} (pulse the reset line)"
+        else:
+            command = f"{self.last_command:#04x} (ignored)"
+        return [("last command", command), ("resets asked", str(self.resets))]

@@ -259,6 +259,24 @@ _MSR_WORDS = [(UART_MSR_DCTS, "CTS changed"), (UART_MSR_DDSR, "DSR changed"),
               (UART_MSR_CTS, "CTS"), (UART_MSR_DSR, "DSR"), (UART_MSR_RI, "RI"),
               (UART_MSR_DCD, "DCD")]
 
+# Bits by the suffix of their Linux name (UART_LSR_THRE -> "THRE"): short
+# enough for a panel row, and greppable in serial_reg.h.
+_IER_BITS = [(UART_IER_RDI, "RDI"), (UART_IER_THRI, "THRI"), (UART_IER_RLSI, "RLSI"),
+             (UART_IER_MSI, "MSI")]
+_LSR_BITS = [(UART_LSR_DR, "DR"), (UART_LSR_OE, "OE"), (UART_LSR_PE, "PE"),
+             (UART_LSR_FE, "FE"), (UART_LSR_BI, "BI"), (UART_LSR_THRE, "THRE"),
+             (UART_LSR_TEMT, "TEMT"), (UART_LSR_FIFOE, "FIFOE")]
+_MCR_BITS = [(UART_MCR_DTR, "DTR"), (UART_MCR_RTS, "RTS"), (UART_MCR_OUT1, "OUT1"),
+             (UART_MCR_OUT2, "OUT2"), (UART_MCR_LOOP, "LOOP")]
+_MSR_BITS = [(UART_MSR_DCTS, "DCTS"), (UART_MSR_DDSR, "DDSR"), (UART_MSR_TERI, "TERI"),
+             (UART_MSR_DDCD, "DDCD"), (UART_MSR_CTS, "CTS"), (UART_MSR_DSR, "DSR"),
+             (UART_MSR_RI, "RI"), (UART_MSR_DCD, "DCD")]
+
+
+def _bit_row(value: int, names: list[tuple[int, str]]) -> str:
+    """``0x60 THRE TEMT``: a register's value and its set bits ("-" when none)."""
+    return f"{value:#04x} {' '.join(_bits(value, names)) or '-'}"
+
 
 def describe_lcr(lcr: int) -> str:
     """LCR in words, e.g. ``8N1`` plus break and DLAB."""
@@ -288,6 +306,8 @@ class Uart16550(Device):
     transmitted byte (see :mod:`minikvm.hostio` for sinks); host input comes
     in through :meth:`receive`, no more than :meth:`rx_space` bytes at a time.
     """
+
+    model = "16550A UART"
 
     def __init__(self, irq: InterruptLine | None = None,
                  output: Callable[[bytes], None] | None = None,
@@ -741,3 +761,25 @@ class Uart16550(Device):
             "rx_refused": self.rx_refused,
             "tx_recent": self.tx_recent.decode("latin-1"),
         }
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        """The registers with their bits named, the baud rate, the FIFO and
+        the interrupt line, for the TUI's device panel."""
+        state = self.state()
+        fifo = (f"{state['rx_level']}/{FIFO_SIZE} bytes, trigger {state['rx_trigger']}, "
+                f"FIFOs {'on' if state['fifo_enabled'] else 'off'}")
+        counts = f"sent {state['tx_count']}, received {state['rx_count']}"
+        if state["overruns"]:
+            counts += f", overruns {state['overruns']}"
+        return [
+            ("LSR", _bit_row(state["lsr"], _LSR_BITS)),
+            ("IER", _bit_row(state["ier"], _IER_BITS)),
+            ("IIR", f"{state['iir']:#04x} {state['interrupt']}"),
+            ("LCR", f"{state['lcr']:#04x} {state['line']}"),
+            ("MCR", _bit_row(state["mcr"], _MCR_BITS)),
+            ("MSR", _bit_row(state["msr"], _MSR_BITS)),
+            ("divisor", f"{state['divisor']} ({state['baud']} baud)"),
+            ("RX FIFO", fifo),
+            ("IRQ line", "high" if state["irq_level"] else "low"),
+            ("bytes", counts),
+        ]

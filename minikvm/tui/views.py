@@ -1,10 +1,10 @@
 """Turning machine state into the words and rows the panels show.
 
 Small translations, each a pure function or close to it: an exit event
-into a log row (with debug exits decoded from DR6), a device's ``state()``
-dict into named register rows (the ``UART_*`` bit names of Linux's
-``serial_reg.h``, virtio status and queue indices), and what a person types
-at a prompt (``0x1000``, ``p:0x1000``, ``rsp``, a symbol) into an address.
+into a log row (with debug exits decoded from DR6), the devices on the
+machine's buses into panels (each device words its own rows:
+``state_rows()``), and what a person types at a prompt (``0x1000``,
+``p:0x1000``, ``rsp``, a symbol) into an address.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from minikvm.bus import Mapping
 from minikvm.debug import DebuggerError
 from minikvm.kvm.exits import Debug, IoIn, IoOut, MmioRead, MmioWrite
 from minikvm.machine import ExitEvent
@@ -110,75 +111,46 @@ def parse_memory_spec(text: str, symbols: Callable[[str], int] | None = None) ->
 
 # -- device panel -------------------------------------------------------------------------
 
-_LSR_NAMES = ((0x01, "DR"), (0x02, "OE"), (0x04, "PE"), (0x08, "FE"), (0x10, "BI"),
-              (0x20, "THRE"), (0x40, "TEMT"), (0x80, "FIFOE"))
-_IER_NAMES = ((0x01, "RDI"), (0x02, "THRI"), (0x04, "RLSI"), (0x08, "MSI"))
-_MCR_NAMES = ((0x01, "DTR"), (0x02, "RTS"), (0x04, "OUT1"), (0x08, "OUT2"), (0x10, "LOOP"))
+def _where(space: str, base: int) -> str:
+    return f"port {base:#x}" if space == "pio" else f"{base:#x}"
 
 
-def _names(value: int, table: tuple[tuple[int, str], ...]) -> str:
-    names = [name for bit, name in table if value & bit]
-    return " ".join(names) if names else "-"
-
-
-def _uart_rows(state: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """A 16550A's registers with their bits named (the UART_* names of Linux's serial_reg.h)."""
-    return (
-        ("LSR", f"{state['lsr']:#04x} {_names(state['lsr'], _LSR_NAMES)}"),
-        ("IER", f"{state['ier']:#04x} {_names(state['ier'], _IER_NAMES)}"),
-        ("IIR", f"{state['iir']:#04x} {state['interrupt']}"),
-        ("LCR", f"{state['lcr']:#04x} {state['line']}"),
-        ("MCR", f"{state['mcr']:#04x} {_names(state['mcr'], _MCR_NAMES)}"),
-        ("MSR", f"{state['msr']:#04x}"),
-        ("divisor", f"{state['divisor']} ({state['baud']} baud)"),
-        ("RX FIFO", f"{state['rx_level']}/16 bytes, trigger {state['rx_trigger']}"
-                    + (", FIFOs on" if state["fifo_enabled"] else ", FIFOs off")),
-        ("IRQ line", "high" if state["irq_level"] else "low"),
-        ("bytes", f"sent {state['tx_count']}, received {state['rx_count']}"
-                  + (f", overruns {state['overruns']}" if state["overruns"] else "")),
-    )
-
-
-def _virtio_rows(state: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    rows = [("status", f"{state['status']:#04x} {state['status_decoded']}"),
-            ("features", ", ".join(state["driver_features_decoded"]) or "none negotiated"),
-            ("interrupt", f"status {state['interrupt_status']:#x}, line "
-                          f"{'high' if state['irq_level'] else 'low'}")]
-    for index, queue in enumerate(state["queues"]):
-        if not queue["ready"] and not queue["size"]:
-            rows.append((f"queue {index}", "not set up"))
-            continue
-        rows.append((f"queue {index}",
-                     f"size {queue['size']}{' ready' if queue['ready'] else ''}, "
-                     f"avail idx {queue['last_avail_idx']}, used idx {queue['used_idx']}"))
-    if state.get("last_error"):
-        rows.append(("error", str(state["last_error"])))
-    return tuple(rows)
+def _device_view(space: str, mapping: Mapping) -> DeviceView:
+    """One device's panel: ``com1 (port 0x3f8) 16550A UART`` over its rows."""
+    device = mapping.device
+    name = getattr(device, "name", "device")
+    title = f"{name} ({_where(space, mapping.base)})"
+    try:
+        model = getattr(device, "model", "")
+        if model:
+            title += f" {model}"
+        state_rows = getattr(device, "state_rows", None)
+        rows = tuple(state_rows()) if state_rows is not None else ()
+    except Exception:  # noqa: BLE001 - a panel must not kill the UI
+        rows = (("state", "unavailable"),)
+    return DeviceView(title, rows)
 
 
 def device_views(machine: Any) -> tuple[DeviceView, ...]:
-    """Every device's state in rows. Reads plain Python state only (no
-    ioctl), so it is safe while the guest runs; a device caught mid-update
-    shows its previous rows next frame."""
+    """Every device on the machine's buses, as a title and rows.
+
+    The panel names no device: it lists what is registered on the port-I/O
+    and MMIO buses and asks each for its ``state_rows()``. Richest first --
+    a short panel then shows the devices with the most to say (the UART,
+    the virtio transports) before the one-row ports -- and devices with as
+    many rows in bus order. Reads plain Python state only (no ioctl), so it
+    is safe while the guest runs; a device caught mid-update shows its
+    previous rows next frame.
+    """
     views = []
-    try:
-        views.append(DeviceView("COM1 16550A (port 0x3f8)", _uart_rows(machine.uart.state())))
-    except Exception:  # noqa: BLE001 - a panel must not kill the UI
-        views.append(DeviceView("COM1 16550A (port 0x3f8)", (("state", "unavailable"),)))
-    for transport in getattr(machine, "virtio", ()):
-        try:
-            views.append(DeviceView(transport.name, _virtio_rows(transport.state())))
-        except Exception:  # noqa: BLE001
-            views.append(DeviceView(getattr(transport, "name", "virtio"),
-                                    (("state", "unavailable"),)))
-    try:
-        debugcon = machine.debugcon.state()
-        views.append(DeviceView("debugcon (port 0xe9)",
-                                (("bytes", str(debugcon["bytes_written"])),)))
-    except Exception:  # noqa: BLE001
-        pass
-    unclaimed = getattr(getattr(machine, "pio", None), "unclaimed_count", 0)
-    unclaimed += getattr(getattr(machine, "mmio", None), "unclaimed_count", 0)
+    unclaimed = 0
+    for bus in (getattr(machine, "pio", None), getattr(machine, "mmio", None)):
+        if bus is None:
+            continue
+        views += [_device_view(bus.space, mapping) for mapping in bus]
+        unclaimed += bus.unclaimed_count
+    views.sort(key=lambda view: -len(view.rows))  # stable: bus order among equals
     if unclaimed:
-        views.append(DeviceView("unclaimed", (("accesses", f"{unclaimed} (reads return all-ones)"),)))
+        views.append(DeviceView("unclaimed",
+                                (("accesses", f"{unclaimed} (reads return all-ones)"),)))
     return tuple(views)

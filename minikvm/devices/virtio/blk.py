@@ -137,6 +137,7 @@ class VirtioBlk(VirtioDevice):
 
     device_id = VIRTIO_ID_BLOCK
     name = "blk"
+    model = "block device"
     num_queues = 1
     feature_bit_names = _FEATURE_NAMES
 
@@ -268,9 +269,9 @@ class VirtioBlk(VirtioDevice):
         _pwritev_all(self.fd, chain.readable_views(_HEADER.size, length), sector * SECTOR_SIZE)
         # With FLUSH offered but not negotiated the driver believes there is
         # no write cache, so a completed write must already be stable (§5.2.6.2).
-        transport = self.transport
-        if transport is not None and not has_feature(transport.driver_features,
-                                                     VIRTIO_BLK_F_FLUSH):
+        context = self.context
+        if context is not None and not has_feature(context.negotiated_features,
+                                                   VIRTIO_BLK_F_FLUSH):
             os.fdatasync(self.fd)
         self.counters["bytes_written"] += length
         self.last_request = f"OUT sector {sector}, {length // SECTOR_SIZE} sectors: OK"
@@ -280,3 +281,18 @@ class VirtioBlk(VirtioDevice):
         return {"path": self.path, "read_only": self.read_only, "capacity": self.capacity,
                 "serial": self.serial.decode("ascii"), "counters": dict(self.counters),
                 "last_request": self.last_request}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        counters = self.counters
+        disk = f"{os.path.basename(self.path)}, {self.capacity} sectors"
+        requests = " ".join(f"{kind} {counters[kind]}" for kind in ("IN", "OUT", "FLUSH",
+                                                                     "GET_ID"))
+        for kind, status in (("ioerr", "IOERR"), ("unsupported", "UNSUPP")):
+            if counters[kind]:
+                requests += f", {counters[kind]} {status}"
+        rows = [("disk", disk + (", read-only" if self.read_only else "")),
+                ("requests", requests),
+                ("bytes", f"read {counters['bytes_read']}, written {counters['bytes_written']}")]
+        if self.last_request:
+            rows.append(("last", self.last_request))
+        return rows

@@ -45,6 +45,7 @@ VIRTIO_CONSOLE_TRANSMITQ = 1
 #: Host input kept while the guest has no receive buffer posted; more is dropped.
 CONSOLE_INPUT_LIMIT = 64 * 1024
 _HISTORY = 4096
+_TAIL = 40  # bytes of recent output a panel row shows
 
 
 def _stdout(data: bytes) -> None:
@@ -57,6 +58,7 @@ class VirtioConsole(VirtioDevice):
 
     device_id = VIRTIO_ID_CONSOLE
     name = "console"
+    model = "console"
     num_queues = 2
 
     def __init__(self, output: Callable[[bytes], None] | None = None,
@@ -83,17 +85,16 @@ class VirtioConsole(VirtioDevice):
 
     def receive(self, data: bytes) -> int:
         """Host input for the guest; returns how many bytes were kept."""
-        room = max(0, self.input_limit - len(self.pending))
-        kept = data[:room]
+        kept = data[:self.rx_space()]
         self.pending += kept
         self.counters["input_dropped"] += len(data) - len(kept)
         self._deliver()
         return len(kept)
 
     def _deliver(self) -> None:
-        if self.transport is not None and self.pending:
-            self.transport.serve(VIRTIO_CONSOLE_RECEIVEQ, self._fill,
-                                 more=lambda: bool(self.pending))
+        if self.context is not None and self.pending:
+            self.context.serve(VIRTIO_CONSOLE_RECEIVEQ, self._fill,
+                               more=lambda: bool(self.pending))
 
     def _fill(self, chain: DescriptorChain) -> int:
         written = chain.write(self.pending[:chain.writable_len])
@@ -115,10 +116,10 @@ class VirtioConsole(VirtioDevice):
     # -- transport hooks ---------------------------------------------------------
 
     def queue_notify(self, queue_index: int) -> None:
-        if self.transport is None:
+        if self.context is None:
             return
         if queue_index == VIRTIO_CONSOLE_TRANSMITQ:
-            self.transport.serve(queue_index, self._transmit)
+            self.context.serve(queue_index, self._transmit)
         elif queue_index == VIRTIO_CONSOLE_RECEIVEQ:
             self._deliver()  # new empty buffers: hand over waiting input
 
@@ -128,3 +129,15 @@ class VirtioConsole(VirtioDevice):
     def state(self) -> dict[str, Any]:
         return {"pending_input": len(self.pending), "counters": dict(self.counters),
                 "recent_output": self.recent_output.decode("latin-1")}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        counters = self.counters
+        received = (f"{counters['bytes_in']} bytes delivered, {len(self.pending)} waiting "
+                    "for a receive buffer")
+        if counters["input_dropped"]:
+            received += f", {counters['input_dropped']} dropped"
+        rows = [("output", f"{counters['bytes_out']} bytes"), ("input", received)]
+        if self.recent_output:
+            tail = self.recent_output[-_TAIL:].decode("latin-1")
+            rows.append(("last", tail.encode("unicode_escape").decode("ascii")))
+        return rows

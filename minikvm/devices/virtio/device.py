@@ -7,23 +7,31 @@ entropy ...) only says what its requests mean and what its configuration
 space holds. :class:`VirtioDevice` is the second half. It never touches
 registers or interrupt lines: it gets validated descriptor chains and
 returns how many bytes it wrote, and the transport does the rest.
+
+The two halves meet at a narrow seam. When a device is plugged into a
+transport it is handed a :class:`VirtioContext`: the three things a device
+type may ask of whatever transport it sits behind -- serve a queue, know
+which features were negotiated, announce a configuration change. The
+device never holds the transport itself, so it cannot reach into
+registers, queues or interrupt status, and a test can plug it into a
+context of its own making.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
+from minikvm.devices.base import plain_rows
 from minikvm.devices.virtio.queue import DescriptorChain
-
-if TYPE_CHECKING:
-    from minikvm.devices.virtio.mmio import VirtioMmioTransport
 
 __all__ = [
     "VIRTIO_ID_BLOCK",
     "VIRTIO_ID_CONSOLE",
     "VIRTIO_ID_NET",
     "VIRTIO_ID_RNG",
+    "ChainHandler",
+    "VirtioContext",
     "VirtioDevice",
 ]
 
@@ -35,6 +43,37 @@ VIRTIO_ID_RNG = 4
 
 #: A request handler: takes a chain, returns the bytes it wrote into it.
 ChainHandler = Callable[[DescriptorChain], int]
+
+
+@runtime_checkable
+class VirtioContext(Protocol):
+    """What a device type may ask of its transport (given at :meth:`VirtioDevice.attach`).
+
+    Everything else -- status, queue setup, interrupt status, the
+    configuration generation -- belongs to the transport (virtio 1.2 §4)
+    and stays out of a device type's reach.
+    """
+
+    @property
+    def negotiated_features(self) -> int:
+        """The feature bits the driver accepted of those offered (§2.2);
+        0 until the driver writes them, final once FEATURES_OK holds."""
+
+    def serve(self, queue_index: int, handler: ChainHandler,
+              more: Callable[[], bool] | None = None) -> int:
+        """Hand the chains the driver made available on ``queue_index``
+        (the available ring, §2.7.6) to ``handler``; returns how many were served.
+
+        Nothing is served unless the device is live (DRIVER_OK, no
+        NEEDS_RESET) and the queue ready; at most one queue's worth per call,
+        fewer once ``more()`` says False. The transport puts each chain in
+        the used ring (§2.7.8), raises the used-buffer interrupt if the
+        driver wants one (§2.7.7), and turns a broken chain into NEEDS_RESET.
+        """
+
+    def config_changed(self) -> None:
+        """The configuration space changed: bump its generation and tell a
+        live driver with a configuration change interrupt (§2.5, §4.2.3.4)."""
 
 
 class VirtioDevice:
@@ -52,6 +91,8 @@ class VirtioDevice:
     device_id = 0
     #: Short name for traces ("blk", "rng", "console").
     name = "virtio"
+    #: What the device is, in a few words, for panel titles ("block device").
+    model = "virtio device"
     #: How many virtqueues the device has.
     num_queues = 1
     #: QueueNumMax for every queue (a power of two, at most 32768).
@@ -60,14 +101,14 @@ class VirtioDevice:
     feature_bit_names: dict[int, str] = {}
 
     def __init__(self) -> None:
-        #: Set by the transport this device is plugged into.
-        self.transport: VirtioMmioTransport | None = None
+        #: What the transport lets this device do (None until plugged in).
+        self.context: VirtioContext | None = None
 
     # -- hooks the transport calls -------------------------------------------
 
-    def attach(self, transport: VirtioMmioTransport) -> None:
-        """Called once by the transport's constructor."""
-        self.transport = transport
+    def attach(self, context: VirtioContext) -> None:
+        """Called once, by the transport the device is plugged into."""
+        self.context = context
 
     def device_features(self) -> int:
         """The device-type feature bits offered (the transport adds its own)."""
@@ -96,8 +137,8 @@ class VirtioDevice:
 
         The default serves every available chain with :meth:`process`.
         """
-        if self.transport is not None:
-            self.transport.serve(queue_index, lambda chain: self.process(queue_index, chain))
+        if self.context is not None:
+            self.context.serve(queue_index, lambda chain: self.process(queue_index, chain))
 
     def process(self, queue_index: int, chain: DescriptorChain) -> int:
         """Handle one request; return the bytes written into its writable part."""
@@ -106,3 +147,9 @@ class VirtioDevice:
     def state(self) -> dict[str, Any]:
         """The device type's own state as plain data."""
         return {}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        """The device type's own state as (label, value) rows for a person;
+        the transport shows them under its own. The default lists
+        :meth:`state`'s scalar entries."""
+        return plain_rows(self.state())

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device, InterruptLine
-from minikvm.devices.virtio.device import ChainHandler, VirtioDevice
+from minikvm.devices.virtio.device import ChainHandler, VirtioContext, VirtioDevice
 from minikvm.devices.virtio.features import (
     TRANSPORT_FEATURES,
     VIRTIO_F_VERSION_1,
@@ -80,6 +80,7 @@ __all__ = [
     "VIRTIO_MMIO_VERSION",
     "VIRTIO_MMIO_VERSION_2",
     "VIRTIO_MMIO_WINDOW_SIZE",
+    "VirtioMmioContext",
     "VirtioMmioTransport",
 ]
 
@@ -190,6 +191,27 @@ _WHY_STATUS = {
 }
 
 
+class VirtioMmioContext:
+    """The :class:`~minikvm.devices.virtio.device.VirtioContext` a transport
+    hands its device: three doors into the transport and nothing else."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: VirtioMmioTransport) -> None:
+        self._transport = transport
+
+    @property
+    def negotiated_features(self) -> int:
+        return self._transport.driver_features
+
+    def serve(self, queue_index: int, handler: ChainHandler,
+              more: Callable[[], bool] | None = None) -> int:
+        return self._transport.serve(queue_index, handler, more)
+
+    def config_changed(self) -> None:
+        self._transport.config_changed()
+
+
 class VirtioMmioTransport(Device):
     """One virtio-mmio window (4 KiB) in front of a :class:`VirtioDevice`.
 
@@ -217,7 +239,13 @@ class VirtioMmioTransport(Device):
         self._reset_registers()
         # What the last access did, in words, for describe().
         self._last: tuple[int, bool, str] = (-1, False, "")
-        backend.attach(self)
+        context: VirtioContext = VirtioMmioContext(self)
+        backend.attach(context)
+
+    @property
+    def model(self) -> str:
+        """``virtio-mmio block device``: the transport and what is behind it."""
+        return f"virtio-mmio {self.backend.model}"
 
     # -- the pieces of state a reset clears -----------------------------------
 
@@ -619,3 +647,21 @@ class VirtioMmioTransport(Device):
             "last_error": self.last_error,
             "backend": self.backend.state(),
         }
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        """Status, negotiated features, the interrupt, each queue's indices,
+        then the device type's own rows."""
+        rows = [("status", f"{int(self.status):#04x} {describe_status(self.status)}"),
+                ("features", ", ".join(self.negotiated_feature_names()) or "none negotiated"),
+                ("interrupt", f"status {self.interrupt_status:#x}, line "
+                              f"{'high' if self._irq_level else 'low'}")]
+        for index, queue in enumerate(self.queues):
+            if not queue.ready and not queue.size:
+                rows.append((f"queue {index}", "not set up"))
+                continue
+            rows.append((f"queue {index}",
+                         f"size {queue.size}{' ready' if queue.ready else ''}, avail idx "
+                         f"{queue.last_avail_idx}, used idx {queue.next_used_idx}"))
+        if self.last_error:
+            rows.append(("error", self.last_error))
+        return rows + self.backend.state_rows()

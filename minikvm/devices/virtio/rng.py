@@ -32,6 +32,7 @@ class VirtioRng(VirtioDevice):
 
     device_id = VIRTIO_ID_RNG
     name = "rng"
+    model = "entropy source"
     num_queues = 1
 
     def __init__(self, source: Callable[[int], bytes] | None = None,
@@ -57,3 +58,8 @@ class VirtioRng(VirtioDevice):
     def state(self) -> dict[str, Any]:
         return {"requests": self.requests, "bytes_given": self.bytes_given,
                 "request_cap": self.request_cap}
+
+    def state_rows(self) -> list[tuple[str, str]]:
+        plural = "" if self.requests == 1 else "s"
+        return [("entropy", f"{self.bytes_given} bytes in {self.requests} request{plural} "
+                            f"(at most {self.request_cap} each)")]

@@ -1,0 +1,91 @@
+"""The three one-line bars: the header, the message line and the footer.
+
+The header says what is running and in which state (the guest, the CPU
+mode, PAUSED/RUNNING/..., the counters); the message line says in a sentence
+what the last action did; the footer lists the keys that work now, or shows
+the prompt being typed.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from minikvm.tui.keys import FOOTER_CONSOLE, FOOTER_PAUSED, FOOTER_RUNNING
+from minikvm.tui.panel import DIM, MEDIUM_WIDTH, fit_line
+from minikvm.tui.state import Focus, RegistersView, RunStatus, TuiState
+
+__all__ = ["render_footer", "render_header", "render_message"]
+
+_STATUS_STYLE = {
+    RunStatus.PAUSED: "bold black on yellow",
+    RunStatus.RUNNING: "bold black on green",
+    RunStatus.STEPPING: "bold black on cyan",
+    RunStatus.FINISHED: "bold white on blue",
+    RunStatus.CRASHED: "bold white on red",
+    RunStatus.ERROR: "bold white on red",
+}
+
+
+def _mode_words(registers: RegistersView | None) -> str:
+    if registers is None:
+        return ""
+    mode = {"real": "real mode", "protected": "protected mode", "paged": "paged protected mode",
+            "long": "long mode"}.get(registers.mode, registers.mode)
+    return f"{mode} ({registers.bitness}-bit)"
+
+
+def render_header(state: TuiState, width: int) -> Text:
+    """Line 1: the guest, the CPU mode, the status and the counters."""
+    line = Text()
+    if width >= MEDIUM_WIDTH:
+        line.append(" minikvm ", style="bold white on blue")
+    line.append(f" {state.guest} ", style="bold")
+    words = _mode_words(state.registers)
+    if words:
+        line.append(f"│ {words} ", style="cyan")
+    line.append(f" {state.status.value.upper()} ", style=_STATUS_STYLE[state.status])
+    where = ""
+    if state.registers is not None and not state.busy:
+        where = f" at {state.registers.values.rip:#x}"
+    line.append(where)
+    line.append(f"  exits {state.stats.total:,}  steps {state.stats.steps:,}", style=DIM)
+    return fit_line(line, width)
+
+
+def render_message(state: TuiState, width: int) -> Text:
+    """Line 2: what the last action did, in a sentence."""
+    style = {RunStatus.CRASHED: "bold red", RunStatus.ERROR: "bold red",
+             RunStatus.FINISHED: "bold blue"}.get(state.status, "")
+    return fit_line(Text(" " + state.message, style=style), width)
+
+
+def _key_hints(hints: tuple[tuple[str, str, str], ...], width: int) -> Text:
+    """``s step  n next exit ...``; short labels when the line is too narrow."""
+    line = Text()
+    for key, label, _ in hints:
+        line.append(f" {key} ", style="bold black on white")
+        line.append(f" {label} ")
+    if line.cell_len <= width:
+        return line
+    line = Text()
+    for key, _, short in hints:
+        line.append(key, style="bold black on white")
+        line.append(f" {short} ")
+    return fit_line(line, width)
+
+
+def render_footer(state: TuiState, width: int) -> Text:
+    """The keys that work now (or the prompt being typed)."""
+    if state.prompt is not None:
+        line = Text(f" {state.prompt.label}: ", style="bold")
+        line.append(state.prompt.text)
+        line.append("█", style="blink")
+        line.append("   Enter ok · Esc cancel", style=DIM)
+        return fit_line(line, width)
+    if state.focus is Focus.CONSOLE:
+        line = Text(" CONSOLE ", style="bold black on bright_cyan")
+        line.append(f" {FOOTER_CONSOLE}")
+        if not state.busy and not state.ended:
+            line.append("  (paused: Ctrl-] c runs it)", style=DIM)
+        return fit_line(line, width)
+    return _key_hints(FOOTER_RUNNING if state.busy else FOOTER_PAUSED, width)
