@@ -130,3 +130,29 @@ def test_run_loads_neither_debugger_nor_tui_nor_lessons_nor_capstone_nor_rich(gu
     assert "Hello from a KVM guest" in result.stdout
     assert "minikvm.machine" in modules          # the check sees what a run loads ...
     assert heavy(modules) == []                  # ... and none of this
+
+
+def imported_modules(path) -> set[str]:
+    """Every module ``path`` imports, at its top or inside a function."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_only_the_command_entry_imports_the_cli():
+    # The CLI stands on the TUI, the debugger and the lessons, never the other
+    # way round: no cycle, and each of them stays usable from Python alone.
+    package = ROOT / "minikvm"
+    importers = sorted(
+        str(path.relative_to(package)) for path in package.rglob("*.py")
+        if path.parent.name != "cli" and path != package / "__main__.py"
+        and any(name == "minikvm.cli" or name.startswith("minikvm.cli.")
+                for name in imported_modules(path)))
+    assert importers == []

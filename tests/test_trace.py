@@ -189,10 +189,9 @@ def test_minikvm_run_trace_writes_json_lines(guests, tmp_path, capsys):
 @pytest.mark.kvm
 def test_trace_machine_traces_a_machine_built_by_hand(guests):
     output = bytearray()
-    args = argparse.Namespace(limit=0, capacity=10)
     console = Console(file=io.StringIO(), width=200, record=True)
     with Machine(output=output.extend) as machine:
         machine.load_flat(guests / "hello.bin", 0x1000)
-        assert trace_machine(machine, args, output, console) == 0
+        assert trace_machine(machine, limit=0, capacity=10, output=output, console=console) == 0
     text = console.export_text()
     assert "Hello from a KVM guest" in text and "exits by reason" in text

@@ -152,34 +152,31 @@ def run(args: argparse.Namespace) -> int:
     with guest_file_errors(config.guest):
         machine = Machine.from_config(config, output=output.extend)
     with machine:
-        return trace_machine(machine, args, output=output)
+        return trace_machine(machine, limit=args.limit, capacity=args.capacity,
+                             jsonl=args.jsonl, timeout=args.timeout, output=output)
 
 
-def trace_machine(machine: Machine, args: argparse.Namespace, output: bytearray | None = None,
-                  console: Console | None = None) -> int:
-    """Run ``machine`` with a tracer; print the log, the statistics, what the
-    guest printed (``output``, filled by the machine's output sink) and how
-    it stopped. Returns the guest's exit status as ``minikvm run`` would,
-    2 when the ``--jsonl`` file cannot be written.
-
-    ``args`` holds the trace options (``limit``, ``capacity``, ``jsonl``,
-    ``timeout``; missing ones take their defaults).
+def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT_CAPACITY,
+                  jsonl: str | None = None, timeout: float | None = None,
+                  output: bytearray | None = None, console: Console | None = None) -> int:
+    """Run ``machine`` with a tracer keeping ``capacity`` exits (and writing
+    all to ``jsonl``); print the last ``limit`` exits, the statistics, what
+    the guest printed (``output``, which the machine's output sink fills)
+    and how it stopped. The run lasts at most ``timeout`` seconds (default
+    :data:`DEFAULT_TRACE_TIMEOUT`). Returns the guest's exit status as
+    ``minikvm run`` would, 2 when the ``jsonl`` file cannot be written.
     """
     from rich.console import Console
 
     from minikvm.debug.trace import Tracer
 
-    limit = getattr(args, "limit", 200)
-    capacity = getattr(args, "capacity", DEFAULT_CAPACITY)
-    if limit < 0 or capacity < 1:
-        return _usage("--limit must be >= 0 and --capacity >= 1")
     console = console or Console()
     try:
-        tracer = Tracer.attach(machine, capacity=capacity, path=getattr(args, "jsonl", None))
+        tracer = Tracer.attach(machine, capacity=capacity, path=jsonl)
     except OSError as err:
         return _usage(f"{err.filename}: {err.strerror}")
     with tracer:
-        stop = machine.run(timeout=getattr(args, "timeout", None) or DEFAULT_TRACE_TIMEOUT)
+        stop = machine.run(timeout=timeout or DEFAULT_TRACE_TIMEOUT)
     if limit:
         shown = list(tracer.records)[-limit:]
         hidden = tracer.seen - len(shown)
