@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from minikvm.debug.debugger import Debugger  # noqa: E402
-from minikvm.debug.guestbuild import assemble  # noqa: E402
 from minikvm.debug.probe import probe_debug_support  # noqa: E402
+from minikvm.guestbuild import assemble  # noqa: E402
 from minikvm.kvm.exits import Debug  # noqa: E402
 from minikvm.kvm.uapi import (  # noqa: E402
     KVM_GUESTDBG_BLOCKIRQ,

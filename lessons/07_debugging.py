@@ -13,10 +13,10 @@ from _common import LESSONS_DIR, ROOT, Lesson, run_lesson
 from minikvm.debug.breakpoints import DR6_B, DR6_BS, DR7_FIXED, decode_dr7
 from minikvm.debug.debugger import Debugger, StopReason
 from minikvm.debug.disasm import disassemble
+from minikvm.guestbuild import assemble
 from minikvm.kvm.exits import Debug, Hlt
 from minikvm.kvm.host import detect_host
 from minikvm.kvm.uapi import KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP
-from minikvm.lessons import build_asm
 from minikvm.machine import Machine, dispatch_exit
 
 STEPS64 = ROOT / "guests" / "debug" / "steps64.S"
@@ -25,8 +25,7 @@ STEPS64 = ROOT / "guests" / "debug" / "steps64.S"
 def build_steps64() -> bytes:
     """``guests/debug/steps64.S`` assembled into an ELF that keeps its symbols
     (in lessons/build/, which git ignores), linked at 0x1000."""
-    flat = build_asm(STEPS64, LESSONS_DIR / "build" / "07", bits=64)
-    return flat.with_suffix(".elf").read_bytes()
+    return assemble(STEPS64, LESSONS_DIR / "build" / "07", bits=64).elf.read_bytes()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -91,3 +91,68 @@ def test_missing_kvm_device_is_status_1_with_advice(tmp_path, command, guests):
     assert result.returncode == 1
     assert_one_clean_line(result)
     assert "KVM is not available" in result.stderr
+
+
+# -- start-up: each command imports what it uses ------------------------------------------
+
+#: What ``minikvm run`` has no use for: capstone (~11 MiB) and rich (~5 MiB)
+#: and the front ends that bring them.
+HEAVY = ("capstone", "rich", "minikvm.debug.debugger", "minikvm.tui", "minikvm.lessons")
+
+
+def modules_after(code: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``code`` in a fresh interpreter; the modules loaded at its end."""
+    script = f"import sys\n{code}\nprint(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    return result, set(result.stderr.split())
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(name for name in modules
+                  if any(name == h or name.startswith(h + ".") for h in HEAVY))
+
+
+def test_building_the_parser_imports_no_command_body():
+    result, modules = modules_after("from minikvm.cli import build_parser\nbuild_parser()")
+    assert result.returncode == 0
+    assert heavy(modules) == []
+
+
+@pytest.mark.kvm
+def test_run_loads_neither_debugger_nor_tui_nor_lessons_nor_capstone_nor_rich(guests):
+    hello = str(guests / "hello.bin")
+    result, modules = modules_after(
+        "from minikvm.cli import main\n"
+        f"status = main(['run', {hello!r}, '--load-addr', '0x1000', '--entry', '0x1000'])\n"
+        "assert status == 0, status")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Hello from a KVM guest" in result.stdout
+    assert "minikvm.machine" in modules          # the check sees what a run loads ...
+    assert heavy(modules) == []                  # ... and none of this
+
+
+def imported_modules(path) -> set[str]:
+    """Every module ``path`` imports, at its top or inside a function."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_only_the_command_entry_imports_the_cli():
+    # The CLI stands on the TUI, the debugger and the lessons, never the other
+    # way round: no cycle, and each of them stays usable from Python alone.
+    package = ROOT / "minikvm"
+    importers = sorted(
+        str(path.relative_to(package)) for path in package.rglob("*.py")
+        if path.parent.name != "cli" and path != package / "__main__.py"
+        and any(name == "minikvm.cli" or name.startswith("minikvm.cli.")
+                for name in imported_modules(path)))
+    assert importers == []

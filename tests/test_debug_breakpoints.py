@@ -16,8 +16,8 @@ import pytest
 
 from minikvm.debug.breakpoints import INT3
 from minikvm.debug.debugger import Debugger, DebuggerError, ExitFilter, StopReason
-from minikvm.debug.guestbuild import assemble, tools_available
 from minikvm.debug.probe import probe_debug_support
+from minikvm.guestbuild import assemble, tools_available
 from minikvm.machine import Machine, StopKind
 
 pytestmark = [pytest.mark.kvm,

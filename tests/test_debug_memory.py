@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from minikvm.debug.debugger import Debugger, DebuggerError
-from minikvm.debug.guestbuild import assemble, tools_available
+from minikvm.guestbuild import assemble, tools_available
 from minikvm.machine import Machine, StopKind
 
 pytestmark = [pytest.mark.kvm,

@@ -16,7 +16,7 @@ import pytest
 
 from minikvm.debug.debugger import Debugger, ExitFilter, StopReason
 from minikvm.debug.disasm import disassemble
-from minikvm.debug.guestbuild import assemble, tools_available
+from minikvm.guestbuild import assemble, tools_available
 from minikvm.machine import Machine, StopKind
 
 pytestmark = [pytest.mark.kvm,

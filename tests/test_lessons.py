@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from minikvm.cli import main as minikvm_main
 from minikvm.lessons import (
     EXERCISES,
     LESSONS,
@@ -23,7 +24,6 @@ from minikvm.lessons import (
     Verdict,
     check_exercise,
     lessons_dir,
-    main as lesson_main,
 )
 from tests.conftest import ROOT
 
@@ -35,6 +35,11 @@ MISTAKES = lessons_dir() / "exercises" / "solutions" / "mistakes"
 def run_lesson(lesson: LessonInfo, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(lesson.script), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=180)
+
+
+def lesson_main(argv: list[str]) -> int:
+    """``minikvm lesson ARGV...``, in this process."""
+    return minikvm_main(["lesson", *argv])
 
 
 def checkpoints(text: str) -> list[str]:
@@ -222,9 +227,9 @@ def test_a_descriptor_that_is_not_a_64_bit_number_is_refused_before_running(tmp_
 
 @pytest.mark.kvm
 def test_a_guest_that_loops_forever_is_stopped_and_said_so(tmp_path, monkeypatch):
-    import minikvm.lessons as lessons
+    from minikvm.lessons import learner
 
-    monkeypatch.setattr(lessons, "GUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr(learner, "GUEST_TIMEOUT", 0.5)
     source = tmp_path / "loop.S"
     source.write_text(".code16\n.globl _start\n_start:\n    jmp _start\n")
     verdict = check_exercise("04", source)

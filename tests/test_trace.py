@@ -10,15 +10,17 @@ import json
 import pytest
 from rich.console import Console
 
-from minikvm.debug.trace import Tracer, TraceRecord, record_from_event
-from minikvm.debug.trace_cli import (
+from minikvm.cli import main
+from minikvm.cli.trace import (
+    DEFAULT_CAPACITY,
     add_trace_arguments,
     attach_trace_file,
-    cmd_trace,
     render_log,
     render_stats,
+    trace_machine,
 )
-from minikvm.cli import main
+from minikvm.debug import trace
+from minikvm.debug.trace import Tracer, TraceRecord, record_from_event
 from minikvm.kvm.exits import Hlt, IoOut
 from minikvm.machine import ExitEvent, Machine
 
@@ -91,6 +93,11 @@ def test_trace_arguments_parse():
     add_trace_arguments(parser)
     args = parser.parse_args(["g.bin", "--limit", "5", "--jsonl", "t.jsonl"])
     assert (args.limit, args.jsonl, args.capacity) == (5, "t.jsonl", 10_000)
+
+
+def test_the_commands_default_capacity_is_the_tracers():
+    # Written twice so that building the parser does not import the debugger.
+    assert DEFAULT_CAPACITY == trace.DEFAULT_CAPACITY
 
 
 # -- with KVM -----------------------------------------------------------------------------
@@ -180,15 +187,11 @@ def test_minikvm_run_trace_writes_json_lines(guests, tmp_path, capsys):
 
 
 @pytest.mark.kvm
-def test_minikvm_trace_uses_the_builder_it_is_given(guests):
-    built = []
-
-    def build(args, output):
-        machine = Machine(output=output)
-        machine.load_flat(guests / "hello.bin", 0x1000)
-        built.append(machine)
-        return machine
-    args = argparse.Namespace(guest=str(guests / "hello.bin"), limit=0, capacity=10)
+def test_trace_machine_traces_a_machine_built_by_hand(guests):
+    output = bytearray()
     console = Console(file=io.StringIO(), width=200, record=True)
-    assert cmd_trace(args, build, console) == 0
-    assert len(built) == 1 and "Hello from a KVM guest" in console.export_text()
+    with Machine(output=output.extend) as machine:
+        machine.load_flat(guests / "hello.bin", 0x1000)
+        assert trace_machine(machine, limit=0, capacity=10, output=output, console=console) == 0
+    text = console.export_text()
+    assert "Hello from a KVM guest" in text and "exits by reason" in text

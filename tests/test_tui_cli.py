@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from minikvm.tui.__main__ import main
-from minikvm.tui.cli import parse_screen_size
+from minikvm.cli import main as minikvm_main
+from minikvm.cli.tui import parse_screen_size
 
 pytestmark = pytest.mark.kvm
+
+
+def main(argv: list[str]) -> int:
+    """``minikvm tui ARGV...``, in this process."""
+    return minikvm_main(["tui", *argv])
 
 
 def test_screen_sizes_are_columns_by_rows():

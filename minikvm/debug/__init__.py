@@ -6,8 +6,8 @@
 * :mod:`~minikvm.debug.breakpoints` -- breakpoint records, DR6/DR7 layout.
 * :mod:`~minikvm.debug.inspect` -- registers, flags, segments, FPU in words.
 * :mod:`~minikvm.debug.disasm` -- capstone disassembly, memory operands.
-* :mod:`~minikvm.debug.trace` -- every exit recorded, with statistics.
-* :mod:`~minikvm.debug.trace_cli` -- ``minikvm trace`` and ``run --trace``.
+* :mod:`~minikvm.debug.trace` -- every exit recorded, with statistics (the
+  ``minikvm trace`` command that prints them is :mod:`minikvm.cli.trace`).
 
 Nothing here touches KVM when imported; the probe runs when a debugger is
 created (or :func:`probe_debug_support` is called).

@@ -160,7 +160,7 @@ def probe_debug_support(kvm_path: str = DEFAULT_KVM_PATH, kvm: Kvm | None = None
 
 
 def probe_rows(kvm_path: str = DEFAULT_KVM_PATH) -> list[tuple[str, str, str]]:
-    """Rows for ``minikvm info`` (see :mod:`minikvm.info`)."""
+    """Rows for ``minikvm info`` (see :mod:`minikvm.cli.info`)."""
     try:
         return probe_debug_support(kvm_path).rows()
     except (KvmError, KvmUnavailableError, OSError) as err:

@@ -6,7 +6,10 @@
 * :mod:`~minikvm.tui.render` -- pure functions from a snapshot to rich panels;
 * :mod:`~minikvm.tui.keys` -- terminal bytes to keys, and what the keys do;
 * :mod:`~minikvm.tui.app` -- the interactive loop: raw terminal, keys, ``Live``;
-* :mod:`~minikvm.tui.cli` -- the ``minikvm tui`` options and ``--record``.
+* :mod:`~minikvm.tui.record` -- regenerates the picture in ``docs/tui.md``.
+
+The ``minikvm tui`` command (its options, scripted actions, ``--record``) is
+:mod:`minikvm.cli.tui`; this package never imports the CLI.
 
 Importing this package touches neither KVM nor the terminal.
 """

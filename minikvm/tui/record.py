@@ -21,12 +21,14 @@ DOC_ARGS = ("--step", "3", "--next", "5", "--size", "150x42")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minikvm.tui.__main__ import main as tui_main
     argv = list(sys.argv[1:] if argv is None else argv)
     out = Path(argv[0]) if argv else ROOT / "docs" / "tui.svg"
     subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
-    return tui_main([str(ROOT / "guests" / "build" / "hello.bin"), *DOC_ARGS,
-                     "--record", str(out)])
+    # The command itself, in a child process: the TUI package never imports
+    # the CLI (the CLI imports the TUI).
+    return subprocess.run([sys.executable, "-m", "minikvm", "tui",
+                           str(ROOT / "guests" / "build" / "hello.bin"), *DOC_ARGS,
+                           "--record", str(out)]).returncode
 
 
 if __name__ == "__main__":

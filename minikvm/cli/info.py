@@ -1,15 +1,22 @@
-"""``minikvm info``: what this host's KVM offers, as a rich table."""
+"""``minikvm info``: what this host's KVM offers, as a table.
+
+The rows are plain data (:func:`info_rows`), so tests and other front ends
+can use them without rich; only printing the table imports rich.
+"""
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
+import argparse
+from typing import TYPE_CHECKING
 
-from minikvm.kvm.host import detect_host
-from minikvm.kvm.system import Kvm
-from minikvm.kvm.uapi import KvmCap
+if TYPE_CHECKING:
+    from rich.console import Console
 
-__all__ = ["RELIED_ON", "print_info"]
+    from minikvm.kvm.system import Kvm
+
+__all__ = ["RELIED_ON", "add_arguments", "info_rows", "print_info", "run"]
+
+HELP = "what this host's KVM offers"
 
 #: Capabilities minikvm uses, and for what.
 RELIED_ON: tuple[tuple[str, str], ...] = (
@@ -28,8 +35,15 @@ RELIED_ON: tuple[tuple[str, str], ...] = (
 )
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``info`` has no options of its own (``--kvm`` is the command's)."""
+
+
 def info_rows(kvm: Kvm) -> list[tuple[str, str, str]]:
     """(name, value, what for) rows; pure data for tests and the TUI."""
+    from minikvm.kvm.host import detect_host
+    from minikvm.kvm.uapi import KvmCap
+
     host = detect_host()
     rows = [
         ("KVM device", kvm.path, ""),
@@ -46,15 +60,17 @@ def info_rows(kvm: Kvm) -> list[tuple[str, str, str]]:
 
 
 def print_info(kvm_path: str, console: Console | None = None) -> int:
+    """Print the capability rows and the debugger's probe as one table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from minikvm.debug.probe import probe_rows
+    from minikvm.kvm.system import Kvm
+
     console = console or Console()
     with Kvm(kvm_path) as kvm:
         rows = info_rows(kvm)
-    extra = []
-    try:
-        from minikvm.debug.probe import probe_rows
-        extra = probe_rows(kvm_path)
-    except ImportError:
-        pass
+    extra = probe_rows(kvm_path)
     table = Table(title="minikvm info: this host's KVM", title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -63,3 +79,7 @@ def print_info(kvm_path: str, console: Console | None = None) -> int:
         table.add_row(*row)
     console.print(table)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return print_info(args.kvm)

@@ -9,7 +9,9 @@ runs three instructions and two exits, then saves the screen as SVG (or
 HTML, or plain text) and exits. The actions run in the order given, before
 the interactive screen (if any) starts.
 
-Only argparse is imported at module level: ``minikvm --help`` stays fast.
+The TUI itself (:mod:`minikvm.tui`: session, rendering, the terminal loop)
+is imported only when the command runs: the rest of ``minikvm`` never loads
+it, and it never imports the CLI.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["add_tui_arguments", "cmd_tui", "parse_screen_size"]
+from minikvm.cli.options import UsageError, add_run_options, config_from_args, guest_file_errors
+
+__all__ = ["add_arguments", "parse_screen_size", "run"]
+
+HELP = "step through a guest in a full-screen debugger"
 
 #: Bytes of guest output the console panel keeps.
 CONSOLE_LIMIT = 64 * 1024
@@ -61,11 +67,10 @@ class _Action(argparse.Action):
         setattr(namespace, self.dest, actions)
 
 
-def add_tui_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``minikvm tui``'s options: the run options (guest, --mem, --mode,
     virtio devices ...) and the TUI's own."""
-    from minikvm.cli import _add_run_options
-    _add_run_options(parser)
+    add_run_options(parser)
     group = parser.add_argument_group("before the screen opens (in the order given)")
     group.add_argument("--break", dest="tui_breaks", action="append", default=[],
                        metavar="ADDR", help="set a breakpoint at an address or symbol "
@@ -95,8 +100,8 @@ def add_tui_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _prepare(args: argparse.Namespace, session: Any) -> None:
     """Breakpoints, memory view and scripted actions, before the screen opens."""
-    from minikvm.cli import UsageError
     from minikvm.tui.state import SideView
+
     for spec in args.tui_breaks:
         message = session.toggle_breakpoint(spec)
         if message.startswith("no breakpoint"):
@@ -115,18 +120,20 @@ def _prepare(args: argparse.Namespace, session: Any) -> None:
             session.run_action(action, timeout=timeout if action != "step" else None)
 
 
-def cmd_tui(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``minikvm tui``: build the machine, do the scripted actions, then
     save the screen (``--record``) or open the interactive screen."""
-    from minikvm.cli import UsageError, build_machine
     from minikvm.hostio import BufferSink
+    from minikvm.machine import Machine
 
     if args.record is not None and not args.record.lower().endswith(_RECORD_SUFFIXES):
         raise UsageError(f"--record {args.record}: the screen can be saved as .svg, .html "
                          "or .txt")
     interactive = args.record is None
     sink = BufferSink(limit=CONSOLE_LIMIT)
-    machine = build_machine(args, output=sink)     # a bad guest file is said first
+    config = config_from_args(args)            # a bad guest file is said first
+    with guest_file_errors(config.guest):
+        machine = Machine.from_config(config, output=sink)
     session = None
     try:
         if interactive and not (sys.stdin.isatty() and sys.stdout.isatty()):

@@ -8,7 +8,8 @@ reason, device and port. ``minikvm run --trace FILE`` writes the same
 records as JSON Lines while the guest runs normally.
 
 The rendering functions are pure (records in, rich tables out), so tests
-render them without a terminal.
+render them without a terminal. rich and the tracer are imported only when
+a trace is made: importing :mod:`minikvm.debug` loads the whole debugger.
 """
 
 from __future__ import annotations
@@ -16,32 +17,42 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
+from minikvm.cli.options import add_run_options, config_from_args, guest_file_errors
+from minikvm.core.board import ExitStatus
 
-from minikvm.debug.trace import DEFAULT_CAPACITY, StatEntry, TraceRecord, Tracer
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from minikvm.debug.trace import StatEntry, TraceRecord, Tracer
+    from minikvm.machine import Machine
 
 __all__ = [
+    "DEFAULT_CAPACITY",
+    "add_arguments",
     "add_trace_arguments",
     "attach_trace_file",
-    "cmd_trace",
     "render_log",
     "render_stats",
+    "run",
+    "trace_machine",
 ]
 
-STATUS_USAGE = 2
-STATUS_KVM_UNAVAILABLE = 1
+HELP = "run a guest and print every VM exit, explained"
+
 #: How long ``minikvm trace`` lets a guest run unless --timeout says otherwise.
 DEFAULT_TRACE_TIMEOUT = 10.0
+#: Exits kept in memory unless --capacity says otherwise: the tracer's own
+#: default (:data:`minikvm.debug.trace.DEFAULT_CAPACITY`, a test holds them
+#: equal), written here so that building the parser does not import the debugger.
+DEFAULT_CAPACITY = 10_000
 
 
 def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``minikvm trace`` beyond the guest and run options
-    (the CLI adds those with its own ``_add_run_options`` first)."""
+    """The options of ``minikvm trace`` beyond the guest and run options."""
     parser.add_argument("--limit", type=int, default=200, metavar="N",
                         help="show the last N exits (default 200; 0: statistics only)")
     parser.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, metavar="N",
@@ -50,10 +61,17 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write every exit to FILE as JSON Lines")
 
 
-def attach_trace_file(machine: Any, path: str | os.PathLike) -> Tracer:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_options(parser)
+    add_trace_arguments(parser)
+
+
+def attach_trace_file(machine: Machine, path: str | os.PathLike) -> Tracer:
     """For ``minikvm run --trace FILE``: record every exit of ``machine`` to
     ``path`` as JSON Lines. Call ``close()`` on the result after the run.
     Raises OSError when the file cannot be created."""
+    from minikvm.debug.trace import Tracer
+
     return Tracer.attach(machine, capacity=1, path=os.fspath(path))
 
 
@@ -63,6 +81,9 @@ def _time_cell(record: TraceRecord, start: float) -> str:
 
 def render_log(records: Iterable[TraceRecord], title: str = "exits") -> Table:
     """One row per exit; the explanation takes whatever width is left."""
+    from rich import box
+    from rich.table import Table
+
     records = list(records)
     start = records[0].time - records[0].guest_time if records else 0.0
     table = Table(title=title, title_justify="left", expand=True, box=box.SIMPLE_HEAD,
@@ -88,6 +109,8 @@ def render_log(records: Iterable[TraceRecord], title: str = "exits") -> Table:
 
 
 def _stats_table(title: str, key_name: str, table_data: dict[str, StatEntry]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     table.add_column(key_name)
     table.add_column("exits", justify="right")
@@ -114,32 +137,46 @@ def render_stats(tracer: Tracer) -> list[Table]:
 
 def _usage(message: str) -> int:
     print(f"minikvm: {message}", file=sys.stderr)
-    return STATUS_USAGE
+    return ExitStatus.USAGE
 
 
-def cmd_trace(args: argparse.Namespace, build_machine: Callable[..., Any],
-              console: Console | None = None) -> int:
-    """Run the guest with a tracer; print the log and the statistics.
+def run(args: argparse.Namespace) -> int:
+    """``minikvm trace``: build the machine the options describe, with the
+    guest's output kept for the report, and trace it (:func:`trace_machine`)."""
+    from minikvm.machine import Machine
 
-    ``build_machine(args, output=...)`` makes the machine with the guest
-    loaded (the CLI passes its own, which knows every ``run`` option and
-    reports a bad guest file in one line). Returns the guest's exit status
-    as ``minikvm run`` would, 2 for bad usage.
-    """
-    limit = getattr(args, "limit", 200)
-    capacity = getattr(args, "capacity", DEFAULT_CAPACITY)
-    if limit < 0 or capacity < 1:
+    if args.limit < 0 or args.capacity < 1:
         return _usage("--limit must be >= 0 and --capacity >= 1")
-    console = console or Console()
+    config = config_from_args(args)
     output = bytearray()
-    machine = build_machine(args, output=output.extend)
+    with guest_file_errors(config.guest):
+        machine = Machine.from_config(config, output=output.extend)
     with machine:
-        try:
-            tracer = Tracer.attach(machine, capacity=capacity, path=getattr(args, "jsonl", None))
-        except OSError as err:
-            return _usage(f"{err.filename}: {err.strerror}")
-        with tracer:
-            stop = machine.run(timeout=getattr(args, "timeout", None) or DEFAULT_TRACE_TIMEOUT)
+        return trace_machine(machine, limit=args.limit, capacity=args.capacity,
+                             jsonl=args.jsonl, timeout=args.timeout, output=output)
+
+
+def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT_CAPACITY,
+                  jsonl: str | None = None, timeout: float | None = None,
+                  output: bytearray | None = None, console: Console | None = None) -> int:
+    """Run ``machine`` with a tracer keeping ``capacity`` exits (and writing
+    all to ``jsonl``); print the last ``limit`` exits, the statistics, what
+    the guest printed (``output``, which the machine's output sink fills)
+    and how it stopped. The run lasts at most ``timeout`` seconds (default
+    :data:`DEFAULT_TRACE_TIMEOUT`). Returns the guest's exit status as
+    ``minikvm run`` would, 2 when the ``jsonl`` file cannot be written.
+    """
+    from rich.console import Console
+
+    from minikvm.debug.trace import Tracer
+
+    console = console or Console()
+    try:
+        tracer = Tracer.attach(machine, capacity=capacity, path=jsonl)
+    except OSError as err:
+        return _usage(f"{err.filename}: {err.strerror}")
+    with tracer:
+        stop = machine.run(timeout=timeout or DEFAULT_TRACE_TIMEOUT)
     if limit:
         shown = list(tracer.records)[-limit:]
         hidden = tracer.seen - len(shown)

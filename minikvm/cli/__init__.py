@@ -1,0 +1,71 @@
+"""The ``minikvm`` command: one module per subcommand.
+
+``minikvm run GUEST`` boots a bare-metal guest and exits with the status of
+DESIGN.md (0 halt, ``(v<<1)|1`` debug exit, 3 crash, 124 timeout, 2 bad
+usage or guest file, 1 KVM unavailable: :class:`~minikvm.core.board.ExitStatus`).
+``trace``, ``tui``, ``info`` and ``lesson`` are the other subcommands, each
+in its own module with ``HELP``, ``add_arguments(parser)`` and ``run(args)``:
+
+* :mod:`~minikvm.cli.options` -- the run options shared by run/trace/tui,
+  their parsers, options -> :class:`~minikvm.core.config.MachineConfig`;
+* :mod:`~minikvm.cli.run`, :mod:`~minikvm.cli.trace`, :mod:`~minikvm.cli.tui`,
+  :mod:`~minikvm.cli.info`, :mod:`~minikvm.cli.lesson` -- the subcommands.
+
+Building the parser imports only those modules, which import only the
+standard library at their top; a command imports what it needs when it
+runs. ``minikvm run`` so never loads capstone, rich, the debugger, the TUI
+or the lessons.
+
+Every user mistake is one line on stderr, never a traceback: :func:`main`
+maps the errors a command may raise to the statuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from minikvm.cli import info, lesson, run, trace, tui
+from minikvm.cli.options import Parser, UsageError
+from minikvm.core.board import ExitStatus
+
+__all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
+
+#: The subcommands, in the order ``minikvm --help`` lists them.
+COMMANDS = {"run": run, "trace": trace, "info": info, "tui": tui, "lesson": lesson}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``minikvm [--kvm PATH] COMMAND ...``: each command adds its options."""
+    parser = Parser(prog="minikvm", description="A teaching hypervisor on the Linux KVM API.")
+    parser.add_argument("--kvm", default=os.environ.get("MINIKVM_KVM", "/dev/kvm"),
+                        metavar="PATH", help="the KVM device (default /dev/kvm, or $MINIKVM_KVM)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for name, command in COMMANDS.items():
+        command.add_arguments(sub.add_parser(name, help=command.HELP))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's), run the command, return its
+    exit status. Errors become one line on stderr and their status."""
+    from minikvm.kvm.errors import KvmError, KvmUnavailableError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except UsageError as err:
+        print(f"minikvm: {err}", file=sys.stderr)
+        return ExitStatus.USAGE
+    except (KvmUnavailableError, KvmError) as err:
+        # No /dev/kvm, no permission, or an ioctl KVM refused: not the guest's doing.
+        print(f"minikvm: {err}", file=sys.stderr)
+        return ExitStatus.KVM_UNAVAILABLE
+    except KeyboardInterrupt:
+        print("minikvm: interrupted", file=sys.stderr)
+        return ExitStatus.INTERRUPTED
+    except BrokenPipeError:
+        return ExitStatus.OK

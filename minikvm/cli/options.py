@@ -1,0 +1,186 @@
+"""What every command that boots a guest shares: its options, their parsers,
+and the way from parsed options to a machine.
+
+``minikvm run``, ``trace`` and ``tui`` take the same guest and machine
+options (:func:`add_run_options`), turn them into one
+:class:`~minikvm.core.config.MachineConfig` (:func:`config_from_args`), and
+build the machine with :meth:`Machine.from_config
+<minikvm.machine.Machine.from_config>` inside :func:`guest_file_errors`, so
+the same options give the same guest and a bad guest file the same one-line
+message under every command.
+
+Only the standard library is imported at module level: building the parser
+must not load the machine, let alone capstone or rich.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from minikvm.core.board import ExitStatus
+
+if TYPE_CHECKING:
+    from minikvm.core.config import MachineConfig
+
+__all__ = [
+    "Parser",
+    "UsageError",
+    "add_run_options",
+    "check_guest_file",
+    "config_from_args",
+    "guest_file_errors",
+    "parse_blk",
+    "parse_int",
+    "parse_size",
+    "parse_timeout",
+]
+
+_SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage dump) and status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # self.prog is "minikvm" or "minikvm run": point at the right --help.
+        self.exit(ExitStatus.USAGE, f"minikvm: {message} (see {self.prog} --help)\n")
+
+
+def parse_int(text: str) -> int:
+    """An address or count: decimal, 0x hex, 0o octal or 0b binary."""
+    try:
+        value = int(text.replace("_", ""), 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 4096 or 0x1000)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """A memory size: bytes, or with a K/M/G suffix (``2M``, ``256M``)."""
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    scale = 1
+    if raw and raw[-1] in _SIZE_SUFFIXES:
+        scale = _SIZE_SUFFIXES[raw[-1]]
+        raw = raw[:-1]
+    try:
+        value = int(raw, 0) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 2M, 256M, 0x200000)") from None
+    if value <= 0 or value % 4096:
+        raise argparse.ArgumentTypeError(f"{text!r}: memory size must be a positive multiple of 4 KiB")
+    if value > 64 << 30:
+        raise argparse.ArgumentTypeError(f"{text!r}: more than 64 GiB of guest RAM is not supported")
+    return value
+
+
+def parse_timeout(text: str) -> float:
+    """Seconds: a positive, finite number (``0.5``, ``30``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be a positive number of seconds")
+    return value
+
+
+def parse_blk(text: str) -> tuple[str, bool]:
+    """``PATH`` or ``PATH,ro``: a disk image the user may read (and write)."""
+    path, _, option = text.partition(",")
+    if option not in ("", "ro"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the only option after the path is ',ro'")
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path!r}: no such disk image file")
+    if not os.access(path, os.R_OK | (0 if option == "ro" else os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{path!r}: permission denied")
+    return path, option == "ro"
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The guest and the machine: what ``run``, ``trace`` and ``tui`` share."""
+    parser.add_argument("guest", help="guest image: a flat binary (or an ELF file)")
+    parser.add_argument("--load-addr", type=parse_int, default=None, metavar="ADDR",
+                        help="guest-physical address to load a flat binary at (default 0x1000)")
+    parser.add_argument("--entry", type=parse_int, default=None, metavar="ADDR",
+                        help="address to start at (default: the load address or the ELF entry)")
+    parser.add_argument("--mem", type=parse_size, default=None, metavar="SIZE",
+                        help="guest RAM (default 2M)")
+    parser.add_argument("--mode", choices=("real", "protected", "paged", "long"), default=None,
+                        help="CPU mode to start a flat binary in (default real; ELF: from its class)")
+    parser.add_argument("--timeout", type=parse_timeout, default=None, metavar="S",
+                        help="stop the guest after S seconds (exit status 124)")
+    parser.add_argument("--no-irqchip", dest="irqchip", action="store_false",
+                        help="no in-kernel PIC/IOAPIC/LAPIC and PIT: hlt then exits to the VMM")
+    parser.add_argument("--virtio-rng", action="store_true",
+                        help="add a virtio-rng device (entropy from the host)")
+    parser.add_argument("--virtio-blk", type=parse_blk, default=None, metavar="PATH[,ro]",
+                        help="add a virtio-blk device backed by the file PATH (,ro: read-only)")
+    parser.add_argument("--virtio-console", action="store_true",
+                        help="add a virtio-console device (host stdin/stdout)")
+
+
+def check_guest_file(path: str) -> None:
+    """Refuse a guest path that cannot be a guest image, in one line,
+    before any machine is built."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory, not a guest image")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: permission denied")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"{path} is empty: a guest image needs at least one instruction")
+
+
+def config_from_args(args: argparse.Namespace) -> MachineConfig:
+    """The machine the run options describe (after :func:`check_guest_file`).
+
+    virtio devices take the board's windows in a fixed order -- rng, blk,
+    console -- whatever the order of the options, so a guest (or a Linux
+    command line) can rely on where each one is.
+    """
+    from minikvm.core.config import MachineConfig, VirtioSpec
+
+    check_guest_file(args.guest)
+    virtio = []
+    if args.virtio_rng:
+        virtio.append(VirtioSpec("rng"))
+    if args.virtio_blk:
+        path, read_only = args.virtio_blk
+        virtio.append(VirtioSpec("blk", path, read_only))
+    if args.virtio_console:
+        virtio.append(VirtioSpec("console"))
+    sized = {} if args.mem is None else {"mem_size": args.mem}
+    return MachineConfig(guest=args.guest, irqchip=args.irqchip, kvm_path=args.kvm,
+                         load_addr=args.load_addr, entry=args.entry, mode=args.mode,
+                         virtio=tuple(virtio), **sized)
+
+
+@contextlib.contextmanager
+def guest_file_errors(guest: str | None) -> Iterator[None]:
+    """Around ``Machine.from_config``: a guest the loader or the CPU-mode
+    setup refuses, or a file (guest, disk image) that cannot be read,
+    becomes a one-line :class:`UsageError` (status 2) instead of a
+    traceback. KVM's own errors pass: they have a status of their own."""
+    from minikvm.loaders import LoaderError
+    from minikvm.x86.modes import ModeError
+
+    try:
+        yield
+    except (LoaderError, ModeError) as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:
+        if err.filename is None:   # not a file: e.g. no host memory for the guest's RAM
+            raise UsageError(f"cannot build the machine for {guest}: "
+                             f"{err.strerror or err}") from None
+        raise UsageError(f"{err.filename}: {err.strerror}") from None
