@@ -24,7 +24,7 @@ CAPABILITIES = (
     (KvmCap.KVM_CAP_NR_MEMSLOTS, "how many memory slots a VM may have (02)"),
     (KvmCap.KVM_CAP_IRQCHIP, "interrupt controllers emulated in the kernel (08)"),
     (KvmCap.KVM_CAP_SET_GUEST_DEBUG, "single-stepping and breakpoints (07)"),
-    (KvmCap.KVM_CAP_IMMEDIATE_EXIT, "getting a running vCPU back, e.g. for a timeout"),
+    (KvmCap.KVM_CAP_IMMEDIATE_EXIT, "with a signal, stopping a running vCPU (a timeout)"),
     (KvmCap.KVM_CAP_MAX_VCPUS, "the most vCPUs one VM may have"),
 )
 

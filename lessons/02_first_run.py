@@ -85,8 +85,10 @@ def by_hand(lesson: Lesson) -> None:
     lesson.narrate("""
         One more call, which matters only on Intel CPUs without "unrestricted guest"
         support: `KVM_SET_TSS_ADDR` names three pages of guest-physical space, outside RAM,
-        that KVM may need there to emulate real mode. Other hosts accept and ignore it, so a
-        portable VMM always makes it.
+        that KVM needs there to run real-mode code as virtual-8086 mode. Other hosts accept
+        and ignore it (`vmx_set_tss_addr` in `arch/x86/kvm/vmx/vmx.c` returns at once when
+        the CPU has unrestricted guest; AMD's KVM does nothing), so a portable VMM always
+        makes it.
     """)
     ioctl(vm_fd, ioctls.KVM_SET_TSS_ADDR, KVM_TSS_ADDR)
 
@@ -149,8 +151,9 @@ def by_hand(lesson: Lesson) -> None:
     lesson.result("the byte at data_offset in the mapping", f"{byte:#x} ({chr(byte)!r})")
     lesson.narrate("""
         The data of the `out` is not in `struct kvm_run` itself but further on in the same
-        mapping, at `data_offset` (room for `rep outsb`, which moves many bytes). A VMM that
-        emulates a device on port 0xE9 would now act on the byte; we just read it.
+        mapping, at `data_offset`: a page of its own, room for the many items one exit of a
+        `rep insb` can ask for (lesson 03). A VMM that emulates a device on port 0xE9 would
+        now act on the byte; we just read it.
     """)
     lesson.checkpoint("first exit", f"{reason.name} ({int(reason)})", "KVM_EXIT_IO (2)")
     lesson.checkpoint("first exit details",
@@ -172,8 +175,8 @@ def by_hand(lesson: Lesson) -> None:
     lesson.narrate("""
         The second `KVM_RUN` continues after the `out` and stops at `hlt`. On a real CPU
         `hlt` waits for an interrupt; this VM has no interrupt controller in the kernel
-        (lesson 08 adds one), so KVM hands the halt to us. RIP points after the `hlt`: our
-        guest ran all five bytes.
+        (lesson 08 adds one), so KVM hands the halt to us (`__kvm_emulate_halt` in
+        `arch/x86/kvm/x86.c`). RIP points after the `hlt`: our guest ran all five bytes.
     """)
     lesson.checkpoint("second exit", f"{reason.name} ({int(reason)})", "KVM_EXIT_HLT (5)")
     lesson.checkpoint("RIP after hlt", f"{regs.rip:#x}", f"{CODE_ADDR + len(CODE):#x}")

@@ -33,6 +33,15 @@ REP_OUTSB = bytes([
     0xF3, 0x6E,                             # rep outsb        ; out dx, byte [si++], cx times
     0xF4,                                   # hlt
 ])
+REP_INSB_TEXT = b"read ahead, one exit\n"
+REP_INSB = bytes([
+    0xFC,                                   # cld              ; count upwards
+    0xBF, 0x00, 0x12,                       # mov di, 0x1200   ; where the bytes go (ES:DI)
+    0xB9, len(REP_INSB_TEXT), 0x00,         # mov cx, <length>
+    0xBA, 0xE9, 0x00,                       # mov dx, 0xe9
+    0xF3, 0x6C,                             # rep insb         ; in byte [di++], dx, cx times
+    0xF4,                                   # hlt
+])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,11 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.checkpoint("echo of answer 0x41", repr(answers[ord("A")][1].data), repr(b"A"))
 
     # -- 3. string I/O ----------------------------------------------------------------------
-    lesson.section("3. String I/O: rep outsb")
+    lesson.section("3. String I/O: rep outsb and rep insb")
     lesson.narrate("""
-        `rep outsb` writes CX bytes from memory to a port in one instruction. `kvm_run.io` has
-        a `count` field for it: KVM may collect many items and exit once. Whether it does is
-        up to the KVM underneath, so watch how many exits this host needs:
+        `rep outsb` writes CX bytes from memory to a port in one instruction, `rep insb` reads
+        CX bytes from a port into memory. `kvm_run.io` has a `count` field, so one exit
+        *could* carry many items. Does it? Count the exits of each, first the output:
     """)
     events = []
     output = []
@@ -144,15 +153,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     items = sum(e.accesses for e in io_events)
     lesson.result("exits for the rep outsb", len(io_events))
     lesson.result("bytes they carried", items)
+    lesson.narrate("""
+        Now the input, by hand as in section 2: the guest runs `rep insb` from port 0xE9 into
+        memory at 0x1200, and we answer every `IoIn` with as many bytes as it asks for:
+    """)
+    lesson.code("""
+        while not isinstance(exit := machine.vcpu.run(), Hlt):
+            exit.complete(text[given:given + exit.count])    # exit.count bytes at once
+            given += exit.count
+    """)
+    questions = []
+    with Machine() as machine:
+        machine.load_flat(REP_INSB, 0x1000)
+        given = 0
+        while len(questions) < 1000:
+            exit = machine.vcpu.run()
+            if isinstance(exit, Hlt):
+                break
+            assert isinstance(exit, IoIn), exit
+            questions.append(exit.count)
+            exit.complete(REP_INSB_TEXT[given:given + exit.count])
+            given += exit.count
+        received = machine.memory.read(0x1200, len(REP_INSB_TEXT))
+    lesson.result("exits for the rep insb", len(questions))
+    lesson.result("count of each", ", ".join(str(count) for count in questions))
+    lesson.result("memory at 0x1200", bytes(received))
     lesson.narrate(f"""
-        Here: {len(io_events)} exit(s) for {items} bytes. Hardware KVM (VT-x, AMD-V) can
-        move the whole string in one exit, with `count` = the length (up to a page);
-        kvm-pvm, which emulates guest kernel code one step at a time, exits once per byte.
-        Either way the device receives the same bytes -- and that is all a VMM (or a
-        lesson) may rely on.
+        {len(io_events)} exits for {items} bytes out, {len(questions)} for
+        {len(REP_INSB_TEXT)} bytes in. Why, in the KVM source (Linux 6.1): on VT-x and
+        AMD-V the CPU exits on a string I/O instruction and KVM hands it to its
+        *instruction emulator* (`handle_io` in `arch/x86/kvm/vmx/vmx.c`, `io_interception`
+        in `arch/x86/kvm/svm/svm.c`). In `arch/x86/kvm/emulate.c`, `em_out` -- the code
+        behind both `out` and `outs` -- passes the port exactly one item, so every byte of
+        a `rep outsb` leaves KVM as its own `KVM_EXIT_IO` with `count` = 1, and the guest
+        re-enters on the same instruction with CX one smaller. `em_in` goes through
+        `pio_in_emulated`, which *reads ahead*: it asks for up to CX items at once -- at
+        most 1024 bytes (the emulator's read cache, `struct read_cache` in
+        `arch/x86/kvm/kvm_emulate.h`) and never past the next 4 KiB boundary of DI -- so
+        one exit with `count` > 1 answers many iterations (`emulator_pio_in_out` in
+        `arch/x86/kvm/x86.c` fills in `kvm_run.io`). kvm-pvm is a KVM module on the same
+        core and emulator, and this host shows the same counts.
+
+        What a VMM may rely on is the bytes, not the number of exits -- and an IN exit with
+        `count` > 1 must be answered with all its items at once (`IoIn.complete()` takes
+        them). String output is no shortcut: bulk data goes by DMA (virtio, lesson 09).
     """)
     lesson.checkpoint("rep outsb text", repr(printed), repr(REP_OUTSB_TEXT))
     lesson.checkpoint("rep outsb stop", stop.kind.value, "halt")
+    lesson.checkpoint("exits for rep outsb, rep insb", f"{len(io_events)}, {len(questions)}",
+                      f"{len(REP_OUTSB_TEXT)}, 1")
+    lesson.checkpoint("rep insb received", repr(bytes(received)), repr(REP_INSB_TEXT))
 
     # -- 4. the machine's port bus ----------------------------------------------------------
     lesson.section("4. The machine's I/O port bus")
@@ -192,8 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.narrate("""
         QEMU's `isa-debug-exit` device lets a test guest end the VM with a status of its
         choosing; test suites such as kvm-unit-tests report pass/fail that way. Writing `v` to
-        port 0xF4 ends the run with status `(v << 1) | 1` -- shifted and made odd, so that a
-        guest's status can never be mistaken for the VMM's own (0 = clean halt, 124 = timeout).
+        port 0xF4 (the device decodes 0xF4-0xF7, like QEMU's with `iosize=4`) ends the run
+        with status `(v << 1) | 1` -- shifted and made odd, so that a guest's status can
+        never be mistaken for the VMM's own (0 = clean halt, 124 = timeout).
         `guests/asm/exitcode.S` writes 0x2a:
     """)
     with Machine() as machine:

@@ -142,9 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             entries), EFER.LME (long mode enable), CR0.PG with CR0.PE, and CR3 pointing at a
             PML4. On hardware, setting CR0.PG with LME set makes the CPU set EFER.LMA
             (long mode *active*); `KVM_SET_SREGS` takes the state after that step, so we
-            set LMA ourselves. CS needs L = 1 to run 64-bit code (the GDT entry
-            `{SEL_CODE64:#x}` from lesson 05). The guest prints the string it finds at
-            `{VIRT:#x}`, which the VMM wrote at *physical* `{TARGET:#x}`:
+            set LMA ourselves (KVM refuses LME and PG without LMA and PAE:
+            `kvm_is_valid_sregs` in `arch/x86/kvm/x86.c`). CS needs L = 1 to run 64-bit
+            code (the GDT entry `{SEL_CODE64:#x}` from lesson 05). The guest prints the
+            string it finds at `{VIRT:#x}`, which the VMM wrote at *physical* `{TARGET:#x}`:
         """)
         lesson.code("""
             sregs.cr3 = 0x10000                      # our PML4

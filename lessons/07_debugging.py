@@ -34,9 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         A VMM sees the guest only at exits. A *debugger* wants more: stop after every
         instruction, stop at an address, stop when a variable changes. KVM offers the tools a
         hardware debugger would have, through `KVM_SET_GUEST_DEBUG`: single-stepping (KVM
-        sets the trap flag behind the guest's back and catches the debug exception, `#DB`),
+        sets the trap flag behind the guest's back and catches the debug exception, `#DB`;
+        `__kvm_set_rflags` and `kvm_get_rflags` in `arch/x86/kvm/x86.c` add and hide TF),
         and the CPU's four *debug address registers* DR0-DR3 with their control register DR7
-        (Intel SDM vol. 3B, chapter 18). Each debug event comes back as `KVM_EXIT_DEBUG`.
+        (Intel SDM vol. 3B, chapter 17). Each debug event comes back as `KVM_EXIT_DEBUG`.
 
         The guest is `guests/debug/steps64.S`: a straight line of 64-bit instructions with
         known effects, an `out` in the middle (label `after_out` follows it) and a store to
@@ -89,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         watches: the enable bit G0 (bit 1), R/W0 (bits 17:16) = `00` "instruction
         execution", LEN0 (bits 19:18) = `00` (an instruction breakpoint must say length 1);
         bit 10 always reads 1. So DR7 = `{dr7:#x}`. `KVM_GUESTDBG_USE_HW_BP` makes KVM load
-        our DR0-DR7 while the guest runs (the guest's own values are kept aside).
+        our DR0-DR7 while the guest runs (the guest's own values are kept aside:
+        `kvm_arch_vcpu_ioctl_set_guest_debug` in `arch/x86/kvm/x86.c`).
         (`minikvm.debug.breakpoints.decode_dr7({dr7:#x})` reads it back: slot 0
         {"enabled" if decode_dr7(dr7)[0].enabled else "off"}, condition
         "{decode_dr7(dr7)[0].condition}", {decode_dr7(dr7)[0].size} byte.)

@@ -67,9 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         Polling wastes the CPU. A real driver asks the UART to raise its interrupt line when
         a byte arrives. On a PC that line (IRQ {COM1_IRQ} for COM1) goes into an *8259 PIC*,
         which picks the highest-priority request, and hands the CPU an interrupt *vector*.
-        `KVM_CREATE_IRQCHIP` makes KVM emulate, in the kernel, the two cascaded 8259 PICs,
-        an IOAPIC and a local APIC per vCPU. Then `hlt` waits *inside* KVM for an interrupt
-        instead of exiting, and a VMM's device raises or lowers a line with `KVM_IRQ_LINE`.
+        `KVM_CREATE_IRQCHIP` makes KVM emulate, in the kernel, the two cascaded 8259 PICs
+        and an IOAPIC (`kvm_arch_vm_ioctl` in `arch/x86/kvm/x86.c`), and each vCPU created
+        afterwards gets a local APIC. Then `hlt` waits *inside* KVM for an interrupt instead
+        of exiting (`__kvm_emulate_halt`), and a VMM's device raises or lowers a line with
+        `KVM_IRQ_LINE`.
         `KVM_GET_IRQCHIP` shows the PIC's registers: IRR (requests), IMR (mask), ISR (in
         service). KVM numbers interrupt lines as *GSIs* (global system interrupts); 0-15
         are the PC's ISA IRQs. By hand, no guest needed:
@@ -92,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.narrate("""
         The PIC is edge-triggered here (the PC default): the *rising edge* sets IRR bit 4,
         and the request stays latched until the CPU takes the interrupt, even after the line
-        drops. (PIC registers: Intel 8259A data sheet.)
+        drops (`pic_set_irq1` in `arch/x86/kvm/i8259.c`; PIC registers: Intel 8259A data
+        sheet).
     """)
     lesson.checkpoint("IRR before, raised, lowered", " ".join(f"{v:#04x}" for v in irr),
                       "0x00 0x10 0x10")

@@ -83,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.narrate("""
         Like an `in`, a read stops the guest in the middle of the `mov`; the VMM leaves the
         value in `kvm_run.mmio.data` and KVM finishes the instruction at the next `KVM_RUN`.
+        (On hardware KVM the access faults in the MMU and KVM's instruction emulator decodes
+        the `mov` to learn address, size and data: `kvm_mmu_page_fault` in
+        `arch/x86/kvm/mmu/mmu.c`, `complete_emulated_mmio` in `arch/x86/kvm/x86.c`.)
         The write carries its bytes out. `0x74726976` is "virt" in ASCII, read as a
         little-endian word -- the first thing a virtio driver checks.
     """)

@@ -163,8 +163,10 @@ def with_a_guest(lesson: Lesson, disk: Path) -> None:
     lesson.narrate("""
         A bare-metal C driver in long mode (`guests/c/virtio_blk.c`) initialises the device,
         reads sector 0 and prints its first line, writes sector 1, and flushes -- each
-        request a chain of descriptors, a kick, and an interrupt. We watch from the device's
-        side: after each QueueNotify exit, what the disk did.
+        request a chain of descriptors, a kick, and an interrupt. It checks the status byte
+        of each: on IOERR or UNSUPP it says which request failed and ends the run with exit
+        status 7 (try `minikvm run guests/build/virtio_blk.elf --virtio-blk disk.img,ro`).
+        We watch from the device's side: after each QueueNotify exit, what the disk did.
     """)
     blk = VirtioBlk(disk)
     output, done = [], []

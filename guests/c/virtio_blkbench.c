@@ -29,7 +29,7 @@ void __attribute__((section(".text.start"), noreturn)) _start(void)
     virtio_setup_interrupts();
     int err = virtio_init(VIRTIO_MMIO_BASE, 2, &vq);
     if (err)
-        guest_exit(err);
+        virtio_init_failed("virtio-blkbench", err);
 
     vq.desc[0].addr = (u64)(uptr)&header;
     vq.desc[0].len = sizeof(header);

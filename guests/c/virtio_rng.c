@@ -24,10 +24,8 @@ void __attribute__((section(".text.start"), noreturn)) _start(void)
 
     int err = virtio_init(VIRTIO_MMIO_BASE, 4 /* entropy source */, &vq);
     result[3] = err;
-    if (err) {
-        puts_e9("virtio-rng: init failed\n");
-        guest_exit(err);
-    }
+    if (err)
+        virtio_init_failed("virtio-rng", err);
     vq.desc[0].addr = (u64)(uptr)buffer;
     vq.desc[0].len = NBYTES;
     vq.desc[0].flags = VIRTQ_DESC_F_WRITE;

@@ -3,7 +3,8 @@
  * No libc exists inside the guest: these helpers talk to the machine's
  * "guest contract" devices directly with port I/O (DESIGN.md):
  *   port 0xE9  debug console  (each byte written appears on the host)
- *   port 0xF4  debug exit     (writing v ends the run with status (v<<1)|1)
+ *   port 0xF4  debug exit     (writing v ends the run with status (v<<1)|1;
+ *              the device decodes 0xF4-0xF7, as QEMU's isa-debug-exit, iosize=4)
  * Every helper is static inline, so a guest is one C file.
  */
 #ifndef MINIKVM_GUEST_H

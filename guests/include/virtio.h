@@ -51,6 +51,13 @@
 
 #define QUEUE_SIZE 8
 
+/* How the virtio guests end when something is wrong: the debug-exit value v
+ * (`minikvm run` exits with (v << 1) | 1). They start at 2 because v = 0 and
+ * v = 1 would read as statuses 1 ("KVM is not available") and 3 ("the guest
+ * crashed") of `minikvm run`. */
+#define VIRTIO_EXIT_NO_DEVICE 2   /* virtio_init failed: exit status 5 */
+#define VIRTIO_EXIT_REFUSED   3   /* the device refused a request: exit status 7 */
+
 struct virtq_desc { u64 addr; u32 len; u16 flags; u16 next; };
 struct virtq_avail { u16 flags; u16 idx; u16 ring[QUEUE_SIZE]; u16 used_event; };
 struct virtq_used_elem { u32 id; u32 len; };
@@ -113,6 +120,31 @@ static inline int virtio_init(uptr base, u32 want_device_id, struct virtq *vq)
     status |= VIRTIO_CONFIG_S_DRIVER_OK;
     vio_write(base, VIRTIO_MMIO_STATUS, status);
     return 0;
+}
+
+/* What an error number of virtio_init means. */
+static inline const char *virtio_init_error(int err)
+{
+    switch (err) {
+    case 1: return "no \"virt\" magic value: no virtio-mmio device there";
+    case 2: return "not a version 2 (virtio 1.x) virtio-mmio device";
+    case 3: return "another kind of virtio device";
+    case 4: return "the device does not offer VIRTIO_F_VERSION_1";
+    case 5: return "the device refused FEATURES_OK";
+    case 6: return "queue 0 is already in use";
+    case 7: return "queue 0 is too small";
+    default: return "unknown error";
+    }
+}
+
+/* Say why virtio_init failed, then end the run with VIRTIO_EXIT_NO_DEVICE. */
+static inline __attribute__((noreturn)) void virtio_init_failed(const char *who, int err)
+{
+    puts_e9(who);
+    puts_e9(": init failed: ");
+    puts_e9(virtio_init_error(err));
+    puts_e9("\n");
+    guest_exit(VIRTIO_EXIT_NO_DEVICE);
 }
 
 /* Offer the chain starting at descriptor `head` and kick the device. The

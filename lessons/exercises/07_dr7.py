@@ -18,6 +18,6 @@ def debug_registers(address: int) -> list[int]:
     """DR0, DR1, DR2, DR3, DR4, DR5, DR6, DR7 for KVM_SET_GUEST_DEBUG."""
     # Slot 0 enabled (G0, bit 1). R/W0 (bits 17:16) and LEN0 (bits 19:18)
     # say what slot 0 watches -- and this says "a 4-byte data write".
-    # TODO: make it an instruction breakpoint (Intel SDM vol. 3B, 18.2.4).
+    # TODO: make it an instruction breakpoint (Intel SDM vol. 3B, 17.2.4).
     dr7 = DR7_FIXED | 1 << 1 | 0b01 << 16 | 0b11 << 18
     return [address, 0, 0, 0, 0, 0, 0, dr7]

@@ -82,7 +82,7 @@ def dispatch_exit(exit: VmExit, pio: Bus, mmio: Bus, explain: bool = False) -> t
     """Send an I/O or MMIO exit to its bus and complete reads for the guest.
 
     Returns the (first) bus access and the number of accesses (string I/O
-    such as ``rep outsb`` moves ``count`` items in one exit). Other exits
+    such as ``rep insb`` moves ``count`` items in one exit). Other exits
     return ``(None, 0)``.
     """
     if isinstance(exit, IoOut):

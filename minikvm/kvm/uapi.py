@@ -113,7 +113,7 @@ KVM_API_VERSION = 12
 KVM_NR_INTERRUPTS = 256
 
 #: The local APIC's register page as KVM saves it: the first 1 KiB of the
-#: 4 KiB xAPIC MMIO page (Intel SDM vol. 3, 11.4.1, "Local APIC register address map").
+#: 4 KiB xAPIC MMIO page (Intel SDM vol. 3, 10.4.1, "Local APIC register address map").
 KVM_APIC_REG_SIZE = 0x400
 
 #: Pins of the emulated 82093AA I/O APIC.
@@ -602,7 +602,7 @@ class KvmMpState(IntEnum):
     """Multiprocessor state of a vCPU (``kvm_mp_state.mp_state``).
 
     On x86 an application processor waits in "wait-for-SIPI" until the boot
-    processor sends INIT and a startup IPI (Intel SDM vol. 3, 9.4 "MP
+    processor sends INIT and a startup IPI (Intel SDM vol. 3, 8.4 "MP
     initialization"); ``HALTED`` is a vCPU sleeping in ``HLT``.
     """
 
@@ -742,7 +742,7 @@ KVM_X86_SHADOW_INT_STI = 0x02
 class kvm_debug_exit_arch(ctypes.Structure):
     """Why a ``KVM_EXIT_DEBUG`` happened: ``exception`` is 1 (#DB: single
     step, hardware breakpoint) or 3 (#BP: ``int3``); ``pc`` the guest RIP;
-    ``dr6`` says which debug condition fired (Intel SDM vol. 3, 18.2.3)."""
+    ``dr6`` says which debug condition fired (Intel SDM vol. 3, 17.2.3)."""
 
     _fields_ = [
         ("exception", c_uint32),
