@@ -1,10 +1,14 @@
-"""The debug-exit port: a guest ends the run with an exit status (port 0xF4).
+"""The debug-exit port: a guest ends the run with an exit status (ports 0xF4-0xF7).
 
 QEMU's ``isa-debug-exit`` device lets a test guest end the emulator with a
 status of its choosing, which is how test suites such as kvm-unit-tests
 report pass/fail. Writing ``v`` ends the run with status ``(v << 1) | 1``:
-the shift and the set low bit keep a guest's status apart from the VMM's own
-statuses (0 = clean halt, 124 = timeout ...), which are all even or fixed.
+always odd, so a guest can never produce the VMM's even statuses (0 for a
+clean halt, 2 for bad usage, 124 for a timeout). It *can* produce the odd
+ones: ``v = 0`` gives 1 (also "KVM unavailable") and ``v = 1`` gives 3 (also
+"guest crashed") -- kvm-unit-tests relies on exactly that (1 = pass). The
+statuses do not say who decided; ``minikvm run`` prints one line on stderr
+whenever the VMM decides, and the trace records a debug-exit write.
 """
 
 from __future__ import annotations

@@ -331,7 +331,7 @@ def check_07(path: Path, work: Path) -> Verdict:
         if long_ones:
             return not_yet(f"The guest stopped at {address:#x}, but slot "
                            f"{long_ones[0].slot} says length {long_ones[0].size}: an "
-                           "instruction breakpoint must have LEN = 00 (SDM vol. 3B, 18.2.5; "
+                           "instruction breakpoint must have LEN = 00 (SDM vol. 3B, 17.2.5; "
                            "other lengths are undefined behaviour).", described)
         return passed(f"The guest stopped with KVM_EXIT_DEBUG at {address:#x} (after_out), "
                       f"DR6 reporting slot {', '.join(map(str, slots)) or '?'}; data is still "
@@ -353,7 +353,7 @@ def check_07(path: Path, work: Path) -> Verdict:
                      f"{address:#x}.")
     elif any(s.size != 1 for s in execute_slots):
         hints.append("An instruction breakpoint must have LEN = 00; with another length "
-                     "the CPU's behaviour is undefined (SDM vol. 3B, 18.2.5), and this one "
+                     "the CPU's behaviour is undefined (SDM vol. 3B, 17.2.5), and this one "
                      "did not stop.")
     return not_yet(f"The guest ran to its hlt without stopping at after_out ({address:#x}).",
                    described, *hints)

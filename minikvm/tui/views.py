@@ -48,7 +48,7 @@ def exit_row(event: ExitEvent) -> ExitRow:
 
 
 def _debug_words(exit: Debug) -> str:
-    """A debug exit in words: which breakpoint mechanism fired (DR6, SDM 18.2.3)."""
+    """A debug exit in words: which breakpoint mechanism fired (DR6, SDM 17.2.3)."""
     if exit.exception == 3:
         return f"#BP: the guest ran an int3 at {exit.pc:#x} (a software breakpoint)"
     slots = [f"DR{slot}" for slot in range(4) if exit.dr6 >> slot & 1]
