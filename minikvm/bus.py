@@ -19,9 +19,13 @@ import bisect
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
-__all__ = ["Access", "Bus", "BusDevice", "BusError", "Mapping", "all_ones"]
+__all__ = ["Access", "Bus", "BusDevice", "BusError", "Mapping", "UnclaimedAccess", "all_ones"]
+
+#: Addresses whose lookup the bus remembers (a guest that sweeps MMIO
+#: addresses must not grow the cache without bound: it is emptied when full).
+_LOOKUP_CACHE_LIMIT = 4096
 
 
 def all_ones(size: int) -> int:
@@ -103,15 +107,31 @@ class Access:
         return self.device.name if self.device is not None else "unclaimed"
 
 
+class UnclaimedAccess(NamedTuple):
+    """An access no device decoded (kept as a small tuple: a probing guest
+    may make millions of them)."""
+
+    address: int
+    size: int
+    is_write: bool
+    value: int
+
+
 class Bus:
-    """A sorted map of non-overlapping address ranges to devices."""
+    """A sorted map of non-overlapping address ranges to devices.
+
+    Lookups are a binary search over the sorted bases; the answer for each
+    address is remembered in a small cache, so the hot path of a VMM (the
+    same few ports again and again) is one dictionary lookup.
+    """
 
     def __init__(self, space: str, unclaimed_history: int = 256) -> None:
         self.space = space
         self._bases: list[int] = []
         self._mappings: list[Mapping] = []
+        self._cache: dict[int, Mapping | None] = {}
         #: The most recent unclaimed accesses (bounded: a guest may probe forever).
-        self.unclaimed: deque[Access] = deque(maxlen=unclaimed_history)
+        self.unclaimed: deque[UnclaimedAccess] = deque(maxlen=unclaimed_history)
         self.unclaimed_count = 0
 
     @property
@@ -139,16 +159,46 @@ class Bus:
         mapping = Mapping(base, size, device)
         self._bases.insert(index, base)
         self._mappings.insert(index, mapping)
+        self._cache.clear()
         return mapping
 
     def find(self, address: int) -> Mapping | None:
         """The mapping that decodes ``address``, or None."""
+        try:
+            return self._cache[address]
+        except KeyError:
+            pass
+        found = None
         index = bisect.bisect_right(self._bases, address) - 1
         if index >= 0:
             mapping = self._mappings[index]
             if address < mapping.end:
-                return mapping
-        return None
+                found = mapping
+        if len(self._cache) >= _LOOKUP_CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[address] = found
+        return found
+
+    def write_value(self, address: int, size: int, value: int) -> None:
+        """A write without the :class:`Access` record: what a VMM does when
+        nobody listens (the machine's fast path). Same effect as :meth:`write`."""
+        mapping = self._cache.get(address) or self.find(address)
+        value &= (1 << (8 * size)) - 1
+        if mapping is None:
+            self.unclaimed_count += 1
+            self.unclaimed.append(UnclaimedAccess(address, size, True, value))
+        else:
+            mapping.device.write(address - mapping.base, size, value)
+
+    def read_value(self, address: int, size: int) -> int:
+        """A read without the :class:`Access` record (see :meth:`write_value`)."""
+        mapping = self._cache.get(address) or self.find(address)
+        if mapping is None:
+            value = (1 << (8 * size)) - 1
+            self.unclaimed_count += 1
+            self.unclaimed.append(UnclaimedAccess(address, size, False, value))
+            return value
+        return mapping.device.read(address - mapping.base, size) & ((1 << (8 * size)) - 1)
 
     def read(self, address: int, size: int, explain: bool = False) -> Access:
         """Perform a read; ``explain`` also asks the device for words."""
@@ -185,7 +235,8 @@ class Bus:
 
     def _record_unclaimed(self, access: Access, explain: bool) -> None:
         self.unclaimed_count += 1
-        self.unclaimed.append(access)
+        self.unclaimed.append(UnclaimedAccess(access.address, access.size, access.is_write,
+                                              access.value))
         if explain:
             what = "port" if self.space == "pio" else "address"
             if access.is_write:

@@ -198,6 +198,13 @@ class HostInput:
         with self._lock:
             return len(self._buffer)
 
+    @property
+    def waiting(self) -> bool:
+        """Is anything queued? Asked between every two exits, so without the
+        lock: a length read is atomic in CPython, and a byte that arrives
+        just after the look is delivered at the next exit."""
+        return bool(self._buffer)
+
     def feed(self, device: Receiver) -> int:
         """Deliver queued bytes to ``device`` as far as it has room; returns how many."""
         space = device.rx_space()

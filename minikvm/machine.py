@@ -41,8 +41,9 @@ from minikvm.devices.i8042 import I8042
 from minikvm.devices.uart import Uart16550
 from minikvm.devices.virtio.mmio import VirtioMmioTransport
 from minikvm.hostio import HostInput, Receiver
-from minikvm.kvm.exits import VmExit
+from minikvm.kvm.exits import VmExit, read_io
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
+from minikvm.kvm.uapi import KVM_EXIT_IO_OUT, KvmExit
 from minikvm.loaders.elf import load_elf
 from minikvm.loaders.flat import load_flat
 from minikvm.memory import GuestMemory
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 DEFAULT_MEM_SIZE = board.DEFAULT_MEM_SIZE
+_KVM_EXIT_IO = int(KvmExit.KVM_EXIT_IO)
 
 
 class Machine:
@@ -278,7 +280,7 @@ class Machine:
     def deliver_host_input(self) -> None:
         """Move queued host input into the receiving device as far as it has
         room. Runs between exits under the lock, like every device access."""
-        if len(self.serial_input):
+        if self.serial_input.waiting:
             self.serial_input.feed(self.input_target)
 
     def handle_exit(self, exit: VmExit, runner: VcpuRunner | None = None, *,
@@ -343,22 +345,68 @@ class Machine:
 
     def _run_vcpu(self, runner: VcpuRunner, max_exits: int | None,
                   until: Callable[[], bool] | None) -> Stop:
-        """The run loop of one vCPU (on the calling thread)."""
-        explain = bool(self.listeners)
-        first = self.exit_count
+        """The run loop of one vCPU (on the calling thread).
+
+        While nobody listens, the commonest exit -- one ``in``/``out`` --
+        takes a fast path: the port, size and data are read straight from
+        the run page and the bus is called without building an exit object,
+        an :class:`~minikvm.bus.Access` or an :class:`ExitEvent`. It follows
+        the same rules as :meth:`handle_exit` (host input first, the lock, a
+        device's stop request). Every other exit, and every exit while a
+        listener is attached, goes through :meth:`handle_exit`.
+        """
+        listeners = self.listeners
+        lock = self.lock
+        pio = self.pio
+        page = runner.vcpu.page
+        serial_input = self.serial_input
+        run_reason = runner.run_reason
         handle = self.handle_exit
+        limit = None if max_exits is None else self.exit_count + max_exits
         while True:
-            event = handle(runner.run(), runner, explain=explain, capture_rip=explain)
+            if listeners:
+                event = handle(runner.run(), runner, explain=True, capture_rip=True)
+            else:
+                reason = run_reason()
+                if reason == _KVM_EXIT_IO:
+                    direction, size, port, count, offset = read_io(page)
+                    if count == 1:
+                        with lock:
+                            if serial_input.waiting:
+                                self.deliver_host_input()
+                            if direction == KVM_EXIT_IO_OUT:
+                                pio.write_value(port, size, int.from_bytes(
+                                    page[offset:offset + size], "little"))
+                            else:
+                                page[offset:offset + size] = pio.read_value(
+                                    port, size).to_bytes(size, "little")
+                            self.exit_count += 1
+                            device_stop, self._device_stop = self._device_stop, None
+                        if device_stop is not None:
+                            return device_stop.but(vcpu=runner.index)
+                        if limit is not None and self.exit_count >= limit:
+                            return self._limit_stop(runner, max_exits)
+                        if until is not None and until():
+                            return self._until_stop(runner)
+                        continue
+                event = handle(runner.decode(reason), runner, explain=False)
             stop = event.stop
             if stop is not None:
                 return stop  # type: ignore[return-value]
-            if max_exits is not None and self.exit_count - first >= max_exits:
-                return Stop(StopKind.EXIT_LIMIT, None,
-                            f"stopped after {self.exit_count - first} exits", runner.rip(),
-                            runner.index)
+            if limit is not None and self.exit_count >= limit:
+                return self._limit_stop(runner, max_exits)
             if until is not None and until():
-                return Stop(StopKind.PAUSED, None, "the condition asked for was met",
-                            runner.rip(), runner.index)
+                return self._until_stop(runner)
+
+    @staticmethod
+    def _limit_stop(runner: VcpuRunner, max_exits: int | None) -> Stop:
+        return Stop(StopKind.EXIT_LIMIT, None, f"stopped after {max_exits} exits", runner.rip(),
+                    runner.index)
+
+    @staticmethod
+    def _until_stop(runner: VcpuRunner) -> Stop:
+        return Stop(StopKind.PAUSED, None, "the condition asked for was met", runner.rip(),
+                    runner.index)
 
     def _run_all(self, max_exits: int | None, until: Callable[[], bool] | None) -> Stop:
         """Every vCPU on its own thread until one ends the guest.

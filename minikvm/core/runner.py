@@ -29,7 +29,7 @@ from typing import Any
 
 from minikvm.core.stop import Requests
 from minikvm.kvm.exits import Interrupted, VmExit
-from minikvm.kvm.uapi import KvmMpState
+from minikvm.kvm.uapi import KvmExit, KvmMpState
 from minikvm.kvm.vcpu import Vcpu
 
 __all__ = ["HALT_CHECK_FIRST", "HALT_CHECK_INTERVAL", "Job", "VcpuRunner", "Watchdog"]
@@ -43,6 +43,7 @@ __all__ = ["HALT_CHECK_FIRST", "HALT_CHECK_INTERVAL", "Job", "VcpuRunner", "Watc
 HALT_CHECK_FIRST = 0.001
 HALT_CHECK_INTERVAL = 0.05
 _RFLAGS_IF = 1 << 9
+_KVM_EXIT_INTR = int(KvmExit.KVM_EXIT_INTR)
 #: The guest-debug state "off": what a free run uses.
 _NO_DEBUG = (0, (0,) * 8)
 
@@ -82,6 +83,21 @@ class VcpuRunner:
         self.returned = time.monotonic()
         self.runs += 1
         return exit
+
+    def run_reason(self) -> int:
+        """``KVM_RUN`` once, leaving the exit undecoded in the run page: the
+        raw ``KVM_EXIT_*`` reason (``KVM_EXIT_INTR`` for a kick). The
+        machine's fast path reads the few bytes it needs itself and asks
+        :meth:`decode` for a typed exit only when it needs one."""
+        reason = self.vcpu.run_reason()
+        self.runs += 1
+        return reason
+
+    def decode(self, reason: int) -> VmExit:
+        """The exit of the last :meth:`run_reason` (which returned ``reason``), typed."""
+        if reason == _KVM_EXIT_INTR:
+            return Interrupted()
+        return self.vcpu.decode()
 
     def finish(self) -> VmExit:
         """``KVM_RUN`` with ``immediate_exit`` set: KVM completes an I/O or

@@ -14,16 +14,28 @@ the bytes the VMM left in the page. Call ``complete()`` on them.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from minikvm.kvm.uapi import KVM_EXIT_IO_OUT, KvmExit, kvm_run
+from minikvm.kvm.uapi import KVM_EXIT_IO_OUT, KvmExit, kvm_run, kvm_run_exit
 
 __all__ = [
     "Debug", "ExceptionExit", "FailEntry", "Hlt", "Hypercall", "InternalError",
     "Interrupted", "IoIn", "IoOut", "IrqWindowOpen", "MmioRead", "MmioWrite",
-    "Shutdown", "SystemEvent", "Unknown", "VmExit", "decode_exit",
+    "Shutdown", "SystemEvent", "Unknown", "VmExit", "decode_exit", "read_io",
 ]
+
+#: ``struct kvm_run.io`` (direction, size, port, count, data_offset) as bytes
+#: in the run page, for a hot loop that wants no ctypes objects.
+_IO_FIELDS = struct.Struct("<BBHIQ")
+_IO_OFFSET = kvm_run._exit.offset + kvm_run_exit.io.offset
+
+
+def read_io(page: memoryview) -> tuple[int, int, int, int, int]:
+    """``(direction, size, port, count, data_offset)`` of the I/O exit in
+    ``page``; direction is ``KVM_EXIT_IO_OUT`` (1) or ``KVM_EXIT_IO_IN`` (0)."""
+    return _IO_FIELDS.unpack_from(page, _IO_OFFSET)
 
 _SYSTEM_EVENT_NAMES = {1: "shutdown", 2: "reset", 3: "crash", 4: "wakeup", 5: "suspend", 6: "SEV termination"}
 

@@ -16,12 +16,15 @@ import os
 from minikvm.kvm.errors import KvmError
 from minikvm.kvm.ioctls import ioctl_name
 
-__all__ = ["KvmFd", "ioctl"]
+__all__ = ["KvmFd", "ioctl", "raw_ioctl"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl
 _ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _ioctl.restype = ctypes.c_int
+#: libc's ioctl itself, for the one hot caller (``KVM_RUN``) that checks errno itself.
+raw_ioctl = _ioctl
+_BY_REFERENCE = (ctypes.Structure, ctypes.Array, ctypes.Union, ctypes._SimpleCData)
 
 
 def ioctl(fd: int, request: int, arg: object = None) -> int:
@@ -29,7 +32,7 @@ def ioctl(fd: int, request: int, arg: object = None) -> int:
     reference) or None. Returns the non-negative result or raises KvmError."""
     # ``arg`` keeps the ctypes object alive across the call; only its address
     # goes to the kernel.
-    if isinstance(arg, ctypes.Structure | ctypes.Array | ctypes.Union | ctypes._SimpleCData):
+    if isinstance(arg, _BY_REFERENCE):
         result = _ioctl(fd, request, ctypes.addressof(arg))
     else:
         result = _ioctl(fd, request, arg)

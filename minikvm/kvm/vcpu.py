@@ -15,16 +15,19 @@ arrives just before ``KVM_RUN`` starts.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import signal
+import struct
 import threading
 from typing import TYPE_CHECKING
 
 from minikvm.kvm import ioctls
 from minikvm.kvm.errors import KvmError
 from minikvm.kvm.exits import Interrupted, VmExit, decode_exit
-from minikvm.kvm.fd import KvmFd, ioctl
+from minikvm.kvm.uapi import KvmExit
+from minikvm.kvm.fd import KvmFd, raw_ioctl
 from minikvm.kvm.uapi import (
     kvm_debugregs,
     kvm_fpu,
@@ -46,8 +49,15 @@ if TYPE_CHECKING:
 
 __all__ = ["KICK_SIGNAL", "Vcpu", "install_kick_handler"]
 
+_KVM_RUN = ioctls.KVM_RUN
+
 #: The signal used to get a vCPU thread out of ``KVM_RUN``.
 KICK_SIGNAL = signal.SIGUSR1
+
+_KVM_EXIT_INTR = int(KvmExit.KVM_EXIT_INTR)
+#: ``kvm_run.exit_reason``, read straight from the page (no ctypes objects).
+_EXIT_REASON = struct.Struct("<I")
+_EXIT_REASON_OFFSET = kvm_run.exit_reason.offset
 
 
 def _ignore_kick(signum: int, frame: object) -> None:
@@ -95,20 +105,38 @@ class Vcpu(KvmFd):
         ``EINTR`` (a kick or another signal) is returned as
         :class:`Interrupted`, not raised, and clears ``immediate_exit``.
         """
+        if self.run_reason() == _KVM_EXIT_INTR:
+            return Interrupted()
+        return self.decode()
+
+    def run_reason(self) -> int:
+        """``KVM_RUN`` without decoding: the raw ``exit_reason`` (and
+        ``KVM_EXIT_INTR`` for ``EINTR``). The details stay in the run page
+        (:attr:`page`) until the next run; :meth:`decode` types them.
+        For a VMM's hot loop, which looks at a few bytes only."""
         self._thread_id = threading.get_ident()
         try:
-            ioctl(self.fd, ioctls.KVM_RUN, 0)
-        except KvmError as err:
-            if err.errno == errno.EINTR:
-                self.run_page.immediate_exit = 0
-                return Interrupted()
-            if err.errno == errno.EFAULT:
-                raise KvmError("KVM_RUN", err.errno,
-                               "the guest touched memory KVM could not map") from None
-            raise
+            result = raw_ioctl(self.fd, _KVM_RUN, 0)
         finally:
             self._thread_id = None
+        if result < 0:
+            code = ctypes.get_errno()
+            if code == errno.EINTR:
+                self.run_page.immediate_exit = 0
+                return _KVM_EXIT_INTR
+            if code == errno.EFAULT:
+                raise KvmError("KVM_RUN", code, "the guest touched memory KVM could not map")
+            raise KvmError("KVM_RUN", code)
+        return _EXIT_REASON.unpack_from(self._view, _EXIT_REASON_OFFSET)[0]
+
+    def decode(self) -> VmExit:
+        """The exit the last ``KVM_RUN`` left in the run page, typed."""
         return decode_exit(self.run_page, self._view)
+
+    @property
+    def page(self) -> memoryview:
+        """The ``kvm_run`` page as bytes (answers to IN/MMIO reads go here)."""
+        return self._view
 
     def kick(self) -> None:
         """Make the current (or next) :meth:`run` return :class:`Interrupted`.
