@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.narrate("""
         `minikvm.debug.Debugger` wraps all this: `step()` returns what each instruction
         changed, `break_at()` and `watch()` take addresses or symbols, `cont()` runs to the
-        next stop and says why in words. Not every KVM delivers every debug feature, so the
+        next stop and says why: a `Stop`, the same type `Machine.run()` returns, with its
+        `kind`, a `message` in words, `rip`, and the breakpoint or watchpoint it hit.
+        Not every KVM delivers every debug feature, so the
         debugger *tries* them once (`minikvm.debug.probe`) and serves each breakpoint and
         watchpoint with the best mechanism that works here -- and says which.
     """)
