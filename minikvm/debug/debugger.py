@@ -48,7 +48,13 @@ from minikvm.debug.disasm import Instruction
 from minikvm.debug.errors import DebuggerError
 from minikvm.debug.events import ExitFilter, StepRecord
 from minikvm.debug.guestview import GuestView
-from minikvm.debug.inspect import GPR_NAMES, FpuState, RegisterSnapshot, changed_registers, fpu_state
+from minikvm.debug.inspect import (
+    GPR_NAMES,
+    FpuState,
+    RegisterSnapshot,
+    changed_registers,
+    fpu_state,
+)
 from minikvm.debug.probe import DebugSupport, probe_debug_support
 from minikvm.debug.stepper import Stepper
 from minikvm.debug.watch import Predicted, WatchChecks
