@@ -97,6 +97,8 @@ def test_hardware_breakpoint_in_a_loop_is_hit_every_pass(loop, support):
     for _ in range(PASSES):
         stop = debugger.cont(timeout=20)
         assert stop.kind is StopKind.BREAKPOINT and stop.rip == address
+        assert stop.breakpoint is bp and stop.status is None and not stop.ended
+        assert stop.vcpu == 0 and "body_store" in stop.message
         rax_at_hits.append(debugger.registers().rax)
     assert rax_at_hits == [1, 2, 3]   # stopped before the store of each pass
     assert debugger.cont(timeout=20).kind is StopKind.HALT

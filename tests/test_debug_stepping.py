@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from minikvm.core.board import ExitStatus
 from minikvm.debug.debugger import Debugger, ExitFilter
 from minikvm.debug.disasm import disassemble
 from minikvm.debug.guestbuild import assemble, tools_available
@@ -139,6 +140,8 @@ def test_step_exit_runs_to_the_next_vm_exit(session):
     assert second.event.reason == "MMIO_READ"
     third = debugger.step_exit(timeout=10)
     assert third.kind is StopKind.HALT
+    assert third.finished and third.status == ExitStatus.OK   # the machine's own stop
+    assert third.event.reason == "HLT" and third.steps == 0
 
 
 def test_cont_until_an_exit_filter_matches(session):
@@ -218,6 +221,7 @@ def test_timeout_stops_a_guest_that_never_exits(loop64):
         _patch_count(machine, debugger, 1 << 40)
         stop = debugger.cont(timeout=0.3)
         assert stop.kind is StopKind.TIMEOUT
+        assert stop.status == ExitStatus.TIMEOUT and stop.ended   # as `minikvm run` exits
 
 
 def test_max_steps_limits_a_stepping_run(loop64):
