@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from _common import LESSONS_DIR, ROOT, Lesson, run_lesson
 
 from minikvm.debug.breakpoints import DR6_B, DR6_BS, DR7_FIXED, decode_dr7
-from minikvm.debug.debugger import Debugger, StopReason
+from minikvm.core.stop import Stop, StopKind
+from minikvm.debug.debugger import Debugger
 from minikvm.debug.disasm import disassemble
 from minikvm.guestbuild import assemble
 from minikvm.kvm.exits import Debug, Hlt
@@ -26,6 +27,12 @@ def build_steps64() -> bytes:
     """``guests/debug/steps64.S`` assembled into an ELF that keeps its symbols
     (in lessons/build/, which git ignores), linked at 0x1000."""
     return assemble(STEPS64, LESSONS_DIR / "build" / "07", bits=64).elf.read_bytes()
+
+
+def said(stop: Stop) -> str:
+    """A stop in the lesson's words: its kind, or ``guest-stopped`` when the
+    guest itself ended (halt, debug-exit, crash: the stop has a status)."""
+    return "guest-stopped" if stop.ended else stop.kind.value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lesson.narrate("""
         `minikvm.debug.Debugger` wraps all this: `step()` returns what each instruction
         changed, `break_at()` and `watch()` take addresses or symbols, `cont()` runs to the
-        next stop and says why in words. Not every KVM delivers every debug feature, so the
+        next stop and says why: a `Stop`, the same type `Machine.run()` returns, with its
+        `kind`, a `message` in words, `rip`, and the breakpoint or watchpoint it hit.
+        Not every KVM delivers every debug feature, so the
         debugger *tries* them once (`minikvm.debug.probe`) and serves each breakpoint and
         watchpoint with the best mechanism that works here -- and says which.
     """)
@@ -143,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         debugger = Debugger(machine)
         debugger.step(3)                                  # three StepRecords
         debugger.break_at("after_out", kind="hardware")   # a symbol of the ELF
-        debugger.cont()                                   # -> StopEvent: breakpoint
+        debugger.cont()                                   # -> Stop: breakpoint
         debugger.watch("data", size=8, kind="write")
-        debugger.cont()                                   # -> StopEvent: watchpoint
+        debugger.cont()                                   # -> Stop: watchpoint
         debugger.cont()                                   # -> the guest halts
     """)
     with Machine() as machine:
@@ -183,14 +192,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                  for r in records),
                       "0x1005:rax,rip 0x100a:rbx,rip 0x100d:rax,rip,rflags")
     lesson.checkpoint("cont() to the breakpoint",
-                      f"{first.reason.value} at {first.rip:#x}", "breakpoint at 0x101c")
+                      f"{said(first)} at {first.rip:#x}", "breakpoint at 0x101c")
     lesson.checkpoint("cont() to the watchpoint",
-                      f"{second.reason.value} at {second.rip:#x}, data "
+                      f"{said(second)} at {second.rip:#x}, data "
                       f"{second.old_value:#x} -> {second.new_value:#x}",
                       "watchpoint at 0x1023, data 0x0 -> 0x41")
-    lesson.checkpoint("cont() to the end", f"{third.reason.value}: {third.message}",
+    lesson.checkpoint("cont() to the end", f"{said(third)}: {third.message}",
                       "guest-stopped: the guest halted (hlt with interrupts off)")
-    assert first.reason is StopReason.BREAKPOINT
+    assert first.kind is StopKind.BREAKPOINT
     lesson.narrate("""
         **Exercise 07** (`lessons/exercises/07_dr7.md`): a DR7 value is wrong in a small
         debugger of your own; fix it so the guest stops where asked.

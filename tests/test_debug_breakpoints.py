@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from minikvm.debug.breakpoints import INT3
-from minikvm.debug.debugger import Debugger, DebuggerError, ExitFilter, StopReason
+from minikvm.debug.debugger import Debugger, DebuggerError, ExitFilter
 from minikvm.debug.probe import probe_debug_support
 from minikvm.guestbuild import assemble, tools_available
 from minikvm.machine import Machine, StopKind
@@ -69,8 +69,8 @@ def run_to_end(debugger, limit=20):
     stops = []
     for _ in range(limit):
         stops.append(debugger.cont(timeout=20))
-        if stops[-1].reason is not StopReason.BREAKPOINT and \
-                stops[-1].reason is not StopReason.WATCHPOINT:
+        if stops[-1].kind is not StopKind.BREAKPOINT and \
+                stops[-1].kind is not StopKind.WATCHPOINT:
             break
     return stops
 
@@ -81,9 +81,9 @@ def assert_loop_breakpoint_hits(debugger, bp, symbol="body_store"):
     address = debugger.address_of(symbol)
     stops = run_to_end(debugger)
     hits, last = stops[:-1], stops[-1]
-    assert [s.reason for s in hits] == [StopReason.BREAKPOINT] * PASSES
+    assert [s.kind for s in hits] == [StopKind.BREAKPOINT] * PASSES
     assert all(s.rip == address and s.breakpoint is bp for s in hits)
-    assert last.reason is StopReason.GUEST_STOPPED and last.stop.kind is StopKind.HALT
+    assert last.kind is StopKind.HALT
     assert bp.hits == PASSES
 
 
@@ -96,10 +96,12 @@ def test_hardware_breakpoint_in_a_loop_is_hit_every_pass(loop, support):
     address = debugger.address_of("body_store")
     for _ in range(PASSES):
         stop = debugger.cont(timeout=20)
-        assert stop.reason is StopReason.BREAKPOINT and stop.rip == address
+        assert stop.kind is StopKind.BREAKPOINT and stop.rip == address
+        assert stop.breakpoint is bp and stop.status is None and not stop.ended
+        assert stop.vcpu == 0 and "body_store" in stop.message
         rax_at_hits.append(debugger.registers().rax)
     assert rax_at_hits == [1, 2, 3]   # stopped before the store of each pass
-    assert debugger.cont(timeout=20).stop.kind is StopKind.HALT
+    assert debugger.cont(timeout=20).kind is StopKind.HALT
 
 
 def test_software_breakpoint_in_a_loop_is_hit_every_pass(loop, support):
@@ -131,11 +133,11 @@ def test_int3_is_in_guest_memory_while_running_and_gone_when_stopped(selfread64,
         bp = debugger.break_at("target")
         assert bp.mechanism == "int3"
         stop = debugger.cont(until=ExitFilter(port=0x80), timeout=20)
-        assert stop.reason is StopReason.EXIT_MATCHED
+        assert stop.kind is StopKind.EXIT_MATCHED
         assert stop.event.value == INT3            # what the guest saw
         assert bp.original == 0x90                 # the nop it replaced
         assert debugger.read_memory(target, 1) == b"\x90"   # put back at the stop
-        assert debugger.cont(timeout=20).stop.kind is StopKind.HALT
+        assert debugger.cont(timeout=20).kind is StopKind.HALT
         assert machine.memory.read_u8(target) == 0x90
 
 
@@ -166,7 +168,7 @@ def test_stepping_breakpoint_and_hardware_breakpoint_together(loop):
     assert second.mechanism == "single-step compare"
     stops = run_to_end(debugger)
     assert [s.breakpoint for s in stops[:-1]] == [first, second] * PASSES
-    assert stops[-1].stop.kind is StopKind.HALT
+    assert stops[-1].kind is StopKind.HALT
 
 
 def test_deleted_and_disabled_breakpoints_do_not_stop(loop):
@@ -175,7 +177,7 @@ def test_deleted_and_disabled_breakpoints_do_not_stop(loop):
     second = debugger.break_at("loop", "hardware")
     debugger.delete(first.number)
     debugger.enable(second.number, False)
-    assert debugger.cont(timeout=20).stop.kind is StopKind.HALT
+    assert debugger.cont(timeout=20).kind is StopKind.HALT
     with pytest.raises(DebuggerError):
         debugger.delete(first.number)
 
@@ -196,9 +198,9 @@ def assert_counter_watch(debugger, wp):
     stops = run_to_end(debugger)
     hits, last = stops[:-1], stops[-1]
     assert [(s.old_value, s.new_value) for s in hits] == [(0, 1), (1, 2), (2, 3)]
-    assert all(s.reason is StopReason.WATCHPOINT and s.watchpoint is wp for s in hits)
+    assert all(s.kind is StopKind.WATCHPOINT and s.watchpoint is wp for s in hits)
     assert all(s.rip == after_store for s in hits)
-    assert last.stop.kind is StopKind.HALT and wp.hits == PASSES
+    assert last.kind is StopKind.HALT and wp.hits == PASSES
 
 
 def test_write_watchpoint_stops_after_each_store(loop, support):
@@ -237,7 +239,7 @@ def test_watchpoint_sizes_cover_exactly_their_bytes(loop, support, size, offset)
     stops = run_to_end(debugger)
     fires = offset == 0
     assert wp.hits == (PASSES if fires else 0)
-    assert stops[-1].stop.kind is StopKind.HALT
+    assert stops[-1].kind is StopKind.HALT
 
 
 def test_unaligned_watchpoint_cannot_use_a_debug_register(loop, support):
@@ -257,10 +259,10 @@ def test_read_write_watchpoint_catches_a_read(loop, support):
     if not support.hw_rw_watch:
         assert wp.mechanism == "single-step + operand decode"
     stop = debugger.cont(timeout=20)
-    assert stop.reason is StopReason.WATCHPOINT and stop.watchpoint is wp
+    assert stop.kind is StopKind.WATCHPOINT and stop.watchpoint is wp
     assert stop.old_value == stop.new_value == PASSES
     assert stop.rip == debugger.address_of("begin") + 7   # after mov rcx, [rip+x]
-    assert debugger.cont(timeout=20).stop.kind is StopKind.HALT
+    assert debugger.cont(timeout=20).kind is StopKind.HALT
 
 
 def test_read_write_watchpoint_by_operand_decode_also_sees_writes(loop, support):

@@ -31,7 +31,7 @@ def paged(ownpages64):
         machine.load_elf(ownpages64)
         debugger = Debugger(machine)
         stop = debugger.cont(timeout=20)
-        assert stop.stop is not None and stop.stop.kind is StopKind.HALT, stop.message
+        assert stop.kind is StopKind.HALT, stop.message
         yield machine, debugger
         debugger.close()
 

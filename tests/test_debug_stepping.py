@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from minikvm.debug.debugger import Debugger, ExitFilter, StopReason
+from minikvm.core.board import ExitStatus
+from minikvm.debug.debugger import Debugger, ExitFilter
 from minikvm.debug.disasm import disassemble
 from minikvm.guestbuild import assemble, tools_available
 from minikvm.machine import Machine, StopKind
@@ -133,18 +134,20 @@ def test_step_count_stops_early_when_the_guest_halts(session):
 def test_step_exit_runs_to_the_next_vm_exit(session):
     _, debugger, output = session
     first = debugger.step_exit(timeout=10)
-    assert first.reason is StopReason.EXIT_MATCHED and first.event.reason == "IO_OUT"
+    assert first.kind is StopKind.EXIT_MATCHED and first.event.reason == "IO_OUT"
     assert output == [b"A"]
     second = debugger.step_exit(timeout=10)
     assert second.event.reason == "MMIO_READ"
     third = debugger.step_exit(timeout=10)
-    assert third.reason is StopReason.GUEST_STOPPED and third.stop.kind is StopKind.HALT
+    assert third.kind is StopKind.HALT
+    assert third.finished and third.status == ExitStatus.OK   # the machine's own stop
+    assert third.event.reason == "HLT" and third.steps == 0
 
 
 def test_cont_until_an_exit_filter_matches(session):
     _, debugger, _ = session
     stop = debugger.cont(until=ExitFilter(reason="MMIO_READ", address=0xD000_0000), timeout=10)
-    assert stop.reason is StopReason.EXIT_MATCHED
+    assert stop.kind is StopKind.EXIT_MATCHED
     assert stop.event.exit.address == 0xD000_0000
     assert debugger.registers().rdi == 0xFFFF_FFFF
 
@@ -193,7 +196,7 @@ def test_pause_from_another_thread_stops_a_free_running_guest(loop64):
         started = time.monotonic()
         stop = debugger.cont(timeout=20)
         timer.join()
-        assert stop.reason is StopReason.PAUSED
+        assert stop.kind is StopKind.PAUSED
         assert time.monotonic() - started < 10
         assert debugger.address_of("loop") <= stop.rip < debugger.address_of("done")
 
@@ -208,7 +211,7 @@ def test_pause_also_stops_a_stepping_run(loop64):
         timer.start()
         stop = debugger.cont(timeout=20)
         timer.join()
-        assert stop.reason is StopReason.PAUSED and stop.steps > 0
+        assert stop.kind is StopKind.PAUSED and stop.steps > 0
 
 
 def test_timeout_stops_a_guest_that_never_exits(loop64):
@@ -217,7 +220,8 @@ def test_timeout_stops_a_guest_that_never_exits(loop64):
         debugger = Debugger(machine)
         _patch_count(machine, debugger, 1 << 40)
         stop = debugger.cont(timeout=0.3)
-        assert stop.reason is StopReason.TIMEOUT
+        assert stop.kind is StopKind.TIMEOUT
+        assert stop.status == ExitStatus.TIMEOUT and stop.ended   # as `minikvm run` exits
 
 
 def test_max_steps_limits_a_stepping_run(loop64):
@@ -226,7 +230,7 @@ def test_max_steps_limits_a_stepping_run(loop64):
         debugger = Debugger(machine, support=_no_debug_registers())
         debugger.break_at(0x9000)
         stop = debugger.cont(max_steps=5, timeout=20)
-        assert stop.reason is StopReason.STEP_LIMIT and stop.steps == 5
+        assert stop.kind is StopKind.STEP_LIMIT and stop.steps == 5
         assert debugger.steps == 5
 
 
@@ -242,7 +246,7 @@ def test_with_the_irqchip_a_halt_with_interrupts_off_ends_a_free_run(steps64):
         machine.load_elf(steps64)
         debugger = Debugger(machine)
         stop = debugger.cont(timeout=20)
-        assert stop.reason is StopReason.GUEST_STOPPED and stop.stop.kind is StopKind.HALT
+        assert stop.kind is StopKind.HALT
 
 
 def test_with_the_irqchip_a_stepped_halt_with_interrupts_off_stops(steps64):

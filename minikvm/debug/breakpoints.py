@@ -18,7 +18,8 @@ x86 offers two ways to stop a program at an address (Intel SDM vol. 3B, ch. 18):
 This module holds the records the debugger keeps for each breakpoint and
 watchpoint, and the DR6/DR7 bit layout. Which *mechanism* serves a given
 breakpoint (``int3``, a DR slot, or single-stepping) is decided by
-:class:`minikvm.debug.debugger.Debugger` from what the host's KVM can do.
+:class:`minikvm.debug.arming.Arming` from what the host's KVM can do; the
+mechanism names are the constants ``MECH_*`` below.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = [
     "Breakpoint", "BreakpointKind", "Dr7Slot", "HardwareSlots", "WatchKind", "Watchpoint",
     "DR6_B", "DR6_BD", "DR6_BS", "DR6_BT", "DR7_FIXED", "DR7_GE", "DR7_LE",
     "DR_LEN_BITS", "DR_RW_EXECUTE", "DR_RW_IO", "DR_RW_READ_WRITE", "DR_RW_WRITE",
-    "HW_SLOTS", "INT3",
+    "HW_SLOTS", "INT3", "MECH_DECODE", "MECH_INT3", "MECH_STEP",
     "decode_dr7", "dr6_slots", "dr7_slot_bits", "hw_watch_fits",
 ]
 
@@ -38,6 +39,17 @@ __all__ = [
 INT3 = 0xCC
 #: DR0-DR3.
 HW_SLOTS = 4
+
+# What catches a breakpoint or watchpoint (its ``mechanism``), besides a
+# debug register, which is named "hw DR<n>".
+#: The ``int3`` byte patched into guest memory.
+MECH_INT3 = "int3"
+#: Single-stepping, comparing RIP (breakpoints) or the watched bytes (write
+#: watchpoints) after every instruction.
+MECH_STEP = "single-step compare"
+#: Single-stepping, predicting each instruction's memory operands from its
+#: decoding (read/write watchpoints).
+MECH_DECODE = "single-step + operand decode"
 
 # DR7 (SDM 18.2.4, figure 18-1)
 #: Bits 8 and 9: "exact breakpoint" enables, recommended for data breakpoints.

@@ -1,55 +1,24 @@
-"""What the debugger hands back: a stepped instruction, a stop and its reason,
-and the filter that says which exit to stop at.
+"""What the debugger hands back besides a stop: a stepped instruction, and
+the filter that says which exit to stop at.
 
-Plain records, with no behaviour beyond describing themselves, so the TUI,
-lessons and tests can build and inspect them without a VM.
+Why the guest stopped is the core's one :class:`~minikvm.core.stop.Stop`
+(a breakpoint, a watchpoint, a matched exit, the guest's own end ...), the
+same type every front end gets. These are plain records, with no
+behaviour beyond describing themselves, so the TUI, lessons and tests can
+build and inspect them without a VM.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
-from minikvm.debug.breakpoints import Breakpoint, Watchpoint
+from minikvm.core.events import ExitEvent
+from minikvm.core.stop import Stop
 from minikvm.debug.inspect import RegisterSnapshot, changed_registers
 from minikvm.kvm.exits import Debug, IoIn, IoOut, MmioRead, MmioWrite
 from minikvm.kvm.uapi import kvm_regs
-from minikvm.machine import ExitEvent, Stop
 
-__all__ = ["ExitFilter", "StepRecord", "StopEvent", "StopReason"]
-
-
-class StopReason(enum.Enum):
-    """Why :meth:`Debugger.cont` returned."""
-
-    BREAKPOINT = "breakpoint"
-    WATCHPOINT = "watchpoint"
-    EXIT_MATCHED = "exit-matched"      # the ``until`` filter matched an exit
-    GUEST_STOPPED = "guest-stopped"    # halt, debug-exit port, crash, ...: see ``stop``
-    PAUSED = "paused"                  # pause() from another thread
-    TIMEOUT = "timeout"
-    STEP_LIMIT = "step-limit"          # ``max_steps`` instructions single-stepped
-    DEBUG_EXCEPTION = "debug-exception"  # a #DB/#BP the debugger did not ask for
-
-
-@dataclass
-class StopEvent:
-    """Where and why the guest stopped. ``steps`` counts the instructions
-    single-stepped on the way (0 when the guest ran freely)."""
-
-    reason: StopReason
-    rip: int
-    message: str
-    breakpoint: Breakpoint | None = None
-    watchpoint: Watchpoint | None = None
-    old_value: int | None = None
-    new_value: int | None = None
-    event: ExitEvent | None = None
-    stop: Stop | None = None
-    steps: int = 0
-
-    def __str__(self) -> str:
-        return self.message
+__all__ = ["ExitFilter", "StepRecord"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +65,8 @@ class StepRecord:
 
     ``changed`` names the registers the instruction changed; ``stop`` is the
     machine's :class:`Stop` when the instruction ended the run (``hlt``,
-    the debug-exit port); ``hit`` a watchpoint or breakpoint it ran into.
+    the debug-exit port); ``hit`` the ``WATCHPOINT`` :class:`Stop` of a
+    watchpoint it touched.
     """
 
     __slots__ = ("before", "after", "pc", "new_pc", "exits", "stop", "debug", "hit")
@@ -111,7 +81,7 @@ class StepRecord:
         self.exits = exits
         self.stop = stop
         self.debug = debug
-        self.hit: StopEvent | None = None
+        self.hit: Stop | None = None
 
     @property
     def old_rip(self) -> int:

@@ -12,8 +12,10 @@ So each feature is tried once per process: a throwaway VM with 64 KiB of RAM
 runs a few real-mode instructions (hand-assembled below, with the bytes
 spelled out) and we look at what exit comes back. Every byte of RAM that the
 test does not use holds ``hlt`` (0xF4), so a guest that goes astray halts
-instead of running off, and a timer kicks the vCPU out after a second in any
-case. The results are cached per KVM device path.
+instead of running off, and the core :class:`~minikvm.core.runner.Watchdog`
+times each run out after a second in any case (every ``KVM_RUN`` goes through
+a :class:`~minikvm.core.runner.VcpuRunner`, here as everywhere). The results
+are cached per KVM device path.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from minikvm.core.runner import VcpuRunner, Watchdog
 from minikvm.debug.breakpoints import (
     DR6_B,
     DR6_BS,
@@ -54,8 +57,7 @@ _HANDLER = 0x1100       # the guest's own #DB/#BP handler: out 0x99; hlt
 _HANDLER_PORT = 0x99
 _HLT = 0xF4
 _NOP = 0x90
-_MAX_RUNS = 6
-_KICK_AFTER = 1.0       # seconds
+_TIME_OUT_AFTER = 1.0   # seconds for one probe run
 
 # Real-mode machine code used by the probes (16-bit encodings, Intel SDM vol. 2).
 _NOPS_HLT = bytes([_NOP, _NOP, _NOP, _HLT])                 # nop; nop; nop; hlt
@@ -199,18 +201,15 @@ class _ProbeVm:
             regs = self.vcpu.get_regs()
             regs.rip, regs.rflags, regs.rsp = _CODE, 0x2, 0x8000
             self.vcpu.set_regs(regs)
+            self.runner = VcpuRunner(self.vcpu)
         except BaseException:
             self.vm.close()
             raise
 
     def run(self) -> VmExit:
-        timer = threading.Timer(_KICK_AFTER, self.vcpu.kick)
-        timer.daemon = True
-        timer.start()
-        try:
-            return self.vcpu.run()
-        finally:
-            timer.cancel()
+        """One ``KVM_RUN``, cut short (``Interrupted``) after a second."""
+        with Watchdog([self.runner], _TIME_OUT_AFTER):
+            return self.runner.run()
 
     def close(self) -> None:
         self.vm.close()
@@ -223,7 +222,7 @@ def _try(kvm: Kvm, code: bytes, control: int, debugreg: list[int] | None,
     except (KvmError, OSError) as err:
         return False, f"could not create a probe VM: {err}"
     try:
-        probe.vcpu.set_guest_debug(control, debugreg)
+        probe.runner.set_guest_debug((control, tuple(debugreg or (0,) * 8)))
         return check(probe)
     except KvmError as err:
         return False, f"KVM refused: {err}"

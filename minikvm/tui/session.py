@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from minikvm.debug import Debugger, DebuggerError
-from minikvm.debug.debugger import StopEvent, StopReason
 from minikvm.debug.inspect import RegisterSnapshot
 from minikvm.kvm.exits import Interrupted
 from minikvm.kvm.uapi import KvmMpState
@@ -259,22 +258,20 @@ class Session:
         self._done.set()
 
     def _cont(self, until: Callable[[ExitEvent], bool] | None,
-              timeout: float | None) -> StopEvent:
+              timeout: float | None) -> Stop:
         """``Debugger.cont`` (which also notices a guest halted for good)."""
         if self._pause_wanted:
             rip = self.debugger.rip
-            return StopEvent(StopReason.PAUSED, rip, f"paused at RIP {rip:#x}")
+            return Stop(StopKind.PAUSED, None, f"paused at RIP {rip:#x}", rip)
         return self.debugger.cont(until=until, timeout=timeout)
 
-    def _outcome_of_stop(self, stop: StopEvent) -> _Outcome:
-        if stop.reason is StopReason.GUEST_STOPPED and stop.stop is not None:
-            return self._outcome_of_machine_stop(stop.stop)
-        if stop.reason is StopReason.EXIT_MATCHED and stop.event is not None:
+    def _outcome_of_stop(self, stop: Stop) -> _Outcome:
+        if stop.kind is StopKind.EXIT_MATCHED and stop.event is not None:
             event = stop.event
             return _Outcome(RunStatus.PAUSED,
                             f"exit {event.seq} ({event.reason}): {event.description}; "
                             f"paused at RIP {stop.rip:#x}")
-        return _Outcome(RunStatus.PAUSED, stop.message)
+        return self._outcome_of_machine_stop(stop)
 
     @staticmethod
     def _outcome_of_machine_stop(stop: Stop) -> _Outcome:
