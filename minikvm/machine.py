@@ -43,7 +43,13 @@ from minikvm.devices.virtio.mmio import VirtioMmioTransport
 from minikvm.hostio import HostInput, Receiver
 from minikvm.kvm.exits import VmExit, read_io
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
-from minikvm.kvm.uapi import KVM_EXIT_IO_OUT, KvmExit
+from minikvm.kvm.uapi import (
+    KVM_EXIT_IO_OUT,
+    KVM_SYNC_X86_REGS,
+    KVM_SYNC_X86_SREGS,
+    KvmCap,
+    KvmExit,
+)
 from minikvm.loaders.elf import load_elf
 from minikvm.loaders.flat import load_flat
 from minikvm.memory import GuestMemory
@@ -78,7 +84,8 @@ class Machine:
 
     def __init__(self, mem_size: int = DEFAULT_MEM_SIZE, *, kvm: Kvm | None = None,
                  kvm_path: str = DEFAULT_KVM_PATH, irqchip: bool = False,
-                 output: Callable[[bytes], None] | None = None, vcpus: int = 1) -> None:
+                 output: Callable[[bytes], None] | None = None, vcpus: int = 1,
+                 sync_regs: bool = True) -> None:
         if vcpus < 1:
             raise ValueError(f"a machine needs at least one vCPU, not {vcpus}")
         self.kvm = kvm if kvm is not None else Kvm(kvm_path)
@@ -101,12 +108,19 @@ class Machine:
         # physical address width), so our own walk asks the same table.
         self.cpuid = self.kvm.supported_cpuid()
         self.paging = paging_features(self.cpuid)
+        #: Register sets KVM copies into each vCPU's run page at every exit
+        #: (KVM_CAP_SYNC_REGS): registers at an exit then cost no ioctl.
+        self.sync_regs = 0
+        if sync_regs:
+            self.sync_regs = (self.kvm.check_extension(KvmCap.KVM_CAP_SYNC_REGS)
+                              & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS))
         #: The vCPUs, by index (vCPU 0 boots the guest), and their runners.
         self.vcpus = []
         self.runners: list[VcpuRunner] = []
         for index in range(vcpus):
             vcpu = self.vm.create_vcpu(index)
             vcpu.set_cpuid2(self.cpuid)
+            vcpu.sync_regs(self.sync_regs)
             self.vcpus.append(vcpu)
             self.runners.append(VcpuRunner(vcpu, index, halt_check=irqchip))
 

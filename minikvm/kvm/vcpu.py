@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING
 from minikvm.kvm import ioctls
 from minikvm.kvm.errors import KvmError
 from minikvm.kvm.exits import Interrupted, VmExit, decode_exit
-from minikvm.kvm.uapi import KvmExit
+from minikvm.kvm.uapi import (
+    KVM_SYNC_X86_REGS,
+    KVM_SYNC_X86_SREGS,
+    KvmExit,
+    kvm_run_s,
+    kvm_sync_regs,
+)
 from minikvm.kvm.fd import KvmFd, raw_ioctl
 from minikvm.kvm.uapi import (
     kvm_debugregs,
@@ -58,6 +64,9 @@ _KVM_EXIT_INTR = int(KvmExit.KVM_EXIT_INTR)
 #: ``kvm_run.exit_reason``, read straight from the page (no ctypes objects).
 _EXIT_REASON = struct.Struct("<I")
 _EXIT_REASON_OFFSET = kvm_run.exit_reason.offset
+#: Where KVM_CAP_SYNC_REGS leaves the registers in the run page.
+_SYNC_REGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.regs.offset
+_SYNC_SREGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.sregs.offset
 
 
 def _ignore_kick(signum: int, frame: object) -> None:
@@ -95,6 +104,10 @@ class Vcpu(KvmFd):
         self.run_page = kvm_run.from_buffer(self._page)
         self._thread_id: int | None = None
         self._kick_lock = threading.Lock()
+        #: Register sets KVM copies into the run page at every exit
+        #: (KVM_CAP_SYNC_REGS), and whether the copy there is current.
+        self.sync_mask = 0
+        self._synced = False
         install_kick_handler()
 
     # -- running -----------------------------------------------------------
@@ -115,10 +128,14 @@ class Vcpu(KvmFd):
         (:attr:`page`) until the next run; :meth:`decode` types them.
         For a VMM's hot loop, which looks at a few bytes only."""
         self._thread_id = threading.get_ident()
+        self._synced = False
         try:
             result = raw_ioctl(self.fd, _KVM_RUN, 0)
         finally:
             self._thread_id = None
+        # KVM stores the synced registers on every way out of KVM_RUN,
+        # EINTR included (kvm_arch_vcpu_ioctl_run, arch/x86/kvm/x86.c).
+        self._synced = self.sync_mask != 0
         if result < 0:
             code = ctypes.get_errno()
             if code == errno.EINTR:
@@ -164,24 +181,53 @@ class Vcpu(KvmFd):
 
     # -- registers -----------------------------------------------------------
 
+    def sync_regs(self, mask: int) -> int:
+        """Ask KVM to copy register sets into the run page at every exit
+        (``KVM_CAP_SYNC_REGS``: ``kvm_run.kvm_valid_regs``, Documentation/
+        virt/kvm/api.rst). ``mask`` is ``KVM_SYNC_X86_REGS`` and/or
+        ``KVM_SYNC_X86_SREGS``; only those two are used here. Returns the
+        mask in force. From then on :meth:`get_regs` and :meth:`get_sregs`
+        read the copy instead of making an ioctl whenever it is current:
+        after a ``KVM_RUN`` and before anyone set registers."""
+        mask &= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS
+        self.run_page.kvm_valid_regs = mask
+        self.sync_mask = mask
+        self._synced = False
+        return mask
+
+    @property
+    def synced(self) -> bool:
+        """Whether the run page holds the registers as they are now."""
+        return self._synced
+
     def get_regs(self) -> kvm_regs:
-        """``KVM_GET_REGS``: general-purpose registers, RIP and RFLAGS."""
+        """``KVM_GET_REGS``: general-purpose registers, RIP and RFLAGS.
+
+        Served from the run page when KVM synced them there at the last exit
+        (:meth:`sync_regs`): the same values, without a system call."""
+        if self._synced and self.sync_mask & KVM_SYNC_X86_REGS:
+            return kvm_regs.from_buffer_copy(self._view, _SYNC_REGS_OFFSET)
         regs = kvm_regs()
         self._ioctl(ioctls.KVM_GET_REGS, regs)
         return regs
 
     def set_regs(self, regs: kvm_regs) -> None:
         """``KVM_SET_REGS``."""
+        self._synced = False
         self._ioctl(ioctls.KVM_SET_REGS, regs)
 
     def get_sregs(self) -> kvm_sregs:
-        """``KVM_GET_SREGS``: segment, descriptor-table and control registers, EFER."""
+        """``KVM_GET_SREGS``: segment, descriptor-table and control registers,
+        EFER (from the run page when synced, as :meth:`get_regs`)."""
+        if self._synced and self.sync_mask & KVM_SYNC_X86_SREGS:
+            return kvm_sregs.from_buffer_copy(self._view, _SYNC_SREGS_OFFSET)
         sregs = kvm_sregs()
         self._ioctl(ioctls.KVM_GET_SREGS, sregs)
         return sregs
 
     def set_sregs(self, sregs: kvm_sregs) -> None:
         """``KVM_SET_SREGS``."""
+        self._synced = False
         self._ioctl(ioctls.KVM_SET_SREGS, sregs)
 
     def get_fpu(self) -> kvm_fpu:
@@ -205,6 +251,7 @@ class Vcpu(KvmFd):
 
     def set_msrs(self, values: dict[int, int]) -> int:
         """``KVM_SET_MSRS``; returns how many were set."""
+        self._synced = False   # may change what the synced copy shows
         msrs = make_kvm_msrs(len(values))
         msrs.nmsrs = len(values)
         for entry, (index, data) in zip(msrs.entries, values.items()):
@@ -267,6 +314,7 @@ class Vcpu(KvmFd):
         ``control`` is a mask of ``KVM_GUESTDBG_*``; ``debugreg`` gives the
         values of DR0-DR7 the VMM wants while debugging.
         """
+        self._synced = False   # may change what the synced copy shows
         debug = kvm_guest_debug(control=control)
         if debugreg is not None:
             for i, value in enumerate(debugreg[:8]):
