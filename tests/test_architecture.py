@@ -192,6 +192,7 @@ def module_level_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
             yield statement
 
 
+@cache
 def module_level_imports(name: str) -> list[Import]:
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
