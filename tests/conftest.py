@@ -14,6 +14,8 @@ its state machine's ``TestCase.settings``) asks for, at least one; the full
 run uses the test's own counts unchanged. The fast run is recognised by its
 mark expression (``-m`` containing ``not slow``); set
 ``MINIKVM_FULL_EXAMPLES=1`` to run the full counts in a fast run anyway.
+(A hypothesis settings profile cannot do this: every property test here
+names its own ``max_examples``, and a test's own settings beat the profile.)
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ def shrink_property_tests(items: list[pytest.Item]) -> None:
     in ``_hypothesis_internal_use_settings``, read again each time the test
     runs (``@settings`` itself refuses to be applied twice); a
     ``RuleBasedStateMachine``'s are its ``TestCase.settings``. Each is
-    shrunk once, however many parametrized items share it.
+    shrunk once, however many parametrized items share it. Should a new
+    hypothesis keep its settings elsewhere, the fast run merely runs the
+    full counts.
     """
     done: set[int] = set()
     for item in items:
