@@ -106,7 +106,9 @@ def build_guests() -> Path:
 
 def _with_slow_mark(case: object, slow: bool):
     mark = [pytest.mark.slow] if slow else []
-    return pytest.param(*case, marks=mark) if isinstance(case, tuple) else pytest.param(case, marks=mark)
+    if isinstance(case, tuple):
+        return pytest.param(*case, marks=mark)
+    return pytest.param(case, marks=mark)
 
 
 def _matches(case: object, names: tuple[object, ...]) -> bool:
