@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, slow_except
 
 
 def minikvm(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -28,11 +28,13 @@ def test_run_hello_prints_greeting_and_exits_0(guests):
 
 
 @pytest.mark.kvm
+@pytest.mark.slow
 def test_run_exitcode_status_is_shifted_value(guests):
     assert minikvm("run", str(guests / "exitcode.bin")).returncode == (0x2A << 1) | 1
 
 
 @pytest.mark.kvm
+@pytest.mark.slow
 def test_run_forever_loop_ends_with_124_at_timeout(guests):
     result = minikvm("run", str(guests / "spin.bin"), "--timeout", "0.5")
     assert result.returncode == 124
@@ -41,6 +43,7 @@ def test_run_forever_loop_ends_with_124_at_timeout(guests):
 
 
 @pytest.mark.kvm
+@pytest.mark.slow
 def test_info_shows_api_version_and_host(guests):
     result = minikvm("info")
     assert result.returncode == 0, result.stderr
@@ -48,7 +51,7 @@ def test_info_shows_api_version_and_host(guests):
     assert "host KVM" in result.stdout
 
 
-@pytest.mark.parametrize("args, status, words", [
+@pytest.mark.parametrize("args, status, words", slow_except([
     (["run", "no/such/guest.bin"], 2, "no such file"),
     (["run", "guests"], 2, "is a directory"),
     (["run", "guests/hello.bin", "--load-addr", "zz"], 2, "not a number"),
@@ -57,7 +60,7 @@ def test_info_shows_api_version_and_host(guests):
     (["frobnicate"], 2, "invalid choice"),
     (["run", "guests/build/hello.bin", "--entry", "0x900000"], 2, "out of reach in real mode"),
     (["run", "guests/build/hello.bin", "--virtio-blk", "no/such.img"], 2, "no such disk image"),
-])
+], "no such file"))
 def test_bad_input_gets_one_line_and_nonzero_status(args, status, words, guests):
     result = minikvm(*args)
     assert result.returncode == status
@@ -65,6 +68,7 @@ def test_bad_input_gets_one_line_and_nonzero_status(args, status, words, guests)
     assert words in result.stderr
 
 
+@pytest.mark.slow
 def test_empty_guest_file_is_refused(tmp_path):
     empty = tmp_path / "empty.bin"
     empty.write_bytes(b"")
@@ -75,6 +79,7 @@ def test_empty_guest_file_is_refused(tmp_path):
 
 
 @pytest.mark.kvm
+@pytest.mark.slow
 def test_guest_larger_than_ram_is_refused(tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(b"\x90" * (3 << 20))
@@ -83,6 +88,7 @@ def test_guest_larger_than_ram_is_refused(tmp_path):
     assert_one_clean_line(result)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["run", "info"])
 def test_missing_kvm_device_is_status_1_with_advice(tmp_path, command, guests):
     args = ["--kvm", str(tmp_path / "kvm")]

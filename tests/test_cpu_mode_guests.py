@@ -116,6 +116,7 @@ def test_flat_binary_in_long_mode_from_python():
         assert machine.vcpu.get_regs().rax == 0x1122334455667788
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guest, args, expected", [
     ("real.bin", [], "real mode: CR0="),
     ("protected.elf", [], "protected mode: CR0="),
@@ -129,6 +130,7 @@ def test_each_mode_guest_runs_from_the_cli(guests, guest, args, expected):
     assert expected in result.stdout
 
 
+@pytest.mark.slow
 def test_flat_binary_with_mode_option_from_the_cli(tmp_path):
     guest = tmp_path / "long.bin"
     guest.write_bytes(bytes.fromhex("48b88877665544332211") + b"\xb0\x07\xe6\xf4")  # out 0xf4, 7
@@ -137,6 +139,7 @@ def test_flat_binary_with_mode_option_from_the_cli(tmp_path):
     assert result.returncode == (7 << 1) | 1, result.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_elf_is_one_line_and_status_2(tmp_path, guests):
     data = bytearray((guests / "long.elf").read_bytes())
     data[0x20:0x28] = (0xFFFF_FFFF_0000).to_bytes(8, "little")   # e_phoff far past the end

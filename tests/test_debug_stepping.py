@@ -201,6 +201,7 @@ def test_pause_from_another_thread_stops_a_free_running_guest(loop64):
         assert debugger.address_of("loop") <= stop.rip < debugger.address_of("done")
 
 
+@pytest.mark.slow
 def test_pause_also_stops_a_stepping_run(loop64):
     with Machine() as machine:
         machine.load_elf(loop64)
@@ -214,6 +215,7 @@ def test_pause_also_stops_a_stepping_run(loop64):
         assert stop.kind is StopKind.PAUSED and stop.steps > 0
 
 
+@pytest.mark.slow
 def test_timeout_stops_a_guest_that_never_exits(loop64):
     with Machine() as machine:
         machine.load_elf(loop64)

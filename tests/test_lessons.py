@@ -25,7 +25,7 @@ from minikvm.lessons import (
     check_exercise,
     lessons_dir,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, slow_except, slow_only
 
 LESSON_IDS = [lesson.number for lesson in LESSONS]
 EXERCISE_LESSONS = [lesson for lesson in LESSONS if lesson.starter]
@@ -81,7 +81,7 @@ def test_the_lessons_readme_names_every_lesson_and_its_command():
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", LESSON_IDS)
+@pytest.mark.parametrize("number", slow_except(LESSON_IDS, "01"))
 def test_lesson_quiet_output_matches_its_reference(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     result = run_lesson(lesson, "--quiet")
@@ -95,6 +95,7 @@ def test_lesson_quiet_output_matches_its_reference(number):
 
 
 @pytest.mark.kvm
+@pytest.mark.slow
 @pytest.mark.parametrize("number", LESSON_IDS)
 def test_lesson_narration_runs_and_holds_the_same_checkpoints(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
@@ -106,6 +107,7 @@ def test_lesson_narration_runs_and_holds_the_same_checkpoints(number):
     assert len(result.stdout.splitlines()) > 3 * len(expected)  # there is a story around them
 
 
+@pytest.mark.slow
 def test_a_lesson_without_kvm_says_so_in_one_line(tmp_path):
     # The lessons open /dev/kvm through Kvm(); point it at a missing device.
     script = tmp_path / "no_kvm.py"
@@ -133,7 +135,7 @@ def verdict_text(verdict: Verdict) -> str:
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", EXERCISES)
+@pytest.mark.parametrize("number", slow_only(EXERCISES, "09", "10"))
 def test_reference_solution_passes(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, lesson.solution_path)
@@ -165,7 +167,7 @@ MISTAKE_SAYS = {
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", EXERCISES)
+@pytest.mark.parametrize("number", slow_only(EXERCISES, "08", "09", "10"))
 def test_unchanged_starting_file_is_turned_away_with_the_reason(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, lesson.starter_path)
@@ -174,7 +176,7 @@ def test_unchanged_starting_file_is_turned_away_with_the_reason(number):
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", sorted(MISTAKE_SAYS))
+@pytest.mark.parametrize("number", slow_only(sorted(MISTAKE_SAYS), "08", "09", "10"))
 def test_plausible_mistake_is_turned_away_with_the_reason(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, MISTAKES / lesson.starter)
@@ -226,6 +228,7 @@ def test_a_descriptor_that_is_not_a_64_bit_number_is_refused_before_running(tmp_
 
 
 @pytest.mark.kvm
+@pytest.mark.slow
 def test_a_guest_that_loops_forever_is_stopped_and_said_so(tmp_path, monkeypatch):
     from minikvm.lessons import learner
 

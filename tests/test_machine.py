@@ -64,6 +64,7 @@ def test_runaway_guest_is_stopped_at_the_timeout(guests):
     assert stop.rip == 0x1001  # inside the `jmp $` loop
 
 
+@pytest.mark.slow
 def test_pause_from_another_thread_returns_and_guest_can_continue(guests):
     with Machine() as machine:
         machine.load_flat(guests / "spin.bin", 0x1000)

@@ -23,6 +23,7 @@ def test_polled_serial_hello_reaches_the_host(guests):
         assert machine.uart.divisor == 1 and machine.uart.lcr == 0x03
 
 
+@pytest.mark.slow
 def test_echo_guest_round_trips_4_kib_through_interrupts(guests):
     rng = random.Random(1234)
     payload = bytes(rng.choice([b for b in range(256) if b != 0x04]) for _ in range(4096))

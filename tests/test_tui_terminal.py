@@ -124,6 +124,7 @@ def test_q_quits_and_gives_the_terminal_back(child):
     assert RESTORE_SEQUENCE.encode() in tui.output.split(b"code at RIP")[-1]
 
 
+@pytest.mark.slow
 def test_q_while_the_guest_runs_pauses_it_and_quits(child):
     tui = child("run")
     assert tui.read_until(b"RUNNING"), tui.output[-2000:]
@@ -136,6 +137,7 @@ def test_q_while_the_guest_runs_pauses_it_and_quits(child):
     assert 2 <= int(frames) <= 10 * float(seconds) + 3
 
 
+@pytest.mark.slow
 def test_an_exception_while_drawing_still_restores_the_terminal(child):
     tui = child("boom")
     assert tui.finish() != 0
@@ -145,6 +147,7 @@ def test_an_exception_while_drawing_still_restores_the_terminal(child):
     assert shown_at != -1 and shown_at < tui.output.find(b"Traceback")
 
 
+@pytest.mark.slow
 def test_sigterm_restores_the_terminal(child):
     tui = child("run")
     assert tui.read_until(b"RUNNING"), tui.output[-2000:]

@@ -80,6 +80,7 @@ def test_blk_guest_on_a_read_only_disk_gets_ioerr_and_the_file_is_untouched(gues
     assert image.read_bytes() == original
 
 
+@pytest.mark.slow
 def test_virtio_guests_run_from_the_cli(guests, tmp_path):
     image = tmp_path / "disk.img"
     image.write_bytes(b"cli disk\n".ljust(SECTOR, b"\0") * 4)
