@@ -34,6 +34,7 @@ from minikvm.core.events import ExitEvent, describe_exit, dispatch_exit
 from minikvm.core.irq import KvmIrqLine
 from minikvm.core.runner import VcpuRunner, Watchdog
 from minikvm.core.stop import Stop, StopKind, decide_stop
+from minikvm.runloop import run_all, run_vcpu
 from minikvm.devices.base import Device, InterruptLine, RecordingLine
 from minikvm.devices.debug_exit import DebugExit
 from minikvm.devices.debugcon import DebugCon
@@ -41,15 +42,9 @@ from minikvm.devices.i8042 import I8042
 from minikvm.devices.uart import Uart16550
 from minikvm.devices.virtio.mmio import VirtioMmioTransport
 from minikvm.hostio import HostInput, Receiver
-from minikvm.kvm.exits import VmExit, read_io
+from minikvm.kvm.exits import VmExit
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
-from minikvm.kvm.uapi import (
-    KVM_EXIT_IO_OUT,
-    KVM_SYNC_X86_REGS,
-    KVM_SYNC_X86_SREGS,
-    KvmCap,
-    KvmExit,
-)
+from minikvm.kvm.uapi import KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmCap
 from minikvm.loaders.elf import load_elf
 from minikvm.loaders.flat import load_flat
 from minikvm.memory import GuestMemory
@@ -70,7 +65,6 @@ __all__ = [
 ]
 
 DEFAULT_MEM_SIZE = board.DEFAULT_MEM_SIZE
-_KVM_EXIT_IO = int(KvmExit.KVM_EXIT_IO)
 
 
 class Machine:
@@ -149,7 +143,9 @@ class Machine:
         self.listeners: list[Callable[[ExitEvent], None]] = []
         self.exit_count = 0
         self.image = None
-        self._device_stop: Stop | None = None
+        #: A stop a device asked for (the debug-exit port, an i8042 reset)
+        #: while the machine handled an exit; the run loop takes it.
+        self.device_stop: Stop | None = None
         self._end_all: Stop | None = None
 
     @classmethod
@@ -279,17 +275,17 @@ class Machine:
     # -- handling exits ------------------------------------------------------
 
     def _on_debug_exit(self, status: int) -> None:
-        self._device_stop = Stop(StopKind.DEBUG_EXIT, status,
+        self.device_stop = Stop(StopKind.DEBUG_EXIT, status,
                                  f"the guest wrote {self.debug_exit.last_value:#x} to the "
                                  f"debug-exit port: status {status}")
 
     def _on_reset_request(self) -> None:
-        self._device_stop = Stop(StopKind.RESET, board.ExitStatus.OK.value,
+        self.device_stop = Stop(StopKind.RESET, board.ExitStatus.OK.value,
                                  "the guest asked for a reset (i8042 command 0xfe)")
 
     def request_stop(self, stop: Stop) -> None:
         """For devices wired by the machine: end the run after this exit."""
-        self._device_stop = stop
+        self.device_stop = stop
 
     def deliver_host_input(self) -> None:
         """Move queued host input into the receiving device as far as it has
@@ -311,7 +307,7 @@ class Machine:
         with self.lock:
             self.deliver_host_input()
             access, count = dispatch_exit(exit, self.pio, self.mmio, explain)
-            device_stop, self._device_stop = self._device_stop, None
+            device_stop, self.device_stop = self.device_stop, None
             self.exit_count += 1
             event = ExitEvent(self.exit_count, runner.returned, runner.returned - runner.started,
                               exit, access, count, vcpu=runner.index)
@@ -354,107 +350,8 @@ class Machine:
             runner.set_guest_debug()   # a free run: no debugger traps
         with Watchdog(self.runners, timeout):
             if len(self.runners) == 1:
-                return self._run_vcpu(self.runners[0], max_exits, until)
-            return self._run_all(max_exits, until)
-
-    def _run_vcpu(self, runner: VcpuRunner, max_exits: int | None,
-                  until: Callable[[], bool] | None) -> Stop:
-        """The run loop of one vCPU (on the calling thread).
-
-        While nobody listens, the commonest exit -- one ``in``/``out`` --
-        takes a fast path: the port, size and data are read straight from
-        the run page and the bus is called without building an exit object,
-        an :class:`~minikvm.bus.Access` or an :class:`ExitEvent`. It follows
-        the same rules as :meth:`handle_exit` (host input first, the lock, a
-        device's stop request). Every other exit, and every exit while a
-        listener is attached, goes through :meth:`handle_exit`.
-        """
-        listeners = self.listeners
-        lock = self.lock
-        pio = self.pio
-        page = runner.vcpu.page
-        serial_input = self.serial_input
-        run_reason = runner.run_reason
-        handle = self.handle_exit
-        limit = None if max_exits is None else self.exit_count + max_exits
-        while True:
-            if listeners:
-                event = handle(runner.run(), runner, explain=True, capture_rip=True)
-            else:
-                reason = run_reason()
-                if reason == _KVM_EXIT_IO:
-                    direction, size, port, count, offset = read_io(page)
-                    if count == 1:
-                        with lock:
-                            if serial_input.waiting:
-                                self.deliver_host_input()
-                            if direction == KVM_EXIT_IO_OUT:
-                                pio.write_value(port, size, int.from_bytes(
-                                    page[offset:offset + size], "little"))
-                            else:
-                                page[offset:offset + size] = pio.read_value(
-                                    port, size).to_bytes(size, "little")
-                            self.exit_count += 1
-                            device_stop, self._device_stop = self._device_stop, None
-                        if device_stop is not None:
-                            return device_stop.but(vcpu=runner.index)
-                        if limit is not None and self.exit_count >= limit:
-                            return self._limit_stop(runner, max_exits)
-                        if until is not None and until():
-                            return self._until_stop(runner)
-                        continue
-                event = handle(runner.decode(reason), runner, explain=False)
-            stop = event.stop
-            if stop is not None:
-                return stop  # type: ignore[return-value]
-            if limit is not None and self.exit_count >= limit:
-                return self._limit_stop(runner, max_exits)
-            if until is not None and until():
-                return self._until_stop(runner)
-
-    @staticmethod
-    def _limit_stop(runner: VcpuRunner, max_exits: int | None) -> Stop:
-        return Stop(StopKind.EXIT_LIMIT, None, f"stopped after {max_exits} exits", runner.rip(),
-                    runner.index)
-
-    @staticmethod
-    def _until_stop(runner: VcpuRunner) -> Stop:
-        return Stop(StopKind.PAUSED, None, "the condition asked for was met", runner.rip(),
-                    runner.index)
-
-    def _run_all(self, max_exits: int | None, until: Callable[[], bool] | None) -> Stop:
-        """Every vCPU on its own thread until one ends the guest.
-
-        A vCPU that halts for good leaves the others running; the machine
-        stops when all have halted, or when one stops for another reason
-        (debug-exit, crash, timeout, pause, a limit): then the others are
-        paused and the first such stop is the machine's.
-        """
-        decided: list[Stop] = []
-        lock = threading.Lock()
-
-        def work(runner: VcpuRunner) -> Stop:
-            try:
-                stop = self._run_vcpu(runner, max_exits, until)
-            except Exception as err:  # noqa: BLE001 - the machine reports it as a stop
-                stop = Stop(StopKind.INTERNAL_ERROR, board.ExitStatus.GUEST_CRASH.value,
-                            f"vCPU {runner.index}: the VMM failed: {type(err).__name__}: {err}",
-                            None, runner.index)
-            with lock:
-                if stop.kind is not StopKind.HALT and not decided:
-                    decided.append(stop)
-                    for other in self.runners:
-                        if other is not runner:
-                            other.pause()
-            return stop
-
-        jobs = [runner.spawn(lambda runner=runner: work(runner)) for runner in self.runners[1:]]
-        first = work(self.runners[0])
-        for job in jobs:
-            job.wait()
-        for runner in self.runners:
-            runner.pause_requested = False
-        return decided[0] if decided else first
+                return run_vcpu(self, self.runners[0], max_exits, until)
+            return run_all(self, max_exits, until)
 
     def close(self) -> None:
         """Release everything the machine holds, at once and idempotently:

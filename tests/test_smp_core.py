@@ -121,11 +121,6 @@ def test_a_debug_exit_on_vcpu_1_ends_the_run_and_stops_the_spinning_vcpu_0():
     assert [event.vcpu for event in recorder.events if event.stop is not None][0] == 1
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "Machine._run_all wraps vCPU 0's loop on the caller's thread in the same "
-    "`except BaseException` as the other threads: a Ctrl-C (KeyboardInterrupt) or a "
-    "VMM error there becomes Stop(INTERNAL_ERROR, status 3) instead of propagating as "
-    "with one vCPU (reported to the lead, issue 11)"))
 def test_ctrl_c_on_the_callers_thread_propagates_as_with_one_vcpu():
     machine, _ = two_vcpu_machine([debugcon_then_halt(m) for m in MESSAGES])
 

@@ -30,7 +30,7 @@ bytes go into guest RAM just before a free run and come out at every stop
 person nor a stepped instruction ever sees them.
 
 Addresses are *linear* addresses, what the debug registers compare against
-(SDM vol. 3B, 18.2.4): in 64-bit code the virtual address; in real mode
+(SDM vol. 3B, 17.2.4): in 64-bit code the virtual address; in real mode
 ``segment * 16 + offset``.
 """
 
@@ -226,7 +226,7 @@ class Arming:
 
         ``exec_slots``: arm the execute breakpoints in debug registers (a
         free run). DR7 gets, per slot, Gn and its R/W and LEN bits (SDM
-        18.2.4), GE for data breakpoints, and bit 10, which reads as 1.
+        17.2.4), GE for data breakpoints, and bit 10, which reads as 1.
         """
         debugreg = [0] * 8
         dr7 = 0

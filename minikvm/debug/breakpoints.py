@@ -1,6 +1,6 @@
 """Breakpoints, watchpoints and the x86 debug registers that implement them.
 
-x86 offers two ways to stop a program at an address (Intel SDM vol. 3B, ch. 18):
+x86 offers two ways to stop a program at an address (Intel SDM vol. 3B, ch. 17):
 
 * **software breakpoints**: overwrite the first byte of an instruction with
   ``int3`` (0xCC). Executing it raises ``#BP``; with
@@ -11,8 +11,8 @@ x86 offers two ways to stop a program at an address (Intel SDM vol. 3B, ch. 18):
 * **hardware breakpoints**: the four debug address registers DR0-DR3 hold
   linear addresses and DR7 says, per slot, whether to break on *execution*
   of that address, on a *write*, or on a *read or write* of 1, 2, 4 or 8
-  bytes there (SDM 18.2.4). A hit raises ``#DB`` and sets the slot's Bn bit in
-  DR6 (18.2.3). Instruction breakpoints are faults (reported before the
+  bytes there (SDM 17.2.4). A hit raises ``#DB`` and sets the slot's Bn bit in
+  DR6 (17.2.3). Instruction breakpoints are faults (reported before the
   instruction runs); data breakpoints are traps (after the access).
 
 This module holds the records the debugger keeps for each breakpoint and
@@ -51,7 +51,7 @@ MECH_STEP = "single-step compare"
 #: decoding (read/write watchpoints).
 MECH_DECODE = "single-step + operand decode"
 
-# DR7 (SDM 18.2.4, figure 18-1)
+# DR7 (SDM 17.2.4, figure 17-1)
 #: Bits 8 and 9: "exact breakpoint" enables, recommended for data breakpoints.
 DR7_LE = 1 << 8
 DR7_GE = 1 << 9
@@ -68,7 +68,7 @@ _LEN_OF_BITS = {bits: size for size, bits in DR_LEN_BITS.items()}
 _RW_NAMES = {DR_RW_EXECUTE: "execute", DR_RW_WRITE: "write", DR_RW_IO: "I/O",
              DR_RW_READ_WRITE: "read/write"}
 
-# DR6 (SDM 18.2.3)
+# DR6 (SDM 17.2.3)
 #: B0-B3: slot n's condition was met.
 DR6_B = (1 << 0, 1 << 1, 1 << 2, 1 << 3)
 DR6_BD = 1 << 13   # the next instruction touches a debug register (DR7.GD)
@@ -117,7 +117,7 @@ def dr6_slots(dr6: int) -> list[int]:
 
 def hw_watch_fits(address: int, size: int) -> bool:
     """Can one debug register watch ``size`` bytes at ``address``? The range
-    must be 1, 2, 4 or 8 bytes and aligned to its size (SDM 18.2.5: the low
+    must be 1, 2, 4 or 8 bytes and aligned to its size (SDM 17.2.5: the low
     address bits are ignored, so an unaligned range would watch the wrong bytes)."""
     return size in DR_LEN_BITS and address % size == 0
 

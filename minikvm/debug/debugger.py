@@ -20,18 +20,15 @@ and says which.
 * :class:`~minikvm.debug.stepper.Stepper` -- exactly one guest instruction;
 * :class:`~minikvm.debug.watch.WatchChecks` -- did a step touch a watched variable?
 
-What is left here is the run to the next stop (:meth:`Debugger.cont`): single-
-stepping when some breakpoint or watchpoint needs it, else running freely
-with debug registers and ``int3`` armed. Every ``KVM_RUN`` goes through the
-vCPU's :class:`~minikvm.core.runner.VcpuRunner`; a pause is the runner's,
-the timeout the core :class:`~minikvm.core.runner.Watchdog`'s. Every stop is
-the core :class:`~minikvm.core.stop.Stop`, the type every front end gets:
-``BREAKPOINT`` (with ``breakpoint``), ``WATCHPOINT`` (with ``watchpoint``,
-``old_value``, ``new_value``), ``EXIT_MATCHED``, ``STEP_LIMIT``,
-``DEBUG_EXCEPTION``, ``PAUSED``, ``TIMEOUT``, or the machine's own stop when
-the guest ended (halt, debug-exit, crash); each says in ``steps`` how many
-instructions were single-stepped on the way and in ``event`` the exit that
-caused it, when one did.
+What is left here is the run to the next stop (:meth:`Debugger.cont`):
+single-stepping when some breakpoint or watchpoint needs it, else running
+freely with debug registers and ``int3`` armed, every ``KVM_RUN`` through the
+vCPU's runner (pause and timeout are the runner's and the core Watchdog's).
+Every stop is the core :class:`~minikvm.core.stop.Stop`: ``BREAKPOINT``,
+``WATCHPOINT`` (with ``old_value``/``new_value``), ``EXIT_MATCHED``,
+``STEP_LIMIT``, ``DEBUG_EXCEPTION``, ``PAUSED``, ``TIMEOUT``, or the
+machine's own stop when the guest ended; ``steps`` counts the instructions
+single-stepped on the way, ``event`` is the exit that caused it, if any.
 """
 
 from __future__ import annotations
@@ -48,13 +45,7 @@ from minikvm.debug.disasm import Instruction
 from minikvm.debug.errors import DebuggerError
 from minikvm.debug.events import ExitFilter, StepRecord
 from minikvm.debug.guestview import GuestView
-from minikvm.debug.inspect import (
-    GPR_NAMES,
-    FpuState,
-    RegisterSnapshot,
-    changed_registers,
-    fpu_state,
-)
+from minikvm.debug.inspect import GPR_NAMES, FpuState, RegisterSnapshot, changed_registers, fpu_state
 from minikvm.debug.probe import DebugSupport, probe_debug_support
 from minikvm.debug.stepper import Stepper
 from minikvm.debug.watch import Predicted, WatchChecks

@@ -174,7 +174,7 @@ def describe_control_registers(sregs: Any) -> dict[str, str]:
 
 def describe_debug_registers(debugregs: Any) -> list[str]:
     """DR0-DR3 with what DR7 makes of each, then DR6's status bits
-    (``KVM_GET_DEBUGREGS``; SDM vol. 3B, 18.2)."""
+    (``KVM_GET_DEBUGREGS``; SDM vol. 3B, 17.2)."""
     from minikvm.debug.breakpoints import DR6_BD, DR6_BS, DR6_BT, decode_dr7, dr6_slots
 
     lines = []

@@ -2,7 +2,7 @@
 
 With ``KVM_GUESTDBG_SINGLESTEP`` KVM sets RFLAGS.TF behind the guest's back;
 the CPU raises ``#DB`` after the next instruction, with DR6.BS set (SDM vol.
-3B, 18.3.1.4), and KVM hands it to us as a debug exit whose ``pc`` is the
+3B, 17.3.1.4), and KVM hands it to us as a debug exit whose ``pc`` is the
 linear address of the instruction after (Documentation/virt/kvm/api.rst,
 "KVM_SET_GUEST_DEBUG" and ``kvm_run.debug``). One ``KVM_RUN`` and one
 ``KVM_GET_REGS`` per instruction: that is the hot loop of every stepping

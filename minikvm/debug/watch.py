@@ -1,7 +1,7 @@
 """Watchpoint checks: did the instruction just run touch a watched variable?
 
 A watchpoint in a debug register needs no checking: the CPU raises ``#DB``
-after the access and sets the slot's bit in DR6 (SDM vol. 3B, 18.2.3), and
+after the access and sets the slot's bit in DR6 (SDM vol. 3B, 17.2.3), and
 KVM reports it as a debug exit. Where debug registers do not catch data
 accesses (kvm-pvm emulates guest ring-0 code and ignores them), or all four
 are taken, the debugger single-steps and asks, after every instruction:

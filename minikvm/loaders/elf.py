@@ -34,7 +34,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from minikvm.loaders import (
+from minikvm.loaders.image import (
     LoadedImage,
     LoadedSegment,
     LoaderError,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from minikvm.loaders import LoadedImage, LoadedSegment, LoaderError, check_placement, read_image
+from minikvm.loaders.image import LoadedImage, LoadedSegment, LoaderError, check_placement, read_image
 from minikvm.memory import GuestMemory
 from minikvm.x86.layout import FLAT_LOAD_ADDR, VMM_RESERVED, MapEntry
 from minikvm.x86.modes import CpuMode

@@ -1,0 +1,138 @@
+"""How a machine runs its vCPUs: the loop of one vCPU, and several on threads.
+
+:meth:`Machine.run` picks one of the two. Both stand on the vCPUs' runners
+(only a runner calls ``KVM_RUN``) and hand every exit to
+:meth:`Machine.handle_exit` -- except the commonest one, a single ``in`` or
+``out`` while nobody listens, which :func:`run_vcpu` handles straight from
+the run page (same rules, no objects; see its docstring).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from minikvm.core.runner import VcpuRunner
+from minikvm.core.stop import Stop, StopKind
+from minikvm.kvm.exits import read_io
+from minikvm.kvm.uapi import KVM_EXIT_IO_OUT, KvmExit
+
+if TYPE_CHECKING:
+    from minikvm.machine import Machine
+
+__all__ = ["run_all", "run_vcpu"]
+
+_KVM_EXIT_IO = int(KvmExit.KVM_EXIT_IO)
+
+
+def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
+              until: Callable[[], bool] | None) -> Stop:
+    """The run loop of one vCPU (on the calling thread).
+
+    While nobody listens, the commonest exit -- one ``in``/``out`` --
+    takes a fast path: the port, size and data are read straight from
+    the run page and the bus is called without building an exit object,
+    an :class:`~minikvm.bus.Access` or an :class:`ExitEvent`. It follows
+    the same rules as :meth:`Machine.handle_exit` (host input first, the lock, a
+    device's stop request). Every other exit, and every exit while a
+    listener is attached, goes through :meth:`Machine.handle_exit`.
+    """
+    listeners = machine.listeners
+    lock = machine.lock
+    pio = machine.pio
+    page = runner.vcpu.page
+    serial_input = machine.serial_input
+    run_reason = runner.run_reason
+    handle = machine.handle_exit
+    limit = None if max_exits is None else machine.exit_count + max_exits
+    while True:
+        if listeners:
+            event = handle(runner.run(), runner, explain=True, capture_rip=True)
+        else:
+            reason = run_reason()
+            if reason == _KVM_EXIT_IO:
+                direction, size, port, count, offset = read_io(page)
+                if count == 1:
+                    with lock:
+                        if serial_input.waiting:
+                            machine.deliver_host_input()
+                        if direction == KVM_EXIT_IO_OUT:
+                            pio.write_value(port, size, int.from_bytes(
+                                page[offset:offset + size], "little"))
+                        else:
+                            page[offset:offset + size] = pio.read_value(
+                                port, size).to_bytes(size, "little")
+                        machine.exit_count += 1
+                        device_stop, machine.device_stop = machine.device_stop, None
+                    if device_stop is not None:
+                        return device_stop.but(vcpu=runner.index)
+                    if limit is not None and machine.exit_count >= limit:
+                        return _limit_stop(runner, max_exits)
+                    if until is not None and until():
+                        return _until_stop(runner)
+                    continue
+            event = handle(runner.decode(reason), runner, explain=False)
+        stop = event.stop
+        if stop is not None:
+            return stop  # type: ignore[return-value]
+        if limit is not None and machine.exit_count >= limit:
+            return _limit_stop(runner, max_exits)
+        if until is not None and until():
+            return _until_stop(runner)
+
+
+def _limit_stop(runner: VcpuRunner, max_exits: int | None) -> Stop:
+    return Stop(StopKind.EXIT_LIMIT, None, f"stopped after {max_exits} exits", runner.rip(),
+                runner.index)
+
+
+def _until_stop(runner: VcpuRunner) -> Stop:
+    return Stop(StopKind.PAUSED, None, "the condition asked for was met", runner.rip(),
+                runner.index)
+
+
+def run_all(machine: Machine, max_exits: int | None, until: Callable[[], bool] | None) -> Stop:
+    """Every vCPU on its own thread (vCPU 0 on the caller's) until the guest ends.
+
+    A vCPU that halts for good leaves the others running; the machine
+    stops when all have halted, or when one stops for another reason
+    (debug-exit, crash, timeout, pause, a limit): then the others are
+    paused and the first such stop is the machine's. An error in the VMM
+    on any vCPU's thread pauses the others and is raised on the caller's
+    thread, as it would be with one vCPU.
+    """
+    decided: list[Stop | None] = []
+    lock = threading.Lock()
+
+    def end_the_others(runner: VcpuRunner, stop: Stop | None) -> None:
+        with lock:
+            if decided:
+                return
+            decided.append(stop)
+        for other in machine.runners:
+            if other is not runner:
+                other.pause()
+
+    def work(runner: VcpuRunner) -> Stop:
+        try:
+            stop = run_vcpu(machine, runner, max_exits, until)
+        except BaseException:
+            end_the_others(runner, None)
+            raise
+        if stop.kind is not StopKind.HALT:
+            end_the_others(runner, stop)
+        return stop
+
+    jobs = [runner.spawn(lambda runner=runner: work(runner)) for runner in machine.runners[1:]]
+    try:
+        first = work(machine.runners[0])
+    finally:
+        for job in jobs:
+            job.wait()
+        for runner in machine.runners:
+            runner.pause_requested = False
+    for job in jobs:
+        job.result()   # an error on another vCPU's thread is raised here
+    stop = decided[0] if decided else None
+    return stop if stop is not None else first
