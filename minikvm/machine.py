@@ -29,7 +29,7 @@ from pathlib import Path
 
 from minikvm.bus import Bus
 from minikvm.core import board
-from minikvm.core.config import MachineConfig, VirtioSpec
+from minikvm.core.config import MachineConfig, VirtioSpec, check_vcpu_count
 from minikvm.core.events import ExitEvent, describe_exit, dispatch_exit
 from minikvm.core.irq import KvmIrqLine
 from minikvm.core.runner import VcpuRunner, Watchdog
@@ -49,7 +49,7 @@ from minikvm.loaders.elf import load_elf
 from minikvm.loaders.flat import load_flat
 from minikvm.memory import GuestMemory
 from minikvm.x86 import layout, modes
-from minikvm.x86.cpuid import paging_features
+from minikvm.x86.cpuid import paging_features, with_apic_id
 from minikvm.x86.paging import translate
 
 __all__ = [
@@ -111,9 +111,13 @@ class Machine:
         #: The vCPUs, by index (vCPU 0 boots the guest), and their runners.
         self.vcpus = []
         self.runners: list[VcpuRunner] = []
+        if vcpus > 1:
+            check_vcpu_count(vcpus, self.kvm.check_extension(KvmCap.KVM_CAP_MAX_VCPUS))
         for index in range(vcpus):
             vcpu = self.vm.create_vcpu(index)
-            vcpu.set_cpuid2(self.cpuid)
+            # Each vCPU hears its own APIC id from CPUID (leaf 1, leaf 0xB),
+            # the id the in-kernel LAPIC gives it: its index (x86/cpuid.py).
+            vcpu.set_cpuid2(with_apic_id(self.cpuid, index))
             vcpu.sync_regs(self.sync_regs)
             self.vcpus.append(vcpu)
             self.runners.append(VcpuRunner(vcpu, index, halt_check=irqchip))

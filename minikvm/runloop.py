@@ -95,12 +95,18 @@ def _until_stop(runner: VcpuRunner) -> Stop:
 def run_all(machine: Machine, max_exits: int | None, until: Callable[[], bool] | None) -> Stop:
     """Every vCPU on its own thread (vCPU 0 on the caller's) until the guest ends.
 
-    A vCPU that halts for good leaves the others running; the machine
-    stops when all have halted, or when one stops for another reason
-    (debug-exit, crash, timeout, pause, a limit): then the others are
-    paused and the first such stop is the machine's. An error in the VMM
-    on any vCPU's thread pauses the others and is raised on the caller's
-    thread, as it would be with one vCPU.
+    Without the in-kernel irqchip a vCPU's ``hlt`` exit ends that vCPU's
+    thread and leaves the others running (nothing could wake it); the
+    machine stops when all have halted. With the irqchip a halted vCPU
+    sleeps on inside ``KVM_RUN`` (another vCPU may wake it with an IPI),
+    and a HALT stop comes only when the run's
+    :class:`~minikvm.core.runner.HaltGroup` found *every* vCPU halted with
+    interrupts off or parked waiting for INIT/SIPI; it says which.
+
+    Any other stop on one vCPU (debug-exit, crash, reset, power-off,
+    timeout, pause, a limit) pauses the others, and the first such stop
+    is the machine's. An error in the VMM on any vCPU's thread pauses the
+    others and is raised on the caller's thread, as with one vCPU.
     """
     decided: list[Stop | None] = []
     lock = threading.Lock()
@@ -120,7 +126,13 @@ def run_all(machine: Machine, max_exits: int | None, until: Callable[[], bool] |
         except BaseException:
             end_the_others(runner, None)
             raise
-        if stop.kind is not StopKind.HALT:
+        if stop.kind is StopKind.HALT and runner.halt_check:
+            # The run's HaltGroup decided: every vCPU is done; say which way.
+            group = runner.group
+            if group is not None:
+                stop = stop.but(message=f"the guest halted: {group.summary()}")
+            end_the_others(runner, stop)
+        elif stop.kind is not StopKind.HALT:
             end_the_others(runner, stop)
         return stop
 

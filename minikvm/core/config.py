@@ -14,10 +14,25 @@ from dataclasses import dataclass, field
 from minikvm.core.board import DEFAULT_MEM_SIZE
 from minikvm.kvm.system import DEFAULT_KVM_PATH
 
-__all__ = ["MachineConfig", "VIRTIO_KINDS", "VirtioSpec"]
+__all__ = ["MAX_VCPUS", "MachineConfig", "VIRTIO_KINDS", "VirtioSpec", "check_vcpu_count"]
+
+#: The most vCPUs a machine may have (``--smp``): each is a host thread and,
+#: under kvm-pvm, a guest whose ring-0 code is emulated; APIC ids then fit
+#: in CPUID leaf 1 and in the 8-bit xAPIC destination field alike.
+MAX_VCPUS = 64
 
 #: The virtio devices a config can name, in the words of the CLI options.
 VIRTIO_KINDS = ("rng", "blk", "console")
+
+
+def check_vcpu_count(count: int, host_max: int | None = None) -> None:
+    """Refuse a vCPU count outside 1..:data:`MAX_VCPUS`, or above what the
+    host's KVM allows (``KVM_CAP_MAX_VCPUS``, when given), in one line."""
+    if not 1 <= count <= MAX_VCPUS:
+        raise ValueError(f"{count} vCPUs: a machine has 1 to {MAX_VCPUS}")
+    if host_max is not None and host_max > 0 and count > host_max:
+        raise ValueError(f"{count} vCPUs: this host's KVM allows at most {host_max} "
+                         "(KVM_CAP_MAX_VCPUS)")
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,6 @@ class MachineConfig:
     virtio: tuple[VirtioSpec, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.vcpus < 1:
-            raise ValueError(f"a machine needs at least one vCPU, not {self.vcpus}")
+        check_vcpu_count(self.vcpus)
         if self.mem_size <= 0 or self.mem_size % 4096:
             raise ValueError(f"memory size {self.mem_size:#x} is not a positive multiple of 4 KiB")

@@ -18,21 +18,35 @@ that vCPU, whoever asked for the run (the machine, the debugger, the TUI):
 
 One :class:`Watchdog` thread per run serves both the timeout and the halt
 check for every vCPU of that run.
+
+With several vCPUs "halted for good" belongs to the whole machine, not to
+one vCPU: a vCPU asleep with interrupts off can still be woken by another
+vCPU's INIT or NMI, and an application processor (AP) that the in-kernel
+LAPIC keeps parked until a startup IPI (``KVM_MP_STATE_UNINITIALIZED`` or
+``KVM_MP_STATE_INIT_RECEIVED``) waits for exactly such a message. So each
+run's :class:`HaltGroup` ends the run only when *every* vCPU of the run
+is halted with interrupts off or parked, confirmed by a fresh look at each
+(see :meth:`HaltGroup.report`); until then a halted vCPU sleeps on inside
+``KVM_RUN``. A parked AP that never got its SIPI therefore counts as done:
+a guest that never starts its APs ends when vCPU 0 halts.
 """
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from minikvm.core.stop import Requests
+from minikvm.kvm.errors import KvmError
 from minikvm.kvm.exits import Interrupted, VmExit
 from minikvm.kvm.uapi import KvmExit, KvmMpState
 from minikvm.kvm.vcpu import Vcpu
 
-__all__ = ["HALT_CHECK_FIRST", "HALT_CHECK_INTERVAL", "Job", "VcpuRunner", "Watchdog"]
+__all__ = ["HALT_CHECK_FIRST", "HALT_CHECK_INTERVAL", "PARKED_STATES", "HaltGroup", "Job",
+           "VcpuRunner", "Watchdog"]
 
 #: The halt check: a vCPU that made no exit for HALT_CHECK_FIRST seconds is
 #: kicked out of ``KVM_RUN`` so that the runner can look whether it halted for
@@ -46,6 +60,13 @@ _RFLAGS_IF = 1 << 9
 _KVM_EXIT_INTR = int(KvmExit.KVM_EXIT_INTR)
 #: The guest-debug state "off": what a free run uses.
 _NO_DEBUG = (0, (0,) * 8)
+#: MP states of an AP that the in-kernel LAPIC keeps waiting for INIT and a
+#: startup IPI (Intel SDM vol. 3, 8.4 "Multiple-Processor (MP)
+#: Initialization"; KVM: kvm_apic_accept_events, arch/x86/kvm/lapic.c). A
+#: vCPU other than vCPU 0 starts UNINITIALIZED (kvm_arch_vcpu_create,
+#: arch/x86/kvm/x86.c, when the irqchip is in the kernel).
+PARKED_STATES = frozenset({KvmMpState.KVM_MP_STATE_UNINITIALIZED,
+                           KvmMpState.KVM_MP_STATE_INIT_RECEIVED})
 
 
 class VcpuRunner:
@@ -73,25 +94,53 @@ class VcpuRunner:
         self.halt_check_pending = False
         #: The guest-debug state issued to KVM (control, DR0-DR7).
         self.guest_debug: tuple[int, tuple[int, ...]] = _NO_DEBUG
+        #: The MP state the last halt check read (a ``KvmMpState``), None
+        #: before the first: the trace and the TUI show it.
+        self.mp_state: KvmMpState | None = None
+        #: The vCPUs of the current run that must all be done before it ends
+        #: (set by the run's Watchdog; None: this vCPU alone decides).
+        self.group: HaltGroup | None = None
 
     # -- running ------------------------------------------------------------
 
     def run(self) -> VmExit:
         """``KVM_RUN`` once: enter the guest until its next exit."""
         self.started = time.monotonic()
-        exit = self.vcpu.run()
-        self.returned = time.monotonic()
-        self.runs += 1
-        return exit
+        while True:
+            try:
+                exit = self.vcpu.run()
+            except KvmError as err:
+                if err.errno != errno.EAGAIN:   # see run_reason: an AP woke up
+                    raise
+                self.runs += 1
+                continue
+            self.returned = time.monotonic()
+            self.runs += 1
+            return exit
 
     def run_reason(self) -> int:
         """``KVM_RUN`` once, leaving the exit undecoded in the run page: the
         raw ``KVM_EXIT_*`` reason (``KVM_EXIT_INTR`` for a kick). The
         machine's fast path reads the few bytes it needs itself and asks
-        :meth:`decode` for a typed exit only when it needs one."""
-        reason = self.vcpu.run_reason()
-        self.runs += 1
-        return reason
+        :meth:`decode` for a typed exit only when it needs one.
+
+        A parked AP (``KVM_MP_STATE_UNINITIALIZED``) sleeps inside
+        ``KVM_RUN``; when an INIT wakes it, KVM takes the INIT and returns
+        ``EAGAIN`` instead of an exit (kvm_arch_vcpu_ioctl_run,
+        arch/x86/kvm/x86.c): "run me again". That is no exit for the VMM,
+        so the runner enters again at once; it counts as activity (the
+        vCPU's state changed), which keeps the halt check honest.
+        """
+        while True:
+            try:
+                reason = self.vcpu.run_reason()
+            except KvmError as err:
+                if err.errno != errno.EAGAIN:
+                    raise
+                self.runs += 1
+                continue
+            self.runs += 1
+            return reason
 
     def decode(self, reason: int) -> VmExit:
         """The exit of the last :meth:`run_reason` (which returned ``reason``), typed."""
@@ -154,10 +203,18 @@ class VcpuRunner:
         self.halt_check_pending = True
         self.vcpu.kick()
 
-    def begin(self) -> None:
-        """A new run starts: forget requests of the last one."""
+    def begin(self, group: HaltGroup | None = None) -> None:
+        """A new run starts: forget requests of the last one; ``group``
+        holds the vCPUs of the run that must all be done before it ends."""
         self.timed_out = False
         self.halt_check_pending = False
+        self.group = group
+
+    @property
+    def activity(self) -> int:
+        """``KVM_RUN`` returns other than the halt check's own kicks: when
+        it changes, the vCPU did something."""
+        return self.runs - self.halt_checks
 
     def requests(self, exit: VmExit, device_stop=None) -> Requests:
         """What was asked while ``exit`` happened, for :func:`decide_stop`.
@@ -172,6 +229,8 @@ class VcpuRunner:
             self.halt_check_pending = False
             self.halt_checks += 1
             halted = self.halted_for_good()
+            if self.group is not None:
+                halted = self.group.report(self, halted)
         pause = self.pause_requested and not halted and not self.timed_out
         if pause:
             self.pause_requested = False
@@ -181,13 +240,28 @@ class VcpuRunner:
 
     def halted_for_good(self) -> bool:
         """With the in-kernel irqchip: is the vCPU asleep in ``hlt`` with
-        RFLAGS.IF clear? Then no device interrupt can wake it (only an NMI
-        or INIT, which nothing here sends)."""
+        RFLAGS.IF clear, or an AP still parked waiting for INIT/SIPI? Then
+        no device interrupt can wake it; only another vCPU can (an INIT, a
+        SIPI, an NMI), which is the :class:`HaltGroup`'s concern.
+
+        ``KVM_GET_MP_STATE`` first delivers INIT/SIPI events already sent
+        to the vCPU (kvm_arch_vcpu_ioctl_get_mpstate calls
+        kvm_apic_accept_events, arch/x86/kvm/x86.c), so an AP that has
+        just been sent its SIPI reads RUNNABLE, not parked."""
         if not self.halt_check:
             return False
-        if self.vcpu.get_mp_state() != KvmMpState.KVM_MP_STATE_HALTED:
+        state = KvmMpState(self.vcpu.get_mp_state())
+        self.mp_state = state
+        if state in PARKED_STATES:
+            return True
+        if state != KvmMpState.KVM_MP_STATE_HALTED:
             return False
         return not self.vcpu.get_regs().rflags & _RFLAGS_IF
+
+    @property
+    def parked(self) -> bool:
+        """The last halt check found an AP waiting for INIT/SIPI."""
+        return self.mp_state in PARKED_STATES
 
     def rip(self) -> int | None:
         """RIP now (for a report; None when it cannot be read)."""
@@ -235,6 +309,65 @@ class Job:
         return self._value
 
 
+class HaltGroup:
+    """The vCPUs of one run, and whether all of them are done.
+
+    Each halt check of a member reports here (:meth:`report`); the run
+    ends (``Requests.halted``) only when every member is halted with
+    interrupts off or parked. A vCPU cannot look at another one while that
+    one is inside ``KVM_RUN`` (KVM holds its mutex), so each member's
+    answer is a *mark* left at its own last check, with its
+    :attr:`VcpuRunner.activity` then: a mark goes stale as soon as the vCPU
+    does anything. Marks can still be old news -- an AP sent its SIPI runs
+    inside ``KVM_RUN`` without a single exit -- so when all marks look
+    good, the reporter starts a *confirmation round* instead of ending:
+    it kicks every other member for a fresh check, and the run ends only
+    when all marks are younger than that round. A vCPU that makes
+    progress never confirms, and the run goes on.
+    """
+
+    def __init__(self, runners: Iterable[VcpuRunner]) -> None:
+        self.runners = tuple(runners)
+        self._lock = threading.Lock()
+        # Per runner: (check number, activity) of its last "done" check, or None.
+        self._marks: dict[int, tuple[int, int] | None] = {id(r): None for r in self.runners}
+        self._checks = 0
+        self._round = -1
+
+    def report(self, runner: VcpuRunner, done: bool) -> bool:
+        """``runner``'s halt check found it ``done`` (or not); True when the
+        whole group is done and the run should end."""
+        to_kick: list[VcpuRunner] = []
+        with self._lock:
+            self._checks += 1
+            if not done:
+                self._marks[id(runner)] = None
+                return False
+            self._marks[id(runner)] = (self._checks, runner.activity)
+            others = [r for r in self.runners if r is not runner]
+            for other in others:
+                mark = self._marks[id(other)]
+                if mark is None or mark[1] != other.activity:
+                    return False
+            if all(self._marks[id(other)][0] > self._round for other in others):  # type: ignore[index]
+                return True
+            self._round = self._checks
+            to_kick = others
+        for other in to_kick:
+            other.check_halt()
+        return False
+
+    def summary(self) -> str:
+        """Which vCPUs halted and which never left wait-for-SIPI, in words."""
+        parked = [r.index for r in self.runners if r.parked]
+        if not parked:
+            return "every vCPU halted (hlt with interrupts off)"
+        halted = [r.index for r in self.runners if not r.parked]
+        names = ", ".join(map(str, parked))
+        return (f"vCPU {', '.join(map(str, halted))} halted (hlt with interrupts off); "
+                f"vCPU {names} never started (waiting for INIT/SIPI)")
+
+
 class Watchdog:
     """One thread per run: the timeout and the halt check of its vCPUs.
 
@@ -253,8 +386,10 @@ class Watchdog:
         self.first = min(first, interval)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The run ends on a halt only when all of its vCPUs are done.
+        self.group = HaltGroup(self.runners)
         for runner in self.runners:
-            runner.begin()
+            runner.begin(self.group)
         self._watched = [runner for runner in self.runners if runner.halt_check]
         if self._watched or self.deadline is not None:
             self._thread = threading.Thread(target=self._loop, name="minikvm-watchdog",
@@ -302,6 +437,7 @@ class Watchdog:
         for runner in self.runners:
             runner.timed_out = False
             runner.halt_check_pending = False
+            runner.group = None
 
     def __enter__(self) -> Watchdog:
         return self

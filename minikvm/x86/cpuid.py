@@ -1,4 +1,4 @@
-"""What the guest's CPUID says about paging, for walks that must agree with KVM.
+"""The guest's CPUID: what it says about paging, and each vCPU's APIC id.
 
 A VMM tells KVM which CPUID the guest sees (``KVM_SET_CPUID2``, usually a
 filtered copy of ``KVM_GET_SUPPORTED_CPUID``). KVM's own page walker then
@@ -6,14 +6,27 @@ follows that CPUID: 1 GiB pages exist only if leaf 0x80000001 EDX bit 26
 (Page1GB) says so, and physical address bits above MAXPHYADDR (leaf
 0x80000008 EAX[7:0], 36 when the leaf is absent) are reserved. Our walk in
 :mod:`minikvm.x86.paging` takes the same two facts from here.
+
+Each vCPU also learns *who it is* from CPUID: its initial APIC id in leaf 1
+EBX[31:24] and its x2APIC id in EDX of leaf 0xB (and 0x1F) (Intel SDM vol.
+3, 8.4.5 "Identifying Logical Processors in an MP System"; AMD APM vol. 3,
+CPUID Fn0000_0001). ``KVM_GET_SUPPORTED_CPUID`` answers with what the host
+CPU that ran the ioctl says there (``__do_cpuid_func`` in
+arch/x86/kvm/cpuid.c zeroes only EAX-ECX of leaves 0xB/0x1F, "No
+topology"), while the in-kernel LAPIC gives vCPU *n* APIC id *n*
+(``kvm_lapic_reset``, arch/x86/kvm/lapic.c). So the VMM writes each vCPU
+a table of its own: :func:`with_apic_id`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CPUID_PAGE1GB", "PagingFeatures", "paging_features"]
+__all__ = ["CPUID_PAGE1GB", "PagingFeatures", "apic_id_of", "paging_features", "with_apic_id"]
 
+CPUID_FEATURES = 0x1               # EBX[31:24]: initial APIC id
+CPUID_TOPOLOGY = 0xB               # EDX: x2APIC id (every subleaf)
+CPUID_TOPOLOGY_V2 = 0x1F           # the same, extended topology v2
 CPUID_EXT_FEATURES = 0x8000_0001   # extended features: EDX bit 26 = 1 GiB pages
 CPUID_ADDRESS_SIZES = 0x8000_0008  # EAX[7:0] physical, EAX[15:8] linear address bits
 CPUID_PAGE1GB = 1 << 26
@@ -35,3 +48,30 @@ def paging_features(cpuid) -> PagingFeatures:
         gbpages=bool(ext is not None and ext.edx & CPUID_PAGE1GB),
         maxphyaddr=(sizes.eax & 0xFF) if sizes is not None and sizes.eax & 0xFF else DEFAULT_MAXPHYADDR,
     )
+
+
+def with_apic_id(cpuid, apic_id: int):
+    """A copy of ``cpuid`` (a ``kvm_cpuid2``) for the vCPU whose APIC id is
+    ``apic_id``: leaf 1 EBX[31:24] and EDX of every leaf 0xB/0x1F subleaf.
+
+    The copy is needed because ``KVM_SET_CPUID2`` is per vCPU and each one
+    must hear its own id; leaf 1 holds only 8 bits, so ids above 255 need
+    x2APIC (leaf 0xB), which a machine of at most 255 vCPUs never uses.
+    """
+    if not 0 <= apic_id <= 0xFF:
+        raise ValueError(f"APIC id {apic_id} does not fit in CPUID leaf 1 EBX[31:24]")
+    copy = type(cpuid).from_buffer_copy(cpuid)
+    for entry in copy.entries[:copy.nent]:
+        if entry.function == CPUID_FEATURES:
+            entry.ebx = (entry.ebx & 0x00FF_FFFF) | (apic_id << 24)
+        elif entry.function in (CPUID_TOPOLOGY, CPUID_TOPOLOGY_V2):
+            entry.edx = apic_id
+    return copy
+
+
+def apic_id_of(cpuid) -> int | None:
+    """The initial APIC id a ``kvm_cpuid2`` gives (leaf 1 EBX[31:24]); None without leaf 1."""
+    for entry in cpuid.entries[:cpuid.nent]:
+        if entry.function == CPUID_FEATURES:
+            return entry.ebx >> 24
+    return None
