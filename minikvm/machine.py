@@ -38,6 +38,7 @@ from minikvm.runloop import run_all, run_vcpu
 from minikvm.devices.base import Device, InterruptLine, RecordingLine
 from minikvm.devices.debug_exit import DebugExit
 from minikvm.devices.debugcon import DebugCon
+from minikvm.devices.fw_cfg import FwCfg
 from minikvm.devices.i8042 import I8042
 from minikvm.devices.uart import Uart16550
 from minikvm.devices.virtio.mmio import VirtioMmioTransport
@@ -132,8 +133,11 @@ class Machine:
         #: COM1. Its interrupt reaches the guest only with the irqchip;
         #: without one the line is just recorded.
         self.uart = Uart16550(self._line(board.COM1_IRQ), output, name="com1")
+        #: QEMU's firmware configuration device: RAM size, CPUs, command line.
+        self.fw_cfg = FwCfg()
+        self.fw_cfg.set_machine(mem_size, vcpus)
         wired = {"debugcon": self.debugcon, "debug-exit": self.debug_exit,
-                 "i8042": self.i8042, "com1": self.uart}
+                 "i8042": self.i8042, "com1": self.uart, "fw_cfg": self.fw_cfg}
         for slot in board.PORT_DEVICES:
             self.pio.register(slot.base, slot.size, wired[slot.name])
         self.serial_input = HostInput()

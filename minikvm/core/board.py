@@ -30,6 +30,8 @@ __all__ = [
     "DEBUG_EXIT_PORTS",
     "DEFAULT_MEM_SIZE",
     "ExitStatus",
+    "FW_CFG_PORT",
+    "FW_CFG_PORTS",
     "I8042_COMMAND_PORT",
     "I8042_DATA_PORT",
     "I8042_PORTS",
@@ -69,6 +71,11 @@ I8042_PORTS = 5
 COM1_PORT = 0x3F8
 COM1_PORTS = 8
 COM1_IRQ = 4
+#: QEMU's fw_cfg, port interface (docs/specs/fw_cfg.rst, "Register
+#: Locations", x86): the 16-bit selector at 0x510, the 8-bit data register
+#: at 0x511. (The DMA register at 0x514 is not offered.)
+FW_CFG_PORT = 0x510
+FW_CFG_PORTS = 2
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,7 @@ PORT_DEVICES = (
     # before it reaches the VMM; without one the i8042 model floats it.
     PortDevice("i8042", I8042_DATA_PORT, I8042_PORTS),
     PortDevice("com1", COM1_PORT, COM1_PORTS, COM1_IRQ),
+    PortDevice("fw_cfg", FW_CFG_PORT, FW_CFG_PORTS),
 )
 
 # -- virtio-mmio -----------------------------------------------------------------------
