@@ -48,6 +48,8 @@ from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
 from minikvm.kvm.uapi import KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmCap
 from minikvm.loaders.elf import load_elf
 from minikvm.loaders.flat import load_flat
+from minikvm.loaders.image import LoaderError
+from minikvm.loaders.multiboot import SEARCH_LIMIT, find_header, kernel_cmdline, load_multiboot
 from minikvm.memory import GuestMemory
 from minikvm.x86 import layout, modes
 from minikvm.x86.cpuid import paging_features, with_apic_id
@@ -171,7 +173,10 @@ class Machine:
                 machine.add_virtio(_virtio_backend(spec, output))
             if config.guest is not None:
                 machine.load_guest(config.guest, load_addr=config.load_addr,
-                                   entry=config.entry, mode=config.mode)
+                                   entry=config.entry, mode=config.mode,
+                                   append=config.append, initrd=config.initrd)
+            if config.append is not None:
+                machine.fw_cfg.set_cmdline(config.append)
         except BaseException:
             machine.close()
             raise
@@ -254,10 +259,40 @@ class Machine:
         self.set_mode(mode or loaded.mode.value, loaded.entry if entry is None else entry)
         return loaded
 
+    def load_multiboot(self, path: str | Path, cmdline: str = "",
+                       modules: tuple[str, ...] = ()):
+        """Load a Multiboot kernel and its modules as QEMU's ``-kernel`` and
+        ``-initrd`` do, and start vCPU 0 as the Multiboot Specification 0.6.96
+        says (3.2 "Machine state"): flat 32-bit protected mode, EAX =
+        0x2BADB002, EBX = the boot information (:mod:`minikvm.loaders.multiboot`)."""
+        loaded = load_multiboot(self.memory, path, cmdline=cmdline, modules=modules)
+        self.image = loaded
+        self.set_mode("protected", loaded.entry)
+        regs = self.vcpu.get_regs()
+        regs.rax = loaded.magic
+        regs.rbx = loaded.info_addr
+        self.vcpu.set_regs(regs)
+        return loaded
+
     def load_guest(self, path: str | Path, load_addr: int | None = None,
-                   entry: int | None = None, mode: str | None = None):
-        """Load ``path`` as ELF when it starts with the ELF magic, else as a
-        flat binary at ``load_addr`` (default 0x1000) in ``mode`` (default real)."""
+                   entry: int | None = None, mode: str | None = None,
+                   append: str | None = None, initrd: tuple[str, ...] = ()):
+        """Load ``path``: a Multiboot kernel (a Multiboot header in its first
+        8 KiB) with ``initrd`` as its modules and the command line "``path``
+        ``append``"; else an ELF file; else a flat binary at ``load_addr``
+        (default 0x1000) in ``mode`` (default real)."""
+        with open(path, "rb") as file:
+            data = file.read(SEARCH_LIMIT)
+        if find_header(data) is not None:
+            given = [name for name, value in (("--load-addr", load_addr), ("--entry", entry),
+                                              ("--mode", mode)) if value is not None]
+            if given:
+                raise LoaderError(f"{path} is a Multiboot kernel: its header says where it "
+                                  f"loads and starts ({', '.join(given)} does not apply)")
+            return self.load_multiboot(path, kernel_cmdline(str(path), append), tuple(initrd))
+        if initrd:
+            raise LoaderError(f"{path} has no Multiboot header: modules (--initrd) go to "
+                              "Multiboot kernels only")
         with open(path, "rb") as file:
             data = file.read()
         if data[:4] == b"\x7fELF":

@@ -34,8 +34,10 @@ __all__ = [
     "config_from_args",
     "guest_file_errors",
     "parse_blk",
+    "parse_initrd",
     "parse_int",
     "parse_size",
+    "parse_smp",
     "parse_timeout",
 ]
 
@@ -106,6 +108,28 @@ def parse_blk(text: str) -> tuple[str, bool]:
     return path, option == "ro"
 
 
+def parse_smp(text: str) -> int:
+    """``--smp N``: 1 to 64 vCPUs (the host's KVM may allow fewer; the
+    machine says so)."""
+    from minikvm.core.config import MAX_VCPUS
+
+    value = parse_int(text)
+    if not 1 <= value <= MAX_VCPUS:
+        raise argparse.ArgumentTypeError(f"{text!r}: a machine has 1 to {MAX_VCPUS} vCPUs")
+    return value
+
+
+def parse_initrd(text: str) -> tuple[str, ...]:
+    """``--initrd FILE[,FILE...]``: module files that exist and can be read."""
+    paths = tuple(text.split(","))
+    for path in paths:
+        if not path or not os.path.isfile(path):
+            raise argparse.ArgumentTypeError(f"{path!r}: no such module file")
+        if not os.access(path, os.R_OK):
+            raise argparse.ArgumentTypeError(f"{path!r}: permission denied")
+    return paths
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """The guest and the machine: what ``run``, ``trace`` and ``tui`` share."""
     parser.add_argument("guest", help="guest image: a flat binary (or an ELF file)")
@@ -127,6 +151,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="add a virtio-blk device backed by the file PATH (,ro: read-only)")
     parser.add_argument("--virtio-console", action="store_true",
                         help="add a virtio-console device (host stdin/stdout)")
+    parser.add_argument("--smp", type=parse_smp, default=1, metavar="N",
+                        help="N vCPUs (1-64); with the irqchip vCPUs 1.. wait for INIT/SIPI")
+    parser.add_argument("--append", default=None, metavar="TEXT",
+                        help="kernel command line: fw_cfg's, and a Multiboot kernel's "
+                        "after its file name")
+    parser.add_argument("--initrd", type=parse_initrd, default=(), metavar="FILE[,FILE...]",
+                        help="modules of a Multiboot kernel, one per file")
 
 
 def check_guest_file(path: str) -> None:
@@ -152,6 +183,11 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
     from minikvm.core.config import MachineConfig, VirtioSpec
 
     check_guest_file(args.guest)
+    if args.smp > 1 and not args.irqchip:
+        # Without a LAPIC nothing holds the APs back: every vCPU would start
+        # at the reset vector at once.
+        raise UsageError("--smp needs the in-kernel irqchip: its LAPICs keep vCPUs 1.. "
+                         "waiting for INIT/SIPI (drop --no-irqchip)")
     virtio = []
     if args.virtio_rng:
         virtio.append(VirtioSpec("rng"))
@@ -163,7 +199,8 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
     sized = {} if args.mem is None else {"mem_size": args.mem}
     return MachineConfig(guest=args.guest, irqchip=args.irqchip, kvm_path=args.kvm,
                          load_addr=args.load_addr, entry=args.entry, mode=args.mode,
-                         virtio=tuple(virtio), **sized)
+                         virtio=tuple(virtio), vcpus=args.smp, append=args.append,
+                         initrd=args.initrd, **sized)
 
 
 @contextlib.contextmanager
@@ -172,12 +209,13 @@ def guest_file_errors(guest: str | None) -> Iterator[None]:
     setup refuses, or a file (guest, disk image) that cannot be read,
     becomes a one-line :class:`UsageError` (status 2) instead of a
     traceback. KVM's own errors pass: they have a status of their own."""
+    from minikvm.core.config import ConfigError
     from minikvm.loaders import LoaderError
     from minikvm.x86.modes import ModeError
 
     try:
         yield
-    except (LoaderError, ModeError) as err:
+    except (LoaderError, ModeError, ConfigError) as err:
         raise UsageError(str(err)) from None
     except OSError as err:
         if err.filename is None:   # not a file: e.g. no host memory for the guest's RAM

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from minikvm.core.board import DEFAULT_MEM_SIZE
 from minikvm.kvm.system import DEFAULT_KVM_PATH
 
-__all__ = ["MAX_VCPUS", "MachineConfig", "VIRTIO_KINDS", "VirtioSpec", "check_vcpu_count"]
+__all__ = ["ConfigError", "MAX_VCPUS", "MachineConfig", "VIRTIO_KINDS", "VirtioSpec", "check_vcpu_count"]
 
 #: The most vCPUs a machine may have (``--smp``): each is a host thread and,
 #: under kvm-pvm, a guest whose ring-0 code is emulated; APIC ids then fit
@@ -25,13 +25,17 @@ MAX_VCPUS = 64
 VIRTIO_KINDS = ("rng", "blk", "console")
 
 
+class ConfigError(ValueError):
+    """A machine that cannot be built as asked (one line for a person)."""
+
+
 def check_vcpu_count(count: int, host_max: int | None = None) -> None:
     """Refuse a vCPU count outside 1..:data:`MAX_VCPUS`, or above what the
     host's KVM allows (``KVM_CAP_MAX_VCPUS``, when given), in one line."""
     if not 1 <= count <= MAX_VCPUS:
-        raise ValueError(f"{count} vCPUs: a machine has 1 to {MAX_VCPUS}")
+        raise ConfigError(f"{count} vCPUs: a machine has 1 to {MAX_VCPUS}")
     if host_max is not None and host_max > 0 and count > host_max:
-        raise ValueError(f"{count} vCPUs: this host's KVM allows at most {host_max} "
+        raise ConfigError(f"{count} vCPUs: this host's KVM allows at most {host_max} "
                          "(KVM_CAP_MAX_VCPUS)")
 
 
@@ -59,8 +63,11 @@ class MachineConfig:
     ``guest`` is a file: an ELF image is loaded by its program headers and
     started in the mode its class implies; anything else is a flat binary
     loaded at ``load_addr`` (default 0x1000) and started at ``entry`` in
-    ``mode`` (default real). ``irqchip`` adds KVM's in-kernel PIC, IOAPIC,
-    LAPIC and PIT. ``vcpus`` vCPUs are created (vCPU 0 starts the guest).
+    ``mode`` (default real); a file with a Multiboot header is loaded as a
+    Multiboot kernel with ``initrd`` as its modules. ``irqchip`` adds KVM's
+    in-kernel PIC, IOAPIC, LAPIC and PIT. ``vcpus`` vCPUs are created
+    (vCPU 0 starts the guest; with the irqchip the others wait for
+    INIT/SIPI).
     """
 
     guest: str | None = None
@@ -72,6 +79,11 @@ class MachineConfig:
     entry: int | None = None
     mode: str | None = None
     virtio: tuple[VirtioSpec, ...] = field(default=())
+    #: The kernel command line (``--append``): fw_cfg's CMDLINE items, and
+    #: for a Multiboot kernel its command line after the file name.
+    append: str | None = None
+    #: Module files for a Multiboot kernel (``--initrd``), one module each.
+    initrd: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         check_vcpu_count(self.vcpus)
