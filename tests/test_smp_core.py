@@ -1,9 +1,11 @@
 """Two vCPUs of one VM, each on its own thread, through the runner.
 
-No SMP start-up here (that is the next issue): without the in-kernel
-irqchip every vCPU runs from the start, so each is put in real mode at an
-entry of its own. The code is a few hand-assembled instructions written
-straight into guest RAM.
+No SMP start-up here (tests/test_smp_guests.py has it): without the
+in-kernel irqchip every vCPU runs from the start, so each is put in real
+mode at an entry of its own. The code is a few hand-assembled instructions
+written straight into guest RAM. The HaltGroup's rule -- the run ends on a
+halt only when every vCPU is done, confirmed afresh -- is tested here
+without a VM.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import time
 import pytest
 
 from minikvm.core.board import DEBUG_EXIT_PORT, DEBUGCON_PORT
+from minikvm.core.runner import HaltGroup
 from minikvm.kvm.exits import Hlt, IoOut
 from minikvm.machine import Machine, StopKind
 
-pytestmark = pytest.mark.kvm
 
 ENTRIES = (0x1000, 0x2000)
 #: What each vCPU writes to debugcon, by index.
@@ -71,6 +73,7 @@ def two_vcpu_machine(programs, output=None) -> tuple[Machine, Recorder]:
     return machine, recorder
 
 
+@pytest.mark.kvm
 def test_each_vcpus_exits_arrive_tagged_with_its_index_and_its_bytes_in_order():
     output = []
     machine, recorder = two_vcpu_machine([debugcon_then_halt(m) for m in MESSAGES],
@@ -95,6 +98,7 @@ def test_each_vcpus_exits_arrive_tagged_with_its_index_and_its_bytes_in_order():
         assert all(byte in rest for byte in message), f"{message!r} out of order in {written!r}"
 
 
+@pytest.mark.kvm
 def test_each_vcpu_runs_on_a_thread_of_its_own():
     machine, recorder = two_vcpu_machine([debugcon_then_halt(m) for m in MESSAGES])
     with machine:
@@ -103,6 +107,7 @@ def test_each_vcpu_runs_on_a_thread_of_its_own():
     assert recorder.threads[0] != recorder.threads[1]
 
 
+@pytest.mark.kvm
 def test_a_debug_exit_on_vcpu_1_ends_the_run_and_stops_the_spinning_vcpu_0():
     machine, recorder = two_vcpu_machine([SPIN, DEBUG_EXIT])
     with machine:
@@ -121,6 +126,7 @@ def test_a_debug_exit_on_vcpu_1_ends_the_run_and_stops_the_spinning_vcpu_0():
     assert [event.vcpu for event in recorder.events if event.stop is not None][0] == 1
 
 
+@pytest.mark.kvm
 def test_ctrl_c_on_the_callers_thread_propagates_as_with_one_vcpu():
     machine, _ = two_vcpu_machine([debugcon_then_halt(m) for m in MESSAGES])
 
@@ -131,3 +137,63 @@ def test_ctrl_c_on_the_callers_thread_propagates_as_with_one_vcpu():
     machine.listeners.append(ctrl_c)
     with machine, pytest.raises(KeyboardInterrupt):
         machine.run(timeout=30)
+
+
+# -- the HaltGroup, without a VM ---------------------------------------------------------
+
+
+class FakeRunner:
+    """What the HaltGroup reads of a runner: its index, its activity, whether
+    the last check found it parked; what it asks: a fresh halt check."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.activity = 0
+        self.parked = False
+        self.checks_asked = 0
+
+    def check_halt(self) -> None:
+        self.checks_asked += 1
+
+
+def test_one_vcpu_alone_decides_at_once():
+    runner = FakeRunner(0)
+    assert HaltGroup([runner]).report(runner, True) is True
+    assert HaltGroup([runner]).report(runner, False) is False
+
+
+def test_all_marked_starts_a_confirmation_round_and_only_fresh_marks_end_the_run():
+    bsp, ap = FakeRunner(0), FakeRunner(1)
+    group = HaltGroup([bsp, ap])
+    assert group.report(ap, True) is False            # parked AP; the BSP has not reported
+    assert group.report(bsp, True) is False           # all marked, but the AP's mark is old
+    assert ap.checks_asked == 1                       # so the AP is asked again
+    assert group.report(ap, True) is True             # confirmed after the round: the end
+
+
+def test_a_vcpu_that_did_something_since_its_mark_keeps_the_run_going():
+    bsp, ap = FakeRunner(0), FakeRunner(1)
+    group = HaltGroup([bsp, ap])
+    group.report(ap, True)
+    ap.activity += 1                                  # it exited since: the mark is stale
+    assert group.report(bsp, True) is False
+    assert ap.checks_asked == 0                       # no round while a mark is stale
+    assert group.report(ap, False) is False           # and it is running after all
+    assert group.report(bsp, True) is False
+
+
+def test_a_woken_ap_found_running_in_the_round_cancels_the_end():
+    bsp, ap = FakeRunner(0), FakeRunner(1)
+    group = HaltGroup([bsp, ap])
+    group.report(ap, True)                            # parked ...
+    assert group.report(bsp, True) is False           # the BSP sent SIPI, then halted
+    assert group.report(ap, False) is False           # the fresh look: the AP runs
+    ap.activity += 1
+    assert group.report(bsp, True) is False
+
+
+def test_the_summary_names_parked_vcpus():
+    runners = [FakeRunner(i) for i in range(3)]
+    runners[1].parked = runners[2].parked = True
+    assert HaltGroup(runners).summary() == ("vCPU 0 halted (hlt with interrupts off); "
+                                            "vCPU 1, 2 never started (waiting for INIT/SIPI)")

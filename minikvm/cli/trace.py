@@ -35,6 +35,8 @@ __all__ = [
     "add_arguments",
     "add_trace_arguments",
     "attach_trace_file",
+    "describe_vcpus",
+    "mp_state_words",
     "render_log",
     "render_stats",
     "run",
@@ -86,10 +88,15 @@ def render_log(records: Iterable[TraceRecord], title: str = "exits") -> Table:
 
     records = list(records)
     start = records[0].time - records[0].guest_time if records else 0.0
+    # With several vCPUs each row names the one that exited.
+    several = any(record.vcpu for record in records)
     table = Table(title=title, title_justify="left", expand=True, box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 1), collapse_padding=True)
-    for name, justify in (("#", "right"), ("ms", "right"), ("rip", "right"), ("exit", "left"),
-                          ("access", "left"), ("value", "right")):
+    columns = [("#", "right"), ("ms", "right"), ("rip", "right"), ("exit", "left"),
+               ("access", "left"), ("value", "right")]
+    if several:
+        columns.insert(1, ("cpu", "right"))
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     table.add_column("device.register", overflow="fold", max_width=16)
     table.add_column("meaning", overflow="fold", ratio=1, min_width=24)
@@ -102,9 +109,12 @@ def render_log(records: Iterable[TraceRecord], title: str = "exits") -> Table:
         if record.size:
             access += f"/{record.size}"
         where = ".".join(part for part in (record.device, record.register) if part)
-        table.add_row(str(record.seq), _time_cell(record, start),
-                      "" if record.rip is None else f"{record.rip:#x}", record.reason,
-                      access, value, where, record.description)
+        cells = [str(record.seq), _time_cell(record, start),
+                 "" if record.rip is None else f"{record.rip:#x}", record.reason,
+                 access, value, where, record.description]
+        if several:
+            cells.insert(1, str(record.vcpu))
+        table.add_row(*cells)
     return table
 
 
@@ -133,6 +143,29 @@ def render_stats(tracer: Tracer) -> list[Table]:
     if stats.by_port:
         tables.append(_stats_table("exits by port / address", "port", stats.by_port))
     return tables
+
+
+def describe_vcpus(machine: Machine) -> str:
+    """Each vCPU's MP state after a run, in words: ``0 halted, 1 waiting
+    for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED)`` -- an AP the guest never
+    started shows as parked. Call it when no vCPU runs (KVM_GET_MP_STATE
+    waits for a vCPU inside KVM_RUN)."""
+    return ", ".join(f"{index} {mp_state_words(vcpu.get_mp_state())}"
+                     for index, vcpu in enumerate(machine.vcpus))
+
+
+def mp_state_words(state: int) -> str:
+    """A ``KVM_MP_STATE_*`` value as a person reads it."""
+    from minikvm.kvm.uapi import KvmMpState
+
+    try:
+        name = KvmMpState(state).name
+    except ValueError:
+        return f"MP state {state}"
+    words = {"KVM_MP_STATE_RUNNABLE": "runnable", "KVM_MP_STATE_HALTED": "halted",
+             "KVM_MP_STATE_UNINITIALIZED": "waiting for INIT/SIPI",
+             "KVM_MP_STATE_INIT_RECEIVED": "waiting for SIPI"}.get(name)
+    return f"{words} ({name})" if words else name
 
 
 def _usage(message: str) -> int:
@@ -187,4 +220,6 @@ def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT
     if output:
         console.print(f"guest output: {bytes(output).decode('latin-1')!r}")
     console.print(f"stop: {stop.message}")
+    if len(machine.vcpus) > 1:
+        console.print(f"vCPUs: {describe_vcpus(machine)}")
     return stop.status if stop.status is not None else 0

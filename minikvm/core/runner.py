@@ -332,7 +332,8 @@ class HaltGroup:
         # Per runner: (check number, activity) of its last "done" check, or None.
         self._marks: dict[int, tuple[int, int] | None] = {id(r): None for r in self.runners}
         self._checks = 0
-        self._round = -1
+        # The check number that started the last confirmation round (None: none yet).
+        self._round: int | None = None
 
     def report(self, runner: VcpuRunner, done: bool) -> bool:
         """``runner``'s halt check found it ``done`` (or not); True when the
@@ -349,8 +350,13 @@ class HaltGroup:
                 mark = self._marks[id(other)]
                 if mark is None or mark[1] != other.activity:
                     return False
-            if all(self._marks[id(other)][0] > self._round for other in others):  # type: ignore[index]
-                return True
+            # Every mark at least as young as the round's start (the starter's
+            # own mark is that start): all were done at once. One vCPU alone
+            # needs no round.
+            if self._round is not None or not others:
+                if all(self._marks[id(other)][0] >= (self._round or 0)  # type: ignore[index]
+                       for other in others):
+                    return True
             self._round = self._checks
             to_kick = others
         for other in to_kick:

@@ -68,6 +68,7 @@ class TraceRecord:
     register: str = ""
     description: str = ""
     char: str = ""
+    vcpu: int = 0          # the vCPU that made the exit
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -95,7 +96,7 @@ def record_from_event(event: Any) -> TraceRecord:
     exit = event.exit
     record = TraceRecord(event.seq, event.time, event.guest_time, event.rip, event.reason,
                          count=getattr(event, "accesses", 1) or 1,
-                         description=event.description)
+                         description=event.description, vcpu=event.vcpu)
     access = event.access
     if isinstance(exit, (IoOut, IoIn)):
         record.space, record.address, record.size = "pio", exit.port, exit.size

@@ -255,7 +255,20 @@ class Session:
             self.error_trace = traceback.format_exc()
             outcome = _Outcome(RunStatus.ERROR, f"the VMM failed: {type(err).__name__}: {err}")
         self._outcome = outcome
+        self._note_mp_states()
         self._done.set()
+
+    def _note_mp_states(self) -> None:
+        """With several vCPUs, after an action (no vCPU runs now): each
+        runner's MP state, for the devices panel (parked APs show)."""
+        runners = getattr(self.machine, "runners", ())
+        if len(runners) < 2:
+            return
+        for runner in runners:
+            try:
+                runner.mp_state = KvmMpState(runner.vcpu.get_mp_state())
+            except Exception:  # noqa: BLE001 - a panel detail must not fail the action
+                runner.mp_state = None
 
     def _cont(self, until: Callable[[ExitEvent], bool] | None,
               timeout: float | None) -> Stop:

@@ -111,6 +111,24 @@ def parse_memory_spec(text: str, symbols: Callable[[str], int] | None = None) ->
 
 # -- device panel -------------------------------------------------------------------------
 
+def vcpu_view(runners: Any) -> DeviceView:
+    """With several vCPUs: each one's MP state as its runner last read it
+    (``KVM_GET_MP_STATE`` at a halt check or after a TUI action), so an AP
+    still parked waiting for INIT/SIPI shows as such. No ioctl here."""
+    rows = []
+    for runner in runners:
+        state = getattr(runner, "mp_state", None)
+        if state is None:
+            words = "not looked at yet"
+        else:
+            name = getattr(state, "name", str(state))
+            words = {"KVM_MP_STATE_RUNNABLE": "runnable", "KVM_MP_STATE_HALTED": "halted",
+                     "KVM_MP_STATE_UNINITIALIZED": "parked: waiting for INIT/SIPI",
+                     "KVM_MP_STATE_INIT_RECEIVED": "parked: waiting for SIPI"}.get(name, name)
+        rows.append((f"vCPU {runner.index}", words))
+    return DeviceView(f"vCPUs ({len(rows)})", tuple(rows))
+
+
 def _where(space: str, base: int) -> str:
     return f"port {base:#x}" if space == "pio" else f"{base:#x}"
 
@@ -150,6 +168,9 @@ def device_views(machine: Any) -> tuple[DeviceView, ...]:
         views += [_device_view(bus.space, mapping) for mapping in bus]
         unclaimed += bus.unclaimed_count
     views.sort(key=lambda view: -len(view.rows))  # stable: bus order among equals
+    runners = getattr(machine, "runners", ())
+    if len(runners) > 1:
+        views.insert(0, vcpu_view(runners))
     if unclaimed:
         views.append(DeviceView("unclaimed",
                                 (("accesses", f"{unclaimed} (reads return all-ones)"),)))
