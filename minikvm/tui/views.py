@@ -43,6 +43,8 @@ def exit_row(event: ExitEvent) -> ExitRow:
     elif not description:
         from minikvm.machine import describe_exit
         description = describe_exit(exit, event.access, event.accesses)
+    if getattr(event, "vcpu", 0):
+        description = f"vCPU {event.vcpu}: {description}"   # vCPU 0's exits say nothing
     return ExitRow(event.seq, event.reason, event.rip, where, event.device, event.register,
                    event.value, description, event.stop.message if event.stop else "")
 
