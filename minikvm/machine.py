@@ -96,7 +96,10 @@ class Machine:
             self.vm.create_irqchip()
             self.vm.create_pit2()
 
-        self.memory = GuestMemory.with_size(mem_size)
+        # RAM from 0, and above 4 GiB what does not fit below the board's hole.
+        self.memory = GuestMemory()
+        for base, size in board.ram_regions(mem_size):
+            self.memory.add_region(base, size)
         for region in self.memory.regions:
             self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size,
                                            region.host_address)

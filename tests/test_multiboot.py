@@ -291,3 +291,21 @@ def test_bad_multiboot_input_is_one_line_and_status_2(tmp_path, make, extra, wor
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert words in result.stderr
+
+
+def test_ram_beyond_3_gib_goes_above_4_gib_and_the_map_says_so():
+    from minikvm.core.board import ram_regions
+
+    assert ram_regions(256 * MiB) == ((0, 256 * MiB),)
+    assert ram_regions(5 << 30) == ((0, 3 << 30), (4 << 30, 2 << 30))
+    memory = GuestMemory()
+    for base, size in ram_regions(5 << 30):
+        memory.add_region(base, size)
+    load_multiboot(memory, aout_kernel())
+    mbi = mbi_fields(memory)
+    entries = [struct.unpack("<IQQI", memory.read(mbi["mmap_addr"] + 24 * i, 24))[1:]
+               for i in range(mbi["mmap_length"] // 24)]
+    assert entries == [(0, 0xA0000, 1), (0xA0000, 0x60000, 2), (MiB, (3 << 30) - MiB, 1),
+                       (4 << 30, 2 << 30, 1)]
+    assert mbi["upper"] == ((3 << 30) - MiB) // 1024, "mem_upper stops at the first hole"
+    memory.close()

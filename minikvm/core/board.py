@@ -38,12 +38,15 @@ __all__ = [
     "MAX_VIRTIO_DEVICES",
     "PORT_DEVICES",
     "PortDevice",
+    "RAM_ABOVE_4G_BASE",
     "RAM_BASE",
+    "RAM_BELOW_4G_MAX",
     "VIRTIO_MMIO_BASE",
     "VIRTIO_MMIO_FIRST_IRQ",
     "VIRTIO_MMIO_WINDOW",
     "VirtioWindow",
     "virtio_cmdline",
+    "ram_regions",
     "virtio_window",
 ]
 
@@ -53,6 +56,22 @@ __all__ = [
 RAM_BASE = layout.RAM_BASE
 #: Bare-metal guests get 2 MiB unless told otherwise (``--mem``).
 DEFAULT_MEM_SIZE = 2 * 1024 * 1024
+#: RAM below 4 GiB ends here at most; the rest of a larger ``--mem`` goes
+#: above 4 GiB. The gap keeps guest-physical addresses free for what is not
+#: RAM: the virtio windows (0xD000_0000), the IOAPIC (0xFEC0_0000), the
+#: local APICs (0xFEE0_0000), the KVM areas below 4 GiB. QEMU's PC leaves
+#: the same kind of hole ("below_4g_mem_size", 3 GiB with gigabyte alignment).
+RAM_BELOW_4G_MAX = 0xC000_0000
+RAM_ABOVE_4G_BASE = 1 << 32
+
+
+def ram_regions(mem_size: int) -> tuple[tuple[int, int], ...]:
+    """Where ``mem_size`` bytes of RAM go: ``(base, size)`` from 0, and the
+    part beyond :data:`RAM_BELOW_4G_MAX` from 4 GiB."""
+    low = min(mem_size, RAM_BELOW_4G_MAX)
+    if mem_size <= low:
+        return ((RAM_BASE, low),)
+    return ((RAM_BASE, low), (RAM_ABOVE_4G_BASE, mem_size - low))
 
 # -- port I/O --------------------------------------------------------------------------
 
