@@ -138,7 +138,6 @@ def test_load_end_addr_limits_what_is_copied():
     (dict(entry=0x100200), "entry_addr"),
     (dict(load_addr=0x300000), "does not fit in guest RAM"),
     (dict(load_addr=0x400), "overlaps the GDT"),
-    (dict(load_addr=0x9000), "overlaps the Multiboot information"),
     (dict(load_addr=0xFFFFFF00, size=0x200, entry=0xFFFFFF10), "past 4 GiB"),
 ])
 def test_bad_address_fields_are_one_line_and_write_nothing(fields, words):
@@ -147,6 +146,15 @@ def test_bad_address_fields_are_one_line_and_write_nothing(fields, words):
         load_multiboot(memory, aout_kernel(**fields))
     assert "\n" not in str(info.value)
     assert memory.read(0, 2 * MiB) == bytes(2 * MiB), "a refused kernel leaves RAM untouched"
+
+
+def test_a_kernel_in_low_memory_gets_the_boot_information_after_it():
+    memory = GuestMemory.with_size(2 * MiB)
+    image = load_multiboot(memory, aout_kernel(load_addr=0x8000, size=0x2800), cmdline="rm")
+    assert image.info_addr == 0xB000, "the page after the kernel (0x8000-0xa7ff)"
+    mbi = struct.unpack_from("<7I", memory.read(image.info_addr, 28))
+    assert c_string(memory, mbi[4]) == "rm"
+    assert memory.read(0x8000, 0x2800) == aout_kernel(load_addr=0x8000, size=0x2800)
 
 
 def test_without_address_fields_the_kernel_must_be_elf32():

@@ -27,10 +27,11 @@ many teaching kernels are too. The contract has three parts:
   below 640 KiB and from 1 MiB up to the first hole), the command line, the
   modules (start, end, string), the memory map, and the boot loader's name.
 
-Where things go, as QEMU places them (hw/i386/multiboot.c): the kernel where
-it asks; the modules after it, each on a fresh page; the boot information,
-the module list, the memory map and the strings in low memory at
-:data:`INFO_ADDR` (0x9000), below the VMM's result page and stack. The
+Where things go, much as QEMU places them (hw/i386/multiboot.c): the kernel
+where it asks; the modules after it, each on a fresh page; the boot
+information, the module list, the memory map and the strings in low memory
+at :data:`INFO_ADDR` (0x9000), below the VMM's result page and stack -- or,
+when the kernel itself lies there, on the page after the last module. The
 memory map offers 0-640 KiB and 1 MiB-end of RAM as usable and calls the
 640 KiB-1 MiB range reserved, as a PC's firmware does (VGA and BIOS ROM live
 there on real hardware).
@@ -328,6 +329,24 @@ def _align(value: int, to: int = PAGE) -> int:
     return -(-value // to) * to
 
 
+def _info_place(memory: GuestMemory, size: int, kernel: list[tuple[int, int, str]],
+                after_modules: int, reserved: tuple[MapEntry, ...]) -> int:
+    """Where the information block goes: at :data:`INFO_ADDR` in low memory
+    as QEMU puts it, unless the kernel itself lies there (kvm-unit-tests'
+    real-mode test is linked at 0x8000); then on the page after the last
+    module. Refuses a block that fits nowhere."""
+    if INFO_ADDR + size <= INFO_END and not any(
+            MapEntry(addr, addr + length, what, "").overlaps(INFO_ADDR, size)
+            for addr, length, what in kernel):
+        check_placement(memory, INFO_ADDR, size, "the boot information", reserved)
+        return INFO_ADDR
+    if after_modules + size > 1 << 32:
+        raise LoaderError("the boot information would end above 4 GiB")
+    check_placement(memory, after_modules, size, f"the boot information ({size} bytes)",
+                    reserved)
+    return after_modules
+
+
 def load_multiboot(memory: GuestMemory, data_or_path: bytes | str | os.PathLike, *,
                    cmdline: str = "", modules: Sequence[str | os.PathLike] = (),
                    header: MultibootHeader | None = None,
@@ -352,24 +371,14 @@ def load_multiboot(memory: GuestMemory, data_or_path: bytes | str | os.PathLike,
             blob, module_name = read_image(path, memory.size)
             module_data.append((blob, _string(module_name or "module", "a module's name")))
         memory_map = _memory_map(memory)
-        # The information block: the structure, the module list, the map, the strings.
-        modules_at = INFO_ADDR + _MBI_SIZE
-        mmap_at = modules_at + _MODULE.size * len(module_data)
-        strings_at = mmap_at + _MMAP.size * len(memory_map)
         strings = [cmdline_raw, _string(BOOTLOADER_NAME, "the loader name")]
         strings += [string for _, string in module_data]
-        info_end = strings_at + sum(map(len, strings))
-        if info_end > INFO_END:
-            raise LoaderError(f"the boot information needs {info_end - INFO_ADDR} bytes from "
-                              f"{INFO_ADDR:#x}; {INFO_END - INFO_ADDR} fit below {INFO_END:#x}")
-        info_area = MapEntry(INFO_ADDR, info_end, "Multiboot information",
-                             "boot information, module list, memory map, strings")
-        check_placement(memory, INFO_ADDR, info_end - INFO_ADDR, "the boot information",
-                        reserved)
-        avoid = reserved + (info_area,)
+        # The information block: the structure, the module list, the map, the strings.
+        info_size = (_MBI_SIZE + _MODULE.size * len(module_data)
+                     + _MMAP.size * len(memory_map) + sum(map(len, strings)))
         kernel = _kernel_extent(data, header)
         for addr, size, what in kernel:
-            check_placement(memory, addr, size, what, avoid)
+            check_placement(memory, addr, size, what, reserved)
         # Modules: after the kernel, each on a fresh page, below 4 GiB.
         placed: list[MultibootModule] = []
         at = _align(max(addr + size for addr, size, _ in kernel))
@@ -377,14 +386,18 @@ def load_multiboot(memory: GuestMemory, data_or_path: bytes | str | os.PathLike,
             what = f"module {os.fspath(path)} ({len(blob)} bytes)"
             if at + len(blob) > 1 << 32:
                 raise LoaderError(f"{what} would end above 4 GiB")
-            check_placement(memory, at, len(blob), what, avoid)
+            check_placement(memory, at, len(blob), what, reserved)
             placed.append(MultibootModule(at, at + len(blob), string[:-1].decode()))
             at = _align(at + len(blob))
-        image = _write_kernel(memory, data, header, avoid)
+        info_addr = _info_place(memory, info_size, kernel, at, reserved)
+        image = _write_kernel(memory, data, header, reserved)
     except LoaderError as err:
         raise LoaderError(f"{prefix}{err}") from None
     for (blob, _), module in zip(module_data, placed):
         memory.write(module.start, blob)
+    modules_at = info_addr + _MBI_SIZE
+    mmap_at = modules_at + _MODULE.size * len(module_data)
+    strings_at = mmap_at + _MMAP.size * len(memory_map)
 
     # Strings, then the structures that point at them.
     addresses = []
@@ -403,11 +416,11 @@ def load_multiboot(memory: GuestMemory, data_or_path: bytes | str | os.PathLike,
     upper_end = _contiguous_end(memory, UPPER_MEMORY_START)
     upper = min(max(0, upper_end - UPPER_MEMORY_START) // 1024, 0xFFFF_FFFF)
     flags = MBI_MEMORY | MBI_CMDLINE | MBI_MODS | MBI_MMAP | MBI_BOOT_LOADER_NAME
-    memory.write(INFO_ADDR, bytes(_MBI_SIZE))
-    memory.write(INFO_ADDR, _MBI.pack(flags, lower, upper, 0, cmdline_addr, len(placed),
+    memory.write(info_addr, bytes(_MBI_SIZE))
+    memory.write(info_addr, _MBI.pack(flags, lower, upper, 0, cmdline_addr, len(placed),
                                       modules_at if placed else 0,
                                       _MMAP.size * len(memory_map), mmap_at, name_addr))
     return MultibootImage(image.kind, image.entry, CpuMode.PROTECTED, image.segments,
-                          image.symbols, source=name, info_addr=INFO_ADDR,
+                          image.symbols, source=name, info_addr=info_addr,
                           cmdline=cmdline, modules=placed, memory_map=memory_map,
                           header=header)
