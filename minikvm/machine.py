@@ -40,6 +40,7 @@ from minikvm.devices.debug_exit import DebugExit
 from minikvm.devices.debugcon import DebugCon
 from minikvm.devices.fw_cfg import FwCfg
 from minikvm.devices.i8042 import I8042
+from minikvm.devices.testdev import PcTestdevIomem, PcTestdevIrq, PcTestdevPorts
 from minikvm.devices.uart import Uart16550
 from minikvm.devices.virtio.mmio import VirtioMmioTransport
 from minikvm.hostio import HostInput, Receiver
@@ -141,10 +142,15 @@ class Machine:
         #: QEMU's firmware configuration device: RAM size, CPUs, command line.
         self.fw_cfg = FwCfg()
         self.fw_cfg.set_machine(mem_size, vcpus)
+        #: QEMU's pc-testdev, which kvm-unit-tests drives (devices/testdev.py).
+        self.testdev = PcTestdevPorts()
+        self.testdev_irq = PcTestdevIrq([self._line(gsi) for gsi in range(board.TESTDEV_IRQ_PORTS)])
         wired = {"debugcon": self.debugcon, "debug-exit": self.debug_exit,
-                 "i8042": self.i8042, "com1": self.uart, "fw_cfg": self.fw_cfg}
+                 "i8042": self.i8042, "com1": self.uart, "fw_cfg": self.fw_cfg,
+                 "testdev": self.testdev, "testdev-irq": self.testdev_irq}
         for slot in board.PORT_DEVICES:
             self.pio.register(slot.base, slot.size, wired[slot.name])
+        self.mmio.register(board.TESTDEV_IOMEM_BASE, board.TESTDEV_IOMEM_SIZE, PcTestdevIomem())
         self.serial_input = HostInput()
         #: virtio-mmio transports, in the order added (see add_virtio).
         self.virtio: list[VirtioMmioTransport] = []

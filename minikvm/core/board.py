@@ -46,6 +46,12 @@ __all__ = [
     "VIRTIO_MMIO_WINDOW",
     "VirtioWindow",
     "virtio_cmdline",
+    "TESTDEV_IOMEM_BASE",
+    "TESTDEV_IOMEM_SIZE",
+    "TESTDEV_IRQ_PORT",
+    "TESTDEV_IRQ_PORTS",
+    "TESTDEV_PORT",
+    "TESTDEV_PORTS",
     "ram_regions",
     "virtio_window",
 ]
@@ -95,6 +101,11 @@ COM1_IRQ = 4
 #: at 0x511. (The DMA register at 0x514 is not offered.)
 FW_CFG_PORT = 0x510
 FW_CFG_PORTS = 2
+#: QEMU's pc-testdev (hw/misc/pc-testdev.c), for kvm-unit-tests.
+TESTDEV_PORT = 0xE0
+TESTDEV_PORTS = 8
+TESTDEV_IRQ_PORT = 0x2000
+TESTDEV_IRQ_PORTS = 24
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,17 @@ PORT_DEVICES = (
     PortDevice("i8042", I8042_DATA_PORT, I8042_PORTS),
     PortDevice("com1", COM1_PORT, COM1_PORTS, COM1_IRQ),
     PortDevice("fw_cfg", FW_CFG_PORT, FW_CFG_PORTS),
+    # QEMU's pc-testdev, which kvm-unit-tests expects: a scratch register at
+    # 0xE0 and the flush-page port at 0xE4, and 24 ISA interrupt lines a guest
+    # may drive itself from 0x2000. Its scratch memory is MMIO (below). (Its
+    # byte view of the register at 0xE8 would cover the debug console.)
+    PortDevice("testdev", TESTDEV_PORT, TESTDEV_PORTS),
+    PortDevice("testdev-irq", TESTDEV_IRQ_PORT, TESTDEV_IRQ_PORTS),
 )
+
+#: pc-testdev's 64 KiB of scratch memory (MMIO, not RAM).
+TESTDEV_IOMEM_BASE = 0xFF00_0000
+TESTDEV_IOMEM_SIZE = 0x1_0000
 
 # -- virtio-mmio -----------------------------------------------------------------------
 
