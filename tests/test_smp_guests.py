@@ -178,3 +178,74 @@ def test_trace_names_the_vcpu_of_each_exit_and_shows_parked_aps(tmp_path):
     words = " ".join(text.split())   # rich wraps long lines
     assert "vCPU 1, 2 never started" in words
     assert "1 waiting for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED)" in words
+
+
+#: Long mode at 0x1000: identity-map 2 MiB user-accessible, load a GDT with
+#: ring-3 segments, iretq to ring 3 (IOPL 3), run CPUID leaves 1 and 0 there,
+#: store EBX of each at 0x9000/0x9004 and leave through the debug-exit port.
+RING3_CPUID = """
+    .code64
+    .globl _start
+_start:
+    movq $0x11007, 0x10000
+    movq $0x12007, 0x11000
+    movq $0x87, 0x12000
+    mov $0x10000, %rax
+    mov %rax, %cr3
+    lgdt gdtr
+    pushq $0x1b
+    pushq $0x80000
+    pushq $0x3002
+    pushq $0x23
+    pushq $user
+    iretq
+user:
+    mov $1, %eax
+    cpuid
+    mov %ebx, 0x9000
+    xor %eax, %eax
+    cpuid
+    mov %ebx, 0x9004
+    mov $0, %al
+    out %al, $0xf4
+1:  jmp 1b
+    .p2align 3
+gdt:
+    .quad 0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF, 0x00CFF2000000FFFF, 0x00AFFA000000FFFF
+gdtr:
+    .word 5 * 8 - 1
+    .quad gdt
+"""
+
+
+def test_what_cpuid_in_ring_3_sees_depends_on_the_host(tmp_path):
+    """Ring-0 CPUID is KVM's (it follows KVM_SET_CPUID2; the SMP guest's
+    "CPUID says" lines prove it per vCPU). Ring 3 is KVM's on hardware
+    virtualization too, but kvm-pvm runs guest ring 3 natively, so there
+    CPUID answers from the host CPU: its vendor, its APIC id. We mark our
+    table (vendor EBX "AAAA", APIC id 0x42) and look which one ring 3 saw."""
+    from minikvm.guestbuild import assemble, tools_available
+    from minikvm.kvm.host import detect_host
+
+    if not tools_available():
+        pytest.skip("needs binutils")
+    source = tmp_path / "ring3_cpuid.S"
+    source.write_text(RING3_CPUID)
+    flat = assemble(source, tmp_path, bits=64).flat
+    with Machine(irqchip=True) as machine:
+        table = machine.cpuid
+        for entry in table.entries[:table.nent]:
+            if entry.function == 0:
+                entry.ebx = 0x41414141
+            elif entry.function == 1:
+                entry.ebx = (entry.ebx & 0xFFFFFF) | 0x42 << 24
+        machine.vcpu.set_cpuid2(table)
+        machine.load_flat(flat, 0x1000, mode="long")
+        stop = machine.run(timeout=20)
+        leaf1, leaf0 = struct.unpack("<II", machine.memory.read(0x9000, 8))
+    assert stop.status == 1, stop
+    ours = (leaf1 >> 24, leaf0) == (0x42, 0x41414141)
+    if detect_host().flavour == "kvm_pvm":
+        assert not ours and leaf0 != 0x41414141, "kvm-pvm: ring 3 asks the host CPU"
+    else:
+        assert ours, "hardware KVM intercepts CPUID in every ring"

@@ -16,6 +16,13 @@ arch/x86/kvm/cpuid.c zeroes only EAX-ECX of leaves 0xB/0x1F, "No
 topology"), while the in-kernel LAPIC gives vCPU *n* APIC id *n*
 (``kvm_lapic_reset``, arch/x86/kvm/lapic.c). So the VMM writes each vCPU
 a table of its own: :func:`with_apic_id`.
+
+What the guest really sees depends on the host. On hardware KVM every CPUID
+exits to KVM, which answers from the vCPU's table. Under kvm-pvm the guest's
+ring-0 code is emulated, and KVM's emulator answers from the table too (the
+SMP guest's "CPUID says" equals its LAPIC id); but guest ring 3 runs
+natively, and a CPUID there answers from the *host* CPU: its vendor, its
+APIC id (tests/test_smp_guests.py probes both).
 """
 
 from __future__ import annotations
