@@ -335,4 +335,5 @@ def test_a_machine_with_two_vcpus_names_the_vcpu_of_each_exit(guests):
         assert (state.vcpu, state.vcpus) == (0, 2)
         assert [row.vcpu for row in state.exits] == [0]
         assert session.message.startswith("vCPU 0: exit 1 (IO_OUT)")
+        assert "vCPU 0 of 2" in render_text(state, 120, 36).splitlines()[0]
         session.close()
