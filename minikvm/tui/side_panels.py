@@ -100,7 +100,7 @@ def _exit_lines(row: ExitRow, columns: _Columns, inner: int, newest: bool) -> li
 
 
 #: Below this many cells, continuation rows start under the exit reason instead.
-_NARROWEST_MEANING = 30
+_NARROWEST_MEANING = 40
 
 
 def render_exits(state: TuiState, width: int, height: int) -> Panel:
