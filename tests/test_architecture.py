@@ -349,7 +349,7 @@ def split_files(target: str) -> list[Path]:
     "minikvm/machine",
     "minikvm/debug/debugger",
     "minikvm/lessons",
-    pytest.param("minikvm/tui/session", marks=SPLIT_IN_PROGRESS),
+    "minikvm/tui/session",
     "minikvm/tui/render",
 ])
 def test_a_module_that_held_several_concepts_is_split_to_450_lines(target):
