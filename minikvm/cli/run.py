@@ -224,7 +224,7 @@ def _record_stop(path: str, seq: int, result: Outcome, stop: Stop | None,
 
 def _drain(sink: StdoutSink, deadline: float | None) -> int:
     """Write what the guest left in the output buffer; returns the bytes
-    that could not be written.
+    that could not be written (they are counted in ``sink.dropped`` too).
 
     Without a deadline (no ``--timeout``) it waits as long as the reader
     needs, as ``cat`` would (Ctrl-C and SIGTERM still end it). With one, it
@@ -248,19 +248,17 @@ def _drain(sink: StdoutSink, deadline: float | None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from minikvm.hostio import RawStdin, StdoutSink
+    from minikvm.machine import Machine
 
     config = config_from_args(args)
     ending = _Ending()
     sink = StdoutSink(on_error=ending.output_failed)
-    from minikvm.machine import Machine
-
     with guest_file_errors(config.guest, config.mem_size):
         machine = Machine.from_config(config, output=sink)
     ending.machine = machine
     started = time.monotonic()
     tracer = None
     stop = None
-    result: Outcome | None = None
     try:
         with machine, RawStdin() as stdin:
             if args.trace:
@@ -285,12 +283,12 @@ def run(args: argparse.Namespace) -> int:
                 debug_exit_value = machine.debug_exit.last_value
         result = outcome(stop, ending.outcome)
         deadline = None if args.timeout is None else started + args.timeout
-        lost = _drain(sink, deadline)
+        _drain(sink, deadline)
         if sink.broken:
             if result.status != OUTPUT_CLOSED and sink.dropped:
                 # The reader left before all the guest said was written: as for `cat`.
                 result = Outcome(OUTPUT_CLOSED, "vmm", _output_failed_words(sink.error))
-        elif lost or sink.dropped:
+        elif sink.dropped:
             note = (f"{sink.dropped} byte{'s' if sink.dropped != 1 else ''} of guest output "
                     "dropped: stdout was not read fast enough")
             result.line = f"{result.line}; {note}" if result.line else f"note: {note}"
@@ -309,5 +307,8 @@ def run(args: argparse.Namespace) -> int:
         tracer.close()
         _record_stop(args.trace, tracer.seen + 1, result, stop, debug_exit_value)
     if result.line:
-        print(f"minikvm: {result.line}", file=sys.stderr)
+        try:
+            print(f"minikvm: {result.line}", file=sys.stderr)
+        except (OSError, ValueError):
+            pass   # a terminal that hung up
     return result.status
