@@ -30,7 +30,11 @@ What this model does, and why:
   and, with FIFOs on, the new byte is lost (it stays in the shift register and
   is overwritten); in 16450 mode the new byte replaces the unread one. Either
   way memory stays bounded. The host side should offer only
-  :meth:`Uart16550.rx_space` bytes at a time, so that nothing is lost.
+  :meth:`Uart16550.rx_space` bytes at a time, so that nothing is lost; that
+  is 0 until the driver has set the chip up and asked for input (MCR.RTS or
+  IER.RDI: :attr:`Uart16550.receiver_ready`), so that bytes typed or piped
+  before then wait on the host instead of being cleared by the driver's FCR
+  write.
 * **Character timeout** (IIR 0x0C). A real 16550 raises it when the RX FIFO
   holds fewer bytes than the trigger level and nothing has arrived or been
   read for four character times, so that a driver waiting for interrupts
@@ -390,15 +394,42 @@ class Uart16550(Device):
         """The level this UART drives on its interrupt line now."""
         return self._line_level
 
+    @property
+    def receiver_ready(self) -> bool:
+        """Does the driver want host input now? While not, the host holds it back.
+
+        A 16550A has no "receiver enable" bit: its receiver samples SIN all the
+        time, and a byte that arrives while the driver is still setting the chip
+        up is lost to the FCR write that clears the FIFOs (section 8.5) or to an
+        overrun. On a real line the other end holds it back by *flow control*:
+        a terminal set for RTS/CTS handshaking sends only while the UART drives
+        RTS (MCR bit 1; the datasheet's pin description: RTS "informs the
+        MODEM or data set that the UART is ready to exchange data"). The host
+        end here is such a terminal. It also takes IER.RDI ("interrupt me when
+        data is received") as the same promise, for drivers that never write
+        MCR. Linux's 8250 driver does both only after clearing the FIFOs and
+        reading RBR to discard stale bytes (``serial8250_do_startup``, then
+        ``uart_port_dtr_rts``), so input that waits for them survives set-up.
+        In loopback the input pin is cut: never ready.
+        """
+        if self.loopback:
+            return False
+        return bool(self.mcr & UART_MCR_RTS or self.ier & UART_IER_RDI)
+
     def rx_space(self) -> int:
         """How many host bytes :meth:`receive` can take now without an overrun.
 
-        0 in loopback: the input pin is disconnected, so the host should keep
-        its bytes until the guest leaves loopback.
+        0 while the receiver is not ready (:attr:`receiver_ready`: no RTS, no
+        IER.RDI, or loopback): the host keeps its bytes until the driver asks
+        for them, as a terminal with hardware flow control would.
         """
-        if self.loopback:
+        if not self.receiver_ready:
             return 0
         return self.rx_capacity - len(self._rx)
+
+    def rx_pending(self) -> int:
+        """Received bytes the driver has not read yet (RBR / the RX FIFO)."""
+        return len(self._rx)
 
     def receive(self, data: bytes) -> int:
         """Bytes arriving on the serial input pin from the host, as one burst.
