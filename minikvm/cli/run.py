@@ -59,7 +59,7 @@ HELP = "run a guest to completion"
 #: Status when the guest's output has nowhere to go: stdout's reader went
 #: away (EPIPE) or writing failed (EIO, ENOSPC). 128 + SIGPIPE (13), what a
 #: shell reports for a program that a closed pipe killed (``yes | head``).
-OUTPUT_CLOSED = 141
+OUTPUT_CLOSED = int(ExitStatus.OUTPUT_CLOSED)
 #: After the end of piped input, how long a guest that has read all of it
 #: may stay silent (no output, no input read) before the run ends.
 INPUT_END_QUIET = 0.5
