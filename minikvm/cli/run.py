@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minikvm.cli.options import UsageError, add_run_options, config_from_args, guest_file_errors
+from minikvm.cli.options import (UsageError, add_gdb_option, add_run_options, config_from_args,
+                                 guest_file_errors)
 
 __all__ = ["add_arguments", "run", "stdout_sink"]
 
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     parser.add_argument("--trace", default=None, metavar="FILE",
                         help="record every VM exit to FILE as JSON Lines")
+    add_gdb_option(parser)
 
 
 def stdout_sink(data: bytes) -> None:
@@ -54,7 +56,11 @@ def run(args: argparse.Namespace) -> int:
             # The reader thread kicks the vCPU so that a guest sleeping in
             # hlt sees the byte at once.
             stdin.start_reader(machine.serial_input, on_input=machine.vcpu.kick)
-            stop = machine.run(timeout=args.timeout)
+            if args.gdb is not None:
+                from minikvm.gdb.serve import serve_gdb
+                stop = serve_gdb(machine, args.gdb, guest=args.guest, timeout=args.timeout)
+            else:
+                stop = machine.run(timeout=args.timeout)
         finally:
             stdin.stop_reader()
             if tracer is not None:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from minikvm.cli.options import add_run_options, config_from_args, guest_file_errors
+from minikvm.cli.options import add_gdb_option, add_run_options, config_from_args, guest_file_errors
 from minikvm.core.board import ExitStatus
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     add_trace_arguments(parser)
+    add_gdb_option(parser)
 
 
 def attach_trace_file(machine: Machine, path: str | os.PathLike) -> Tracer:
@@ -153,12 +154,14 @@ def run(args: argparse.Namespace) -> int:
         machine = Machine.from_config(config, output=output.extend)
     with machine:
         return trace_machine(machine, limit=args.limit, capacity=args.capacity,
-                             jsonl=args.jsonl, timeout=args.timeout, output=output)
+                             jsonl=args.jsonl, timeout=args.timeout, output=output,
+                             gdb=args.gdb, guest=args.guest)
 
 
 def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT_CAPACITY,
                   jsonl: str | None = None, timeout: float | None = None,
-                  output: bytearray | None = None, console: Console | None = None) -> int:
+                  output: bytearray | None = None, console: Console | None = None,
+                  gdb: tuple[str, int] | None = None, guest: str | None = None) -> int:
     """Run ``machine`` with a tracer keeping ``capacity`` exits (and writing
     all to ``jsonl``); print the last ``limit`` exits, the statistics, what
     the guest printed (``output``, which the machine's output sink fills)
@@ -176,7 +179,11 @@ def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT
     except OSError as err:
         return _usage(f"{err.filename}: {err.strerror}")
     with tracer:
-        stop = machine.run(timeout=timeout or DEFAULT_TRACE_TIMEOUT)
+        if gdb is not None:   # gdb drives the guest; no default time limit then
+            from minikvm.gdb.serve import serve_gdb
+            stop = serve_gdb(machine, gdb, guest=guest, timeout=timeout)
+        else:
+            stop = machine.run(timeout=timeout or DEFAULT_TRACE_TIMEOUT)
     if limit:
         shown = list(tracer.records)[-limit:]
         hidden = tracer.seen - len(shown)
