@@ -20,8 +20,10 @@ Two layouts, because gdb's x86 architectures differ in their registers
 
 gdb requires the x87 registers in the core feature, so they are always
 there; the SSE registers, ``fs_base``/``gs_base`` (long mode only) and the
-system registers (CR0-CR4, EFER: a feature of our own, ``info registers
-system``) follow.
+system registers follow -- CR0-CR4 and EFER, a feature of our own: gdb
+shows them in ``info registers`` and by name (``p/x $cr3``). (They say
+``group="system"``, but gdb 13's x86 puts every register it does not know
+itself in the general group.)
 
 :class:`RegisterFile` reads the three structures of one vCPU once, serves
 every register from them, and writes back only the structures a write
