@@ -166,8 +166,11 @@ def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT
     all to ``jsonl``); print the last ``limit`` exits, the statistics, what
     the guest printed (``output``, which the machine's output sink fills)
     and how it stopped. The run lasts at most ``timeout`` seconds (default
-    :data:`DEFAULT_TRACE_TIMEOUT`). Returns the guest's exit status as
-    ``minikvm run`` would, 2 when the ``jsonl`` file cannot be written.
+    :data:`DEFAULT_TRACE_TIMEOUT`). With ``gdb`` (host, port) gdb drives the
+    run (:func:`minikvm.gdb.serve.serve_gdb`; ``guest`` names the file in the
+    attach line) and the trace shows what happened under it. Returns the
+    guest's exit status as ``minikvm run`` would, 2 when the ``jsonl`` file
+    cannot be written.
     """
     from rich.console import Console
 
