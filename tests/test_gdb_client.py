@@ -182,8 +182,9 @@ def test_monitor_commands_explain_what_gdb_cannot_see(demo):
 
 @pytest.mark.slow
 def test_two_vcpus_are_two_threads_and_a_breakpoint_stops_the_second(demo):
-    served = demo(["info threads", "break ap_count", "continue", "info threads",
-                   "delete", "thread 1", "continue"], vcpus=2)
+    # vCPU 0 spins until gdb clears `spin`: the guest cannot end before vCPU 1 gets there.
+    served = demo(["set var spin = 1", "info threads", "break ap_count", "continue",
+                   "info threads", "set var spin = 0", "delete", "continue"], vcpus=2)
     assert re.search(r"2\s+Thread 2 \(vCPU 1, long mode, stopped\) ap_main", served.output)
     assert "Thread 2 hit Breakpoint 1, ap_count ()" in served.output
     assert re.search(r"\* 2\s+Thread 2 \(vCPU 1", served.output)

@@ -262,7 +262,7 @@ def test_ctrl_c_stops_a_spinning_guest_with_sigint(demo):
     client, symbols = demo()
     client.one(f"M{address(symbols, 'spin'):x},4:01000000")
     client.session.received(encode_packet(b"vCont;c"))
-    time.sleep(0.3)
+    time.sleep(0.1)
     assert client.session.running
     assert client.feed(b"\x03")[-1] == b"T02thread:1;"
 
