@@ -268,3 +268,27 @@ def test_bad_gdb_addresses_are_refused(text):
     import argparse
     with pytest.raises(argparse.ArgumentTypeError):
         parse_gdb_address(text)
+
+
+# -- where the stub sits ----------------------------------------------------------------------
+
+
+def test_the_stub_is_a_front_end_nothing_below_it_imports():
+    """DESIGN.md: the stub speaks the debugger layer to gdb; no layer under
+    the front ends may depend on it (only cli/ and lessons/ call it)."""
+    from tests.test_architecture import MODULES, module_level_imports, within
+
+    users = [name for name in MODULES
+             if not any(within(name, top) for top in ("minikvm.gdb", "minikvm.cli",
+                                                      "minikvm.lessons"))
+             and any(within(edge.imported, "minikvm.gdb") for edge in module_level_imports(name))]
+    assert users == []
+
+
+def test_each_module_of_the_stub_holds_one_concept_in_at_most_450_lines():
+    from tests.conftest import ROOT
+
+    sizes = {path.name: len(path.read_text().splitlines())
+             for path in (ROOT / "minikvm" / "gdb").glob("*.py")}
+    assert {name for name, lines in sizes.items() if lines > 450} == set()
+    assert {"packets.py", "registers.py", "tdesc.py", "commands.py", "serve.py"} <= set(sizes)

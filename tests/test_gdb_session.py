@@ -258,6 +258,16 @@ def test_the_guest_exit_is_W_with_its_status_after_a_line_of_console_output(demo
     assert client.session.outcome == Outcome.ENDED
 
 
+def test_a_crash_is_shown_as_sigsegv_first_and_ends_with_X_at_the_next_resume(demo):
+    client, symbols = demo()
+    client.one(f"M{address(symbols, '_start'):x},2:0f0b")   # ud2, and no IDT: a triple fault
+    message, stop = client.ask("vCont;c")
+    assert b"triple fault" in bytes.fromhex(message[1:].decode()) and stop == b"T0bthread:1;"
+    assert reg(client.one("g"), 16) == address(symbols, "_start")   # the wreck can be looked at
+    assert client.ask("vCont;c")[-1] == b"X0b"
+    assert client.target.ended.status == 3                         # as `minikvm run` says
+
+
 def test_ctrl_c_stops_a_spinning_guest_with_sigint(demo):
     client, symbols = demo()
     client.one(f"M{address(symbols, 'spin'):x},4:01000000")

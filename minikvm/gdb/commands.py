@@ -310,8 +310,10 @@ class Commands:
     # -- q, Q and v packets -------------------------------------------------------------------
 
     def _query(self, body: bytes) -> bytes | list[bytes]:
-        name, _, args = body.partition(b":") if not body.startswith((b"Rcmd,", b"ThreadExtra")) \
-            else body.partition(b",")
+        # A query's name ends at ':' -- or at ',' for these two (section
+        # "General Query Packets" spells them qRcmd,COMMAND and qThreadExtraInfo,ID).
+        comma = body.startswith((b"Rcmd,", b"ThreadExtraInfo,"))
+        name, _, args = body.partition(b"," if comma else b":")
         target = self.target
         if name == b"Supported":
             return SUPPORTED
