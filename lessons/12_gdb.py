@@ -10,7 +10,6 @@ import select
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Sequence
 
 from _common import Lesson, run_lesson

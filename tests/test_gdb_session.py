@@ -327,7 +327,8 @@ def damage(packet: bytes, how: int) -> bytes:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chunks=st.lists(st.one_of(
-    st.tuples(COMMANDS, st.integers(0, 4)).map(lambda c: damage(encode_packet(c[0].encode()), c[1])),
+    st.tuples(COMMANDS, st.integers(0, 4)).map(
+        lambda case: damage(encode_packet(case[0].encode()), case[1])),
     st.binary(max_size=40).map(lambda b: encode_packet(escape_binary(b"X100150,%x:" % len(b)) +
                                                        escape_binary(b))),
     st.binary(max_size=24), NOISE), max_size=12))

@@ -118,7 +118,8 @@ def parse_gdb_address(text: str) -> tuple[str, int]:
     try:
         number = int(port)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1234)") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1234)") from None
     if not 0 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: a TCP port is 0-65535")
     return host, number

@@ -330,7 +330,8 @@ class Commands:
                 vcpu = self._thread(args)
             except LookupError:
                 return E_THREAD
-            return self._thread_info(target.last.vcpu if vcpu is None else vcpu).encode().hex().encode()
+            info = self._thread_info(target.last.vcpu if vcpu is None else vcpu)
+            return info.encode().hex().encode()
         if name == b"Symbol":
             return OK         # no symbols wanted
         if name == b"Xfer":

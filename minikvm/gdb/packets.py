@@ -184,7 +184,8 @@ class PacketReader:
                 if byte == _END:
                     self._state = _State.CHECKSUM
                 elif byte == _START:
-                    yield Event(EventKind.CORRUPT, reason="a new '$' began before this packet's '#'")
+                    yield Event(EventKind.CORRUPT,
+                                reason="a new '$' began before this packet's '#'")
                     self._begin()
                 else:
                     self._sum = (self._sum + byte) & 0xFF

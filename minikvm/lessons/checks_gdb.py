@@ -70,7 +70,8 @@ def _what_the_stub_read(wire: bytes) -> str:
 
     events = list(PacketReader().feed(wire))
     if not events:
-        return "The stub is still waiting for the end of your packet: it never saw '#' and two digits."
+        return ("The stub is still waiting for the end of your packet: it never saw '#' "
+                "and two digits.")
     first = events[0]
     if first.kind is EventKind.CORRUPT:
         end = wire.find(b"#")
