@@ -56,12 +56,13 @@ def test_every_lesson_has_a_script_and_reference_output():
 
 
 def test_lessons_are_numbered_01_to_10_in_order():
-    assert LESSON_IDS == [f"{n:02d}" for n in range(1, 11)]
+    assert LESSON_IDS[:10] == [f"{n:02d}" for n in range(1, 11)]
+    assert LESSON_IDS == sorted(set(LESSON_IDS))      # later ones (12: gdb) in order too
 
 
 def test_every_exercise_has_a_task_a_starter_and_a_solution():
     assert [lesson.number for lesson in EXERCISE_LESSONS] == list(EXERCISES)
-    assert list(EXERCISES) == [f"{n:02d}" for n in range(3, 11)]
+    assert list(EXERCISES)[:8] == [f"{n:02d}" for n in range(3, 11)]
     for lesson in EXERCISE_LESSONS:
         assert lesson.task.is_file(), lesson.task
         assert lesson.starter_path.is_file(), lesson.starter_path
@@ -135,7 +136,7 @@ def verdict_text(verdict: Verdict) -> str:
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", slow_only(EXERCISES, "09", "10"))
+@pytest.mark.parametrize("number", slow_only(EXERCISES, "09", "10", "12"))
 def test_reference_solution_passes(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, lesson.solution_path)
@@ -152,6 +153,7 @@ STARTER_SAYS = {
     "08": "MCR bit 3, OUT2, is clear",
     "09": "its flags have no VIRTQ_DESC_F_NEXT",
     "10": "no VIRTIO_BLK_T_GET_ID (type 8) request",
+    "12": "Every '#' in the data ends the packet there",
 }
 
 #: A plausible wrong answer for each exercise, and what the checker must say about it.
@@ -163,11 +165,12 @@ MISTAKE_SAYS = {
     "08": "bit 2 is OUT1",
     "09": "device-readable buffer after a writable one",
     "10": "GET_ID into 0 bytes (needs 20): IOERR",
+    "12": "the escape byte itself must be escaped too",
 }
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", slow_only(EXERCISES, "08", "09", "10"))
+@pytest.mark.parametrize("number", slow_only(EXERCISES, "08", "09", "10", "12"))
 def test_unchanged_starting_file_is_turned_away_with_the_reason(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, lesson.starter_path)
@@ -176,7 +179,7 @@ def test_unchanged_starting_file_is_turned_away_with_the_reason(number):
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", slow_only(sorted(MISTAKE_SAYS), "08", "09", "10"))
+@pytest.mark.parametrize("number", slow_only(sorted(MISTAKE_SAYS), "08", "09", "10", "12"))
 def test_plausible_mistake_is_turned_away_with_the_reason(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, MISTAKES / lesson.starter)

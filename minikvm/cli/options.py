@@ -30,7 +30,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Parser",
     "UsageError",
+<<<<<<< HEAD
     "KVM_MAX_SLOT_BYTES",
+=======
+    "add_gdb_option",
+>>>>>>> gdb
     "add_run_options",
     "check_guest_file",
     "check_mem_size",
@@ -38,6 +42,7 @@ __all__ = [
     "format_size",
     "guest_file_errors",
     "parse_blk",
+    "parse_gdb_address",
     "parse_int",
     "parse_size",
     "parse_timeout",
@@ -165,6 +170,30 @@ def parse_blk(text: str) -> tuple[str, bool]:
     if not os.access(path, os.R_OK | (0 if option == "ro" else os.W_OK)):
         raise argparse.ArgumentTypeError(f"{path!r}: permission denied")
     return path, option == "ro"
+
+
+def parse_gdb_address(text: str) -> tuple[str, int]:
+    """Where the gdb stub listens: ``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT``
+    or ``PORT`` (then on 127.0.0.1, this machine only); port 0 takes a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1234)") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a TCP port is 0-65535")
+    return host, number
+
+
+def add_gdb_option(parser: argparse.ArgumentParser) -> None:
+    """``--gdb HOST:PORT`` (run, trace): wait for gdb before the first instruction."""
+    parser.add_argument("--gdb", type=parse_gdb_address, default=None, metavar="HOST:PORT",
+                        help="wait for gdb on HOST:PORT before the guest's first instruction "
+                             "(minikvm/gdb; PORT alone listens on 127.0.0.1)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

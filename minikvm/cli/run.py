@@ -43,7 +43,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from minikvm.cli.options import UsageError, add_run_options, config_from_args, guest_file_errors
+from minikvm.cli.options import (UsageError, add_gdb_option, add_run_options, config_from_args,
+                                 guest_file_errors)
 from minikvm.core.board import ExitStatus
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     parser.add_argument("--trace", default=None, metavar="FILE",
                         help="record every VM exit to FILE as JSON Lines")
+    add_gdb_option(parser)
 
 
 @dataclass
@@ -275,7 +277,11 @@ def run(args: argparse.Namespace) -> int:
                 stdin.start_reader(machine.serial_input, on_input=machine.vcpu.kick)
                 if stdin.fd >= 0 and not stdin.is_tty:
                     watch = _InputEndWatch(machine, stdin, sink, ending)
-                stop = machine.run(timeout=args.timeout)
+                if args.gdb is not None:
+                    from minikvm.gdb.serve import serve_gdb
+                    stop = serve_gdb(machine, args.gdb, guest=args.guest, timeout=args.timeout)
+                else:
+                    stop = machine.run(timeout=args.timeout)
             finally:
                 if watch is not None:
                     watch.stop()

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from minikvm.cli.options import add_run_options, config_from_args, guest_file_errors
+from minikvm.cli.options import add_gdb_option, add_run_options, config_from_args, guest_file_errors
 from minikvm.core.board import ExitStatus
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     add_trace_arguments(parser)
+    add_gdb_option(parser)
 
 
 def attach_trace_file(machine: Machine, path: str | os.PathLike) -> Tracer:
@@ -153,18 +154,23 @@ def run(args: argparse.Namespace) -> int:
         machine = Machine.from_config(config, output=output.extend)
     with machine:
         return trace_machine(machine, limit=args.limit, capacity=args.capacity,
-                             jsonl=args.jsonl, timeout=args.timeout, output=output)
+                             jsonl=args.jsonl, timeout=args.timeout, output=output,
+                             gdb=args.gdb, guest=args.guest)
 
 
 def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT_CAPACITY,
                   jsonl: str | None = None, timeout: float | None = None,
-                  output: bytearray | None = None, console: Console | None = None) -> int:
+                  output: bytearray | None = None, console: Console | None = None,
+                  gdb: tuple[str, int] | None = None, guest: str | None = None) -> int:
     """Run ``machine`` with a tracer keeping ``capacity`` exits (and writing
     all to ``jsonl``); print the last ``limit`` exits, the statistics, what
     the guest printed (``output``, which the machine's output sink fills)
     and how it stopped. The run lasts at most ``timeout`` seconds (default
-    :data:`DEFAULT_TRACE_TIMEOUT`). Returns the guest's exit status as
-    ``minikvm run`` would, 2 when the ``jsonl`` file cannot be written.
+    :data:`DEFAULT_TRACE_TIMEOUT`). With ``gdb`` (host, port) gdb drives the
+    run (:func:`minikvm.gdb.serve.serve_gdb`; ``guest`` names the file in the
+    attach line) and the trace shows what happened under it. Returns the
+    guest's exit status as ``minikvm run`` would, 2 when the ``jsonl`` file
+    cannot be written.
     """
     from rich.console import Console
 
@@ -176,7 +182,11 @@ def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT
     except OSError as err:
         return _usage(f"{err.filename}: {err.strerror}")
     with tracer:
-        stop = machine.run(timeout=timeout or DEFAULT_TRACE_TIMEOUT)
+        if gdb is not None:   # gdb drives the guest; no default time limit then
+            from minikvm.gdb.serve import serve_gdb
+            stop = serve_gdb(machine, gdb, guest=guest, timeout=timeout)
+        else:
+            stop = machine.run(timeout=timeout or DEFAULT_TRACE_TIMEOUT)
     if limit:
         shown = list(tracer.records)[-limit:]
         hidden = tracer.seen - len(shown)

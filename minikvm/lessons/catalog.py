@@ -63,9 +63,10 @@ LESSONS: tuple[LessonInfo, ...] = (
     LessonInfo("09", "virtqueue", "MMIO exits and the virtqueue, a descriptor at a time",
                "09_chain.c"),
     LessonInfo("10", "virtio_blk", "virtio-blk end to end", "10_get_id.c"),
+    LessonInfo("12", "gdb", "Debugging a guest with gdb: the remote protocol", "12_rsp.py"),
 )
 
-#: Exercise numbers, in order (lessons 03 to 10 end with one).
+#: Exercise numbers, in order (lessons 03 to 10 and 12 end with one).
 EXERCISES: tuple[str, ...] = tuple(lesson.number for lesson in LESSONS if lesson.starter)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from minikvm.guestbuild import GuestBuildError
 from minikvm.lessons.checks_cpu import check_03, check_04, check_05, check_06, check_07
 from minikvm.lessons.checks_devices import check_08, check_09, check_10
+from minikvm.lessons.checks_gdb import check_12
 from minikvm.lessons.verdict import Verdict, not_yet
 
 __all__ = ["CHECKS", "check_exercise"]
@@ -31,6 +32,7 @@ CHECKS: dict[str, Callable[[Path, Path], Verdict]] = {
     "08": check_08,
     "09": check_09,
     "10": check_10,
+    "12": check_12,
 }
 
 
