@@ -30,11 +30,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Parser",
     "UsageError",
-<<<<<<< HEAD
     "KVM_MAX_SLOT_BYTES",
-=======
     "add_gdb_option",
->>>>>>> gdb
     "add_run_options",
     "check_guest_file",
     "check_mem_size",
