@@ -63,9 +63,9 @@ _DR6_BS_OR_B = DR6_BS | 0xF
 #: Exits of an instruction that KVM completes at the next KVM_RUN.
 _COMPLETED_LATER = (IoIn, IoOut, MmioRead, MmioWrite)
 _KVM_EXIT_DEBUG = int(KvmExit.KVM_EXIT_DEBUG)
-#: ``kvm_run.debug.arch.pc`` and ``.dr6`` (next to each other), read in one
-#: go from the run page.
-_DEBUG_PC_DR6 = struct.Struct("<QQ")
+#: ``kvm_run.debug.arch.pc`` and ``.dr6``, read in one go from the run page.
+_DEBUG_PC_DR6 = struct.Struct(
+    f"<Q{kvm_debug_exit_arch.dr6.offset - kvm_debug_exit_arch.pc.offset - 8}xQ")
 _DEBUG_PC_DR6_OFFSET = (kvm_run.debug.offset + kvm_run_debug.arch.offset
                         + kvm_debug_exit_arch.pc.offset)
 _monotonic = time.monotonic
