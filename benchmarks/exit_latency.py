@@ -33,7 +33,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import Clock, Rounds, Timing, build_c, load_average, print_ratio  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Clock,
+    Rounds,
+    Timing,
+    build_c,
+    load_average,
+    print_ratio,
+)
 from minikvm.kvm.exits import Hlt, IoOut  # noqa: E402
 from minikvm.machine import Machine  # noqa: E402
 

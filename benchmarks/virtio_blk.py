@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs["indirect" if indirect else "direct"].append(
                     (result.device_seconds, result.device_cpu_seconds))
     moved = max(1, total // (request * args.batch)) * args.batch * request
-    median = {key: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+    median = {key: (statistics.median(w for w, _ in values),
+                    statistics.median(c for _, c in values))
               for key, values in runs.items()}
     print(f"  {'':<28} {'MB/s (wall)':>12} {'MB/s (CPU)':>12} {'µs/request':>11}")
     for key, label in (("direct", "device, direct descriptors"),
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("(b) end to end from the blkbench guest (one 64 KiB read in flight), to its last exit")
     e2e = bench_end_to_end(args.guest_requests)
-    print(f"  requests {e2e.requests}, {e2e.mb_per_s:.1f} MB/s, {e2e.us_per_request:.0f} µs/request, "
+    print(f"  requests {e2e.requests}, {e2e.mb_per_s:.1f} MB/s, "
+          f"{e2e.us_per_request:.0f} µs/request, "
           f"{e2e.exits_per_request:.1f} VM exits/request, {e2e.interrupts} interrupts; "
           f"then {e2e.halt_seconds * 1e3:.1f} ms until the halt was noticed (not counted)")
     print(load_average())
