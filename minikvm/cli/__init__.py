@@ -32,7 +32,7 @@ from minikvm.cli import info, lesson, run, trace, tui
 from minikvm.cli.options import Parser, UsageError
 from minikvm.core.board import ExitStatus
 
-__all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
+__all__ = ["COMMANDS", "UsageError", "build_parser", "entry", "main"]
 
 #: The subcommands, in the order ``minikvm --help`` lists them.
 COMMANDS = {"run": run, "trace": trace, "info": info, "tui": tui, "lesson": lesson}
@@ -56,6 +56,24 @@ def _say(line: str) -> None:
         print(f"minikvm: {line}", file=sys.stderr)
     except (OSError, ValueError):
         pass
+
+
+def entry() -> None:
+    """The ``minikvm`` command itself (console script and ``python -m minikvm``).
+
+    Runs :func:`main`, flushes what it printed, and leaves with ``os._exit``:
+    by then every file is closed, the terminal restored and the guest's
+    output written, and the interpreter's own teardown (tens of ms, spent
+    freeing objects a dying process need not free) would only delay the
+    moment a script or a shell sees the status.
+    """
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(int(status) & 0xFF)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,7 @@ HALT_CHECK_FIRST = 0.001
 HALT_CHECK_INTERVAL = 0.05
 _RFLAGS_IF = 1 << 9
 _KVM_EXIT_INTR = int(KvmExit.KVM_EXIT_INTR)
+_now = time.monotonic
 #: The guest-debug state "off": what a free run uses.
 _NO_DEBUG = (0, (0,) * 8)
 
@@ -89,7 +90,9 @@ class VcpuRunner:
         raw ``KVM_EXIT_*`` reason (``KVM_EXIT_INTR`` for a kick). The
         machine's fast path reads the few bytes it needs itself and asks
         :meth:`decode` for a typed exit only when it needs one."""
+        self.started = _now()
         reason = self.vcpu.run_reason()
+        self.returned = _now()
         self.runs += 1
         return reason
 

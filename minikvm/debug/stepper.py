@@ -36,7 +36,6 @@ when the cached frame does hold 0xF4, so a stale entry never invents a
 from __future__ import annotations
 
 import struct
-import time
 
 from minikvm.core.events import ExitEvent
 from minikvm.core.stop import Stop
@@ -68,7 +67,6 @@ _DEBUG_PC_DR6 = struct.Struct(
     f"<Q{kvm_debug_exit_arch.dr6.offset - kvm_debug_exit_arch.pc.offset - 8}xQ")
 _DEBUG_PC_DR6_OFFSET = (kvm_run.debug.offset + kvm_run_debug.arch.offset
                         + kvm_debug_exit_arch.pc.offset)
-_monotonic = time.monotonic
 
 
 class Stepper:
@@ -99,7 +97,6 @@ class Stepper:
         runner = self.runner
         if state is not runner.guest_debug:
             runner.set_guest_debug(state)
-        started = _monotonic()
         reason = runner.run_reason()
         if reason == _KVM_EXIT_DEBUG:
             new_pc, dr6 = _DEBUG_PC_DR6.unpack_from(self._page, _DEBUG_PC_DR6_OFFSET)
@@ -112,9 +109,6 @@ class Stepper:
                         and view.cached_byte(pc) == HLT_OPCODE):
                     self._stepped_hlt(record)
                 return record
-        # An exit on the way: its event says when that KVM_RUN ran, as after
-        # VcpuRunner.run() (run_reason() does not note the times itself).
-        runner.started, runner.returned = started, _monotonic()
         return self._step_slow(before, pc, runner.decode(reason))
 
     def _step_slow(self, before: kvm_regs, pc: int, exit: VmExit) -> StepRecord:
