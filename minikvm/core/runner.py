@@ -195,7 +195,7 @@ class VcpuRunner:
     def rip(self) -> int | None:
         """RIP now (for a report; None when it cannot be read)."""
         try:
-            return self.vcpu.get_regs().rip
+            return self.vcpu.get_rip()
         except Exception:  # noqa: BLE001 - a report must not fail
             return None
 
