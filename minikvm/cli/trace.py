@@ -105,7 +105,8 @@ def _log_cells(record: TraceRecord, start: float) -> list[str]:
         # The record spells a newline as the two characters \n (JSON-friendly),
         # the same way the device's meaning does: show it as it is, quoted.
         value += f" '{record.char}'"
-    where = record.where.removeprefix("port ")
+    # "out 0xe9", "write 0xd0000070": in/out is port I/O, read/write MMIO.
+    where = "" if record.address is None else f"{record.address:#x}"
     access = " ".join(part for part in (record.direction, where) if part)
     if record.size:
         access += f"/{record.size}"
@@ -122,8 +123,9 @@ class ExitLog:
     their longest cell. The meaning -- the part worth reading -- is a last
     column, wrapped inside it, while that column gets at least
     :data:`MEANING_MIN_WIDTH` characters; on a narrower screen it goes on its
-    own lines under the exit, indented, using the whole width. Lines carry
-    no trailing blanks, so a piped log is plain text.
+    own lines under the exit, indented, using the whole width (and takes the
+    device.register cell with it when the row would not fit otherwise).
+    Lines carry no trailing blanks, so a piped log is plain text.
     """
 
     def __init__(self, records: Iterable[TraceRecord], title: str = "exits",
@@ -142,35 +144,50 @@ class ExitLog:
         if start is None:
             start = records[0].time - records[0].guest_time if records else 0.0
         rows = [_log_cells(record, start) for record in records]
-        headers = [name for name, _ in _LOG_COLUMNS]
+        columns = list(_LOG_COLUMNS)
+        headers = [name for name, _ in columns]
         widths = [max([len(header)] + [len(row[i]) for row in rows])
                   for i, header in enumerate(headers)]
-        fixed = sum(widths) + len(_GAP) * (len(widths) - 1)
-        room = width - fixed - len(_GAP)
+
+        def fixed_width() -> int:
+            return sum(widths) + len(_GAP) * (len(widths) - 1)
+
+        room = width - fixed_width() - len(_GAP)
         inline = room >= MEANING_MIN_WIDTH
+        # Under the row, the meaning has the width to itself; if the row is
+        # still too wide (long register names of virtio devices), the
+        # device.register cell goes down there too, in brackets.
+        device_below = not inline and fixed_width() > width
+        if device_below:
+            columns, headers, widths = columns[:-1], headers[:-1], widths[:-1]
+        fixed = fixed_width()
         rule = "-" if ascii_only else "\u2500"
 
         def line(cells: list[str]) -> str:
             parts = [cell.rjust(w) if justify == "right" else cell.ljust(w)
-                     for cell, w, (_, justify) in zip(cells, widths, _LOG_COLUMNS)]
+                     for cell, w, (_, justify) in zip(cells, widths, columns)]
             return _GAP.join(parts)
 
         out = [Text(self.title, style="bold")]
         head = (line(headers) + (_GAP + "meaning" if inline else "")).rstrip()
         out.append(Text(head, style="bold"))
-        if not inline:
-            out.append(Text(" " * (widths[0] + len(_GAP)) + "meaning", style="bold"))
-        out.append(Text(rule * min(width, max(len(head), fixed)), style="dim"))
         indent = " " * (fixed + len(_GAP)) if inline else " " * (widths[0] + len(_GAP))
+        if not inline:
+            out.append(Text(indent + ("[device.register] " if device_below else "") + "meaning",
+                            style="bold"))
+        out.append(Text(rule * min(width, max(len(head), fixed)), style="dim"))
         wrap_at = room if inline else max(20, width - len(indent))
         for cells, record in zip(rows, records):
-            meaning = textwrap.wrap(record.description, wrap_at) or [""]
+            meaning = record.description
+            if device_below and cells[-1]:
+                meaning = f"[{cells[-1]}] {meaning}"
+            wrapped = textwrap.wrap(meaning, wrap_at) or [""]
             if inline:
-                out.append(Text((line(cells) + _GAP + meaning[0]).rstrip()))
-                out.extend(Text(indent + rest) for rest in meaning[1:])
+                out.append(Text((line(cells) + _GAP + wrapped[0]).rstrip()))
+                out.extend(Text(indent + rest) for rest in wrapped[1:])
             else:
                 out.append(Text(line(cells).rstrip()))
-                out.extend(Text(indent + part) for part in meaning if part)
+                out.extend(Text(indent + part) for part in wrapped if part)
         return out
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterable[Text]:
