@@ -322,7 +322,7 @@ class Machine:
             event.stop = decide_stop(exit, runner.requests(exit, device_stop), runner.rip,
                                      runner.index)
             if explain:
-                event.description = describe_exit(exit, access, count)
+                event.description = describe_exit(exit, access, count, event.stop)
             if rip is not None:
                 event.rip = rip
             elif capture_rip:

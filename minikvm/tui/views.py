@@ -43,7 +43,7 @@ def exit_row(event: ExitEvent, number: int | None = None, vcpus: int = 1) -> Exi
     if type(exit) is Debug:
         description = _debug_words(exit)
     elif not description:
-        description = describe_exit(exit, event.access, event.accesses)
+        description = describe_exit(exit, event.access, event.accesses, event.stop)
     return ExitRow(event.seq if number is None else number, event.reason, event.rip, where,
                    event.device, event.register, event.value, description,
                    event.stop.message if event.stop else "",
