@@ -2,9 +2,17 @@
  *
  * Runs the portloop guest (a real-mode loop of `out` to an unclaimed port)
  * with the bare minimum a VMM must do per exit: KVM_RUN, look at the exit
- * reason, loop. Prints the number of exits and the nanoseconds they took.
+ * reason, loop. MODE says how much more it does, to match each Python loop:
+ *   0  nothing more (no KVM_CAP_SYNC_REGS);
+ *   1  KVM_CAP_SYNC_REGS on (kvm_valid_regs = KVM_SYNC_X86_REGS |
+ *      KVM_SYNC_X86_SREGS, as the Python machine sets it): KVM copies the
+ *      registers into the run page at every exit, nobody reads them;
+ *   2  as 1, and RIP read from the synced registers at every exit, the
+ *      final HLT included (what a Python listener's ExitEvent.rip costs):
+ *      summed, so that the Python side can check it saw the same RIPs.
+ * Prints: exits wall_ns cpu_ns rip_sum
  *
- * usage: exit_latency GUEST.bin COUNT
+ * usage: exit_latency GUEST.bin COUNT [MODE]
  */
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -23,10 +31,21 @@
 
 static void die(const char *what) { perror(what); exit(1); }
 
+static long long ns_of(clockid_t clock)
+{
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3) { fprintf(stderr, "usage: %s GUEST.bin COUNT\n", argv[0]); return 2; }
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s GUEST.bin COUNT [MODE]\n", argv[0]);
+        return 2;
+    }
     uint32_t count = (uint32_t)strtoul(argv[2], NULL, 0);
+    int mode = argc == 4 ? atoi(argv[3]) : 0;
 
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0) die("/dev/kvm");
@@ -60,19 +79,26 @@ int main(int argc, char **argv)
     if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0) die("KVM_SET_SREGS");
     struct kvm_regs regs = { .rip = LOAD_ADDR, .rflags = 2 };
     if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
+    if (mode >= 1) run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
 
-    struct timespec t0, t1;
     unsigned long exits = 0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    unsigned long long rip_sum = 0;
+    long long wall0 = ns_of(CLOCK_MONOTONIC), cpu0 = ns_of(CLOCK_PROCESS_CPUTIME_ID);
     for (;;) {
         if (ioctl(vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
-        if (run->exit_reason == KVM_EXIT_IO) { exits++; continue; }
-        if (run->exit_reason == KVM_EXIT_HLT) break;
+        if (run->exit_reason == KVM_EXIT_IO) {
+            exits++;
+            if (mode == 2) rip_sum += run->s.regs.regs.rip;
+            continue;
+        }
+        if (run->exit_reason == KVM_EXIT_HLT) {
+            if (mode == 2) rip_sum += run->s.regs.regs.rip; /* a listener sees it too */
+            break;
+        }
         fprintf(stderr, "unexpected exit %u\n", run->exit_reason);
         return 3;
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    long long ns = (t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
-    printf("%lu %lld\n", exits, ns);
+    long long wall = ns_of(CLOCK_MONOTONIC) - wall0, cpu = ns_of(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+    printf("%lu %lld %lld %llu\n", exits, wall, cpu, rip_sum);
     return 0;
 }

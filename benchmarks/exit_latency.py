@@ -1,12 +1,24 @@
-"""Exit latency: microseconds per VM exit, Python against C, in one run.
+"""Exit latency: the cost of one VM exit, Python against C, in one run.
 
 The guest (``guests/asm/portloop.S``) writes N times to port 0x80, which no
-device claims, then halts; each write is one VM exit. We time
-  (a) a raw loop over ``Vcpu.run()``: the binding's own cost per exit,
-  (b) ``Machine.run()``: the binding plus full dispatch (bus lookup, typed
-      events, stop checks),
-  (c) the same loop in C (``exit_latency.c``, compiled here by gcc),
-and print the ratios (a)/(c) and (b)/(c). Targets: <= 1.5 and <= 2.0.
+device claims, then halts; each write is one VM exit. We time, interleaved
+(one round runs every loop once), median of the rounds, CPU and wall:
+
+  (a) a raw loop over ``Vcpu.run()``: the binding's own cost per exit;
+  (b) ``Machine.run()`` with nobody listening: the run loop's fast path
+      (port read from the run page, bus, stop checks; no objects);
+  (c) the same loop in C (``exit_latency.c``), with KVM_CAP_SYNC_REGS on as
+      the Python machine has it (KVM copies the registers to the run page
+      at every exit; nobody reads them);
+  (d) ``Machine.run()`` with one listener that receives every event with
+      its RIP (``ExitEvent.rip``) -- what the trace and the TUI cost;
+  (e) the C loop reading RIP from the synced registers at every exit;
+and for information (c0), the C loop without sync regs.
+(d) and (e) must sum the same RIPs. Targets: (b)/(c) <= 1.25, (d)/(e) <= 1.6.
+
+Not covered: exits a device claims (the device model's own cost), MMIO
+exits, several vCPUs, halt detection (the guest halts with the irqchip off,
+so ``hlt`` is an exit of its own).
 
     python benchmarks/exit_latency.py [--exits N] [--repeat R]
 """
@@ -14,31 +26,33 @@ and print the ratios (a)/(c) and (b)/(c). Targets: <= 1.5 and <= 2.0.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (  # noqa: E402
+    Clock,
+    Rounds,
+    Timing,
+    build_c,
+    load_average,
+    print_ratio,
+)
 from minikvm.kvm.exits import Hlt, IoOut  # noqa: E402
 from minikvm.machine import Machine  # noqa: E402
 
-BUILD = ROOT / "benchmarks" / "build"
 GUEST = ROOT / "guests" / "build" / "portloop.bin"
 COUNT_OFFSET = 4  # where portloop keeps its iteration count
+TARGETS = {("b", "c"): 1.25, ("d", "e"): 1.6}
 
 
 def build() -> Path:
+    """The guests (make) and the C baseline."""
     subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
-    BUILD.mkdir(exist_ok=True)
-    binary = BUILD / "exit_latency"
-    source = ROOT / "benchmarks" / "exit_latency.c"
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
-    return binary
+    return build_c("exit_latency")
 
 
 def _machine(exits: int, output=None) -> Machine:
@@ -49,63 +63,106 @@ def _machine(exits: int, output=None) -> Machine:
     return machine
 
 
-def raw_loop(exits: int) -> float:
-    """(a) seconds per exit for a bare ``Vcpu.run()`` loop."""
+def raw_loop(exits: int) -> Timing:
+    """(a) a bare ``Vcpu.run()`` loop."""
     with _machine(exits) as machine:
         vcpu = machine.vcpu
         seen = 0
-        start = time.perf_counter()
-        while True:
-            exit = vcpu.run()
-            if type(exit) is IoOut:
-                seen += 1
-                continue
-            if type(exit) is Hlt:
-                break
-            raise RuntimeError(f"unexpected exit {exit}")
-        elapsed = time.perf_counter() - start
+        with Clock() as clock:
+            while True:
+                exit = vcpu.run()
+                if type(exit) is IoOut:
+                    seen += 1
+                    continue
+                if type(exit) is Hlt:
+                    break
+                raise RuntimeError(f"unexpected exit {exit}")
     assert seen == exits, (seen, exits)
-    return elapsed / exits
+    return clock.timing.per(exits)
+
+
+def machine_timing(exits: int, listen: bool = False) -> tuple[Timing, int]:
+    """(b), or (d) with ``listen``: ``Machine.run()``; and the sum of the
+    RIPs the listener received (0 without one)."""
+    rips = [0]
+
+    def listener(event) -> None:
+        rips[0] += event.rip
+
+    with _machine(exits) as machine:
+        if listen:
+            machine.listeners.append(listener)
+        with Clock() as clock:
+            stop = machine.run(timeout=600)
+        assert stop.kind.value == "halt", stop
+        assert machine.pio.unclaimed_count == exits
+    return clock.timing.per(exits), rips[0]
 
 
 def machine_loop(exits: int) -> float:
-    """(b) seconds per exit for ``Machine.run()`` with full dispatch."""
-    with _machine(exits) as machine:
-        start = time.perf_counter()
-        stop = machine.run(timeout=600)
-        elapsed = time.perf_counter() - start
-        assert stop.kind.value == "halt", stop
-        assert machine.pio.unclaimed_count == exits
-    return elapsed / exits
+    """(b) wall seconds per exit (``tui_overhead.py`` builds on it)."""
+    return machine_timing(exits)[0].wall
 
 
-def c_loop(binary: Path, exits: int) -> float:
-    """(c) seconds per exit for the C loop."""
-    out = subprocess.run([str(binary), str(GUEST), str(exits)], check=True,
+def c_loop(binary: Path, exits: int, mode: int) -> tuple[Timing, int]:
+    """(c) with ``mode`` 1, (e) with 2, (c0) with 0 (see exit_latency.c)."""
+    out = subprocess.run([str(binary), str(GUEST), str(exits), str(mode)], check=True,
                          capture_output=True, text=True).stdout.split()
-    seen, ns = int(out[0]), int(out[1])
-    assert seen == exits
-    return ns / 1e9 / exits
+    seen, wall, cpu, rip_sum = (int(word) for word in out)
+    assert seen == exits, (seen, exits)
+    return Timing(cpu / 1e9, wall / 1e9).per(exits), rip_sum
+
+
+LABELS = {
+    "a": "(a)  raw Vcpu.run() loop",
+    "b": "(b)  Machine.run(), no listener",
+    "c": "(c)  C loop, sync regs on",
+    "d": "(d)  Machine.run(), listener with RIP",
+    "e": "(e)  C loop, RIP from sync regs",
+    "c0": "(c0) C loop, no sync regs",
+}
+
+
+def measure(exits: int, repeat: int) -> Rounds:
+    """Every loop, interleaved; checks that (d) and (e) saw the same RIPs."""
+    binary = build()
+    sums: dict[str, int] = {}
+
+    def keep(key: str, result: tuple[Timing, int]) -> Timing:
+        sums[key] = result[1]
+        return result[0]
+
+    rounds = Rounds()
+    rounds.run(repeat, {
+        "c": lambda: c_loop(binary, exits, 1)[0],
+        "a": lambda: raw_loop(exits),
+        "b": lambda: machine_timing(exits)[0],
+        "e": lambda: keep("e", c_loop(binary, exits, 2)),
+        "d": lambda: keep("d", machine_timing(exits, listen=True)),
+        "c0": lambda: c_loop(binary, exits, 0)[0],
+    })
+    if sums["d"] != sums["e"]:
+        raise RuntimeError(f"the listener summed RIPs to {sums['d']:#x}, C to {sums['e']:#x}")
+    return rounds
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exits", type=int, default=20000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args(argv)
-    binary = build()
-    results: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-    for _ in range(args.repeat):  # interleave, so drift hits all three alike
-        results["c"].append(c_loop(binary, args.exits))
-        results["a"].append(raw_loop(args.exits))
-        results["b"].append(machine_loop(args.exits))
-    med = {k: statistics.median(v) * 1e6 for k, v in results.items()}
-    print(f"exits per run: {args.exits}, runs: {args.repeat} (median shown)")
-    print(f"(a) raw Vcpu.run() loop      {med['a']:8.2f} us/exit")
-    print(f"(b) Machine.run() dispatch   {med['b']:8.2f} us/exit")
-    print(f"(c) C loop                   {med['c']:8.2f} us/exit")
-    print(f"(a)/(c) = {med['a'] / med['c']:.2f}  (target <= 1.5)")
-    print(f"(b)/(c) = {med['b'] / med['c']:.2f}  (target <= 2.0)")
+    print(f"exit latency: {args.exits} exits per run, {args.repeat} interleaved rounds "
+          f"(median); {load_average()}")
+    rounds = measure(args.exits, args.repeat)
+    for key, label in LABELS.items():
+        median = rounds.median(key)
+        print(f"  {label:<40} CPU {median.cpu * 1e6:6.2f} us/exit  "
+              f"wall {median.wall * 1e6:6.2f} us/exit")
+    print_ratio("(a)/(c)", rounds.ratio("a", "c"))
+    for (key, baseline), target in TARGETS.items():
+        print_ratio(f"({key})/({baseline})", rounds.ratio(key, baseline), target)
+    print_ratio("(c)/(c0)", rounds.ratio("c", "c0"))
+    print(load_average())
     return 0
 
 

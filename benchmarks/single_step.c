@@ -1,18 +1,28 @@
 /* single_step.c: the C baseline for benchmarks/single_step.py.
  *
- * Single-steps the same long-mode guest the Python debugger steps, doing per
- * instruction what the debugger does at the least: KVM_RUN with
- * KVM_GUESTDBG_SINGLESTEP (and BLOCKIRQ where offered), check that the exit
- * is KVM_EXIT_DEBUG, KVM_GET_REGS (the full register capture).
+ * Single-steps the same long-mode guest the Python debugger steps, from the
+ * same state, doing per instruction what Debugger.step_instruction() and
+ * record.changed do:
+ *   - KVM_RUN with KVM_GUESTDBG_SINGLESTEP (and BLOCKIRQ where offered),
+ *     check that the exit is KVM_EXIT_DEBUG with DR6.BS;
+ *   - take the registers KVM left in the run page (KVM_CAP_SYNC_REGS with
+ *     kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS, as the
+ *     Python machine asks for), a copy of struct kvm_regs;
+ *   - "changed": compare the 18 u64 of kvm_regs with those before the step;
+ *   - after a one-byte step, the hlt check: translate the instruction's
+ *     linear address through the guest's page tables (CR0/CR3/CR4/EFER from
+ *     the synced sregs) and look whether the byte there is 0xF4.
+ * With SYNC=0 it does what the old baseline did instead: KVM_GET_REGS after
+ * each step, no sync regs, no changed, no hlt check.
  *
  * It does not set up long mode itself: the Python side writes the vCPU state
  * it created (kvm_regs, kvm_sregs and guest RAM, in the kernel's own struct
- * layouts) to a file, and this program loads it. So both loops step exactly
- * the same guest from exactly the same state.
+ * layouts) to a file, and this program loads it. One untimed step first (the
+ * Python loop makes one too, to issue KVM_SET_GUEST_DEBUG), then STEPS timed.
  *
- * usage: single_step STATE_FILE STEPS BLOCKIRQ(0|1)
+ * usage: single_step STATE_FILE STEPS BLOCKIRQ(0|1) SYNC(0|1)
  * state file: u64 memory size, struct kvm_regs, struct kvm_sregs, memory.
- * prints: steps nanoseconds final_rip final_rax
+ * prints: steps wall_ns cpu_ns final_rip final_rax final_rdx changed_total hlt_checks
  */
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -28,26 +38,87 @@
 #ifndef KVM_GUESTDBG_BLOCKIRQ
 #define KVM_GUESTDBG_BLOCKIRQ 0x00100000
 #endif
+#define DR6_BS (1u << 14)
+#define CR0_PG (1ull << 31)
+#define CR4_PSE (1ull << 4)
+#define EFER_LMA (1ull << 10)
+#define PTE_P 1ull
+#define PTE_PS (1ull << 7)
+#define ADDR_MASK 0x000ffffffffff000ull
+#define NREGS 18 /* struct kvm_regs: 16 GPRs, rip, rflags, all u64 */
+_Static_assert(sizeof(struct kvm_regs) == NREGS * 8, "kvm_regs is 18 u64");
+
+static uint8_t *mem;
+static uint64_t mem_size;
 
 static void die(const char *what) { perror(what); exit(1); }
 
+static long long ns_of(clockid_t clock)
+{
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static int read_u64(uint64_t phys, uint64_t *value)
+{
+    if (phys > mem_size - 8) return 0;
+    memcpy(value, mem + phys, 8);
+    return 1;
+}
+
+/* Guest-physical address of a linear one; -1 when unmapped (SDM vol. 3A, 4.3-4.5). */
+static int64_t translate(const struct kvm_sregs *s, uint64_t linear)
+{
+    if (!(s->cr0 & CR0_PG)) return (int64_t)(linear & 0xffffffffull);
+    uint64_t entry;
+    if (s->efer & EFER_LMA) {
+        uint64_t table = s->cr3 & ADDR_MASK;
+        for (int level = 3; level >= 0; level--) {
+            unsigned index = (linear >> (12 + 9 * level)) & 511;
+            if (!read_u64(table + 8 * index, &entry) || !(entry & PTE_P)) return -1;
+            if (level == 0 || ((level == 1 || level == 2) && (entry & PTE_PS))) {
+                uint64_t size = 1ull << (12 + 9 * level);
+                return (int64_t)((entry & ADDR_MASK & ~(size - 1)) | (linear & (size - 1)));
+            }
+            table = entry & ADDR_MASK;
+        }
+        return -1;
+    }
+    uint32_t pde, pte;
+    uint64_t dir = (s->cr3 & 0xfffff000ull) + 4 * ((linear >> 22) & 1023);
+    if (dir > mem_size - 4) return -1;
+    memcpy(&pde, mem + dir, 4);
+    if (!(pde & PTE_P)) return -1;
+    if ((s->cr4 & CR4_PSE) && (pde & PTE_PS))
+        return (int64_t)((pde & 0xffc00000u) | (linear & 0x3fffff));
+    uint64_t table = (pde & 0xfffff000u) + 4 * ((linear >> 12) & 1023);
+    if (table > mem_size - 4) return -1;
+    memcpy(&pte, mem + table, 4);
+    if (!(pte & PTE_P)) return -1;
+    return (int64_t)((pte & 0xfffff000u) | (linear & 0xfff));
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 4) { fprintf(stderr, "usage: %s STATE STEPS BLOCKIRQ\n", argv[0]); return 2; }
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s STATE STEPS BLOCKIRQ SYNC\n", argv[0]);
+        return 2;
+    }
     unsigned long steps = strtoul(argv[2], NULL, 0);
     int blockirq = atoi(argv[3]);
+    int sync = atoi(argv[4]);
 
     FILE *f = fopen(argv[1], "rb");
     if (!f) die(argv[1]);
-    uint64_t mem_size;
-    struct kvm_regs regs;
+    struct kvm_regs regs = {0};
     struct kvm_sregs sregs;
     if (fread(&mem_size, sizeof mem_size, 1, f) != 1 || fread(&regs, sizeof regs, 1, f) != 1 ||
-        fread(&sregs, sizeof sregs, 1, f) != 1 || mem_size == 0 || mem_size > (1ull << 30)) {
+        fread(&sregs, sizeof sregs, 1, f) != 1 || mem_size < 8 || mem_size > (1ull << 30)) {
         fprintf(stderr, "bad state file\n");
         return 2;
     }
-    uint8_t *mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) die("mmap");
     if (fread(mem, 1, mem_size, f) != mem_size) { fprintf(stderr, "short state file\n"); return 2; }
     fclose(f);
@@ -68,6 +139,7 @@ int main(int argc, char **argv)
     if (run == MAP_FAILED) die("mmap vcpu");
     if (ioctl(vcpu, KVM_SET_SREGS, &sregs) < 0) die("KVM_SET_SREGS");
     if (ioctl(vcpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
+    if (sync) run->kvm_valid_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
 
     struct kvm_guest_debug debug = {
         .control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP |
@@ -75,19 +147,41 @@ int main(int argc, char **argv)
     };
     if (ioctl(vcpu, KVM_SET_GUEST_DEBUG, &debug) < 0) die("KVM_SET_GUEST_DEBUG");
 
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (unsigned long i = 0; i < steps; i++) {
+    unsigned long changed_total = 0, hlt_checks = 0;
+    long long wall0 = 0, cpu0 = 0;
+    for (unsigned long i = 0; i <= steps; i++) {
+        if (i == 1) { wall0 = ns_of(CLOCK_MONOTONIC); cpu0 = ns_of(CLOCK_PROCESS_CPUTIME_ID); }
+        uint64_t pc = regs.rip; /* 64-bit code: the linear address is RIP */
         if (ioctl(vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
-        if (run->exit_reason != KVM_EXIT_DEBUG) {
+        if (run->exit_reason != KVM_EXIT_DEBUG || !(run->debug.arch.dr6 & DR6_BS)) {
             fprintf(stderr, "step %lu: unexpected exit %u\n", i, run->exit_reason);
             return 3;
         }
-        if (ioctl(vcpu, KVM_GET_REGS, &regs) < 0) die("KVM_GET_REGS");
+        if (!sync) {
+            if (ioctl(vcpu, KVM_GET_REGS, &regs) < 0) die("KVM_GET_REGS");
+            continue;
+        }
+        uint64_t before[NREGS], after[NREGS];
+        memcpy(before, &regs, sizeof before);
+        regs = run->s.regs.regs;
+        memcpy(after, &regs, sizeof after);
+        unsigned changed = 0;
+        for (int r = 0; r < NREGS; r++)
+            changed |= (unsigned)(before[r] != after[r]) << r;
+        if (i > 0) changed_total += (unsigned)__builtin_popcount(changed);
+        if (run->debug.arch.pc - pc == 1) {
+            hlt_checks += i > 0;
+            int64_t phys = translate(&run->s.regs.sregs, pc);
+            if (phys >= 0 && (uint64_t)phys < mem_size && mem[phys] == 0xf4) {
+                fprintf(stderr, "stepped over hlt at %#llx\n", (unsigned long long)pc);
+                return 3;
+            }
+        }
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    long long ns = (t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
-    printf("%lu %lld %llu %llu\n", steps, ns, (unsigned long long)regs.rip,
-           (unsigned long long)regs.rax);
+    long long wall = ns_of(CLOCK_MONOTONIC) - wall0, cpu = ns_of(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+    if (!sync && ioctl(vcpu, KVM_GET_REGS, &regs) < 0) die("KVM_GET_REGS");
+    printf("%lu %lld %lld %llu %llu %llu %lu %lu\n", steps, wall, cpu,
+           (unsigned long long)regs.rip, (unsigned long long)regs.rax,
+           (unsigned long long)regs.rdx, changed_total, hlt_checks);
     return 0;
 }

@@ -1,33 +1,65 @@
-"""Single-step speed: guest instructions per second under the debugger, Python against C.
+"""Single-step speed: the debugger stepping real code, Python against C, in one run.
 
-The guest (``guests/debug/loop64.S``) is a long-mode counting loop, patched to
-run far longer than we step it. From the same starting state we time
-  (a) ``Debugger.step_instruction()``: one KVM_RUN with single-step, one
-      KVM_GET_REGS (full register capture) and a StepRecord per instruction,
-  (b) a bare ``Vcpu.run()`` + ``Vcpu.get_regs()`` loop: the binding's floor,
-  (c) the same loop in C (``single_step.c``, compiled here by gcc), which
-      loads the vCPU state the Python side wrote (regs, sregs, RAM),
-and, for information, (d) = (a) plus ``record.changed`` (the names of the
-registers each instruction changed). Both sides must end on the same RIP and
-RAX, which proves they stepped the same instructions.
-Targets: (a)/(c) <= 1.5, (a) >= 40,000 steps/s.
+Two guests, each a row of the table:
 
-    python benchmarks/single_step.py [--steps N] [--repeat R]
+* ``guests/debug/calls64.S`` -- the headline: code a person steps through,
+  calls, push/pop, ``nop``, ``ret`` next to ``movabs`` and friends; 8 of
+  its 19 instructions a pass are one-byte steps, after which the stepper
+  checks whether it stepped over a ``hlt``;
+* ``guests/debug/loop64.S`` -- a four-instruction counting loop with no
+  one-byte instruction: the stepper's floor, for comparison.
+
+Both are patched to loop far longer than we step them. From the same
+starting state we time, interleaved, median of the rounds, CPU and wall:
+
+  (a) ``Debugger.step_instruction()`` and ``record.changed`` read on every
+      record -- what the TUI and the trace do per instruction;
+  (c) the same in C (``single_step.c``): KVM_RUN with single-step, the
+      registers from the run page (KVM_CAP_SYNC_REGS, regs and sregs, as the
+      Python machine asks for), the 18 registers compared with those before
+      (that is ``changed``), and after a one-byte step the hlt check (a page
+      walk and one byte read);
+and for information
+  (a0) (a) without ``changed``;
+  (b)  a bare ``Vcpu.run()`` + ``Vcpu.get_regs()`` loop: the binding's floor;
+  (c0) the old C baseline: KVM_RUN + KVM_GET_REGS, no sync regs, no
+       changed, no hlt check.
+
+Both sides must end on the same RIP, RAX and RDX (they stepped the same
+instructions) and (a) and (c) must count the same number of changed
+registers over the run. Target: (a)/(c) <= 1.3 on calls64.
+
+``--breakdown`` builds the loop up layer by layer on calls64 (the ctypes
+ioctl alone, then the binding, the registers, the stepper, the debugger,
+``changed``) and prints what each layer adds: where the time goes.
+
+Not covered: steps that exit to the VMM on the way (``out``, MMIO), which
+go through the machine's full exit handling; watchpoints (a step then also
+reads memory); ``cont`` with breakpoints that need stepping.
+
+    python benchmarks/single_step.py [--steps N] [--repeat R] [--breakdown]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import (  # noqa: E402
+    BUILD,
+    Clock,
+    Rounds,
+    Timing,
+    build_c,
+    load_average,
+    print_ratio,
+)
 from minikvm.debug.debugger import Debugger  # noqa: E402
 from minikvm.debug.probe import probe_debug_support  # noqa: E402
 from minikvm.guestbuild import assemble  # noqa: E402
@@ -39,20 +71,17 @@ from minikvm.kvm.uapi import (  # noqa: E402
 )
 from minikvm.machine import Machine  # noqa: E402
 
-BUILD = ROOT / "benchmarks" / "build"
-SOURCE = ROOT / "guests" / "debug" / "loop64.S"
-#: Loop passes: far more than any run steps (4 instructions per pass).
+GUESTS = {"calls64": ROOT / "guests" / "debug" / "calls64.S",
+          "loop64": ROOT / "guests" / "debug" / "loop64.S"}
+#: Loop passes: far more than any run steps.
 PASSES = 1 << 40
+TARGET = 1.3
 
 
-def build() -> tuple[Path, Path]:
-    BUILD.mkdir(parents=True, exist_ok=True)
-    guest = assemble(SOURCE, BUILD).elf
-    binary = BUILD / "single_step"
-    source = ROOT / "benchmarks" / "single_step.c"
-    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
-    return guest, binary
+def build() -> tuple[dict[str, Path], Path]:
+    """The guests' ELF files and the C baseline."""
+    guests = {name: assemble(source, BUILD).elf for name, source in GUESTS.items()}
+    return guests, build_c("single_step")
 
 
 def _machine(guest: Path) -> Machine:
@@ -75,25 +104,31 @@ def write_state(guest: Path, path: Path) -> None:
             file.write(machine.memory.read(0, size))
 
 
-def debugger_loop(guest: Path, steps: int, changed: bool = False) -> tuple[float, int, int]:
-    """(a), or (d) with ``changed``: seconds per step, final RIP and RAX."""
+#: What a loop ended on: RIP, RAX, RDX, and the changed registers counted
+#: (None where the loop does not count them).
+Final = tuple[int, int, int, "int | None"]
+
+
+def debugger_loop(guest: Path, steps: int, changed: bool = True) -> tuple[Timing, Final]:
+    """(a), or (a0) without ``changed``."""
     with _machine(guest) as machine:
         debugger = Debugger(machine)
         step = debugger.step_instruction
-        debugger.step_instruction()   # issue KVM_SET_GUEST_DEBUG outside the timing
-        start = time.perf_counter()
-        if changed:
-            for _ in range(steps):
-                step().changed
-        else:
-            for _ in range(steps):
-                step()
-        elapsed = time.perf_counter() - start
+        step()   # issues KVM_SET_GUEST_DEBUG: outside the timing, as in C
+        total = 0
+        with Clock() as clock:
+            if changed:
+                for _ in range(steps):
+                    total += len(step().changed)
+            else:
+                for _ in range(steps):
+                    step()
         regs = machine.vcpu.get_regs()
-        return elapsed / steps, regs.rip, regs.rax
+        return clock.timing.per(steps), (regs.rip, regs.rax, regs.rdx,
+                                         total if changed else None)
 
 
-def bare_loop(guest: Path, steps: int, blockirq: bool) -> tuple[float, int, int]:
+def bare_loop(guest: Path, steps: int, blockirq: bool) -> tuple[Timing, Final]:
     """(b): Vcpu.run() + Vcpu.get_regs(), nothing else."""
     with _machine(guest) as machine:
         vcpu = machine.vcpu
@@ -101,56 +136,159 @@ def bare_loop(guest: Path, steps: int, blockirq: bool) -> tuple[float, int, int]
                              | (KVM_GUESTDBG_BLOCKIRQ if blockirq else 0))
         if type(vcpu.run()) is not Debug:
             raise RuntimeError("the first step did not end in a debug exit")
-        start = time.perf_counter()
-        for _ in range(steps):
-            if type(vcpu.run()) is not Debug:
-                raise RuntimeError("a step did not end in a debug exit")
-            regs = vcpu.get_regs()
-        elapsed = time.perf_counter() - start
-        return elapsed / steps, regs.rip, regs.rax
+        with Clock() as clock:
+            for _ in range(steps):
+                if type(vcpu.run()) is not Debug:
+                    raise RuntimeError("a step did not end in a debug exit")
+                regs = vcpu.get_regs()
+        return clock.timing.per(steps), (regs.rip, regs.rax, regs.rdx, None)
 
 
-def c_loop(binary: Path, state: Path, steps: int, blockirq: bool) -> tuple[float, int, int]:
-    """(c): seconds per step for the C loop."""
-    out = subprocess.run([str(binary), str(state), str(steps + 1), str(int(blockirq))],
-                         check=True, capture_output=True, text=True).stdout.split()
-    return int(out[1]) / 1e9 / (steps + 1), int(out[2]), int(out[3])
+def c_loop(binary: Path, state: Path, steps: int, blockirq: bool,
+           sync: bool = True) -> tuple[Timing, Final]:
+    """(c), or (c0) with ``sync`` False."""
+    out = subprocess.run([str(binary), str(state), str(steps), str(int(blockirq)),
+                          str(int(sync))], check=True, capture_output=True, text=True).stdout
+    _, wall, cpu, rip, rax, rdx, changed, _checks = (int(word) for word in out.split())
+    return Timing(cpu / 1e9, wall / 1e9).per(steps), (rip, rax, rdx, changed if sync else None)
+
+
+def bench_guest(name: str, guest: Path, binary: Path, steps: int, repeat: int,
+                blockirq: bool) -> Rounds:
+    """All variants on one guest, interleaved; checks that they agree."""
+    state = BUILD / f"single_step-{name}.state"
+    write_state(guest, state)
+    finals: dict[str, Final] = {}
+
+    def variant(key: str, run):
+        def measure() -> Timing:
+            timing, final = run()
+            finals[key] = final
+            return timing
+        return measure
+
+    rounds = Rounds()
+    rounds.run(repeat, {
+        "c": variant("c", lambda: c_loop(binary, state, steps, blockirq)),
+        "a": variant("a", lambda: debugger_loop(guest, steps)),
+        "a0": variant("a0", lambda: debugger_loop(guest, steps, changed=False)),
+        "b": variant("b", lambda: bare_loop(guest, steps, blockirq)),
+        "c0": variant("c0", lambda: c_loop(binary, state, steps, blockirq, sync=False)),
+    })
+    places = {final[:3] for final in finals.values()}
+    if len(places) != 1:
+        raise RuntimeError(f"{name}: the loops ended in different states: {finals}")
+    if finals["a"][3] != finals["c"][3]:
+        raise RuntimeError(f"{name}: Python counted {finals['a'][3]} changed registers, "
+                           f"C {finals['c'][3]}")
+    return rounds
+
+
+def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
+    """One rung of ``--breakdown``: the stepping loop built up piece by piece."""
+    from minikvm.kvm import ioctls
+    from minikvm.kvm.fd import raw_ioctl
+
+    with _machine(guest) as machine:
+        debugger = Debugger(machine)
+        debugger.step_instruction()   # guest debugging on, as in every loop here
+        vcpu = machine.vcpu
+        with Clock() as clock:
+            if rung == "ioctl":
+                fd, request = vcpu.fd, ioctls.KVM_RUN
+                for _ in range(steps):
+                    raw_ioctl(fd, request, 0)
+            elif rung == "run_reason":
+                run_reason = vcpu.run_reason
+                for _ in range(steps):
+                    run_reason()
+            elif rung == "get_regs":
+                run_reason, get_regs = vcpu.run_reason, vcpu.get_regs
+                for _ in range(steps):
+                    run_reason()
+                    get_regs()
+            elif rung == "stepper":
+                step = debugger.stepper.step
+                for _ in range(steps):
+                    step()
+            elif rung == "debugger":
+                step = debugger.step_instruction
+                for _ in range(steps):
+                    step()
+            else:
+                step = debugger.step_instruction
+                for _ in range(steps):
+                    step().changed
+        return clock.timing.per(steps)
+
+
+RUNGS = {
+    "ioctl": "ctypes ioctl(KVM_RUN) alone: the floor of any Python loop",
+    "run_reason": "+ Vcpu.run_reason() (errno, thread id, exit reason)",
+    "get_regs": "+ Vcpu.get_regs() (a copy of the synced registers)",
+    "stepper": "Stepper.step() (+ StepRecord, view, hlt check via TLB)",
+    "debugger": "Debugger.step_instruction() (+ watchpoint check)",
+    "changed": "+ record.changed",
+}
+
+
+def breakdown(name: str, guest: Path, binary: Path, steps: int, repeat: int,
+              blockirq: bool) -> None:
+    """Where the time of (a) goes: each rung adds one layer, against (c)."""
+    state = BUILD / f"single_step-{name}.state"
+    write_state(guest, state)
+    rounds = Rounds()
+    variants = {"c": lambda: c_loop(binary, state, steps, blockirq)[0]}
+    for rung in RUNGS:
+        variants[rung] = lambda rung=rung: ladder_loop(guest, steps, rung, blockirq)
+    rounds.run(repeat, variants)
+    c = rounds.median("c")
+    print(f"\nwhere the time goes, {name} (median CPU per step; ratio to (c) "
+          f"{c.cpu * 1e6:.2f} us):")
+    previous = None
+    for rung, label in RUNGS.items():
+        median = rounds.median(rung)
+        step = "" if previous is None else f"  step {1e6 * (median.cpu - previous.cpu):+6.2f} us"
+        print(f"  {label:<58} CPU {median.cpu * 1e6:6.2f} us  x{median.cpu / c.cpu:4.2f}{step}")
+        previous = median
+
+
+LABELS = {
+    "a": "(a)  Debugger.step_instruction() + changed",
+    "c": "(c)  C: sync regs + changed + hlt check",
+    "a0": "(a0) Debugger.step_instruction() alone",
+    "b": "(b)  bare Vcpu.run() + get_regs()",
+    "c0": "(c0) C: KVM_RUN + KVM_GET_REGS (old baseline)",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--guest", choices=sorted(GUESTS), action="append",
+                        help="only this guest (default: both)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also build the stepping loop up layer by layer (on calls64) "
+                             "to show where the time goes")
     args = parser.parse_args(argv)
-    guest, binary = build()
-    state = BUILD / "single_step.state"
-    write_state(guest, state)
+    guests, binary = build()
     blockirq = probe_debug_support().block_irq
-    results: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
-    finals: dict[str, tuple[int, int]] = {}
-    for _ in range(args.repeat):   # interleaved, so drift hits all alike
-        for key, run in (("c", lambda: c_loop(binary, state, args.steps, blockirq)),
-                         ("a", lambda: debugger_loop(guest, args.steps)),
-                         ("b", lambda: bare_loop(guest, args.steps, blockirq)),
-                         ("d", lambda: debugger_loop(guest, args.steps, changed=True))):
-            seconds, rip, rax = run()
-            results[key].append(seconds)
-            finals[key] = (rip, rax)
-    if len(set(finals.values())) != 1:
-        print(f"the loops ended in different states: {finals}", file=sys.stderr)
-        return 1
-    med = {key: statistics.median(values) for key, values in results.items()}
-    rate = {key: 1 / value for key, value in med.items()}
-    print(f"steps per run: {args.steps}, runs: {args.repeat} (median shown), "
-          f"BLOCKIRQ: {'on' if blockirq else 'off'}; all end at RIP {finals['a'][0]:#x}, "
-          f"RAX {finals['a'][1]:#x}")
-    labels = {"a": "(a) Debugger.step_instruction()", "b": "(b) bare Vcpu.run()+get_regs()",
-              "c": "(c) C loop", "d": "(d) (a) + record.changed"}
-    for key, label in labels.items():
-        print(f"{label:<34}{med[key] * 1e6:7.2f} us/step {rate[key]:9.0f} steps/s")
-    print(f"(a)/(c) = {med['a'] / med['c']:.2f}  (target <= 1.5); "
-          f"(a) = {rate['a']:.0f} steps/s (target >= 40000)")
-    print(f"(b)/(c) = {med['b'] / med['c']:.2f}")
+    print(f"single-step: {args.steps} steps per run, {args.repeat} interleaved rounds "
+          f"(median), BLOCKIRQ {'on' if blockirq else 'off'}; {load_average()}")
+    for name in args.guest or GUESTS:
+        rounds = bench_guest(name, guests[name], binary, args.steps, args.repeat, blockirq)
+        print(f"\n{name}")
+        for key, label in LABELS.items():
+            median = rounds.median(key)
+            print(f"  {label:<48} CPU {median.cpu * 1e6:6.2f} us/step  "
+                  f"wall {median.wall * 1e6:6.2f} us/step")
+        print_ratio("  (a)/(c)", rounds.ratio("a", "c"), TARGET if name == "calls64" else None)
+        print_ratio("  (a0)/(c)", rounds.ratio("a0", "c"))
+        print_ratio("  (b)/(c)", rounds.ratio("b", "c"))
+    if args.breakdown:
+        breakdown("calls64", guests["calls64"], binary, args.steps, args.repeat, blockirq)
+    print(f"\n{load_average()}")
     return 0
 
 

@@ -5,7 +5,8 @@ exit each, then halts. We time
 
   (a) ``Machine.run()``: the plain VMM loop (what ``minikvm run`` does);
   (b) the TUI's free run: ``Session.start("continue")`` -- the debugger's
-      ``cont`` on the vCPU thread with the TUI's exit listener attached --
+      ``cont`` on the vCPU thread (a job of the runner) with the TUI's exit
+      listener attached --
       while this (UI) thread takes a snapshot and renders the full screen
       (120x40, to a console writing nowhere) every 0.1 s, as ``minikvm tui``
       does at most;
@@ -70,7 +71,7 @@ def tui_run(exits: int, width: int = 120, height: int = 40) -> tuple[float, int,
                 next_frame = now + FRAME_INTERVAL
             time.sleep(min(0.01, max(0.0, next_frame - time.perf_counter())))
         elapsed = time.perf_counter() - start
-        assert session.status.value == "finished", (session.status, session.message)
+        assert session.last_stop is not None and session.last_stop.finished, session.message
         counted = session.monitor.by_device.get("unclaimed", 0)
         assert counted == exits, (counted, exits)
         session.close()

@@ -1,7 +1,5 @@
 """``python -m minikvm`` is the ``minikvm`` command."""
 
-import sys
+from minikvm.cli import entry
 
-from minikvm.cli import main
-
-sys.exit(main())
+entry()

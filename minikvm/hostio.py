@@ -5,9 +5,11 @@ registers; this module is the other: the terminal a user types into and
 reads from.
 
 * **Output sinks** are callables ``sink(data: bytes) -> None``; a UART calls
-  its sink with each byte it transmits. :class:`StdoutSink` writes raw bytes
-  to a file descriptor (the terminal), :class:`BufferSink` keeps them in a
-  bounded buffer (tests, the TUI) and may pass them on to a callback.
+  its sink with each byte it transmits. :class:`StdoutSink` hands raw bytes
+  to a writer thread that writes them to a file descriptor (the terminal, a
+  pipe), so that a reader that stops reading never stops the guest;
+  :class:`BufferSink` keeps them in a bounded buffer (tests, the TUI) and may
+  pass them on to a callback.
 * **Input** goes through :class:`HostInput`, a bounded, thread-safe byte
   queue. Anything may ``put`` bytes into it (a reader thread, the TUI, a
   test); the VMM moves them into the device that takes host input (a
@@ -18,13 +20,16 @@ reads from.
 * :class:`RawStdin` puts a terminal into raw mode so that each key reaches
   the guest at once (no line editing, no echo by the host: the guest echoes),
   reads what is available without blocking, and always restores the terminal,
-  even when an exception passes through.
+  even when an exception passes through; :class:`TerminationSignals` turns
+  SIGTERM and SIGHUP into such an exception (:class:`Terminated`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
+import signal
 import sys
 import termios
 import threading
@@ -36,16 +41,22 @@ __all__ = [
     "DEFAULT_INPUT_CAPACITY",
     "BufferSink",
     "HostInput",
+    "DEFAULT_OUTPUT_CAPACITY",
     "RawStdin",
     "Receiver",
     "StdoutSink",
+    "TerminationSignals",
+    "Terminated",
 ]
 
 #: How many bytes of host input may wait for the guest (64 KiB).
 DEFAULT_INPUT_CAPACITY = 64 * 1024
+#: How many bytes of guest output may wait for a slow reader (1 MiB): about a
+#: minute of a guest that prints one byte per VM exit on a nested-KVM host.
+DEFAULT_OUTPUT_CAPACITY = 1 << 20
 
 _READ_CHUNK = 4096
-_WRITE_STALL_SECONDS = 2.0  # give up on a terminal that accepts nothing for this long
+_WRITE_CHUNK = 64 * 1024
 
 
 @runtime_checkable
@@ -67,46 +78,166 @@ class Receiver(Protocol):
 # --- output ---------------------------------------------------------------------------------
 
 class StdoutSink:
-    """Writes guest output as raw bytes to a file descriptor (default 1, stdout).
+    """Guest output to a file descriptor (default 1, stdout), written by a thread of its own.
 
-    Bytes go straight to the descriptor with ``os.write``, so nothing sits in
-    a Python buffer; Python's own ``sys.stdout`` is flushed first so that text
-    the VMM printed earlier stays in order. If the reader goes away (a closed
-    pipe) the sink marks itself ``broken`` and drops further output.
+    **Why a thread.** A device calls its sink on the vCPU thread, in the middle
+    of an exit. A plain blocking ``write`` there would stop the guest whenever
+    the reader stops reading (``minikvm run guest | less`` left unscrolled, a
+    terminal paused with Ctrl-S, ``| sleep 20``), and with it the timeout and
+    Ctrl-C, which only interrupt ``KVM_RUN``. So the vCPU only appends to a
+    bounded buffer, under a lock it shares with nobody but the writer, and a
+    writer thread moves the buffer to the descriptor with blocking writes.
+
+    **When the buffer is full, new bytes are dropped and counted** in
+    ``dropped``: the vCPU never waits. The other choice -- holding the guest's
+    output device "busy" as a full transmit FIFO would -- is impossible for the
+    debug console (port 0xE9 has no status a guest could poll: every ``out`` is
+    a byte, whatever the host can take) and would make the same stalled reader
+    stop a UART guest in its polling loop. One rule for every output device is
+    easier to reason about; the buffer (:data:`DEFAULT_OUTPUT_CAPACITY`) is large
+    enough that a reader that is slow but alive never loses a byte to a guest
+    that makes one VM exit per byte. Firecracker's serial console makes the same
+    choice for the same reason: a guest must not be able to block its VMM.
+
+    **When the reader goes away** (``EPIPE``: ``| head -c 10`` exited; ``EIO``: the
+    terminal hung up; ``ENOSPC`` ...) the sink marks itself ``broken``, keeps the
+    error in ``error``, drops what is left and calls ``on_error(err)`` once, from
+    the writer thread (``minikvm run`` then ends the run).
+
+    :meth:`drain` waits until everything was written; :meth:`close` gives up on
+    the rest. Python's own ``sys.stdout`` is flushed first, so text the VMM printed
+    before stays in order.
     """
 
-    def __init__(self, fd: int = 1) -> None:
+    def __init__(self, fd: int = 1, capacity: int = 0,
+                 on_error: Callable[[OSError], None] | None = None) -> None:
         self.fd = fd
+        self.capacity = max(1, capacity or DEFAULT_OUTPUT_CAPACITY)
+        self.on_error = on_error
+        #: Bytes the guest produced, bytes written to ``fd``, bytes lost.
+        self.received = 0
         self.written = 0
         self.dropped = 0
         self.broken = False
+        self.error: OSError | None = None
+        self._buffer = bytearray()
+        self._in_flight = 0
+        self._closing = False
+        self._changed = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+
+    # -- the vCPU side -------------------------------------------------------------------------
 
     def __call__(self, data: bytes) -> None:
-        if self.broken:
-            self.dropped += len(data)
-            return
+        """Take guest output: never blocks (see the class docstring)."""
+        count = len(data)
+        with self._changed:
+            self.received += count
+            if self.broken or self._closing:
+                self.dropped += count
+                return
+            room = self.capacity - len(self._buffer) - self._in_flight
+            if room < count:
+                self.dropped += count - max(0, room)
+                data = data[:max(0, room)]
+            if not data:
+                return
+            wake = not self._buffer
+            self._buffer += data
+            if wake:
+                self._changed.notify_all()
+        if self._thread is None:
+            self.start()
+
+    # -- the writer side ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer thread (the first output does it too)."""
+        with self._changed:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._write_loop, name="minikvm-output",
+                                            daemon=True)
         if self.fd == 1 and sys.stdout is not None:
             try:
                 sys.stdout.flush()
             except (OSError, ValueError):
                 pass
-        view = memoryview(bytes(data))
+        self._thread.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._changed:
+                while not self._buffer and not self._closing:
+                    self._changed.wait()
+                if not self._buffer:
+                    return
+                chunk = bytes(self._buffer[:_WRITE_CHUNK])
+                del self._buffer[:len(chunk)]
+                self._in_flight = len(chunk)
+            try:
+                self._write_all(chunk)
+            except OSError as err:
+                self._fail(err)
+                return
+            with self._changed:
+                self._in_flight = 0
+                self._changed.notify_all()
+
+    def _write_all(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
         while view:
             try:
                 count = os.write(self.fd, view)
             except BlockingIOError:
-                # A non-blocking terminal that is full: wait a little, then give up.
-                _, writable, _ = select.select([], [self.fd], [], _WRITE_STALL_SECONDS)
-                if not writable:
-                    self.dropped += len(view)
-                    return
+                # Someone left the descriptor non-blocking: wait until it takes more.
+                select.select([], [self.fd], [], 0.1)
                 continue
-            except OSError:  # a closed pipe, a vanished terminal
-                self.broken = True
-                self.dropped += len(view)
-                return
-            self.written += count
+            except InterruptedError:
+                continue
+            with self._changed:
+                self.written += count
+                self._in_flight -= count
             view = view[count:]
+
+    def _fail(self, err: OSError) -> None:
+        with self._changed:
+            self.broken = True
+            self.error = err
+            self.dropped += self._in_flight + len(self._buffer)
+            self._in_flight = 0
+            self._buffer.clear()
+            self._changed.notify_all()
+        if self.on_error is not None:
+            self.on_error(err)
+
+    @property
+    def pending(self) -> int:
+        """Bytes taken from the guest and not yet written."""
+        with self._changed:
+            return len(self._buffer) + self._in_flight
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None: as long as it takes) until
+        everything taken was written or the sink broke; True when nothing is
+        left to write."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.broken or not (self._buffer or self._in_flight),
+                                   timeout)
+            return not (self._buffer or self._in_flight)
+
+    def close(self) -> int:
+        """Stop taking output and give up on what was not written yet (counted
+        in ``dropped``); returns how many bytes that was. A write blocked on a
+        stalled reader is left to the writer thread (a daemon)."""
+        with self._changed:
+            self._closing = True
+            lost = len(self._buffer) + self._in_flight
+            self.dropped += lost
+            self._buffer.clear()
+            self._in_flight = 0
+            self._changed.notify_all()
+        return lost
 
 
 class BufferSink:
@@ -273,6 +404,10 @@ class RawStdin:
         if self.is_tty:
             saved = termios.tcgetattr(fd)
             self._saved = saved
+            # Should the interpreter exit without unwinding this block (a
+            # SystemExit from a thread, os._exit excepted), the mode still
+            # comes back.
+            atexit.register(self.restore)
             try:
                 termios.tcsetattr(fd, termios.TCSANOW,
                                   _raw_attributes(saved, self.keep_signals))
@@ -294,13 +429,18 @@ class RawStdin:
         return self._saved is not None
 
     def restore(self) -> None:
-        """Put the terminal back as it was on entry (safe to call twice)."""
-        saved, self._saved = self._saved, None
-        if saved is not None:
-            try:
-                termios.tcsetattr(self.fd, termios.TCSADRAIN, saved)
-            except termios.error:
-                pass  # the terminal went away; nothing left to restore
+        """Put the terminal back as it was on entry (safe to call twice, and
+        from a signal handler that interrupted a restore in progress: the
+        saved mode is forgotten only after it was set)."""
+        saved = self._saved
+        if saved is None:
+            return
+        try:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, saved)
+        except termios.error:
+            pass  # the terminal went away (SIGHUP); nothing left to restore
+        self._saved = None
+        atexit.unregister(self.restore)
 
     def read_available(self, max_bytes: int = _READ_CHUNK, timeout: float = 0.0) -> bytes:
         """The bytes that can be read now (waiting up to ``timeout`` seconds); b"" if none."""
@@ -359,3 +499,55 @@ class RawStdin:
         if thread is not None:
             self._stop.set()
             thread.join(timeout=2.0)
+
+
+# --- signals that end the VMM ----------------------------------------------------------------
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived. Raised by :class:`TerminationSignals`'
+    handler, on the main thread, so that it unwinds like Ctrl-C's
+    ``KeyboardInterrupt`` -- through every ``with`` and ``finally`` that gives
+    something back (the terminal's mode above all) -- and the command exits
+    with ``status`` = 128 + the signal number, as a shell reports a process
+    the signal killed. A ``BaseException`` (like ``KeyboardInterrupt``), so
+    that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.status = 128 + signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"terminated by {self.name}")
+
+
+class TerminationSignals:
+    """While active: SIGTERM and SIGHUP raise :class:`Terminated` on the main thread.
+
+    Their default action kills the process on the spot, and a terminal that
+    :class:`RawStdin` put into raw mode would stay raw (no echo, no line
+    editing) under the shell. With this context manager the process unwinds
+    instead. Python runs signal handlers on the main thread between
+    bytecodes; a main thread inside ``KVM_RUN`` gets ``EINTR`` from the same
+    signal, so the handler runs at once. The previous handlers come back on
+    exit, so a second signal while unwinding acts as it normally would.
+    Off the main thread (where handlers cannot be set) it does nothing.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self._old: dict[int, object] = {}
+
+    @staticmethod
+    def _handler(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    def __enter__(self) -> TerminationSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._old[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        old, self._old = self._old, {}
+        for signum, handler in old.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from minikvm.bus import Bus
 from minikvm.core import board
@@ -42,12 +43,10 @@ from minikvm.devices.fw_cfg import FwCfg
 from minikvm.devices.i8042 import I8042
 from minikvm.devices.testdev import PcTestdevIomem, PcTestdevIrq, PcTestdevPorts
 from minikvm.devices.uart import Uart16550
-from minikvm.devices.virtio.mmio import VirtioMmioTransport
 from minikvm.hostio import HostInput, Receiver
 from minikvm.kvm.exits import VmExit
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
 from minikvm.kvm.uapi import KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmCap
-from minikvm.loaders.elf import load_elf
 from minikvm.loaders.flat import load_flat
 from minikvm.loaders.image import LoaderError
 from minikvm.loaders.multiboot import SEARCH_LIMIT, find_header, kernel_cmdline, load_multiboot
@@ -55,6 +54,9 @@ from minikvm.memory import GuestMemory
 from minikvm.x86 import layout, modes
 from minikvm.x86.cpuid import paging_features, with_apic_id
 from minikvm.x86.paging import translate
+
+if TYPE_CHECKING:
+    from minikvm.devices.virtio.mmio import VirtioMmioTransport
 
 __all__ = [
     "DEFAULT_MEM_SIZE",
@@ -223,6 +225,10 @@ class Machine:
         """Put a virtio device (rng, blk, console backend) on the board's next
         virtio-mmio window and IRQ; returns its transport. A backend that
         takes host input (a console) becomes where the keyboard goes."""
+        # Imported here: a machine without virtio devices (``minikvm run`` of
+        # most guests) does not pay for loading the transport and the queues.
+        from minikvm.devices.virtio.mmio import VirtioMmioTransport
+
         window = board.virtio_window(len(self.virtio))
         transport = VirtioMmioTransport(backend, self.memory, self._line(window.irq),
                                         name=f"virtio{window.index}-{backend.name}")
@@ -263,6 +269,8 @@ class Machine:
                  mode: str | None = None):
         """Load an ELF32/ELF64 guest; the CPU mode follows the ELF class
         (32-bit: protected mode, 64-bit: long mode) unless ``mode`` says otherwise."""
+        from minikvm.loaders.elf import load_elf   # only ELF guests pay for its import
+
         loaded = load_elf(self.memory, image)
         self.image = loaded
         self.set_mode(mode or loaded.mode.value, loaded.entry if entry is None else entry)
@@ -366,7 +374,7 @@ class Machine:
             event.stop = decide_stop(exit, runner.requests(exit, device_stop), runner.rip,
                                      runner.index)
             if explain:
-                event.description = describe_exit(exit, access, count)
+                event.description = describe_exit(exit, access, count, event.stop)
             if rip is not None:
                 event.rip = rip
             elif capture_rip:

@@ -135,3 +135,12 @@ def slow_only(cases, *slow):
 def guests() -> Path:
     """The folder holding the built guests (guests/build)."""
     return build_guests()
+
+
+# -- the long hostile run ----------------------------------------------------------------
+# ``pytest -m slow --hypothesis-profile long`` (README, "Tests"): the tests of
+# tests/test_hostile_long.py name no example count, so this profile gives each
+# 25,000 examples -- 100,000 hostile inputs to the virtio and UART models.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("long", max_examples=25_000, deadline=None)

@@ -17,6 +17,7 @@ import pytest
 from minikvm.debug import Debugger, DebuggerError, GuestView
 from minikvm.machine import Machine
 from minikvm.x86.cpuid import PagingFeatures
+from minikvm.x86.flags import Cr0, Cr4, Efer
 from minikvm.x86.paging import PAGE_4K, PageTableAllocator, map_page
 
 pytestmark = pytest.mark.kvm
@@ -201,3 +202,87 @@ def test_a_flat_image_has_no_symbols(machine):
     assert view.symbol_at(ENTRY) == "" and view.describe(ENTRY) == ""
     with pytest.raises(DebuggerError, match="no symbol 'main'"):
         view.address_of("main")
+
+
+# -- the TLB behind the stepper's hlt check ---------------------------------------------------
+
+
+def test_cached_byte_walks_a_page_once_then_answers_without_register_reads(machine, monkeypatch):
+    allocator = PageTableAllocator(machine.memory, TABLES, TABLES + 0x10000)
+    map_4k(machine, HIGH, FIRST_FRAME, allocator)
+    machine.memory.write(FIRST_FRAME + 0x10, b"\xf4\x90")
+    view = GuestView(machine)
+    machine.step()                        # a KVM_RUN: the run page holds the synced sregs
+    assert view.cached_byte(HIGH + 0x10) == 0xF4
+    assert (view.tlb.misses, view.tlb.hits) == (1, 0)
+    calls = count_register_reads(monkeypatch, machine.vcpu)
+    walks = []
+    monkeypatch.setattr(view, "_walk", lambda *args: walks.append(args))
+    assert view.cached_byte(HIGH + 0x11) == 0x90
+    assert view.cached_byte(HIGH + 0x10) == 0xF4
+    assert (view.tlb.misses, view.tlb.hits) == (1, 2)
+    assert not calls and not walks        # no ioctl, no copy of the sregs, no walk
+
+
+def test_cached_byte_of_an_unmapped_address_is_none_and_not_remembered(machine):
+    view = GuestView(machine)
+    assert view.cached_byte(HIGH) is None
+    assert view.cached_byte(HIGH) is None
+    assert view.tlb.misses == 2 and len(view.tlb) == 0
+
+
+def test_the_paging_context_from_the_run_page_equals_get_sregs(machine):
+    view = GuestView(machine)
+    machine.step()
+    assert machine.vcpu.synced
+    cr3, mode = view.paging_context()
+    sregs = machine.vcpu.get_sregs()
+    assert cr3 == sregs.cr3
+    assert mode == ((sregs.cr0 & Cr0.PG) | (sregs.cr4 & (Cr4.PSE | Cr4.PAE | Cr4.LA57))
+                    | (sregs.efer & (Efer.LMA | Efer.NXE)) << 32)
+    assert mode & Cr0.PG and mode >> 32 & Efer.LMA     # the VMM's long mode
+
+
+def test_another_cr3_is_another_tlb_context(machine):
+    allocator = PageTableAllocator(machine.memory, TABLES, TABLES + 0x10000)
+    memory = machine.memory
+    map_4k(machine, HIGH, FIRST_FRAME, allocator)
+    memory.write(FIRST_FRAME, b"A")
+    memory.write(SECOND_FRAME, b"B")
+    view = GuestView(machine)
+    assert view.cached_byte(HIGH) == ord("A")
+    # A second address space: the same tables but HIGH mapped elsewhere.
+    sregs = machine.vcpu.get_sregs()
+    other_root = TABLES + 0x20000
+    memory.write(other_root, memory.read(sregs.cr3, PAGE_4K))
+    memory.write_u64(other_root + 8, 0)                 # PML4 entry 1: HIGH's, unshared
+    map_page(memory, other_root, HIGH, SECOND_FRAME, PAGE_4K, RW,
+             PageTableAllocator(memory, TABLES + 0x21000, TABLES + 0x30000))
+    sregs.cr3 = other_root
+    machine.vcpu.set_sregs(sregs)
+    machine.step()                                      # the guest runs on the new tables
+    assert view.cached_byte(HIGH) == ord("B")           # a miss: no flush was needed
+    assert len(view.tlb) == 2
+
+
+def test_the_tlb_is_emptied_by_writes_invalidate_cont_and_step(machine):
+    debugger = Debugger(machine)
+    view = debugger.view
+
+    def fill() -> None:
+        assert view.cached_byte(ENTRY) == CODE[0]
+        assert len(view.tlb) == 1
+
+    fill()
+    view.write(ENTRY + 0x800, b"\x00")
+    assert len(view.tlb) == 0
+    fill()
+    view.invalidate()
+    assert len(view.tlb) == 0
+    fill()
+    debugger.step(1)                     # mov eax, 5: not a one-byte step, nothing refilled
+    assert len(view.tlb) == 0
+    fill()
+    debugger.cont(timeout=10)            # out, then hlt without the irqchip: a HLT exit
+    assert len(view.tlb) == 0
+    debugger.close()

@@ -58,6 +58,15 @@ def test_changed_names_exactly_the_registers_that_differ(a, b):
                                  RegisterSnapshot.capture(new))) == expected
 
 
+def test_changed_refuses_a_snapshot_with_raw_registers():
+    with pytest.raises(TypeError):
+        changed_registers(RegisterSnapshot.capture(make_regs({})), make_regs({"rax": 1}))
+
+
+def test_changed_of_equal_registers_is_empty():
+    assert changed_registers(make_regs({"rip": 5}), make_regs({"rip": 5})) == ()
+
+
 def test_changed_keeps_kvm_regs_order():
     old = make_regs({})
     new = make_regs({"rip": 1, "rax": 2, "r15": 3})

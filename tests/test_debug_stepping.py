@@ -276,3 +276,58 @@ def test_machine_run_after_stepping_runs_freely_to_the_end(guests):
         assert stop.kind is StopKind.HALT
         assert b"".join(output).endswith(b"Python!\n")
         debugger.close()
+
+
+# -- the hlt check after one-byte steps, through the view's TLB ---------------------------------
+
+NOPS_THEN_HLT = bytes([0x90, 0x90, 0xF4])     # nop; nop; hlt
+FORGED_FRAME = 0x12_0000                      # RAM nothing else uses
+
+
+@pytest.fixture
+def nops():
+    with Machine(output=lambda data: None) as machine:
+        machine.load_flat(NOPS_THEN_HLT, 0x1000, mode="long")
+        debugger = Debugger(machine)
+        yield machine, debugger
+        debugger.close()
+
+
+def test_one_byte_steps_check_for_hlt_with_one_page_walk(nops, monkeypatch):
+    machine, debugger = nops
+    walks = []
+    walk = debugger.view._walk
+    monkeypatch.setattr(debugger.view, "_walk", lambda *args: walks.append(1) or walk(*args))
+    first, second = debugger.step_instruction(), debugger.step_instruction()
+    assert first.stop is None and second.stop is None
+    assert len(walks) == 1                              # the second nop was a TLB hit
+    last = debugger.step_instruction()                  # the hlt: confirmed by a fresh walk
+    assert last.stop is not None and last.stop.kind is StopKind.HALT
+    assert last.old_rip == 0x1002
+
+
+def test_a_stale_tlb_entry_never_invents_a_hlt(nops):
+    machine, debugger = nops
+    view = debugger.view
+    machine.memory.write(FORGED_FRAME, b"\xf4")
+    region = machine.memory.region_at(FORGED_FRAME)
+    cr3, mode = view.paging_context()
+    # As if the guest had moved its code page since: the cached frame holds a hlt.
+    view.tlb.fill((cr3, mode, 0x1000 >> 12),
+                  (FORGED_FRAME, region.mapping, FORGED_FRAME - region.guest_phys_addr))
+    record = debugger.step_instruction()                # the nop at 0x1000
+    assert record.stop is None and record.exits == ()
+
+
+def test_an_exit_met_during_a_step_has_the_time_of_its_own_kvm_run(session):
+    machine, debugger, output = session
+    events = []
+    machine.listeners.append(events.append)
+    out_rip = debugger.address_of("after_out") - 2
+    while debugger.rip != out_rip:
+        debugger.step_instruction()
+    before = time.monotonic()
+    record = debugger.step_instruction()                # out 0xe9: an exit inside the step
+    assert [event.reason for event in record.exits] == ["IO_OUT"]
+    event = events[-1]
+    assert before <= event.time - event.guest_time <= event.time <= time.monotonic()

@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import termios
 import threading
+import time
 
 import pytest
 
-from minikvm.devices.uart import UART_FCR, UART_FCR_ENABLE_FIFO, UART_MCR, UART_MCR_LOOP, Uart16550
+from minikvm.devices.uart import (
+    UART_FCR,
+    UART_FCR_ENABLE_FIFO,
+    UART_IER,
+    UART_IER_RDI,
+    UART_IER_THRI,
+    UART_LCR,
+    UART_LSR,
+    UART_MCR,
+    UART_MCR_DTR,
+    UART_MCR_LOOP,
+    UART_MCR_OUT2,
+    UART_MCR_RTS,
+    Uart16550,
+)
 from minikvm.devices.virtio.console import VirtioConsole
-from minikvm.hostio import BufferSink, HostInput, RawStdin, Receiver, StdoutSink
+from minikvm.hostio import (
+    BufferSink,
+    HostInput,
+    RawStdin,
+    Receiver,
+    StdoutSink,
+    Terminated,
+    TerminationSignals,
+)
 
 
 @pytest.fixture
@@ -57,22 +82,77 @@ def test_stdout_sink_writes_raw_bytes_to_its_fd():
     try:
         sink = StdoutSink(fd=write_end)
         sink(b"\x00raw\xff\r\n")
+        assert sink.drain(timeout=5)
         assert os.read(read_end, 100) == b"\x00raw\xff\r\n"
-        assert sink.written == 7
+        assert (sink.received, sink.written, sink.dropped) == (7, 7, 0)
     finally:
         os.close(read_end)
         os.close(write_end)
 
 
-def test_stdout_sink_marks_itself_broken_when_reader_is_gone():
+def test_stdout_sink_keeps_every_byte_in_order_while_the_reader_keeps_up():
+    read_end, write_end = os.pipe()
+    got = bytearray()
+
+    def reader() -> None:
+        while chunk := os.read(read_end, 65536):
+            got.extend(chunk)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        sink = StdoutSink(fd=write_end, capacity=1 << 20)
+        chunks = [bytes([i % 251]) * (i % 97 + 1) for i in range(3000)]
+        for chunk in chunks:
+            sink(chunk)
+        assert sink.drain(timeout=10)
+    finally:
+        os.close(write_end)
+        thread.join(10)
+        os.close(read_end)
+    assert bytes(got) == b"".join(chunks)
+    assert sink.dropped == 0
+
+
+def test_a_stalled_reader_never_makes_the_guest_wait_and_the_excess_is_counted():
+    # Firecracker's test_serial_block, as an idea: a reader that reads nothing.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        while True:                              # fill the pipe: the reader is asleep
+            os.write(write_end, b"." * 4096)
+    except BlockingIOError:
+        os.set_blocking(write_end, True)
+    try:
+        sink = StdoutSink(fd=write_end, capacity=4096)
+        started = time.monotonic()
+        for _ in range(1000):
+            sink(b"x" * 1000)       # 1 MB: far more than the pipe and the buffer hold
+        assert time.monotonic() - started < 2.0     # the caller (the vCPU) never blocked
+        assert sink.received == 1_000_000
+        assert sink.pending <= 4096
+        assert sink.dropped == 1_000_000 - 4096 and sink.written == 0
+        assert not sink.drain(timeout=0.2)          # nothing can get out
+        lost = sink.close()
+        assert lost > 0 and sink.dropped == sink.received - sink.written
+        sink(b"after close")                        # still harmless
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_stdout_sink_marks_itself_broken_and_says_so_once_when_the_reader_is_gone():
     read_end, write_end = os.pipe()
     os.close(read_end)
+    errors: list[OSError] = []
     try:
-        sink = StdoutSink(fd=write_end)
+        sink = StdoutSink(fd=write_end, on_error=errors.append)
         sink(b"lost")   # EPIPE (SIGPIPE is ignored by Python)
+        sink.drain(timeout=5)
         sink(b"more")
         assert sink.broken
-        assert sink.dropped == 8
+        assert sink.dropped == 8 and sink.written == 0
+        assert [err.errno for err in errors] == [errno.EPIPE]
     finally:
         os.close(write_end)
 
@@ -81,6 +161,7 @@ def test_stdout_sink_marks_itself_broken_when_reader_is_gone():
 
 def test_host_input_feeds_uart_no_more_than_it_has_room_for():
     uart = Uart16550()
+    uart.write(UART_MCR, 1, UART_MCR_RTS)    # the driver asks for input
     host = HostInput()
     host.put(b"abc")
     assert host.feed(uart) == 1          # FIFOs off: one byte of room
@@ -95,13 +176,57 @@ def test_host_input_feeds_uart_no_more_than_it_has_room_for():
 
 def test_host_input_waits_while_uart_is_in_loopback():
     uart = Uart16550()
-    uart.write(UART_MCR, 1, UART_MCR_LOOP)
+    uart.write(UART_MCR, 1, UART_MCR_LOOP | UART_MCR_RTS)
     host = HostInput()
     host.put(b"k")
     assert host.feed(uart) == 0
     assert len(host) == 1
-    uart.write(UART_MCR, 1, 0)
+    uart.write(UART_MCR, 1, UART_MCR_RTS)
     assert host.feed(uart) == 1
+
+
+def test_host_input_waits_until_the_driver_has_set_the_uart_up():
+    # The order of serial_echo.S and of most drivers: line, FIFOs (FCR 0x07
+    # clears them), MCR, IER. Input queued before must survive the clear.
+    uart = Uart16550()
+    host = HostInput()
+    host.put(b"hello\n")
+    for offset, value in ((UART_LCR, 0x80), (0, 1), (1, 0), (UART_LCR, 0x03)):
+        uart.write(offset, 1, value)
+        assert host.feed(uart) == 0              # not asked for yet: it waits on the host
+    uart.write(UART_FCR, 1, 0x07)                # enable and clear the FIFOs
+    assert host.feed(uart) == 0
+    uart.write(UART_MCR, 1, 0x0B)                # OUT2 | RTS | DTR: "ready to exchange data"
+    assert host.feed(uart) == 6
+    assert bytes(uart.read(0, 1) for _ in range(6)) == b"hello\n"
+    assert uart.overruns == 0
+
+
+@pytest.mark.parametrize("offset, value, ready", [
+    (UART_MCR, UART_MCR_RTS, True),             # hardware flow control: RTS asserted
+    (UART_IER, UART_IER_RDI, True),             # "interrupt me when data arrives"
+    (UART_MCR, UART_MCR_DTR, False),            # DTR alone: a link, not yet data
+    (UART_MCR, UART_MCR_OUT2, False),
+    (UART_IER, UART_IER_THRI, False),
+    (UART_MCR, UART_MCR_RTS | UART_MCR_LOOP, False),   # loopback cuts the input pin
+])
+def test_uart_receiver_is_ready_for_host_input_after_rts_or_rdi(offset, value, ready):
+    uart = Uart16550()
+    assert not uart.receiver_ready and uart.rx_space() == 0
+    uart.write(offset, 1, value)
+    assert uart.receiver_ready is ready
+    assert (uart.rx_space() > 0) is ready
+
+
+def test_fcr_clear_still_clears_what_the_fifo_holds():
+    uart = Uart16550()
+    uart.write(UART_FCR, 1, UART_FCR_ENABLE_FIFO)
+    uart.write(UART_MCR, 1, UART_MCR_RTS)
+    host = HostInput()
+    host.put(b"stale")
+    assert host.feed(uart) == 5
+    uart.write(UART_FCR, 1, 0x07)
+    assert uart.rx_pending() == 0 and not uart.read(UART_LSR, 1) & 0x01
 
 
 def test_the_uart_and_the_virtio_console_are_both_receivers_of_host_input():
@@ -234,3 +359,26 @@ def test_raw_stdin_without_stdin_reads_nothing():
     with RawStdin(fd=-1) as stdin:
         assert stdin.read_available() == b""
         assert stdin.pump(HostInput()) == 0
+
+
+def test_raw_stdin_restore_can_run_again_after_an_interrupted_restore(pty_pair):
+    _, slave = pty_pair
+    before = termios.tcgetattr(slave)
+    stdin = RawStdin(fd=slave).__enter__()
+    stdin.restore()
+    stdin.restore()                              # a signal handler's second try: harmless
+    assert termios.tcgetattr(slave) == before and not stdin.is_raw
+
+
+# --- signals --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_termination_signals_unwind_with_128_plus_the_signal(signum):
+    before = signal.getsignal(signum)
+    with pytest.raises(Terminated) as caught:
+        with TerminationSignals():
+            os.kill(os.getpid(), signum)
+            time.sleep(5)                        # the handler runs before this ends
+    assert caught.value.status == 128 + signum
+    assert caught.value.name in str(caught.value)
+    assert signal.getsignal(signum) == before    # the old handler is back

@@ -161,3 +161,37 @@ def test_ioctl_keeps_a_struct_built_in_the_call_alive():
     ioctl(vm.fd, ioctls.KVM_SET_USER_MEMORY_REGION, kvm_userspace_memory_region(
         slot=0, guest_phys_addr=0, memory_size=0x10000,
         userspace_addr=memory.regions[0].host_address))
+
+
+@pytest.mark.kvm
+def test_synced_registers_at_an_exit_equal_what_the_ioctls_return(guests):
+    """KVM_CAP_SYNC_REGS: after an exit the run page holds regs and sregs;
+    get_regs/get_sregs/get_rip read them there, and they are the ioctls' values."""
+    from minikvm.kvm.uapi import KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS
+    from minikvm.machine import Machine
+    with Machine() as machine:
+        machine.load_flat(guests / "hello.bin", 0x1000)
+        vcpu = machine.vcpu
+        assert vcpu.sync_mask == KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS
+        assert not vcpu.synced            # nothing ran yet: the page holds nothing
+        machine.step()
+        assert vcpu.synced
+        regs, sregs, rip = vcpu.get_regs(), vcpu.get_sregs(), vcpu.get_rip()
+        vcpu.sync_regs(0)                 # from now on, the ioctls
+        assert bytes(vcpu.get_regs()) == bytes(regs)
+        assert bytes(vcpu.get_sregs()) == bytes(sregs)
+        assert vcpu.get_rip() == rip == regs.rip
+
+
+@pytest.mark.kvm
+def test_setting_registers_makes_the_synced_copy_stale(guests):
+    from minikvm.machine import Machine
+    with Machine() as machine:
+        machine.load_flat(guests / "hello.bin", 0x1000)
+        vcpu = machine.vcpu
+        machine.step()
+        regs = vcpu.get_regs()
+        regs.rax = 0x1234
+        vcpu.set_regs(regs)
+        assert not vcpu.synced
+        assert vcpu.get_regs().rax == 0x1234

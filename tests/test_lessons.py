@@ -55,13 +55,13 @@ def test_every_lesson_has_a_script_and_reference_output():
         assert (lessons_dir() / "expected" / f"{lesson.number}.txt").is_file(), lesson.number
 
 
-def test_lessons_are_numbered_01_to_11_in_order():
-    assert LESSON_IDS == [f"{n:02d}" for n in range(1, 12)]
+def test_lessons_are_numbered_01_to_12_in_order():
+    assert LESSON_IDS == [f"{n:02d}" for n in range(1, 13)]
 
 
 def test_every_exercise_has_a_task_a_starter_and_a_solution():
     assert [lesson.number for lesson in EXERCISE_LESSONS] == list(EXERCISES)
-    assert list(EXERCISES) == [f"{n:02d}" for n in range(3, 12)]
+    assert list(EXERCISES) == [f"{n:02d}" for n in range(3, 13)]
     for lesson in EXERCISE_LESSONS:
         assert lesson.task.is_file(), lesson.task
         assert lesson.starter_path.is_file(), lesson.starter_path
@@ -135,7 +135,7 @@ def verdict_text(verdict: Verdict) -> str:
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", slow_only(EXERCISES, "09", "10", "11"))
+@pytest.mark.parametrize("number", slow_only(EXERCISES, "09", "10", "11", "12"))
 def test_reference_solution_passes(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, lesson.solution_path)
@@ -153,6 +153,7 @@ STARTER_SAYS = {
     "09": "its flags have no VIRTQ_DESC_F_NEXT",
     "10": "no VIRTIO_BLK_T_GET_ID (type 8) request",
     "11": "increments were overwritten",
+    "12": "Every '#' in the data ends the packet there",
 }
 
 #: A plausible wrong answer for each exercise, and what the checker must say about it.
@@ -165,11 +166,12 @@ MISTAKE_SAYS = {
     "09": "device-readable buffer after a writable one",
     "10": "GET_ID into 0 bytes (needs 20): IOERR",
     "11": "spin_unlock must store 0",
+    "12": "the escape byte itself must be escaped too",
 }
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", slow_only(EXERCISES, "08", "09", "10", "11"))
+@pytest.mark.parametrize("number", slow_only(EXERCISES, "08", "09", "10", "11", "12"))
 def test_unchanged_starting_file_is_turned_away_with_the_reason(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, lesson.starter_path)
@@ -178,7 +180,7 @@ def test_unchanged_starting_file_is_turned_away_with_the_reason(number):
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", slow_only(sorted(MISTAKE_SAYS), "08", "09", "10", "11"))
+@pytest.mark.parametrize("number", slow_only(sorted(MISTAKE_SAYS), "08", "09", "10", "11", "12"))
 def test_plausible_mistake_is_turned_away_with_the_reason(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, MISTAKES / lesson.starter)

@@ -108,3 +108,13 @@ def test_any_key_pauses_a_running_guest_and_q_quits(make_app):
     app.session.start("continue")
     app.handle(parse_keys(b"q")[0])
     assert app.quit and not app.session.busy
+
+
+def test_p_on_a_guest_that_has_ended_says_so(app):
+    press(app, b"c")
+    assert app.session.status is RunStatus.FINISHED
+    press(app, b"p")
+    assert app.session.message == ("the guest has ended (the guest halted (hlt with "
+                                   "interrupts off)); q quits")
+    press(app, b"s")
+    assert "has ended" in app.session.message

@@ -327,3 +327,113 @@ def test_the_end_of_the_guest_is_said_plainly(hello_frames):
     assert "FINISHED" in text
     assert "the guest halted (hlt with interrupts off)" in text
     assert "Hello from a KVM guest, driven entirely from Python!" in text
+
+
+# -- nothing a person must read is cut (issue 16) ---------------------------------------
+
+def panel_text(screen: str, title: str) -> str:
+    """The words inside the panel titled ``title`` on a rendered screen,
+    its rows joined: what a person reads in that box, wrapped or not."""
+    lines = screen.splitlines()
+    for top, line in enumerate(lines):
+        left = line.find("╭─ " + title)
+        if left != -1:
+            break
+    else:
+        raise AssertionError(f"no panel {title!r} on the screen:\n{screen}")
+    right = lines[top].index("╮", left)
+    inside = []
+    for line in lines[top + 1:]:
+        if line[left] == "╰":
+            break
+        inside.append(line[left + 1:right])
+    return " ".join(" ".join(inside).split())
+
+
+UART_EXITS = (
+    ExitRow(5, "IO_OUT", 0x1023, "port 0x3fa", "com1", "FCR", 0x07,
+            "FCR write 0x07: FIFOs on, RX FIFO cleared, TX FIFO cleared, RX trigger 1 byte"),
+    ExitRow(6, "IO_OUT", 0x1029, "port 0x3fc", "com1", "MCR", 0x03,
+            "MCR write 0x03: DTR, RTS, IRQ gated off (OUT2 clear)"),
+    ExitRow(7, "IO_OUT", 0x1004, "port 0xf4", "debug-exit", "", 0x2A,
+            "debug exit: the guest ends the run with value 0x2a, exit status "
+            "(0x2a << 1) | 1 = 85", stop="the guest wrote 0x2a to the debug-exit port: status 85"),
+)
+
+
+@pytest.mark.parametrize("width,height", [(80, 24), (120, 36)])
+def test_long_explanations_wrap_in_the_exit_log_instead_of_being_cut(width, height):
+    state = long_mode_state(exits=UART_EXITS)
+    text = render_text(state, width, height)
+    assert all(len(line) <= width for line in text.splitlines())
+    log = panel_text(text, "VM exits")
+    # An exit is shown whole or not at all: older ones give way to the newest.
+    for row in UART_EXITS:
+        if f"{row.rip:#x}" in log:
+            assert row.description in log, row.description
+    assert "=> the guest wrote 0x2a to the debug-exit port: status 85" in log
+    if height >= 36:
+        assert all(f"{row.rip:#x}" in log for row in UART_EXITS)
+
+
+@pytest.mark.parametrize("width,height", [(80, 24), (120, 36)])
+def test_a_long_message_wraps_instead_of_being_cut(width, height):
+    message = ("breakpoint 1 at 0x100140 <puthex_e9.constprop.0> (hit 1, by single-stepping: "
+               "this KVM ignores int3 interception and the debug registers are all in use) "
+               "-- stepped 'out 0xe9, al' at 0x10014b")
+    lines = render_text(long_mode_state(message=message), width, height).splitlines()
+    assert len(lines) == height and "s step" in lines[-1].replace("  ", " ")
+    said = " ".join(" ".join(lines[1:4]).split())
+    assert message in said
+    assert "VM exits" in "\n".join(lines) or width < 100
+
+
+def test_a_short_message_keeps_one_row():
+    lines = render_text(long_mode_state(), 80, 24).splitlines()
+    assert lines[1].strip() == "stepped 'add rdi, rdx' at 0x100013"
+    assert lines[2].startswith("╭─ registers")
+
+
+def test_statistics_fit_80x24_with_every_reason_and_device():
+    stats = StatsView(total=1234, by_reason=(("IO_OUT", 900), ("IO_IN", 300), ("MMIO_WRITE", 30),
+                                             ("HLT", 4)),
+                      by_device=(("com1", 1100), ("virtio0-rng", 34), ("debugcon", 100)),
+                      timeline=(5, 50, 500), rate=2000.0, steps=3, kicks=12)
+    text = render_text(long_mode_state(side=SideView.STATS, stats=stats), 80, 24)
+    panel = panel_text(text, "exit statistics")
+    for name, count in stats.by_reason + stats.by_device:
+        assert f"{name} {count:,}" in panel, name
+    assert "1,234 guest exits" in panel and "more row" not in panel
+    assert "not counted: 12 kicks" in panel
+
+
+def test_statistics_that_cannot_fit_say_how_many_rows_are_left_out():
+    stats = StatsView(total=99, by_reason=tuple((f"REASON{i}", 10 - i) for i in range(9)),
+                      by_device=(("com1", 99),))
+    text = render_text(long_mode_state(side=SideView.STATS, stats=stats), 80, 24)
+    panel = panel_text(text, "exit statistics")
+    assert "REASON0" in panel and "more rows (a taller terminal shows them)" in panel
+
+
+def test_every_changed_register_gets_a_star_as_the_help_says():
+    changed = frozenset({"rflags", "cr3", "cr0", "ss", "cs", "efer"})
+    text = render_text(long_mode_state(registers=RegistersView(LONG_MODE, changed, "long", 64)),
+                       160, 45)
+    assert "rflags 00000246*" in text
+    assert "cr3  0000000000106000*" in text and "cr0  80010033* PG|WP" in text
+    assert "cs 0008*" in text and "ss 0018*" in text and "ds 0018 " in text
+    assert "efer 00000500* LMA|LME" in text and "cr4  00000620 OSXMMEXCPT" in text
+    from minikvm.tui.keys import HELP_TEXT
+    assert "changed registers get a *" in HELP_TEXT
+
+
+def test_one_vcpu_is_not_named_and_several_are():
+    single = render_text(long_mode_state(), 120, 36)
+    assert "vCPU" not in single and " cpu " not in single
+    rows = tuple(dataclasses.replace(row, vcpu=i % 2) for i, row in
+                 enumerate(long_mode_state().exits))
+    text = render_text(long_mode_state(exits=rows, vcpu=1, vcpus=2), 120, 36)
+    assert "vCPU 1 of 2" in text.splitlines()[0]
+    log = panel_text(text, "VM exits")
+    assert log.startswith("# cpu exit")
+    assert "8 1 MMIO_WRITE" in log

@@ -47,8 +47,44 @@ def test_the_exit_monitor_keeps_a_bounded_log():
     for seq in range(10):
         monitor(ExitEvent(seq, 0.0, 0.0, Hlt(False)))
     assert monitor.count == 10 and len(monitor.events) == 4
-    assert [event.seq for event in monitor.newest(2)] == [8, 9]
+    assert [number for number, _ in monitor.newest(2)] == [9, 10]
+    assert [event.seq for _, event in monitor.newest(2)] == [8, 9]
     assert monitor.by_reason == {"HLT": 10}
+
+
+def test_kicks_are_counted_apart_and_the_log_numbers_only_guest_exits():
+    # The machine's sequence numbers count every KVM_RUN return, kicks too;
+    # the TUI's numbers count guest exits, so the last one is the header's count.
+    from minikvm.kvm.exits import Hlt, Interrupted
+    from minikvm.machine import ExitEvent
+
+    monitor = ExitMonitor()
+    for seq, exit in enumerate([Hlt(True), Interrupted(), Interrupted(), Hlt(True)], 1):
+        monitor(ExitEvent(seq, 0.0, 0.0, exit))
+    assert monitor.count == 2 and monitor.kicks == 2
+    numbers = [(number, event.seq) for number, event in monitor.newest(10)]
+    assert numbers == [(1, 1), (2, 4)]
+    assert monitor.number_of(monitor.events[-1][1]) == 2
+
+
+def test_the_tui_state_after_a_stop_comes_from_the_core_stop():
+    # RunStatus is the TUI's activity; whether the guest ended is the Stop's to say.
+    from minikvm.core.stop import Stop, StopKind
+
+    def after(kind, status=None):
+        return RunStatus.after(Stop(kind, status, "words"))
+
+    assert after(StopKind.HALT, 0) is RunStatus.FINISHED
+    assert after(StopKind.DEBUG_EXIT, 85) is RunStatus.FINISHED
+    assert after(StopKind.RESET, 0) is RunStatus.FINISHED
+    assert after(StopKind.SHUTDOWN, 3) is RunStatus.CRASHED
+    assert after(StopKind.INTERNAL_ERROR, 3) is RunStatus.CRASHED
+    assert after(StopKind.BREAKPOINT) is RunStatus.PAUSED
+    assert after(StopKind.EXIT_MATCHED) is RunStatus.PAUSED
+    # A timeout ends `minikvm run` (status 124), but in the TUI only the one
+    # continue it bounded: the guest can go on.
+    assert Stop(StopKind.TIMEOUT, 124, "timeout").ended
+    assert after(StopKind.TIMEOUT, 124) is RunStatus.PAUSED
 
 
 # -- with a guest -----------------------------------------------------------------------
@@ -84,7 +120,7 @@ def test_a_step_runs_on_the_vcpu_thread_and_reports_changed_registers(session_fo
 
     session.debugger.step_instruction = spy
     session.run_action("step")
-    assert seen == ["minikvm-vcpu"]
+    assert seen == ["minikvm-vcpu0"]          # the runner's Job
     state = session.snapshot()
     assert state.status is RunStatus.PAUSED
     assert state.registers.values.rip == 0x1001
@@ -229,4 +265,75 @@ def test_whatever_the_guest_runs_the_screen_can_be_drawn(code, mode):
         assert not state.busy
         assert state.status is not RunStatus.ERROR, session.error_trace
         assert render_text(state, 80, 24) and render_text(state, 160, 45)
+        session.close()
+
+
+@pytest.mark.kvm
+def test_the_header_the_log_and_the_statistics_count_the_same_exits(session_for):
+    from minikvm.tui.render import render_text
+
+    session = session_for("hello.bin")
+    session.run_action("step")
+    session.run_action("continue", timeout=10)
+    state = session.snapshot()
+    assert state.status is RunStatus.FINISHED
+    # The halt check kicked the vCPU at least once: the machine's sequence
+    # numbers count that, the TUI does not.
+    assert state.stats.kicks >= 1
+    assert session.machine.exit_count == state.stats.total + state.stats.kicks
+    assert state.stats.total == 53 == state.exits[-1].seq
+    header = render_text(state, 120, 36).splitlines()[0]
+    assert "exits 53 " in header and "steps 1" in header
+
+
+@pytest.mark.kvm
+def test_stepping_cli_hlt_with_the_irqchip_ends_the_guest_and_no_step_follows(session_for,
+                                                                                tmp_path):
+    # With the in-kernel irqchip a hlt never exits; the debugger's stepper
+    # recognises the stepped hlt, so the step returns and the guest has ended.
+    guest = tmp_path / "clihlt.bin"
+    guest.write_bytes(bytes([0xFA, 0xF4]))                  # cli; hlt
+    session = session_for(str(guest))
+    for _ in range(2):
+        assert session.start("step")
+        assert session.wait(30), "a step hung"
+    assert session.status is RunStatus.FINISHED
+    assert session.last_stop.finished
+    assert "halted" in session.message
+    assert session.start("step") is False and "has ended" in session.message
+
+
+@pytest.mark.kvm
+def test_a_step_on_a_vcpu_asleep_for_good_ends_the_guest_instead_of_hanging(guests, tmp_path):
+    # The guest went to sleep with interrupts off before the session saw it
+    # (here: a plain Machine.run). A step would wait in KVM_RUN for ever; the
+    # session asks the runner first and reports the halt.
+    guest = tmp_path / "clihlt.bin"
+    guest.write_bytes(bytes([0xFA, 0xF4, 0xEB, 0xFC]))      # cli; hlt; jmp $-2
+    sink = BufferSink()
+    with Machine(output=sink, irqchip=True) as machine:
+        machine.load_guest(guest)
+        assert machine.run(timeout=10).finished
+        session = Session(machine, guest="clihlt.bin", console=sink)
+        assert session.start("step")
+        assert session.wait(30), "the step hung"
+        assert session.status is RunStatus.FINISHED
+        assert session.message == "the guest halted (hlt with interrupts off)"
+        session.close()
+
+
+@pytest.mark.kvm
+def test_a_machine_with_two_vcpus_names_the_vcpu_of_each_exit(guests):
+    from minikvm.tui.render import render_text
+
+    sink = BufferSink()
+    with Machine(output=sink, irqchip=True, vcpus=2) as machine:
+        machine.load_guest(guests / "hello.bin")
+        session = Session(machine, guest="hello.bin", console=sink)
+        session.run_action("next", timeout=10)
+        state = session.snapshot()
+        assert (state.vcpu, state.vcpus) == (0, 2)
+        assert [row.vcpu for row in state.exits] == [0]
+        assert session.message.startswith("vCPU 0: exit 1 (IO_OUT)")
+        assert "vCPU 0 of 2" in render_text(state, 120, 36).splitlines()[0]
         session.close()

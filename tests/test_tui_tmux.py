@@ -13,6 +13,7 @@ makes it slower.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.kvm, pytest.mark.slow,
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0   # seconds: generous for a loaded 2-core machine
+_SERVERS = itertools.count()
 
 
 class Pane:
@@ -60,22 +62,31 @@ class Pane:
         raise AssertionError(f"not on the screen after {timeout}s: {missing}\n{text}")
 
 
-@pytest.fixture
-def tui_pane(guests, tmp_path):
-    server = f"minikvm-test-{os.getpid()}"
-    stty_file = tmp_path / "stty.txt"
+def start_tui(guest: Path, stty_file: Path, size: tuple[int, int] = (100, 30),
+              before: str = "") -> Pane:
+    """The TUI on ``guest`` in a new tmux server; afterwards the shell says
+    how it exited, saves ``stty -a`` and echoes a line it reads."""
+    server = f"minikvm-test-{os.getpid()}-{next(_SERVERS)}"   # never one still closing
     tui = " ".join(shlex.quote(part) for part in
-                   [sys.executable, "-m", "minikvm", "tui", str(guests / "hello.bin")])
-    script = (f"{tui}; echo \"TUI EXITED $?\"; stty -a > {shlex.quote(str(stty_file))}; "
+                   [sys.executable, "-m", "minikvm", "tui", str(guest)])
+    script = (f"{before}{tui}; echo \"TUI EXITED $?\"; "
+              f"stty -a > {shlex.quote(str(stty_file))}; "
               "read line; echo \"GOT:$line\"; sleep 60")
     env = dict(os.environ, PYTHONPATH=str(ROOT), TERM="xterm-256color")
     subprocess.run(["tmux", "-L", server, "-f", "/dev/null", "new-session", "-d", "-s", "tui",
-                    "-x", "100", "-y", "30", "-c", str(ROOT), "sh", "-c", script],
+                    "-x", str(size[0]), "-y", str(size[1]), "-c", str(ROOT), "sh", "-c", script],
                    check=True, env=env, timeout=30)
+    return Pane(server, "tui")
+
+
+@pytest.fixture
+def tui_pane(guests, tmp_path):
+    stty_file = tmp_path / "stty.txt"
+    pane = start_tui(guests / "hello.bin", stty_file)
     try:
-        yield Pane(server, "tui"), stty_file
+        yield pane, stty_file
     finally:
-        subprocess.run(["tmux", "-L", server, "kill-server"], capture_output=True, timeout=30)
+        pane.tmux("kill-server")
 
 
 def test_step_step_next_continue_quit_in_a_real_terminal(tui_pane):
@@ -113,3 +124,20 @@ def test_step_step_next_continue_quit_in_a_real_terminal(tui_pane):
     pane.keys("typed line", "Enter")
     screen = pane.wait_for("GOT:typed line")
     assert "typed line\n" in screen                     # echoed as typed
+
+
+def test_after_a_resize_q_leaves_no_pieces_of_the_screen(guests, tmp_path):
+    # tmux keeps the rows an alternate screen gained while it was larger; the
+    # TUI erases its screen before leaving it, so nothing of the frame remains.
+    pane = start_tui(guests / "hello.bin", tmp_path / "stty.txt", size=(80, 24),
+                     before="echo BEFORE THE TUI; ")
+    try:
+        pane.wait_for("code at RIP", "PAUSED")
+        pane.tmux("resize-window", "-t", "tui", "-x", "120", "-y", "36")
+        pane.wait_for(" minikvm ", "go to memory")            # redrawn in the wide form
+        pane.keys("q")
+        screen = pane.wait_for("TUI EXITED 0")
+        assert [line for line in screen.splitlines() if line.strip()] == [
+            "BEFORE THE TUI", "TUI EXITED 0"], screen
+    finally:
+        pane.tmux("kill-server")

@@ -177,6 +177,7 @@ def test_fifo_preserves_order():
 
 def test_rx_holds_16_bytes_with_fifos_and_1_without():
     uart, _, _ = make()
+    wr(uart, UART_MCR, UART_MCR_RTS)  # host input is offered once the driver asks (RTS)
     assert uart.rx_space() == 1
     uart.receive(b"ab")
     assert uart.state()["rx_level"] == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from minikvm.devices.virtio.blk import (
@@ -26,7 +28,12 @@ from minikvm.devices.virtio.console import (
 )
 from minikvm.devices.virtio.device import VirtioContext
 from minikvm.devices.virtio.features import VIRTIO_F_VERSION_1, bit
-from minikvm.devices.virtio.mmio import VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_INT_CONFIG
+from minikvm.devices.virtio.mmio import (
+    VIRTIO_MMIO_CONFIG_GENERATION,
+    VIRTIO_MMIO_DEVICE_ID,
+    VIRTIO_MMIO_INT_CONFIG,
+    VIRTIO_MMIO_INTERRUPT_STATUS,
+)
 from minikvm.devices.virtio.mock import mock_device
 from minikvm.devices.virtio.rng import VirtioRng
 from minikvm.devices.virtio.status import DeviceStatus
@@ -165,6 +172,91 @@ def test_blk_unknown_request_types_get_unsupp(disk, request_type):
     dev = blk_device(disk)
     request = dev.driver.blk_request(dev.driver.queues[0], request_type, data_len=512)
     assert run(dev, request)[1] == VIRTIO_BLK_S_UNSUPP
+
+
+# -- an image that changes size while the guest runs (§5.2.6.1; issue 17.5) -----------------
+#
+# The device checks every request against the file's size *now* and tells the
+# driver of a new size with a configuration change notification.
+
+def read_sector(dev, sector, sectors=1):
+    request = dev.driver.blk_request(dev.driver.queues[0], VIRTIO_BLK_T_IN, sector,
+                                     data_len=512 * sectors)
+    used, status = run(dev, request)
+    return status, dev.memory.read(request.data, 512 * sectors)
+
+
+def test_blk_reads_past_the_end_of_an_image_truncated_mid_run_get_ioerr_not_zeros(tmp_path):
+    # The shape of issue 17.5: 128 sectors, truncated to 32 while the guest
+    # runs, then 128 reads: 96 of them used to complete OK with zeros.
+    image = tmp_path / "shrinks.img"
+    image.write_bytes(b"".join(bytes([i]) * 512 for i in range(128)))
+    dev = blk_device(image)
+    assert dev.driver.read_config(0, 8) == 128
+    os.truncate(image, 32 * 512)
+    answers = [read_sector(dev, sector) for sector in range(128)]
+    ok = [s for s, (status, _) in enumerate(answers) if status == VIRTIO_BLK_S_OK]
+    ioerr = [s for s, (status, _) in enumerate(answers) if status == VIRTIO_BLK_S_IOERR]
+    assert ok == list(range(32)) and ioerr == list(range(32, 128))
+    assert all(data == bytes([s]) * 512 for s, (_, data) in enumerate(answers[:32]))
+
+
+def test_blk_tells_the_driver_the_new_capacity_with_a_configuration_change(disk):
+    dev = blk_device(disk)
+    dev.driver.ack_interrupts()
+    generation = dev.driver.read_reg(VIRTIO_MMIO_CONFIG_GENERATION)
+    os.truncate(disk, 16 * 512)
+    assert read_sector(dev, 20)[0] == VIRTIO_BLK_S_IOERR
+    assert dev.driver.read_reg(VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG
+    assert dev.driver.read_reg(VIRTIO_MMIO_CONFIG_GENERATION) != generation
+    assert dev.driver.read_config(0, 8) == 16
+    assert dev.transport.backend.counters["resizes"] == 1
+    assert any(label == "resized" and "64 -> 16" in value
+               for label, value in dev.transport.backend.state_rows())
+
+
+def test_blk_capacity_read_after_a_truncation_is_the_files_size_now(disk):
+    # Without a request in between: reading the configuration looks too, and
+    # ConfigGeneration moves, so a driver reading capacity as §2.5.1 asks
+    # (generation, fields, generation again) reads the new value.
+    dev = blk_device(disk)
+    before = dev.driver.read_reg(VIRTIO_MMIO_CONFIG_GENERATION)
+    os.truncate(disk, 10 * 512 + 100)          # a partial last sector does not count
+    assert dev.driver.read_config(0, 8) == 10
+    assert dev.driver.read_reg(VIRTIO_MMIO_CONFIG_GENERATION) != before
+    assert dev.driver.read_config(0, 8) == 10  # and stays put: one change, one notification
+    assert dev.transport.backend.counters["resizes"] == 1
+
+
+def test_blk_write_past_the_end_of_a_shrunken_image_gets_ioerr_and_does_not_grow_it(disk):
+    dev = blk_device(disk)
+    os.truncate(disk, 16 * 512)
+    request = dev.driver.blk_request(dev.driver.queues[0], VIRTIO_BLK_T_OUT, 40,
+                                     data=b"\x77" * 512)
+    assert run(dev, request)[1] == VIRTIO_BLK_S_IOERR
+    assert disk.stat().st_size == 16 * 512
+
+
+def test_blk_image_that_grows_is_reported_and_its_new_sectors_readable(disk):
+    dev = blk_device(disk)
+    dev.driver.ack_interrupts()
+    with open(disk, "ab") as f:
+        f.write(b"\x99" * 512 * 64)
+    status, data = read_sector(dev, 100)
+    assert status == VIRTIO_BLK_S_OK and data == b"\x99" * 512
+    assert dev.driver.read_config(0, 8) == 128
+    assert dev.driver.ack_interrupts() & VIRTIO_MMIO_INT_CONFIG
+
+
+def test_blk_read_that_meets_the_end_of_a_file_shrinking_meanwhile_gets_ioerr(disk, monkeypatch):
+    # The file shrinks between the range check and the read itself: the read
+    # comes up short, and the answer is IOERR, not the missing bytes as zeros.
+    dev = blk_device(disk)
+    monkeypatch.setattr(VirtioBlk, "refresh_capacity", lambda self: self.capacity)
+    os.truncate(disk, 16 * 512)
+    status, data = read_sector(dev, 15, sectors=2)
+    assert status == VIRTIO_BLK_S_IOERR
+    assert "shrank" in dev.transport.backend.last_request
 
 
 def test_blk_request_with_a_short_header_gets_ioerr(disk):

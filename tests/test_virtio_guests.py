@@ -80,6 +80,30 @@ def test_blk_guest_on_a_read_only_disk_gets_ioerr_and_the_file_is_untouched(gues
     assert image.read_bytes() == original
 
 
+def test_blk_guest_whose_image_shrinks_while_it_runs_gets_ioerr_and_sees_the_new_capacity(
+        guests, tmp_path):
+    image = tmp_path / "shrinks.img"
+    image.write_bytes(b"soon gone\n".ljust(SECTOR, b"\0") + bytes(7 * SECTOR))
+    output = []
+    with Machine(irqchip=True, output=output.append) as machine:
+        transport = machine.add_virtio(VirtioBlk(image))
+        machine.load_guest(guests / "virtio_blk.elf")
+        # Run until the driver is set up and has noted capacity 8 (result
+        # word 1), then cut the image to nothing behind its back, and go on.
+        paused = machine.run(timeout=60, until=lambda: bool(
+            transport.status & DeviceStatus.DRIVER_OK) and results(machine, 2)[1] == 8)
+        assert paused.kind is StopKind.PAUSED, paused
+        image.write_bytes(b"")
+        stop = machine.run(timeout=60)
+        marker, capacity, read_status = results(machine, 3)
+    assert (stop.kind, stop.status) == (StopKind.DEBUG_EXIT, EXIT_REFUSED), stop
+    assert capacity == 8 and read_status == 1        # VIRTIO_BLK_S_IOERR, not OK with zeros
+    assert ("virtio-blk: reading sector 0 failed: the device answered IOERR (the disk shrank "
+            "from 8 to 0 sectors while we ran: the sector is past its end)"
+            ) in b"".join(output).decode()
+    assert image.read_bytes() == b""
+
+
 @pytest.mark.slow
 def test_virtio_guests_run_from_the_cli(guests, tmp_path):
     image = tmp_path / "disk.img"

@@ -27,6 +27,9 @@ sharp check even for random tables.
 Example counts per run: 200 random queues plus 13 classes of 28 examples
 (564 hostile examples, about 3 s); tests/test_virtio_mmio.py and
 tests/test_virtio_status.py add register and status-machine traffic.
+The long run (``pytest -m slow --hypothesis-profile long``,
+tests/test_hostile_long.py) drives the random queues and the register
+traffic tens of thousands of times each.
 """
 
 from __future__ import annotations
@@ -405,11 +408,19 @@ def hostile_queues(draw):
     return table, indirect_tables, heads
 
 
+avail_jumps = st.one_of(st.none(), st.none(), st.none(), st.integers(0, 0xFFFF))
+
+
 @hostile(200)
 @given(kind=kinds, features=ring_features, start=starts, queue=hostile_queues(),
-       jump=st.one_of(st.none(), st.none(), st.none(), st.integers(0, 0xFFFF)))
+       jump=avail_jumps)
 def test_random_queues_end_in_a_defined_outcome(disk, kind, features, start, queue, jump):
     """Random descriptor tables, indirect tables and available rings."""
+    check_random_queue(disk, kind, features, start, queue, jump)
+
+
+def check_random_queue(disk, kind, features, start, queue, jump):
+    """Kick one random queue and judge it (also run by tests/test_hostile_long.py)."""
     table, indirect_tables, heads = queue
     s = scenario(kind, disk, features, start)
     try:

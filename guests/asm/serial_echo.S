@@ -10,9 +10,17 @@
  *   - the main loop sits in `sti; hlt`: with the in-kernel irqchip the vCPU
  *     sleeps inside KVM until the interrupt arrives.
  * The handler drains the RX FIFO (LSR.DR), echoing each byte to THR after
- * LSR.THRE, and acknowledges the PIC with an EOI. A received 0x04 byte
- * (Ctrl-D) is echoed too and then ends the run through the debug-exit
- * port with value 0 (status 1), so tests and people have a way out.
+ * LSR.THRE, and acknowledges the PIC with an EOI.
+ *
+ * Two bytes are special, as on a terminal:
+ *   - CR (0x0d) is echoed as CR LF. A terminal's Enter key sends CR alone;
+ *     a plain echo would return the cursor to the start of the same line and
+ *     the next line would overwrite it. Linux's tty layer does the same for a
+ *     serial console (ICRNL turns the CR into a newline, ONLCR prints the
+ *     newline as CR LF); a bare-metal guest has to do it itself.
+ *   - Ctrl-D (0x04) is echoed, then the guest halts with interrupts off:
+ *     the session is over, and the run ends with status 0, as at the end of
+ *     piped input.
  */
     .code16
     .text
@@ -98,17 +106,17 @@ drain:
     mov     $COM1+0, %dx        /* RBR */
     in      %dx, %al
     mov     %al, %bl
-    mov     $COM1+5, %dx
-1:  in      %dx, %al
-    test    $0x20, %al          /* THRE */
-    jz      1b
-    mov     $COM1+0, %dx        /* THR: echo */
-    mov     %bl, %al
-    out     %al, %dx
-    cmp     $0x04, %bl          /* Ctrl-D ends the run */
+    call    putc                /* echo */
+    cmp     $0x0d, %bl          /* Enter: CR, then LF */
+    jne     1f
+    mov     $0x0a, %bl
+    call    putc
+1:  cmp     $0x04, %bl          /* Ctrl-D ends the session */
     jne     drain
-    xor     %al, %al
-    out     %al, $0xf4
+done:
+    cli                         /* nothing can wake us now: status 0 */
+    hlt
+    jmp     done
 eoi:
     mov     $0x20, %al          /* non-specific EOI to the master PIC */
     out     %al, $PIC1_CMD
@@ -116,3 +124,14 @@ eoi:
     pop     %bx
     pop     %ax
     iret
+
+/* putc: send the byte in %bl once LSR.THRE says THR can take it. */
+putc:
+    mov     $COM1+5, %dx        /* LSR */
+1:  in      %dx, %al
+    test    $0x20, %al          /* THRE */
+    jz      1b
+    mov     $COM1+0, %dx        /* THR */
+    mov     %bl, %al
+    out     %al, %dx
+    ret

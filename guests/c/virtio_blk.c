@@ -67,6 +67,22 @@ static u8 blk_request(u32 type, u64 sector, int with_data, int device_writes_dat
     return status;
 }
 
+/* The capacity (§5.2.4), read as §2.5.1 asks: a 64-bit field is two 32-bit
+ * reads, so read it again if ConfigGeneration changed in between (the
+ * device changes it when the image changes size under us). */
+static u64 read_capacity(void)
+{
+    u32 before, after;
+    u64 value;
+    do {
+        before = vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_CONFIG_GENERATION);
+        value = vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_CONFIG)
+              | (u64)vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_CONFIG + 4) << 32;
+        after = vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_CONFIG_GENERATION);
+    } while (before != after);
+    return value;
+}
+
 static void put_u64(u64 v)
 {
     char digits[20];
@@ -95,10 +111,18 @@ static void check(u8 answer, const char *what, int has_sector, u64 sector)
     puts_e9(" failed: ");
     if (answer == VIRTIO_BLK_S_IOERR) {
         puts_e9("the device answered IOERR");
-        if (has_sector && sector >= capacity) {
-            puts_e9(" (the disk has ");
-            put_u64(capacity);
-            puts_e9(capacity == 1 ? " sector" : " sectors");
+        u64 now = read_capacity();   /* the image may have shrunk meanwhile */
+        if (has_sector && sector >= now) {
+            if (now < capacity) {
+                puts_e9(" (the disk shrank from ");
+                put_u64(capacity);
+                puts_e9(" to ");
+            } else {
+                puts_e9(" (the disk has ");
+            }
+            put_u64(now);
+            puts_e9(now == 1 ? " sector" : " sectors");
+            puts_e9(now < capacity ? " while we ran" : "");
             puts_e9(": the sector is past its end)");
         } else if (read_only && header.type == VIRTIO_BLK_T_OUT) {
             puts_e9(" (the disk is read-only: VIRTIO_BLK_F_RO)");
@@ -124,8 +148,7 @@ void __attribute__((section(".text.start"), noreturn)) _start(void)
     int err = virtio_init(VIRTIO_MMIO_BASE, 2 /* block device */, &vq);
     if (err)
         virtio_init_failed("virtio-blk", err);
-    capacity = vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_CONFIG)
-             | (u64)vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_CONFIG + 4) << 32;
+    capacity = read_capacity();
     result[1] = capacity;
     vio_write(VIRTIO_MMIO_BASE, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
     read_only = (vio_read(VIRTIO_MMIO_BASE, VIRTIO_MMIO_DEVICE_FEATURES) >> VIRTIO_BLK_F_RO) & 1;

@@ -2,7 +2,8 @@
 
 ``minikvm run GUEST`` boots a bare-metal guest and exits with the status of
 DESIGN.md (0 halt, ``(v<<1)|1`` debug exit, 3 crash, 124 timeout, 2 bad
-usage or guest file, 1 KVM unavailable: :class:`~minikvm.core.board.ExitStatus`).
+usage or guest file, 1 KVM unavailable: :class:`~minikvm.core.board.ExitStatus`;
+130 Ctrl-C, 143/129 SIGTERM/SIGHUP, 141 stdout closed).
 ``trace``, ``tui``, ``info`` and ``lesson`` are the other subcommands, each
 in its own module with ``HELP``, ``add_arguments(parser)`` and ``run(args)``:
 
@@ -31,7 +32,7 @@ from minikvm.cli import info, lesson, run, trace, tui
 from minikvm.cli.options import Parser, UsageError
 from minikvm.core.board import ExitStatus
 
-__all__ = ["COMMANDS", "UsageError", "build_parser", "main"]
+__all__ = ["COMMANDS", "UsageError", "build_parser", "entry", "main"]
 
 #: The subcommands, in the order ``minikvm --help`` lists them.
 COMMANDS = {"run": run, "trace": trace, "info": info, "tui": tui, "lesson": lesson}
@@ -49,23 +50,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str) -> None:
+    """One line on stderr; a terminal that hung up (SIGHUP) cannot refuse it loudly."""
+    try:
+        print(f"minikvm: {line}", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
+def entry() -> None:
+    """The ``minikvm`` command itself (console script and ``python -m minikvm``).
+
+    Runs :func:`main`, flushes what it printed, and leaves with ``os._exit``:
+    by then every file is closed, the terminal restored and the guest's
+    output written, and the interpreter's own teardown (tens of ms, spent
+    freeing objects a dying process need not free) would only delay the
+    moment a script or a shell sees the status.
+    """
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(int(status) & 0xFF)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's), run the command, return its
-    exit status. Errors become one line on stderr and their status."""
+    exit status. Errors become one line on stderr and their status: every
+    status the VMM decides is said, so that it cannot be mistaken for the
+    same number coming from the guest's debug-exit port.
+
+    SIGTERM and SIGHUP unwind the command like Ctrl-C does (the terminal's
+    mode is restored on the way: :class:`~minikvm.hostio.TerminationSignals`)
+    and end it with 128 + the signal's number.
+    """
+    from minikvm.hostio import TerminationSignals, Terminated
     from minikvm.kvm.errors import KvmError, KvmUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command].run(args)
+        with TerminationSignals():
+            return COMMANDS[args.command].run(args)
     except UsageError as err:
-        print(f"minikvm: {err}", file=sys.stderr)
+        _say(str(err))
         return ExitStatus.USAGE
     except (KvmUnavailableError, KvmError) as err:
         # No /dev/kvm, no permission, or an ioctl KVM refused: not the guest's doing.
-        print(f"minikvm: {err}", file=sys.stderr)
+        _say(str(err))
         return ExitStatus.KVM_UNAVAILABLE
     except KeyboardInterrupt:
-        print("minikvm: interrupted", file=sys.stderr)
+        _say("interrupted (Ctrl-C)")
         return ExitStatus.INTERRUPTED
+    except Terminated as err:
+        _say(str(err))
+        return err.status
     except BrokenPipeError:
-        return ExitStatus.OK
+        # Our own printing (a trace table, info) hit a closed pipe. Python would
+        # complain again when it flushes stdout at exit: point it at nothing.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        _say("stdout was closed (broken pipe)")
+        return run.OUTPUT_CLOSED

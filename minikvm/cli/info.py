@@ -32,6 +32,9 @@ RELIED_ON: tuple[tuple[str, str], ...] = (
     ("KVM_CAP_EXT_CPUID", "choosing the CPUID the guest sees"),
     ("KVM_CAP_NR_MEMSLOTS", "number of memory slots"),
     ("KVM_CAP_MAX_VCPUS", "largest number of vCPUs per VM"),
+    ("KVM_CAP_SYNC_REGS", "registers at every exit in the run page: regs (1) and sregs (2) "
+                          "are read there instead of KVM_GET_REGS/KVM_GET_SREGS; without it, "
+                          "the ioctls"),
 )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -29,19 +30,28 @@ if TYPE_CHECKING:
 __all__ = [
     "Parser",
     "UsageError",
+    "KVM_MAX_SLOT_BYTES",
+    "add_gdb_option",
     "add_run_options",
     "check_guest_file",
+    "check_mem_size",
     "config_from_args",
+    "format_size",
     "guest_file_errors",
     "parse_blk",
     "parse_initrd",
+    "parse_gdb_address",
     "parse_int",
     "parse_size",
     "parse_smp",
     "parse_timeout",
 ]
 
-_SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_SIZE_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+#: The most guest RAM one KVM memory slot can hold: KVM_MEM_MAX_NR_PAGES
+#: (``include/linux/kvm_host.h``, 2^31 - 1 pages of 4 KiB). Our RAM is one slot.
+KVM_MAX_SLOT_BYTES = ((1 << 31) - 1) * 4096
+_MEMINFO = "/proc/meminfo"
 
 
 class UsageError(Exception):
@@ -67,8 +77,21 @@ def parse_int(text: str) -> int:
     return value
 
 
+def format_size(size: int) -> str:
+    """Bytes for people: ``24 GiB``, ``22.9 GiB``, ``512 MiB``, ``4 KiB``."""
+    for shift, unit in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift:
+            value = size / (1 << shift)
+            return f"{value:.2f}".rstrip("0").rstrip(".") + f" {unit}"
+    return f"{size} bytes"
+
+
 def parse_size(text: str) -> int:
-    """A memory size: bytes, or with a K/M/G suffix (``2M``, ``256M``)."""
+    """A memory size: bytes, or with a K/M/G/T suffix (``2M``, ``256M``, ``1T``).
+
+    Only what no host could give is refused here (KVM's limit for one memory
+    slot); what *this* host can give is checked with the machine's other
+    options (:func:`check_mem_size`)."""
     raw = text.strip().lower().removesuffix("ib").removesuffix("b")
     scale = 1
     if raw and raw[-1] in _SIZE_SUFFIXES:
@@ -77,12 +100,49 @@ def parse_size(text: str) -> int:
     try:
         value = int(raw, 0) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 2M, 256M, 0x200000)") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 2M, 256M, 4G, "
+                                         "0x200000)") from None
     if value <= 0 or value % 4096:
         raise argparse.ArgumentTypeError(f"{text!r}: memory size must be a positive multiple of 4 KiB")
-    if value > 64 << 30:
-        raise argparse.ArgumentTypeError(f"{text!r}: more than 64 GiB of guest RAM is not supported")
+    if value > KVM_MAX_SLOT_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: KVM maps at most {format_size(KVM_MAX_SLOT_BYTES + 4096)} less 4 KiB "
+            "in one memory slot (KVM_MEM_MAX_NR_PAGES)")
     return value
+
+
+def _meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (empty where it cannot be read)."""
+    values = {}
+    try:
+        with open(_MEMINFO, encoding="ascii") as file:
+            for line in file:
+                name, _, rest = line.partition(":")
+                words = rest.split()
+                if words and words[0].isdigit():
+                    values[name] = int(words[0]) * (1024 if words[1:] == ["kB"] else 1)
+    except OSError:
+        pass
+    return values
+
+
+def check_mem_size(size: int, virtio: bool = False) -> None:
+    """Refuse, in one line with the numbers, guest RAM this host or board cannot give.
+
+    * More than the host's RAM and swap together (``MemTotal`` + ``SwapTotal``):
+      the kernel refuses such a mapping itself (its heuristic overcommit
+      check for shared memory), and a guest could never use it anyway.
+
+    RAM never covers the virtio windows (``virtio`` is kept for callers): the
+    board puts what does not fit below 3 GiB above 4 GiB
+    (:func:`minikvm.core.board.ram_regions`).
+    """
+    del virtio
+    info = _meminfo()
+    host = info.get("MemTotal", 0) + info.get("SwapTotal", 0)
+    if info.get("MemTotal") and size > host:
+        raise UsageError(f"--mem {format_size(size)}: this host has {format_size(host)} of "
+                         "memory (RAM and swap in /proc/meminfo); give the guest less")
 
 
 def parse_timeout(text: str) -> float:
@@ -128,6 +188,28 @@ def parse_initrd(text: str) -> tuple[str, ...]:
         if not os.access(path, os.R_OK):
             raise argparse.ArgumentTypeError(f"{path!r}: permission denied")
     return paths
+def parse_gdb_address(text: str) -> tuple[str, int]:
+    """Where the gdb stub listens: ``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT``
+    or ``PORT`` (then on 127.0.0.1, this machine only); port 0 takes a free one."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1234)") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: a TCP port is 0-65535")
+    return host, number
+
+
+def add_gdb_option(parser: argparse.ArgumentParser) -> None:
+    """``--gdb HOST:PORT`` (run, trace): wait for gdb before the first instruction."""
+    parser.add_argument("--gdb", type=parse_gdb_address, default=None, metavar="HOST:PORT",
+                        help="wait for gdb on HOST:PORT before the guest's first instruction "
+                             "(minikvm/gdb; PORT alone listens on 127.0.0.1)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +220,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--entry", type=parse_int, default=None, metavar="ADDR",
                         help="address to start at (default: the load address or the ELF entry)")
     parser.add_argument("--mem", type=parse_size, default=None, metavar="SIZE",
-                        help="guest RAM (default 2M)")
+                        help="guest RAM, with a K/M/G/T suffix (default 2M)")
     parser.add_argument("--mode", choices=("real", "protected", "paged", "long"), default=None,
                         help="CPU mode to start a flat binary in (default real; ELF: from its class)")
     parser.add_argument("--timeout", type=parse_timeout, default=None, metavar="S",
@@ -196,6 +278,8 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
         virtio.append(VirtioSpec("blk", path, read_only))
     if args.virtio_console:
         virtio.append(VirtioSpec("console"))
+    if args.mem is not None:
+        check_mem_size(args.mem, virtio=bool(virtio))
     sized = {} if args.mem is None else {"mem_size": args.mem}
     return MachineConfig(guest=args.guest, irqchip=args.irqchip, kvm_path=args.kvm,
                          load_addr=args.load_addr, entry=args.entry, mode=args.mode,
@@ -204,11 +288,12 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
 
 
 @contextlib.contextmanager
-def guest_file_errors(guest: str | None) -> Iterator[None]:
+def guest_file_errors(guest: str | None, mem_size: int | None = None) -> Iterator[None]:
     """Around ``Machine.from_config``: a guest the loader or the CPU-mode
-    setup refuses, or a file (guest, disk image) that cannot be read,
-    becomes a one-line :class:`UsageError` (status 2) instead of a
-    traceback. KVM's own errors pass: they have a status of their own."""
+    setup refuses, a file (guest, disk image) that cannot be read, or guest
+    RAM (``mem_size`` bytes, when known) the host will not map, becomes a
+    one-line :class:`UsageError` (status 2) instead of a traceback. KVM's
+    own errors pass: they have a status of their own."""
     from minikvm.core.config import ConfigError
     from minikvm.loaders import LoaderError
     from minikvm.x86.modes import ModeError
@@ -217,8 +302,24 @@ def guest_file_errors(guest: str | None) -> Iterator[None]:
         yield
     except (LoaderError, ModeError, ConfigError) as err:
         raise UsageError(str(err)) from None
+    except MemoryError:
+        raise UsageError(_no_memory_words(mem_size, "out of memory")) from None
     except OSError as err:
         if err.filename is None:   # not a file: e.g. no host memory for the guest's RAM
+            if err.errno == errno.ENOMEM:
+                raise UsageError(_no_memory_words(mem_size, err.strerror)) from None
             raise UsageError(f"cannot build the machine for {guest}: "
                              f"{err.strerror or err}") from None
         raise UsageError(f"{err.filename}: {err.strerror}") from None
+
+
+def _no_memory_words(mem_size: int | None, why: str | None) -> str:
+    available = _meminfo().get("MemAvailable")
+    wanted = f"{format_size(mem_size)} of guest RAM" if mem_size else "the guest's RAM"
+    line = f"--mem: the host would not map {wanted} ({why or 'no memory'})"
+    if available and mem_size and available > mem_size:
+        line += (f"; the host has {format_size(available)} available, so a limit on this "
+                 "process (ulimit -v, a cgroup) refused it")
+    elif available:
+        line += f"; {format_size(available)} is available now (MemAvailable)"
+    return line

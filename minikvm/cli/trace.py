@@ -17,21 +17,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from minikvm.cli.options import add_run_options, config_from_args, guest_file_errors
+from minikvm.cli.options import add_gdb_option, add_run_options, config_from_args, guest_file_errors
 from minikvm.core.board import ExitStatus
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    from rich.console import Console, ConsoleOptions
     from rich.table import Table
+    from rich.text import Text
 
-    from minikvm.debug.trace import StatEntry, TraceRecord, Tracer
+    from minikvm.debug.trace import StatEntry, StatTable, TraceRecord, Tracer
     from minikvm.machine import Machine
 
 __all__ = [
     "DEFAULT_CAPACITY",
+    "ExitLog",
     "add_arguments",
     "add_trace_arguments",
     "attach_trace_file",
@@ -66,6 +69,7 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
     add_trace_arguments(parser)
+    add_gdb_option(parser)
 
 
 def attach_trace_file(machine: Machine, path: str | os.PathLike) -> Tracer:
@@ -77,71 +81,179 @@ def attach_trace_file(machine: Machine, path: str | os.PathLike) -> Tracer:
     return Tracer.attach(machine, capacity=1, path=os.fspath(path))
 
 
+#: The meaning stays a column of the log while it gets at least this many
+#: characters; on a narrower screen (80 columns, or a pipe, which rich
+#: treats as 80 columns) it goes on its own lines under each exit instead
+#: of being squeezed into a sliver.
+MEANING_MIN_WIDTH = 40
+#: Rows shown per statistics table; the others are summed in an "other" row.
+STATS_SHOWN = 20
+
+_LOG_COLUMNS = (("#", "right"), ("ms", "right"), ("rip", "right"), ("exit", "left"),
+                ("access", "left"), ("value", "right"), ("device.register", "left"))
+_GAP = "  "
+LOG_FOOTNOTE = ("ms: milliseconds from the start of the run to the moment this exit reached "
+                "the VMM (KVM_RUN returned). rip: where the guest was. value: what was moved, "
+                "with the character a one-byte write carries ('\\n' is a newline).")
+
+
 def _time_cell(record: TraceRecord, start: float) -> str:
     return f"{(record.time - start) * 1e3:.3f}"
 
 
-def render_log(records: Iterable[TraceRecord], title: str = "exits") -> Table:
-    """One row per exit; the explanation takes whatever width is left."""
+def _log_cells(record: TraceRecord, start: float) -> list[str]:
+    """The short cells of one exit (everything but its meaning)."""
+    value = "" if record.value is None else f"{record.value:#x}"
+    if record.char:
+        # The record spells a newline as the two characters \n (JSON-friendly),
+        # the same way the device's meaning does: show it as it is, quoted.
+        value += f" '{record.char}'"
+    # "out 0xe9", "write 0xd0000070": in/out is port I/O, read/write MMIO.
+    where = "" if record.address is None else f"{record.address:#x}"
+    access = " ".join(part for part in (record.direction, where) if part)
+    if record.size:
+        access += f"/{record.size}"
+    device = ".".join(part for part in (record.device, record.register) if part)
+    return [str(record.seq), _time_cell(record, start),
+            "" if record.rip is None else f"{record.rip:#x}", record.reason, access, value,
+            device]
+
+
+class ExitLog:
+    """The exit log as a rich renderable that lays itself out for the width it gets.
+
+    Every cell but the meaning is short, so those columns are as wide as
+    their longest cell. The meaning -- the part worth reading -- is a last
+    column, wrapped inside it, while that column gets at least
+    :data:`MEANING_MIN_WIDTH` characters; on a narrower screen it goes on its
+    own lines under the exit, indented, using the whole width (and takes the
+    device.register cell with it when the row would not fit otherwise).
+    Lines carry no trailing blanks, so a piped log is plain text.
+    """
+
+    def __init__(self, records: Iterable[TraceRecord], title: str = "exits",
+                 start: float | None = None) -> None:
+        self.records = list(records)
+        self.title = title
+        self.start = start
+
+    def lines(self, width: int, ascii_only: bool = False) -> list[Text]:
+        """The log as lines of at most ``width`` characters (when the short
+        columns fit at all)."""
+        from rich.text import Text
+
+        records = self.records
+        start = self.start
+        if start is None:
+            start = records[0].time - records[0].guest_time if records else 0.0
+        rows = [_log_cells(record, start) for record in records]
+        columns = list(_LOG_COLUMNS)
+        if any(getattr(record, "vcpu", 0) for record in records):
+            # Several vCPUs exited: each row names its own, after the number.
+            columns.insert(1, ("cpu", "right"))
+            for cells, record in zip(rows, records):
+                cells.insert(1, str(record.vcpu))
+        headers = [name for name, _ in columns]
+        widths = [max([len(header)] + [len(row[i]) for row in rows])
+                  for i, header in enumerate(headers)]
+
+        def fixed_width() -> int:
+            return sum(widths) + len(_GAP) * (len(widths) - 1)
+
+        room = width - fixed_width() - len(_GAP)
+        inline = room >= MEANING_MIN_WIDTH
+        # Under the row, the meaning has the width to itself; if the row is
+        # still too wide (long register names of virtio devices), the
+        # device.register cell goes down there too, in brackets.
+        device_below = not inline and fixed_width() > width
+        if device_below:
+            columns, headers, widths = columns[:-1], headers[:-1], widths[:-1]
+        fixed = fixed_width()
+        rule = "-" if ascii_only else "\u2500"
+
+        def line(cells: list[str]) -> str:
+            parts = [cell.rjust(w) if justify == "right" else cell.ljust(w)
+                     for cell, w, (_, justify) in zip(cells, widths, columns)]
+            return _GAP.join(parts)
+
+        out = [Text(self.title, style="bold")]
+        head = (line(headers) + (_GAP + "meaning" if inline else "")).rstrip()
+        out.append(Text(head, style="bold"))
+        indent = " " * (fixed + len(_GAP)) if inline else " " * (widths[0] + len(_GAP))
+        if not inline:
+            out.append(Text(indent + ("[device.register] " if device_below else "") + "meaning",
+                            style="bold"))
+        out.append(Text(rule * min(width, max(len(head), fixed)), style="dim"))
+        wrap_at = room if inline else max(20, width - len(indent))
+        for cells, record in zip(rows, records):
+            meaning = record.description
+            if device_below and cells[-1]:
+                meaning = f"[{cells[-1]}] {meaning}"
+            wrapped = textwrap.wrap(meaning, wrap_at) or [""]
+            if inline:
+                out.append(Text((line(cells) + _GAP + wrapped[0]).rstrip()))
+                out.extend(Text(indent + rest) for rest in wrapped[1:])
+            else:
+                out.append(Text(line(cells).rstrip()))
+                out.extend(Text(indent + part) for part in wrapped if part)
+        return out
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterable[Text]:
+        yield from self.lines(options.max_width, options.ascii_only)
+
+
+def render_log(records: Iterable[TraceRecord], title: str = "exits",
+               start: float | None = None) -> ExitLog:
+    """One row per exit, its meaning beside it or, on a narrow screen, under it.
+
+    ``start`` is the time the ``ms`` column counts from: the start of the
+    run (:attr:`Tracer.start`); by default the first record's run.
+    """
+    return ExitLog(records, title, start)
+
+
+def _stats_table(title: str, key_name: str, what: str, table_data: StatTable,
+                 shown: int = STATS_SHOWN) -> Table:
     from rich import box
     from rich.table import Table
 
-    records = list(records)
-    start = records[0].time - records[0].guest_time if records else 0.0
-    # With several vCPUs each row names the one that exited.
-    several = any(record.vcpu for record in records)
-    table = Table(title=title, title_justify="left", expand=True, box=box.SIMPLE_HEAD,
-                  pad_edge=False, padding=(0, 1), collapse_padding=True)
-    columns = [("#", "right"), ("ms", "right"), ("rip", "right"), ("exit", "left"),
-               ("access", "left"), ("value", "right")]
-    if several:
-        columns.insert(1, ("cpu", "right"))
-    for name, justify in columns:
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    table.add_column("device.register", overflow="fold", max_width=16)
-    table.add_column("meaning", overflow="fold", ratio=1, min_width=24)
-    for record in records:
-        value = "" if record.value is None else f"{record.value:#x}"
-        if record.char:
-            value += f" {record.char!r}"
-        where = record.where.removeprefix("port ")
-        access = " ".join(part for part in (record.direction, where) if part)
-        if record.size:
-            access += f"/{record.size}"
-        where = ".".join(part for part in (record.device, record.register) if part)
-        cells = [str(record.seq), _time_cell(record, start),
-                 "" if record.rip is None else f"{record.rip:#x}", record.reason,
-                 access, value, where, record.description]
-        if several:
-            cells.insert(1, str(record.vcpu))
-        table.add_row(*cells)
-    return table
-
-
-def _stats_table(title: str, key_name: str, table_data: dict[str, StatEntry]) -> Table:
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  show_edge=False)
     table.add_column(key_name)
     table.add_column("exits", justify="right")
     table.add_column("guest time (ms)", justify="right")
     table.add_column("VMM time (ms)", justify="right")
     table.add_column("VMM us/exit", justify="right")
-    for key, entry in sorted(table_data.items(), key=lambda item: -item[1].count):
+
+    def add(key: str, entry: StatEntry) -> None:
         per_exit = entry.vmm_time / entry.count * 1e6 if entry.count else 0.0
         table.add_row(key, str(entry.count), f"{entry.guest_time * 1e3:.3f}",
                       f"{entry.vmm_time * 1e3:.3f}", f"{per_exit:.1f}")
+
+    top, rest, summed = table_data.top(shown)
+    for key, entry in top:
+        add(key, entry)
+    if summed or rest.count:
+        add(f"other ({summed} more)" if not table_data.folded else "other", rest)
+    if table_data.folded:
+        table.caption = (f"note: the guest touched more than {2 * table_data.max_rows} "
+                         f"different {what}: to keep memory bounded the trace kept the "
+                         f"busiest {table_data.max_rows} and summed the others in 'other' "
+                         f"({table_data.folded} rows folded)")
+        table.caption_justify = "left"
     return table
 
 
 def render_stats(tracer: Tracer) -> list[Table]:
-    """Statistics by reason, device and port, one table each."""
+    """Statistics by reason, device and port, one table each: the
+    :data:`STATS_SHOWN` busiest rows, the rest summed in "other"."""
     stats = tracer.stats
-    tables = [_stats_table("exits by reason", "reason", stats.by_reason)]
+    tables = [_stats_table("exits by reason", "reason", "exit reasons", stats.by_reason)]
     if stats.by_device:
-        tables.append(_stats_table("exits by device", "device", stats.by_device))
+        tables.append(_stats_table("exits by device", "device", "devices", stats.by_device))
     if stats.by_port:
-        tables.append(_stats_table("exits by port / address", "port", stats.by_port))
+        tables.append(_stats_table("exits by port / address", "port", "ports and addresses",
+                                   stats.by_port))
     return tables
 
 
@@ -166,6 +278,15 @@ def mp_state_words(state: int) -> str:
              "KVM_MP_STATE_UNINITIALIZED": "waiting for INIT/SIPI",
              "KVM_MP_STATE_INIT_RECEIVED": "waiting for SIPI"}.get(name)
     return f"{words} ({name})" if words else name
+def _print(console: Console, renderable: object) -> None:
+    """Print; without colours (a pipe, a file) as plain text without trailing blanks."""
+    if console.color_system is not None:
+        console.print(renderable)
+        return
+    with console.capture() as capture:
+        console.print(renderable)
+    text = "\n".join(line.rstrip() for line in capture.get().splitlines())
+    console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 def _usage(message: str) -> int:
@@ -186,18 +307,23 @@ def run(args: argparse.Namespace) -> int:
         machine = Machine.from_config(config, output=output.extend)
     with machine:
         return trace_machine(machine, limit=args.limit, capacity=args.capacity,
-                             jsonl=args.jsonl, timeout=args.timeout, output=output)
+                             jsonl=args.jsonl, timeout=args.timeout, output=output,
+                             gdb=args.gdb, guest=args.guest)
 
 
 def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT_CAPACITY,
                   jsonl: str | None = None, timeout: float | None = None,
-                  output: bytearray | None = None, console: Console | None = None) -> int:
+                  output: bytearray | None = None, console: Console | None = None,
+                  gdb: tuple[str, int] | None = None, guest: str | None = None) -> int:
     """Run ``machine`` with a tracer keeping ``capacity`` exits (and writing
     all to ``jsonl``); print the last ``limit`` exits, the statistics, what
     the guest printed (``output``, which the machine's output sink fills)
     and how it stopped. The run lasts at most ``timeout`` seconds (default
-    :data:`DEFAULT_TRACE_TIMEOUT`). Returns the guest's exit status as
-    ``minikvm run`` would, 2 when the ``jsonl`` file cannot be written.
+    :data:`DEFAULT_TRACE_TIMEOUT`). With ``gdb`` (host, port) gdb drives the
+    run (:func:`minikvm.gdb.serve.serve_gdb`; ``guest`` names the file in the
+    attach line) and the trace shows what happened under it. Returns the
+    guest's exit status as ``minikvm run`` would, 2 when the ``jsonl`` file
+    cannot be written.
     """
     from rich.console import Console
 
@@ -209,17 +335,24 @@ def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT
     except OSError as err:
         return _usage(f"{err.filename}: {err.strerror}")
     with tracer:
-        stop = machine.run(timeout=timeout or DEFAULT_TRACE_TIMEOUT)
+        if gdb is not None:   # gdb drives the guest; no default time limit then
+            from minikvm.gdb.serve import serve_gdb
+            stop = serve_gdb(machine, gdb, guest=guest, timeout=timeout)
+        else:
+            stop = machine.run(timeout=timeout or DEFAULT_TRACE_TIMEOUT)
     if limit:
         shown = list(tracer.records)[-limit:]
         hidden = tracer.seen - len(shown)
         title = f"exits ({tracer.seen} in all" + (f", first {hidden} not shown)" if hidden else ")")
-        console.print(render_log(shown, title))
+        _print(console, render_log(shown, title, tracer.start))
+        _print(console, LOG_FOOTNOTE)
     for table in render_stats(tracer):
-        console.print(table)
+        console.line()
+        _print(console, table)
+    console.line()
     if output:
-        console.print(f"guest output: {bytes(output).decode('latin-1')!r}")
-    console.print(f"stop: {stop.message}")
+        _print(console, f"guest output: {bytes(output).decode('latin-1')!r}")
+    _print(console, f"stop: {stop.message}")
     if len(machine.vcpus) > 1:
-        console.print(f"vCPUs: {describe_vcpus(machine)}")
+        _print(console, f"vCPUs: {describe_vcpus(machine)}")
     return stop.status if stop.status is not None else 0

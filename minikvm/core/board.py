@@ -198,4 +198,7 @@ class ExitStatus(enum.IntEnum):
     USAGE = 2             #: bad usage or a bad guest file
     GUEST_CRASH = 3       #: triple fault, KVM internal error, failed VM entry
     TIMEOUT = 124         #: ``--timeout`` expired (as coreutils' timeout)
+    HANGUP = 129          #: SIGHUP (128 + 1): the terminal went away
     INTERRUPTED = 130     #: Ctrl-C (128 + SIGINT, as a shell reports it)
+    OUTPUT_CLOSED = 141   #: stdout's reader went away (128 + SIGPIPE, as a shell reports it)
+    TERMINATED = 143      #: SIGTERM (128 + 15)

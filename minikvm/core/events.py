@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minikvm.bus import Access, Bus
+from minikvm.core.stop import StopKind
 from minikvm.kvm.exits import (
     Debug,
     FailEntry,
@@ -113,8 +114,18 @@ def dispatch_exit(exit: VmExit, pio: Bus, mmio: Bus, explain: bool = False) -> t
     return None, 0
 
 
-def describe_exit(exit: VmExit, access: Access | None, accesses: int) -> str:
-    """One sentence on what an exit was, for the trace and the TUI."""
+def describe_exit(exit: VmExit, access: Access | None, accesses: int,
+                  stop: object = None) -> str:
+    """One sentence on what an exit was, for the trace and the TUI.
+
+    ``stop`` is the :class:`~minikvm.core.stop.Stop` the exit led to, if
+    any (``ExitEvent.stop``). It matters for ``Interrupted``: the guest did
+    nothing there, the VMM cut ``KVM_RUN`` short, and only the stop says
+    why -- most often the halt check (with the in-kernel irqchip ``hlt``
+    never exits, so the watchdog kicks a vCPU that has been quiet for a
+    millisecond or more and the runner asks KVM whether it sleeps with
+    interrupts off).
+    """
     if access is not None:
         where = f"port {access.address:#06x}" if access.space == "pio" else f"{access.address:#x}"
         verb = "write" if access.is_write else "read"
@@ -138,5 +149,21 @@ def describe_exit(exit: VmExit, access: Access | None, accesses: int) -> str:
     if isinstance(exit, SystemEvent):
         return f"system event: the guest asks for {exit.type_name}"
     if isinstance(exit, Interrupted):
-        return "KVM_RUN interrupted by a signal (pause or timeout): the guest is intact"
+        return _describe_kick(stop)
     return f"exit {exit.reason_name}"
+
+
+def _describe_kick(stop: object) -> str:
+    """Why the VMM interrupted ``KVM_RUN`` (a signal: ``EINTR``), from the stop it led to."""
+    kind = getattr(stop, "kind", None)
+    if kind is StopKind.HALT:
+        return ("halt check: no exit for a while, so the watchdog kicked the vCPU out of "
+                "KVM_RUN; KVM says it sleeps in hlt with interrupts off: the guest is done")
+    if kind is StopKind.TIMEOUT:
+        return "timeout: the watchdog kicked the vCPU out of KVM_RUN because the run's time is up"
+    if kind is StopKind.PAUSED:
+        return "pause: the vCPU was kicked out of KVM_RUN because a pause was asked for"
+    if stop is None:
+        return ("kick: the watchdog interrupted KVM_RUN to look at the vCPU (halt check, "
+                "timeout or pause); the guest is intact")
+    return f"KVM_RUN interrupted by a signal: {getattr(stop, 'message', stop)}"

@@ -58,6 +58,7 @@ HALT_CHECK_FIRST = 0.001
 HALT_CHECK_INTERVAL = 0.05
 _RFLAGS_IF = 1 << 9
 _KVM_EXIT_INTR = int(KvmExit.KVM_EXIT_INTR)
+_now = time.monotonic
 #: The guest-debug state "off": what a free run uses.
 _NO_DEBUG = (0, (0,) * 8)
 #: MP states of an AP that the in-kernel LAPIC keeps waiting for INIT and a
@@ -131,6 +132,7 @@ class VcpuRunner:
         so the runner enters again at once; it counts as activity (the
         vCPU's state changed), which keeps the halt check honest.
         """
+        self.started = _now()
         while True:
             try:
                 reason = self.vcpu.run_reason()
@@ -139,6 +141,7 @@ class VcpuRunner:
                     raise
                 self.runs += 1
                 continue
+            self.returned = _now()
             self.runs += 1
             return reason
 
@@ -266,7 +269,7 @@ class VcpuRunner:
     def rip(self) -> int | None:
         """RIP now (for a report; None when it cannot be read)."""
         try:
-            return self.vcpu.get_regs().rip
+            return self.vcpu.get_rip()
         except Exception:  # noqa: BLE001 - a report must not fail
             return None
 

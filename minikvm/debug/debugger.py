@@ -251,6 +251,7 @@ class Debugger:
         """Up to ``count`` instructions; stops early when the guest stops or
         a watchpoint is hit (the last record says which)."""
         records = []
+        self.view.tlb.flush()   # a new batch: no translation from before it
         for _ in range(count):
             record = self.step_instruction()
             records.append(record)
@@ -280,6 +281,7 @@ class Debugger:
         in each breakpoint's ``mechanism``).
         """
         self._previous = self.view.regs()
+        self.view.tlb.flush()   # a new run: no translation from before it
         self.runner.pause_requested = False
         try:
             with Watchdog([self.runner], timeout):

@@ -31,25 +31,52 @@ page tables, walked in Python with the same CPUID paging features KVM uses:
 address. A linear read that crosses a page boundary is split, and each page
 translated on its own: two neighbouring virtual pages may live in frames far
 apart.
+
+**A TLB for the stepper.** After every one-byte step the stepper asks which
+byte it stepped over (was it ``hlt``?), and a full page walk per step would
+cost more than the step. :meth:`GuestView.cached_byte` answers from a
+:class:`Tlb`: linear page -> guest-physical page, as the CPU's translation
+lookaside buffer keeps them (SDM vol. 3A, 4.10). Its key is the translation
+*context* -- CR3 and the bits of CR0, CR4 and EFER that choose the paging
+mode -- with the linear page number, so when the guest loads another CR3 or
+switches paging mode it simply misses, as a TLB tagged by address space
+would; CR0-EFER come from the run page that ``KVM_CAP_SYNC_REGS`` fills at
+every exit (no ioctl). Like a real TLB it does not notice the guest editing a
+page-table entry in place: the CPU needs an ``invlpg`` or a CR3 write then,
+which we do not see. So the debugger empties it at the start of every
+``cont`` and ``step(count)`` and after it writes guest memory or segment
+registers itself, and the stepper trusts a cached answer only to say "not a
+``hlt``": when the cached frame holds 0xF4 it walks the tables afresh before
+it acts. :meth:`physical`, :meth:`translate` and the reads never use it.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from minikvm.debug.disasm import MAX_INSTRUCTION_LENGTH, Instruction, disassemble
 from minikvm.debug.errors import DebuggerError
 from minikvm.debug.inspect import RegisterSnapshot
-from minikvm.kvm.uapi import kvm_regs, kvm_sregs
+from minikvm.kvm.uapi import (
+    KVM_SYNC_X86_SREGS,
+    kvm_regs,
+    kvm_run,
+    kvm_run_s,
+    kvm_sregs,
+    kvm_sync_regs,
+)
 from minikvm.memory import GuestMemoryError
+from minikvm.x86.flags import Cr0, Cr4, Efer
 from minikvm.x86.modes import code_bitness
 from minikvm.x86.paging import Translation, translate
 
 if TYPE_CHECKING:
     from minikvm.machine import Machine
 
-__all__ = ["GuestView", "LinearRead", "MAX_ACCESS", "MAX_LISTING", "PAGE_SIZE", "linear_rip"]
+__all__ = ["GuestView", "LinearRead", "MAX_ACCESS", "MAX_LISTING", "PAGE_SIZE", "Tlb",
+           "linear_rip"]
 
 #: The unit of translation: a linear range is walked page by page.
 PAGE_SIZE = 4096
@@ -59,6 +86,33 @@ MAX_ACCESS = 16 << 20
 MAX_LISTING = 256
 #: "Not read yet": no runner count equals it.
 _NEVER = -1
+_PAGE_SHIFT = 12
+_OFFSET_MASK = PAGE_SIZE - 1
+
+#: The bits that decide how a linear address is translated (SDM vol. 3A,
+#: 4.1.1): CR0.PG (paging at all), CR4.PSE/PAE/LA57 and EFER.LMA (which
+#: paging mode, which page sizes), EFER.NXE (whether bit 63 of an entry is
+#: NX or reserved). The rest (CR0.WP, SMEP ...) decide permissions only.
+_CR0_PAGING = int(Cr0.PG)
+_CR4_PAGING = int(Cr4.PSE | Cr4.PAE | Cr4.LA57)
+_EFER_PAGING = int(Efer.LMA | Efer.NXE)
+
+
+def _control_struct() -> tuple[struct.Struct, int]:
+    """CR0, CR3, CR4 and EFER as KVM_CAP_SYNC_REGS leaves them in the run
+    page: one ``unpack_from`` at the returned offset (the kernel keeps them
+    near each other in ``struct kvm_sregs``; the gaps are CR2 and CR8)."""
+    names = ("cr0", "cr3", "cr4", "efer")
+    offsets = [getattr(kvm_sregs, name).offset for name in names]
+    fmt, at = "<", offsets[0]
+    for offset in offsets:
+        fmt += f"{offset - at}xQ" if offset > at else "Q"
+        at = offset + 8
+    base = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.sregs.offset
+    return struct.Struct(fmt), base + offsets[0]
+
+
+_SYNCED_CONTROL, _SYNCED_CONTROL_OFFSET = _control_struct()
 
 
 def linear_rip(regs: kvm_regs, sregs: kvm_sregs) -> int:
@@ -87,6 +141,40 @@ class LinearRead:
     error: str = ""
 
 
+class Tlb:
+    """Linear page -> guest-physical page, per translation context: a
+    software TLB (see the module docstring for when it is emptied).
+
+    Keys are ``(cr3, mode, linear page number)``; ``mode`` packs the paging
+    bits of CR0, CR4 and EFER. It holds at most ``capacity`` entries and
+    starts afresh when full (a real TLB evicts one; for a debugger stepping
+    through a few pages of code this is as good and simpler). ``hits`` and
+    ``misses`` count lookups, for the tests and anyone curious.
+    """
+
+    __slots__ = ("capacity", "entries", "hits", "misses")
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        #: (cr3, mode, linear page number) -> (frame, RAM mapping, offset of
+        #: the frame in that mapping): the byte read needs no region search.
+        self.entries: dict[tuple[int, int, int], tuple] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def flush(self) -> None:
+        """Forget every translation."""
+        self.entries.clear()
+
+    def fill(self, key: tuple[int, int, int], entry: tuple) -> None:
+        if len(self.entries) >= self.capacity:
+            self.entries.clear()
+        self.entries[key] = entry
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
 class GuestView:
     """Registers, memory, symbols and disassembly of one vCPU at a stop.
 
@@ -97,6 +185,7 @@ class GuestView:
         self.machine = machine
         self.runner = machine.runners[vcpu]
         self.vcpu = self.runner.vcpu
+        self._run_page = self.vcpu.page
         self.memory = machine.memory
         self._regs: kvm_regs | None = None
         self._sregs: kvm_sregs | None = None
@@ -105,6 +194,8 @@ class GuestView:
         self._regs_at = _NEVER
         self._sregs_at = _NEVER
         self._pc_at = _NEVER
+        #: Translations for :meth:`cached_byte` (see the module docstring).
+        self.tlb = Tlb()
 
     # -- the registers of this stop ------------------------------------------------
 
@@ -116,8 +207,10 @@ class GuestView:
 
     def invalidate(self) -> None:
         """Forget the registers: the next question reads them again. For
-        whoever changed them behind the runner's back (``KVM_SET_REGS``)."""
+        whoever changed them behind the runner's back (``KVM_SET_REGS``,
+        ``KVM_SET_SREGS``). The TLB is emptied too."""
         self._regs_at = self._sregs_at = self._pc_at = _NEVER
+        self.tlb.flush()
 
     def stepped(self, regs: kvm_regs, pc: int | None = None) -> None:
         """The vCPU just ran and ``regs`` were read after it: take them as
@@ -201,6 +294,63 @@ class GuestView:
         result = self._walk(self.sregs(), address)
         return result.physical if result.valid else None
 
+    def paging_context(self) -> tuple[int, int]:
+        """``(cr3, mode)``: what decides the translation of every linear
+        address now. ``mode`` packs CR0.PG, CR4.PSE/PAE/LA57 and
+        EFER.LMA/NXE into one int. Read from the run page when KVM synced
+        the segment registers there at the last exit (no ioctl, no copy)."""
+        vcpu = self.vcpu
+        if (self._sregs_at != self.runner.runs and vcpu.synced
+                and vcpu.sync_mask & KVM_SYNC_X86_SREGS):
+            cr0, cr3, cr4, efer = _SYNCED_CONTROL.unpack_from(self._run_page,
+                                                              _SYNCED_CONTROL_OFFSET)
+        else:
+            sregs = self.sregs()
+            cr0, cr3, cr4, efer = sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
+        return cr3, (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING) | (efer & _EFER_PAGING) << 32
+
+    def cached_byte(self, address: int) -> int | None:
+        """The byte at linear ``address``, translated through the
+        :class:`Tlb`: a dictionary look-up when this page was translated
+        before in the same context, a page walk (remembered) when not.
+        None when the address is unmapped or outside RAM (never remembered).
+
+        The stepper's hlt check, after every one-byte step. The answer may
+        be stale where the guest edited its page tables in place (see the
+        module docstring): use it where a wrong answer is checked again."""
+        cr3, mode = self.paging_context()
+        key = (cr3, mode, address >> _PAGE_SHIFT)
+        tlb = self.tlb
+        entry = tlb.entries.get(key)
+        if entry is None:
+            tlb.misses += 1
+            entry = self._tlb_fill(key, address & ~_OFFSET_MASK)
+            if entry is None:
+                return None
+        else:
+            tlb.hits += 1
+        try:
+            return entry[1][entry[2] + (address & _OFFSET_MASK)]
+        except (IndexError, ValueError):   # the RAM was closed meanwhile
+            return None
+
+    def _tlb_fill(self, key: tuple[int, int, int], page: int) -> tuple | None:
+        """Walk the tables for linear ``page`` and remember the frame with
+        where its bytes are on the host: (frame, RAM mapping, offset in it)."""
+        try:
+            result = self._walk(self.sregs(), page)
+        except (GuestMemoryError, ValueError):
+            return None
+        if not result.valid:
+            return None
+        frame = result.physical
+        region = self.memory.region_at(frame)
+        if region is None or frame + PAGE_SIZE > region.end:
+            return None
+        entry = (frame, region.mapping, frame - region.guest_phys_addr)
+        self.tlb.fill(key, entry)
+        return entry
+
     def _pieces(self, address: int, size: int, physical: bool) -> list[tuple[int, int]]:
         """(guest-physical address, length) for each page of the range."""
         if not 0 <= size <= MAX_ACCESS:
@@ -231,8 +381,10 @@ class GuestView:
 
     def write(self, address: int, data: bytes, physical: bool = False) -> None:
         """Write guest memory at a linear or guest-physical address: all of
-        it, or (when a piece is outside RAM) nothing."""
+        it, or (when a piece is outside RAM) nothing. Empties the TLB (the
+        bytes may be page-table entries)."""
         pieces = self._pieces(address, len(data), physical)
+        self.tlb.flush()
         for phys, length in pieces:
             if not self.memory.contains(phys, length):
                 raise DebuggerError(f"{phys:#x}+{length:#x} is outside guest RAM")

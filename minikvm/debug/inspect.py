@@ -13,7 +13,9 @@ moment; :func:`changed_registers` compares two of them (or two raw
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, fields
+from itertools import compress
 from typing import Any
 
 from minikvm.x86.flags import Cr0, Cr4, Efer, Rflags, flag_names
@@ -39,6 +41,9 @@ GPR_NAMES: tuple[str, ...] = (
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
 )
 _REG_FIELDS: tuple[str, ...] = GPR_NAMES + ("rip", "rflags")
+#: ``struct kvm_regs`` as the kernel lays it out: the 18 registers above, u64 each.
+_REGS_ARRAY = struct.Struct(f"<{len(_REG_FIELDS)}Q")
+_from_bytes = int.from_bytes
 #: Segment registers, in kvm_sregs order.
 SREG_NAMES: tuple[str, ...] = ("cs", "ds", "es", "fs", "gs", "ss")
 
@@ -116,13 +121,21 @@ def changed_registers(old: Any, new: Any) -> tuple[str, ...]:
     """Names of the registers that differ between two snapshots or two raw
     ``kvm_regs`` (in ``kvm_regs`` order, then segments and control registers).
 
-    Two ``kvm_regs`` are first compared as bytes: after most steps only RIP
-    and a register or two changed, and the byte comparison is cheap.
+    Two ``kvm_regs`` are compared as what they are, an array of 18 u64: the
+    two arrays are XORed as one 1152-bit integer, and the 64-bit words of
+    the result that are not zero are the registers that changed. That is a
+    handful of C-level operations instead of 36 ctypes attribute reads; the
+    debugger asks this after every step it shows.
     """
-    if not isinstance(old, RegisterSnapshot) or not isinstance(new, RegisterSnapshot):
-        if bytes(memoryview(old)) == bytes(memoryview(new)):
+    snapshots = isinstance(old, RegisterSnapshot) + isinstance(new, RegisterSnapshot)
+    if snapshots == 1:
+        raise TypeError("compare two snapshots or two kvm_regs, not one of each")
+    if not snapshots:
+        difference = _from_bytes(old, "little") ^ _from_bytes(new, "little")
+        if not difference:
             return ()
-        return tuple(name for name in _REG_FIELDS if getattr(old, name) != getattr(new, name))
+        words = _REGS_ARRAY.unpack(difference.to_bytes(_REGS_ARRAY.size, "little"))
+        return tuple(compress(_REG_FIELDS, words))
     changed = []
     for name in _SNAPSHOT_FIELDS:
         a, b = getattr(old, name), getattr(new, name)

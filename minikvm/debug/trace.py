@@ -12,7 +12,13 @@ list of exits is a complete log of its conversation with the VMM: each
   (``minikvm run --trace FILE``), which ``jq`` or pandas can read,
 * statistics by exit reason, by device and by port/address: how many exits,
   how long the guest ran before them (*guest time*) and how long the VMM
-  took to handle them before re-entering the guest (*VMM time*).
+  took to handle them before re-entering the guest (*VMM time*). These are
+  bounded too: the guest chooses which ports and addresses it touches, so
+  each table keeps its busiest rows and sums the rest in an "other" row
+  (:class:`StatTable`).
+
+Only the JSON Lines file grows with the run: it holds every exit, on disk,
+because the user asked for it.
 
 The VMM time of an exit is measured as the gap between that exit's return
 from ``KVM_RUN`` and the start of the next ``KVM_RUN`` (the next event's
@@ -24,14 +30,17 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import IO, Any
 
-from minikvm.kvm.exits import IoIn, IoOut, MmioRead, MmioWrite
+from minikvm.core.events import describe_exit
+from minikvm.kvm.exits import Interrupted, IoIn, IoOut, MmioRead, MmioWrite
 
 __all__ = [
     "DEFAULT_CAPACITY",
+    "DEFAULT_STATS_ROWS",
     "StatEntry",
+    "StatTable",
     "TraceRecord",
     "TraceStats",
     "Tracer",
@@ -109,9 +118,11 @@ def record_from_event(event: Any) -> TraceRecord:
         record.device = access.device_name
         record.register = access.register
         record.char = _char_of(access.value, access.size, access.is_write)
-    if not record.description:
-        from minikvm.machine import describe_exit
-        record.description = describe_exit(exit, access, record.count)
+    if not record.description or isinstance(exit, Interrupted):
+        # An interrupted KVM_RUN means what its stop says (the halt check,
+        # a timeout, a pause): describe it with the stop.
+        record.description = describe_exit(exit, access, record.count,
+                                           getattr(event, "stop", None))
     return record
 
 
@@ -123,17 +134,112 @@ class StatEntry:
     guest_time: float = 0.0
     vmm_time: float = 0.0
 
+    def merge(self, other: StatEntry) -> None:
+        """Add ``other``'s totals to these."""
+        self.count += other.count
+        self.guest_time += other.guest_time
+        self.vmm_time += other.vmm_time
 
-@dataclass
+
+#: Rows a statistics table keeps in memory (the ``max_rows`` of
+#: :class:`StatTable`): plenty for any real guest, which touches a few dozen
+#: ports and addresses.
+DEFAULT_STATS_ROWS = 256
+
+
+class StatTable:
+    """Totals by key (an exit reason, a device, a port or address), in bounded memory.
+
+    The keys are the guest's choice: a guest that sweeps the MMIO space
+    touches a new address with every exit, and one row per address would
+    grow without end (a sweeping guest once took ``minikvm trace`` to
+    336 MB). So a table holds at most ``2 * max_rows`` rows: when it is that
+    full, the ``max_rows`` rows with the most exits stay and the others are
+    *folded* into :attr:`other`. Folding costs one sort every ``max_rows``
+    new keys, not a scan per exit.
+
+    Totals stay exact: the rows plus :attr:`other` always add up to every
+    exit counted. A row's count is exact unless its key was folded once and
+    came back (then the exits before the fold are in :attr:`other`);
+    :attr:`folded` says whether that can have happened at all.
+    """
+
+    __slots__ = ("max_rows", "rows", "other", "folded")
+
+    def __init__(self, max_rows: int = DEFAULT_STATS_ROWS) -> None:
+        if max_rows < 1:
+            raise ValueError("a statistics table keeps at least one row")
+        self.max_rows = max_rows
+        self.rows: dict[str, StatEntry] = {}
+        #: The totals of every row folded away so far.
+        self.other = StatEntry()
+        #: How many rows were folded into :attr:`other` (0: every key has its row).
+        self.folded = 0
+
+    def entry(self, key: str) -> StatEntry:
+        """The row of ``key``, made (and the table folded) if need be."""
+        entry = self.rows.get(key)
+        if entry is None:
+            if len(self.rows) >= 2 * self.max_rows:
+                self._fold()          # (makes a new dict: look it up again)
+            entry = self.rows[key] = StatEntry()
+        return entry
+
+    def existing(self, key: str) -> StatEntry:
+        """The row of ``key``, or :attr:`other` when it was folded away."""
+        return self.rows.get(key, self.other)
+
+    def _fold(self) -> None:
+        ranked = sorted(self.rows.items(), key=lambda item: item[1].count, reverse=True)
+        self.rows = dict(ranked[:self.max_rows])
+        for _, entry in ranked[self.max_rows:]:
+            self.other.merge(entry)
+        self.folded += len(ranked) - self.max_rows
+
+    def top(self, limit: int) -> tuple[list[tuple[str, StatEntry]], StatEntry, int]:
+        """The ``limit`` rows with the most exits, and the rest summed: ``(rows,
+        rest, how many rows the rest sums)``; ``rest`` includes :attr:`other`."""
+        ranked = sorted(self.rows.items(), key=lambda item: item[1].count, reverse=True)
+        rest = StatEntry()
+        rest.merge(self.other)
+        for _, entry in ranked[limit:]:
+            rest.merge(entry)
+        return ranked[:limit], rest, max(0, len(ranked) - limit) + self.folded
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows) or self.other.count > 0
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.rows
+
+    def __getitem__(self, key: str) -> StatEntry:
+        return self.rows[key]
+
+    def items(self) -> Iterable[tuple[str, StatEntry]]:
+        return self.rows.items()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": {key: asdict(entry) for key, entry in self.rows.items()},
+                "other": asdict(self.other), "folded": self.folded}
+
+
 class TraceStats:
-    """Counts and times by exit reason, by device and by port/address."""
+    """Counts and times by exit reason, by device and by port/address.
 
-    by_reason: dict[str, StatEntry] = field(default_factory=dict)
-    by_device: dict[str, StatEntry] = field(default_factory=dict)
-    by_port: dict[str, StatEntry] = field(default_factory=dict)
-    total: StatEntry = field(default_factory=StatEntry)
+    Each table keeps at most ``2 * max_rows`` rows (:class:`StatTable`), so
+    the statistics stay small whatever the guest touches.
+    """
 
-    def _keys(self, record: TraceRecord) -> list[tuple[dict[str, StatEntry], str]]:
+    def __init__(self, max_rows: int = DEFAULT_STATS_ROWS) -> None:
+        self.by_reason = StatTable(max_rows)
+        self.by_device = StatTable(max_rows)
+        self.by_port = StatTable(max_rows)
+        self.total = StatEntry()
+
+    def _keys(self, record: TraceRecord) -> list[tuple[StatTable, str]]:
         keys = [(self.by_reason, record.reason)]
         if record.device:
             keys.append((self.by_device, record.device))
@@ -145,23 +251,25 @@ class TraceStats:
         self.total.count += 1
         self.total.guest_time += record.guest_time
         for table, key in self._keys(record):
-            entry = table.get(key)
-            if entry is None:
-                entry = table[key] = StatEntry()
+            entry = table.entry(key)
             entry.count += 1
             entry.guest_time += record.guest_time
 
     def add_vmm_time(self, record: TraceRecord, seconds: float) -> None:
-        """Charge ``seconds`` of handling time to the groups ``record`` is in."""
+        """Charge ``seconds`` of handling time to the groups ``record`` is in
+        (to a table's "other" when its row was folded away meanwhile)."""
         self.total.vmm_time += seconds
         for table, key in self._keys(record):
-            table[key].vmm_time += seconds
+            table.existing(key).vmm_time += seconds
+
+    @property
+    def folded(self) -> bool:
+        """Whether any table reached its cap and folded rows into "other"."""
+        return any(table.folded for table in (self.by_reason, self.by_device, self.by_port))
 
     def as_dict(self) -> dict[str, Any]:
-        def rows(table: dict[str, StatEntry]) -> dict[str, dict[str, float]]:
-            return {key: asdict(entry) for key, entry in table.items()}
-        return {"by_reason": rows(self.by_reason), "by_device": rows(self.by_device),
-                "by_port": rows(self.by_port), "total": asdict(self.total)}
+        return {"by_reason": self.by_reason.as_dict(), "by_device": self.by_device.as_dict(),
+                "by_port": self.by_port.as_dict(), "total": asdict(self.total)}
 
 
 class Tracer:
@@ -172,16 +280,20 @@ class Tracer:
     """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, path: str | None = None,
-                 file: IO[str] | None = None, include: Iterable[str] | None = None) -> None:
+                 file: IO[str] | None = None, include: Iterable[str] | None = None,
+                 stats_rows: int = DEFAULT_STATS_ROWS) -> None:
         if capacity < 1:
             raise ValueError("a trace keeps at least one record")
         self.records: deque[TraceRecord] = deque(maxlen=capacity)
-        self.stats = TraceStats()
+        self.stats = TraceStats(stats_rows)
         #: Exit reasons recorded (None: all). The debugger's own single-step
         #: exits are DEBUG; a tracer with ``include`` can leave them out.
         self.include = frozenset(include) if include is not None else None
         self.seen = 0
         self.dropped = 0
+        #: When the guest first entered ``KVM_RUN`` in this trace (the
+        #: first exit's time minus its guest time); None before any exit.
+        self.start: float | None = None
         self._owns_file = file is None and path is not None
         self._file: IO[str] | None = open(path, "w", encoding="utf-8") if path else file
         self._last: TraceRecord | None = None
@@ -210,6 +322,8 @@ class Tracer:
             if gap >= 0:
                 self.stats.add_vmm_time(last, gap)
         self._last = record
+        if self.start is None:
+            self.start = record.time - record.guest_time
         self.seen += 1
         if len(self.records) == self.records.maxlen:
             self.dropped += 1

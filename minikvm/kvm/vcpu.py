@@ -67,6 +67,8 @@ _EXIT_REASON_OFFSET = kvm_run.exit_reason.offset
 #: Where KVM_CAP_SYNC_REGS leaves the registers in the run page.
 _SYNC_REGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.regs.offset
 _SYNC_SREGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.sregs.offset
+_SYNC_RIP = struct.Struct("<Q")
+_SYNC_RIP_OFFSET = _SYNC_REGS_OFFSET + kvm_regs.rip.offset
 
 
 def _ignore_kick(signum: int, frame: object) -> None:
@@ -210,6 +212,12 @@ class Vcpu(KvmFd):
         regs = kvm_regs()
         self._ioctl(ioctls.KVM_GET_REGS, regs)
         return regs
+
+    def get_rip(self) -> int:
+        """RIP alone: eight bytes of the run page when synced, else ``KVM_GET_REGS``."""
+        if self._synced and self.sync_mask & KVM_SYNC_X86_REGS:
+            return _SYNC_RIP.unpack_from(self._view, _SYNC_RIP_OFFSET)[0]
+        return self.get_regs().rip
 
     def set_regs(self, regs: kvm_regs) -> None:
         """``KVM_SET_REGS``."""

@@ -21,8 +21,8 @@ areas the VMM itself writes (the GDT and page tables, see
 
 from __future__ import annotations
 
-from minikvm.loaders.elf import load_elf
-from minikvm.loaders.flat import load_flat
+from typing import TYPE_CHECKING, Any
+
 from minikvm.loaders.image import (
     LoadedImage,
     LoadedSegment,
@@ -44,3 +44,19 @@ __all__ = [
     "load_flat",
     "load_elf",
 ]
+
+if TYPE_CHECKING:
+    from minikvm.loaders.elf import load_elf
+    from minikvm.loaders.flat import load_flat
+
+
+def __getattr__(name: str) -> Any:
+    """``load_elf``/``load_flat`` on first use (PEP 562): a flat guest's
+    ``minikvm run`` never pays for importing the ELF parser."""
+    if name == "load_elf":
+        from minikvm.loaders.elf import load_elf
+        return load_elf
+    if name == "load_flat":
+        from minikvm.loaders.flat import load_flat
+        return load_flat
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,12 @@ from Ctrl-C: each key arrives at once) with output processing left on, and
 the screen switches to the alternate buffer. :class:`TerminalMode` undoes
 both however the loop ends: normally, by an exception (a bug while drawing),
 by SIGTERM/SIGHUP, or at interpreter exit (``atexit``).
+
+Before leaving the alternate buffer the loop erases it (:data:`ERASE_SEQUENCE`).
+A terminal that was made *larger* while the TUI ran does not always give
+the old screen back whole: tmux, for one, keeps the rows the alternate
+screen gained and shows them over the shell's screen afterwards -- pieces of
+the last frame. An empty alternate screen leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from minikvm.tui.render import has_exit_panel, render_screen
 from minikvm.tui.session import Session
 from minikvm.tui.state import Focus, PromptView, SideView, TuiState
 
-__all__ = ["App", "FRAME_INTERVAL", "TerminalMode"]
+__all__ = ["App", "ERASE_SEQUENCE", "FRAME_INTERVAL", "RESTORE_SEQUENCE", "TerminalMode"]
 
 #: At most 10 frames a second while the guest runs.
 FRAME_INTERVAL = 0.1
@@ -42,6 +48,9 @@ FRAME_INTERVAL = 0.1
 _IDLE_WAIT = 0.05
 #: Show cursor, leave the alternate screen (DEC private modes 25 and 1049).
 RESTORE_SEQUENCE = "\x1b[?25h\x1b[?1049l"
+#: Cursor home, erase the whole display (ECMA-48 CUP and ED 2): written while
+#: the alternate screen is still on, just before leaving it.
+ERASE_SEQUENCE = "\x1b[H\x1b[2J"
 
 _BREAK_PROMPT = "breakpoint at (address or symbol; empty: RIP)"
 _MEMORY_PROMPT = "memory at (0x1000 linear, p:0x1000 physical, rip, rsp)"
@@ -199,7 +208,10 @@ class App:
         elif name == "c":
             session.start("continue")
         elif name in ("p", " ", "ctrl-c"):
-            session.message = "the guest is already paused (c continues)"
+            if session.ended:
+                session.message = f"the guest has ended ({session.end_reason}); q quits"
+            else:
+                session.message = "the guest is already paused (c continues)"
         elif name == "b":
             session.prompt = PromptView(_BREAK_PROMPT, "")
         elif name == "g":
@@ -233,27 +245,41 @@ class App:
     def run(self) -> int:
         """Until ``q``: returns 0. The terminal is restored however this ends."""
         from rich.live import Live
-        session = self.session
         with TerminalMode(self.input_fd, self.console.file), \
                 Live(console=self.console, screen=True, auto_refresh=False,
                      redirect_stdout=False, redirect_stderr=False, transient=True) as live:
-            last_draw = 0.0
-            last_size = self.console.size
-            while not self.quit:
-                if session.poll():
-                    self.dirty = True
-                session.tick()
-                now = time.monotonic()
-                size = self.console.size
-                if size != last_size:
-                    self.dirty, last_size = True, size
-                due = session.busy and now - last_draw >= FRAME_INTERVAL
-                if self.dirty or due:
-                    self.draw(live)
-                    last_draw = now
-                wait = FRAME_INTERVAL - (time.monotonic() - last_draw) if session.busy else _IDLE_WAIT
-                for key in self._read_keys(min(max(wait, 0.005), _IDLE_WAIT * 2)):
-                    self.handle(key)
-                    if self.quit:
-                        break
+            try:
+                self._loop(live)
+            finally:
+                self._erase()
         return 0
+
+    def _loop(self, live: Any) -> None:
+        session = self.session
+        last_draw = 0.0
+        last_size = self.console.size
+        while not self.quit:
+            if session.poll():
+                self.dirty = True
+            session.tick()
+            now = time.monotonic()
+            size = self.console.size
+            if size != last_size:
+                self.dirty, last_size = True, size
+            due = session.busy and now - last_draw >= FRAME_INTERVAL
+            if self.dirty or due:
+                self.draw(live)
+                last_draw = now
+            wait = FRAME_INTERVAL - (time.monotonic() - last_draw) if session.busy else _IDLE_WAIT
+            for key in self._read_keys(min(max(wait, 0.005), _IDLE_WAIT * 2)):
+                self.handle(key)
+                if self.quit:
+                    break
+
+    def _erase(self) -> None:
+        """Empty the alternate screen before it is left (see the module docstring)."""
+        try:
+            self.console.file.write(ERASE_SEQUENCE)
+            self.console.file.flush()
+        except (OSError, ValueError):
+            pass

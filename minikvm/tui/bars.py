@@ -1,9 +1,11 @@
 """The three one-line bars: the header, the message line and the footer.
 
 The header says what is running and in which state (the guest, the CPU
-mode, PAUSED/RUNNING/..., the counters); the message line says in a sentence
-what the last action did; the footer lists the keys that work now, or shows
-the prompt being typed.
+mode, the vCPU when there are several, PAUSED/RUNNING/..., the counters);
+the message line says in a sentence what the last action did -- wrapped
+onto up to :data:`MESSAGE_ROWS` rows rather than cut, since the reason a
+guest ended is often the longest sentence on the screen; the footer lists
+the keys that work now, or shows the prompt being typed.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 from rich.text import Text
 
 from minikvm.tui.keys import FOOTER_CONSOLE, FOOTER_PAUSED, FOOTER_RUNNING
-from minikvm.tui.panel import DIM, MEDIUM_WIDTH, fit_line
+from minikvm.tui.panel import DIM, MEDIUM_WIDTH, fit_line, wrap_line
 from minikvm.tui.state import Focus, RegistersView, RunStatus, TuiState
 
-__all__ = ["render_footer", "render_header", "render_message"]
+__all__ = ["MESSAGE_ROWS", "message_lines", "render_footer", "render_header",
+           "render_message"]
+
+#: Most rows the message line may take (the panels give way to it).
+MESSAGE_ROWS = 3
 
 _STATUS_STYLE = {
     RunStatus.PAUSED: "bold black on yellow",
@@ -43,6 +49,8 @@ def render_header(state: TuiState, width: int) -> Text:
     words = _mode_words(state.registers)
     if words:
         line.append(f"│ {words} ", style="cyan")
+    if state.vcpus > 1:
+        line.append(f"│ vCPU {state.vcpu} of {state.vcpus} ", style="cyan")
     line.append(f" {state.status.value.upper()} ", style=_STATUS_STYLE[state.status])
     where = ""
     if state.registers is not None and not state.busy:
@@ -52,11 +60,18 @@ def render_header(state: TuiState, width: int) -> Text:
     return fit_line(line, width)
 
 
-def render_message(state: TuiState, width: int) -> Text:
-    """Line 2: what the last action did, in a sentence."""
+def message_lines(state: TuiState, width: int) -> list[Text]:
+    """What the last action did, in a sentence, on as many rows as it needs
+    (at most :data:`MESSAGE_ROWS`)."""
     style = {RunStatus.CRASHED: "bold red", RunStatus.ERROR: "bold red",
              RunStatus.FINISHED: "bold blue"}.get(state.status, "")
-    return fit_line(Text(" " + state.message, style=style), width)
+    text = " ".join(state.message.split())     # a message is one line of words
+    return wrap_line(Text(" " + text, style=style), width, indent=1, max_rows=MESSAGE_ROWS)
+
+
+def render_message(state: TuiState, width: int) -> Text:
+    """Line 2 (and 3, 4 when the sentence is long): what the last action did."""
+    return Text("\n").join(message_lines(state, width))
 
 
 def _key_hints(hints: tuple[tuple[str, str, str], ...], width: int) -> Text:

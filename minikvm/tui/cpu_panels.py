@@ -4,8 +4,11 @@ The register panel shows what a person reading the SDM looks for: the
 general registers under the names the current code can use (``eax`` in
 16/32-bit code, ``rax``..``r15`` in 64-bit), RIP and RFLAGS with the set
 flags named, segment selectors and the control registers with their bits
-named. Values that changed since the last stop are highlighted. When the
-panel is short the least telling lines give way first.
+named. Every value that changed since the last stop -- general register,
+RIP, RFLAGS, segment selector, control register -- is highlighted and
+followed by a ``*`` (the mark survives a terminal without colours and a
+text export). When the panel is short the least telling lines give way
+first.
 
 The disassembly panel is an objdump-style listing around RIP: ``<symbol>:``
 where a function starts, ``→`` at the next instruction, ``●`` at breakpoints.
@@ -50,14 +53,20 @@ def _reg_label(name: str, bitness: int) -> str:
 def _reg_cell(name: str, label: str, value: int, digits: int, changed: frozenset[str]) -> Text:
     cell = Text()
     cell.append(f"{label:<3} ", style="bold" if name in changed else DIM)
-    text = f"{value:0{digits}x}"
-    if name in changed:
-        cell.append(text, style=CHANGED)
-        cell.append("*", style="bold yellow")
-    else:
-        cell.append(text)
-        cell.append(" ")
+    _value(cell, name, f"{value:0{digits}x}", changed)
     return cell
+
+
+def _value(line: Text, name: str, text: str, changed: frozenset[str], pad: bool = True) -> None:
+    """Append a register's value, highlighted and starred when it changed
+    (with ``pad``, a space instead of the star keeps the columns in place)."""
+    if name in changed:
+        line.append(text, style=CHANGED)
+        line.append("*", style="bold yellow")
+    else:
+        line.append(text)
+        if pad:
+            line.append(" ")
 
 
 def _bit_names(flags: type, value: int) -> str:
@@ -85,7 +94,7 @@ def _register_sections(view: RegistersView) -> list[tuple[int, str, Text]]:
     ip.append(" ")
     flags_label = "rflags" if bits == 64 else "eflags"
     ip.append(f"{flags_label} ", style="bold" if "rflags" in changed else DIM)
-    ip.append(f"{values.rflags:08x}", style=CHANGED if "rflags" in changed else "")
+    _value(ip, "rflags", f"{values.rflags:08x}", changed)
     lines.append((10, "ip", ip))
     flags = Text("flags ", style=DIM)
     for name, bit in _FLAG_ORDER:
@@ -102,21 +111,20 @@ def _register_sections(view: RegistersView) -> list[tuple[int, str, Text]]:
             segs = Text()
             for name in group:
                 segs.append(f"{name} ", style="bold" if name in changed else DIM)
-                segs.append(f"{getattr(values, name):04x}",
-                            style=CHANGED if name in changed else "")
-                segs.append("   ")
+                _value(segs, name, f"{getattr(values, name):04x}", changed)
+                segs.append("  ")
             lines.append((priority, "segments", segs))
     if values.cr0 is not None:
         def control(name: str, value: int, decode: Callable[[int], str]) -> Text:
             line = Text(f"{name:<4} ", style="bold" if name in changed else DIM)
-            line.append(f"{value:08x}", style=CHANGED if name in changed else "")
+            _value(line, name, f"{value:08x}", changed, pad=False)
             line.append(f" {decode(value)}", style="cyan")
             return line
         lines.append((8, "cr0", control("cr0", values.cr0, lambda v: _bit_names(Cr0, v))))
         cr3 = Text("cr3  ", style="bold" if "cr3" in changed else DIM)
-        cr3.append(f"{values.cr3:0{digits}x}", style=CHANGED if "cr3" in changed else "")
-        cr3.append("  cr2 ", style="bold" if "cr2" in changed else DIM)
-        cr3.append(f"{values.cr2:x}", style=CHANGED if "cr2" in changed else "")
+        _value(cr3, "cr3", f"{values.cr3:0{digits}x}", changed)
+        cr3.append(" cr2 ", style="bold" if "cr2" in changed else DIM)
+        _value(cr3, "cr2", f"{values.cr2:x}", changed)
         lines.append((6, "cr3", cr3))
         lines.append((7, "cr4", control("cr4", values.cr4, lambda v: _bit_names(Cr4, v))))
         lines.append((8, "efer", control("efer", values.efer, lambda v: _bit_names(Efer, v))))

@@ -128,7 +128,7 @@ PANELS
  registers     KVM_GET_REGS/SREGS: flags and CR0/CR4/EFER bits by name
  code at RIP   disassembly in the CPU's mode; → next to run, ● breakpoint
  guest output  bytes the guest wrote to COM1 (0x3f8) and port 0xe9
- VM exits      each exit KVM gave us: reason, RIP, port, what it means
+ VM exits      guest exits (not kicks): reason, RIP, port, what it means
  statistics    exits by reason and by device; exits per interval over time
  devices       UART registers, FIFO levels; virtio status, queue indices
  memory        hexdump of guest RAM, through the page tables or physical

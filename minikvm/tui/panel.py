@@ -3,15 +3,17 @@
 A frame is a set of bordered panels, each given a width and height by the
 layout (:mod:`minikvm.tui.render`) and each deciding how much of its content
 fits. :class:`Fit` hands a panel that size; :func:`fit_line` keeps a line on
-one row (an ellipsis rather than a wrap, so the layout never shifts);
-:func:`bordered` frames lines under a title. The few colours are named here
-so that every panel uses the same ones.
+one row (an ellipsis rather than a wrap, so the layout never shifts) and
+:func:`wrap_line` breaks a sentence that must be read whole into rows of a
+width; :func:`bordered` frames lines under a title. The few colours are
+named here so that every panel uses the same ones.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from rich.cells import get_character_cell_size
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.panel import Panel
 from rich.text import Text
@@ -27,6 +29,7 @@ __all__ = [
     "Fit",
     "bordered",
     "fit_line",
+    "wrap_line",
 ]
 
 #: Where the layout changes (see :func:`minikvm.tui.render.layout_tier`):
@@ -64,6 +67,61 @@ def fit_line(text: Text | str, width: int) -> Text:
     if line.cell_len > width:
         line.truncate(max(width, 1), overflow="ellipsis")
     return line
+
+
+def _break_at(plain: str, start: int, room: int) -> tuple[int, int]:
+    """Where the row that starts at ``plain[start]`` ends (exclusive) and
+    where the next one starts: at the last space that fits ``room`` cells,
+    else (one long word) at the last character that fits."""
+    cells = 0
+    end = start
+    while end < len(plain):
+        width = get_character_cell_size(plain[end])
+        if cells + width > room:
+            break
+        cells += width
+        end += 1
+    if end >= len(plain):
+        return end, end
+    space = plain.rfind(" ", start, end + 1)
+    if space > start:
+        following = space
+        while following < len(plain) and plain[following] == " ":
+            following += 1
+        return space, following
+    return max(end, start + 1), max(end, start + 1)
+
+
+def wrap_line(text: Text | str, width: int, indent: int = 0,
+              max_rows: int | None = None) -> list[Text]:
+    """``text`` broken at spaces into rows of ``width`` cells, styles kept.
+
+    Rows after the first start with ``indent`` spaces (a hanging indent:
+    continuation rows sit under the column they continue). With
+    ``max_rows`` the last row allowed ends in an ellipsis when more was left.
+    """
+    line = Text(text) if isinstance(text, str) else text.copy()
+    width = max(width, 1)
+    indent = indent if 0 <= indent <= width - 8 else 0
+    plain = line.plain
+    rows: list[Text] = []
+    start = 0
+    while True:
+        room = width if not rows else width - indent
+        end, following = _break_at(plain, start, room)
+        row = line[start:end]
+        row.rstrip()
+        if rows and indent:
+            row = Text(" " * indent) + row
+        rows.append(row)
+        start = following
+        if start >= len(plain):
+            break
+        if max_rows is not None and len(rows) >= max_rows:
+            # No room for the rest: the last row shows how it goes on, cut.
+            rows[-1] = fit_line(rows[-1] + Text(" ") + line[start:], width)
+            break
+    return rows
 
 
 def bordered(lines: Iterable[Text], title: str, width: int, height: int,

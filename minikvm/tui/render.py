@@ -35,8 +35,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.layout import Layout
 from rich.panel import Panel
+from rich.text import Text
 
-from minikvm.tui.bars import render_footer, render_header, render_message
+from minikvm.tui.bars import message_lines, render_footer, render_header, render_message
 from minikvm.tui.console_panel import console_lines, render_console_text, render_help
 from minikvm.tui.cpu_panels import (
     disassembly_window,
@@ -70,6 +71,7 @@ __all__ = [
     "has_exit_panel",
     "hexdump_lines",
     "layout_tier",
+    "message_lines",
     "register_lines",
     "registers_height",
     "render_console_text",
@@ -114,6 +116,14 @@ def _side(state: TuiState, narrow: bool) -> Callable[[int, int], Panel]:
             SideView.MEMORY: lambda w, h: render_memory(state, w, h)}[side]
 
 
+def _bottom_wants(state: TuiState, width: int, height: int) -> int:
+    """Rows the narrow layout's bottom slot would like for the side view
+    shown (borders included)."""
+    if state.side is SideView.STATS:
+        return len(stats_lines(state.stats, width - 4, state.busy, rows=height)) + 2
+    return 20    # the devices' rows, or 16 hexdump rows and a note
+
+
 def _body(state: TuiState, width: int, height: int, tier: str) -> Layout:
     body = Layout(name="body")
     if state.show_help:
@@ -147,6 +157,11 @@ def _body(state: TuiState, width: int, height: int, tier: str) -> Layout:
         return body
     top_height = max(reg_height, min(height // 2 + 1, height - 6))
     top_height = min(top_height, max(height - 6, 3))
+    if tier == "narrow" and state.side is not SideView.EXITS:
+        # A view chosen with v gets the room it needs, down to half the body:
+        # the registers fold their least telling lines first.
+        top_height = min(top_height, max(height - _bottom_wants(state, width, height),
+                                         height // 2 + 1))
     top, bottom = Layout(name="top", size=top_height), Layout(name="bottom")
     body.split_column(top, bottom)
     right = Layout(name="right")
@@ -166,10 +181,11 @@ def _body(state: TuiState, width: int, height: int, tier: str) -> Layout:
 def render_screen(state: TuiState, width: int, height: int) -> Layout:
     """The whole screen for a terminal of ``width`` x ``height``."""
     screen = Layout(name="screen")
+    message = message_lines(state, width)
     screen.split_column(
         Layout(render_header(state, width), name="header", size=1),
-        Layout(render_message(state, width), name="message", size=1),
-        _body(state, width, max(height - 3, 1), layout_tier(width, height)),
+        Layout(Text("\n").join(message), name="message", size=len(message)),
+        _body(state, width, max(height - 2 - len(message), 1), layout_tier(width, height)),
         Layout(render_footer(state, width), name="footer", size=1),
     )
     return screen

@@ -10,11 +10,12 @@ itself, the memory panel from bytes read at the last stop.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from rich.panel import Panel
 from rich.text import Text
 
-from minikvm.tui.panel import DIM, bordered
+from minikvm.tui.panel import DIM, bordered, fit_line, wrap_line
 from minikvm.tui.state import DeviceView, ExitRow, MemoryView, StatsView, TuiState
 
 __all__ = [
@@ -33,29 +34,43 @@ _SPARK = " ▁▂▃▄▅▆▇█"
 
 # -- exits ----------------------------------------------------------------------------
 
-def _exit_columns(rows: tuple[ExitRow, ...], inner: int) -> tuple[int, int, int, int]:
-    """Widths of the #, exit, rip and port/address columns (0: left out),
-    as narrow as the rows allow, so the explanation gets the room."""
+@dataclass(frozen=True)
+class _Columns:
+    """Widths of the exit log's columns before the explanation (0: left out)."""
+
+    seq: int
+    vcpu: int
+    reason: int
+    rip: int
+    where: int
+
+    @property
+    def before_meaning(self) -> int:
+        """Cells before the "what it means" column."""
+        return sum(width + 1 for width in (self.seq, self.vcpu, self.reason, self.rip,
+                                           self.where) if width)
+
+
+def _exit_columns(rows: tuple[ExitRow, ...], inner: int) -> _Columns:
+    """As narrow as the rows allow, so the explanation gets the room; the
+    vCPU column only on a machine with several, the port column only when
+    the explanation keeps enough room without it."""
     seq = max([len(str(row.seq)) for row in rows] + [3])
+    vcpu = 3 if any(row.vcpu is not None for row in rows) else 0
     reason = max([len(row.reason) for row in rows] + [4])
     rip = max([len(f"{row.rip:#x}") for row in rows if row.rip is not None] + [3])
     where = max([len(row.where) for row in rows] + [9])
     longest = max([len(row.device) + 2 + len(row.description) for row in rows] + [13])
-    room = inner - (seq + reason + rip + 3)
+    room = inner - (seq + reason + rip + 3 + (vcpu + 1 if vcpu else 0))
     if room - where - 1 < min(longest, 60):    # the meaning matters more than the port
         where = 0
-    return seq, reason, rip, where
+    return _Columns(seq, vcpu, reason, rip, where)
 
 
-def _exit_line(row: ExitRow, columns: tuple[int, int, int, int], newest: bool) -> Text:
-    seq, reason, rip_width, where = columns
+def _meaning(row: ExitRow, newest: bool) -> Text:
+    """The explanation: the device where its sentence does not name it,
+    the device's sentence, and the stop this exit caused."""
     text = Text()
-    text.append(f"{row.seq:>{seq}} ", style=DIM)
-    text.append(f"{row.reason:<{reason}} ", style="bold cyan" if newest else "cyan")
-    rip = "" if row.rip is None else f"{row.rip:#x}"
-    text.append(f"{rip:>{rip_width}} ", style=DIM)
-    if where:
-        text.append(f"{row.where:<{where}} ", style=DIM)
     device = row.device
     if device and not row.description.lower().startswith(device.lower()[:5]):
         text.append(f"{device}: ", style="magenta")
@@ -65,24 +80,58 @@ def _exit_line(row: ExitRow, columns: tuple[int, int, int, int], newest: bool) -
     return text
 
 
+def _exit_lines(row: ExitRow, columns: _Columns, inner: int, newest: bool) -> list[Text]:
+    """One exit: its columns, then its explanation wrapped (never cut)
+    under the "what it means" column, or under the reason when that
+    column is too narrow to read."""
+    text = Text()
+    text.append(f"{row.seq:>{columns.seq}} ", style=DIM)
+    if columns.vcpu:
+        text.append(f"{'' if row.vcpu is None else row.vcpu:>{columns.vcpu}} ", style=DIM)
+    text.append(f"{row.reason:<{columns.reason}} ", style="bold cyan" if newest else "cyan")
+    rip = "" if row.rip is None else f"{row.rip:#x}"
+    text.append(f"{rip:>{columns.rip}} ", style=DIM)
+    if columns.where:
+        text.append(f"{row.where:<{columns.where}} ", style=DIM)
+    indent = columns.before_meaning
+    if inner - indent < _NARROWEST_MEANING:
+        indent = columns.seq + 1
+    return wrap_line(text + _meaning(row, newest), inner, indent)
+
+
+#: Below this many cells, continuation rows start under the exit reason instead.
+_NARROWEST_MEANING = 40
+
+
 def render_exits(state: TuiState, width: int, height: int) -> Panel:
-    """The newest exits that fit, oldest at the top, each with its meaning."""
+    """The newest exits that fit, oldest at the top, each with its whole
+    explanation (a long one takes several rows, so fewer exits fit)."""
     rows = max(height - 3, 0)
     inner = width - 4
-    exits = state.exits[-rows:] if rows else ()
-    columns = _exit_columns(exits, inner)
-    seq, reason, rip, where = columns
+    candidates = state.exits[-rows:] if rows else ()
+    columns = _exit_columns(candidates, inner)
+    shown: list[list[Text]] = []
+    used = 0
+    for i, row in enumerate(reversed(candidates)):
+        lines = _exit_lines(row, columns, inner, newest=i == 0)
+        if used + len(lines) > rows:
+            if not shown:                     # the newest exit, whatever its length
+                shown.append(lines[:rows])
+            break
+        shown.append(lines)
+        used += len(lines)
     header = Text()
-    header.append(f"{'#':>{seq}} {'exit':<{reason}} {'rip':>{rip}} ", style="bold")
-    if where:
-        header.append(f"{'port/addr':<{where}} ", style="bold")
+    header.append(f"{'#':>{columns.seq}} ", style="bold")
+    if columns.vcpu:
+        header.append(f"{'cpu':>{columns.vcpu}} ", style="bold")
+    header.append(f"{'exit':<{columns.reason}} {'rip':>{columns.rip}} ", style="bold")
+    if columns.where:
+        header.append(f"{'port/addr':<{columns.where}} ", style="bold")
     header.append("what it means", style="bold")
-    lines = [header] + [_exit_line(row, columns, i == len(exits) - 1)
-                        for i, row in enumerate(exits)]
-    if not exits:
+    lines = [header] + [line for lines in reversed(shown) for line in lines]
+    if not candidates:
         lines.append(Text("(no exits yet: n runs to the first one)", style=DIM))
-    title = "VM exits (newest last)"
-    return bordered(lines, title, width, height)
+    return bordered(lines, "VM exits (newest last)", width, height)
 
 
 # -- statistics ------------------------------------------------------------------------
@@ -112,34 +161,91 @@ def _bar_rows(items: tuple[tuple[str, int], ...], total: int, inner: int) -> lis
     return rows
 
 
-def stats_lines(stats: StatsView, inner: int, busy: bool) -> list[Text]:
-    lines = []
+def _counts(title: str, items: tuple[tuple[str, int], ...], total: int,
+            inner: int) -> list[Text]:
+    return [Text(title, style="bold")] + _bar_rows(items, total, inner)
+
+
+def _side_by_side(left: list[Text], right: list[Text], inner: int) -> list[Text]:
+    """Two columns of rows in one: ``left`` padded to half the width."""
+    half = (inner - 1) // 2
+    rows = []
+    for i in range(max(len(left), len(right))):
+        row = fit_line(left[i], half) if i < len(left) else Text()
+        row.pad_right(half + 1 - row.cell_len)
+        if i < len(right):
+            row.append_text(fit_line(right[i], inner - half - 1))
+        rows.append(row)
+    return rows
+
+
+#: From this inner width the two count tables stand side by side.
+_TWO_COLUMNS = 56
+
+
+def _counted_note(stats: StatsView) -> str:
+    """What the exit count leaves out (see :mod:`minikvm.tui.monitor`)."""
+    left_out = []
+    if stats.kicks:
+        left_out.append(f"{stats.kicks:,} kick{'' if stats.kicks == 1 else 's'} (KVM_RUN "
+                        "cut short by the VMM's own signal: halt check, pause)")
+    if stats.steps:
+        left_out.append("the single-step traps (counted as steps)")
+    return "not counted: " + " and ".join(left_out) if left_out else ""
+
+
+def stats_lines(stats: StatsView, inner: int, busy: bool,
+                rows: int | None = None) -> list[Text]:
+    """The statistics panel's lines for ``inner`` cells; with ``rows`` set,
+    in that many rows: the timeline on one line, the two tables side by
+    side, and what does not fit said as "+N more" instead of cut off."""
     head = Text()
     head.append(f"{stats.total:,}", style="bold")
-    head.append(" exit" + ("" if stats.total == 1 else "s") + "  ")
+    head.append(" guest exit" + ("" if stats.total == 1 else "s") + "  ")
     head.append(f"{stats.steps:,}", style="bold")
     head.append(" step" + ("" if stats.steps == 1 else "s") + "  ")
     if stats.rate:
         head.append(f"{stats.rate:,.0f}", style="bold")
         head.append(" exits/s" + ("" if busy else " (last run)"))
-    lines.append(head)
-    timeline = sparkline(stats.timeline, inner)
-    lines.append(Text(f"exits per {stats.interval:g} s while running:", style=DIM))
-    lines.append(Text(timeline or "(not run yet: c continues)", style="green" if timeline else DIM))
-    lines.append(Text("by reason", style="bold"))
-    lines += _bar_rows(stats.by_reason, stats.total, inner)
-    if stats.by_device:
-        lines.append(Text("by device", style="bold"))
-        lines += _bar_rows(stats.by_device, stats.total, inner)
-    if stats.kicks:
-        lines.append(Text(f"kicks {stats.kicks:,}: KVM_RUN cut short by a signal (pause, "
-                          "halt check); not in the log", style=DIM))
-    return lines
+    lines = wrap_line(head, inner, indent=2)
+    label = f"per {stats.interval:g} s "
+    timeline = sparkline(stats.timeline, inner - len(label) if rows else inner)
+    if rows is not None or not timeline:
+        line = Text(label.rstrip() + (" " if timeline else ": "), style=DIM)
+        line.append(timeline or "no free run yet", style="green" if timeline else DIM)
+        lines.append(line)
+    else:
+        lines.append(Text(f"exits per {stats.interval:g} s while running:", style=DIM))
+        lines.append(Text(timeline, style="green"))
+    note = _counted_note(stats)
+    notes = [Text(row.plain, style=DIM) for row in wrap_line(note, inner, indent=2)] \
+        if note else []
+    reasons = _counts("by reason", stats.by_reason, stats.total, inner)
+    devices = _counts("by device", stats.by_device, stats.total, inner) \
+        if stats.by_device else []
+    if rows is None:
+        return lines + reasons + devices + notes
+    if inner >= _TWO_COLUMNS and devices:
+        half = (inner - 1) // 2
+        tables = _side_by_side(_counts("by reason", stats.by_reason, stats.total, half),
+                               _counts("by device", stats.by_device, stats.total,
+                                       inner - half - 1), inner)
+    else:
+        tables = reasons + devices
+    if notes and len(lines) + len(tables) + len(notes) > rows:
+        notes = [fit_line(Text(note, style=DIM), inner)]
+    room = rows - len(lines) - len(notes)
+    if len(tables) > room:
+        left = len(tables) - max(room - 1, 0)
+        tables = tables[:max(room - 1, 0)] + [Text(f"  +{left} more row"
+                                                   f"{'' if left == 1 else 's'} (a taller "
+                                                   "terminal shows them)", style=DIM)]
+    return lines + tables + notes
 
 
 def render_stats(state: TuiState, width: int, height: int) -> Panel:
-    return bordered(stats_lines(state.stats, width - 4, state.busy), "exit statistics",
-                    width, height)
+    return bordered(stats_lines(state.stats, width - 4, state.busy, max(height - 2, 0)),
+                    "exit statistics", width, height)
 
 
 # -- devices ----------------------------------------------------------------------------

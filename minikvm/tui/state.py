@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from minikvm.debug.inspect import RegisterSnapshot
 
@@ -34,14 +35,40 @@ __all__ = [
 
 
 class RunStatus(enum.Enum):
-    """What the guest is doing, as the header shows it."""
+    """What the TUI is doing with the guest, as the header shows it.
 
-    PAUSED = "paused"        # stopped by us: step done, breakpoint, pause key
+    This is an *activity*, not a second stop vocabulary. Why a guest stopped
+    -- a breakpoint, ``hlt``, the debug-exit port and its status, a triple
+    fault -- is the core :class:`~minikvm.core.stop.Stop`, and the session
+    keeps the last one (``Session.last_stop``) and words it from there.
+    RunStatus only answers the question the header and the keys need: may
+    I press ``s`` now? RUNNING and STEPPING say the vCPU thread is at work
+    (no Stop exists yet); PAUSED, FINISHED and CRASHED are read off the
+    Stop the work ended with (:meth:`after`); ERROR is the VMM itself
+    failing, which no Stop describes.
+    """
+
+    PAUSED = "paused"        # stopped, and the guest can go on: step done, breakpoint, pause
     RUNNING = "running"      # the vCPU thread is inside cont()
     STEPPING = "stepping"    # a single step or step-to-exit is under way
-    FINISHED = "finished"    # the guest halted, powered off or wrote the debug-exit port
+    FINISHED = "finished"    # the guest ended: halt, power off, reset, debug-exit port
     CRASHED = "crashed"      # triple fault, failed entry, KVM internal error
     ERROR = "error"          # the VMM itself failed (an exception on the vCPU thread)
+
+    @classmethod
+    def after(cls, stop: Any) -> RunStatus:
+        """The state a core :class:`~minikvm.core.stop.Stop` leaves the TUI in.
+
+        ``stop.crashed`` and ``stop.finished`` end the guest. Every other
+        stop leaves a guest that can go on -- including a timeout, for which
+        ``stop.ended`` is true because it ends a ``minikvm run`` (status
+        124): in the TUI it only ends the one continue it was given to.
+        """
+        if stop.crashed:
+            return cls.CRASHED
+        if stop.finished:
+            return cls.FINISHED
+        return cls.PAUSED
 
 
 class Focus(enum.Enum):
@@ -104,8 +131,13 @@ class BreakpointRow:
 
 @dataclass(frozen=True)
 class ExitRow:
-    """One VM exit in the log: sequence number, reason, guest RIP, the
-    port or address, device and register, and the device's explanation."""
+    """One VM exit in the log: its number, reason, guest RIP, the port or
+    address, device and register, and the device's explanation.
+
+    ``seq`` is the exit's number among the guest exits the TUI counted (the
+    header's count; see :mod:`minikvm.tui.monitor`). ``vcpu`` is the vCPU
+    that exited, or None on a machine with one vCPU (nothing to tell apart).
+    """
 
     seq: int
     reason: str
@@ -116,14 +148,19 @@ class ExitRow:
     value: int | None
     description: str
     stop: str = ""          # set when this exit ended the run
+    vcpu: int | None = None
 
 
 @dataclass(frozen=True)
 class StatsView:
     """Exit counts per reason and per device, and the recent exit rate.
 
+    ``total`` counts guest exits (what the header and the log's numbers
+    count); ``kicks`` the ``KVM_RUN`` calls the VMM cut short itself and
+    ``steps`` the single-stepped instructions, neither of them in ``total``.
     ``timeline`` holds exits per ``interval`` seconds of running, oldest
-    first; ``rate`` is exits per second over the latest interval.
+    first; ``rate`` is exits per second over the latest interval (or the
+    last run).
     """
 
     total: int = 0
@@ -191,6 +228,10 @@ class TuiState:
     prompt: PromptView | None = None
     show_help: bool = False
     input_queued: int = 0
+    #: The vCPU the debugger drives and how many the machine has; the
+    #: header names the vCPU only when there is more than one.
+    vcpu: int = 0
+    vcpus: int = 1
 
     @property
     def busy(self) -> bool:

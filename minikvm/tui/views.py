@@ -16,7 +16,7 @@ from typing import Any
 from minikvm.bus import Mapping
 from minikvm.debug import DebuggerError
 from minikvm.kvm.exits import Debug, IoIn, IoOut, MmioRead, MmioWrite
-from minikvm.machine import ExitEvent
+from minikvm.core.events import ExitEvent, describe_exit
 from minikvm.tui.state import DeviceView, ExitRow
 
 __all__ = [
@@ -28,8 +28,10 @@ __all__ = [
 ]
 
 
-def exit_row(event: ExitEvent) -> ExitRow:
-    """One log line's worth of an exit."""
+def exit_row(event: ExitEvent, number: int | None = None, vcpus: int = 1) -> ExitRow:
+    """One log line's worth of an exit: ``number`` is its place among the
+    guest exits the TUI counted (default: the machine's sequence number);
+    the vCPU is named only when the machine has more than one."""
     exit = event.exit
     if isinstance(exit, (IoOut, IoIn)):
         where = f"port {exit.port:#x}"
@@ -41,12 +43,11 @@ def exit_row(event: ExitEvent) -> ExitRow:
     if type(exit) is Debug:
         description = _debug_words(exit)
     elif not description:
-        from minikvm.machine import describe_exit
-        description = describe_exit(exit, event.access, event.accesses)
-    if getattr(event, "vcpu", 0):
-        description = f"vCPU {event.vcpu}: {description}"   # vCPU 0's exits say nothing
-    return ExitRow(event.seq, event.reason, event.rip, where, event.device, event.register,
-                   event.value, description, event.stop.message if event.stop else "")
+        description = describe_exit(exit, event.access, event.accesses, event.stop)
+    return ExitRow(event.seq if number is None else number, event.reason, event.rip, where,
+                   event.device, event.register, event.value, description,
+                   event.stop.message if event.stop else "",
+                   event.vcpu if vcpus > 1 else None)
 
 
 def _debug_words(exit: Debug) -> str:

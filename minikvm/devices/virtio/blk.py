@@ -14,7 +14,28 @@ writable bytes as two streams: the header is the first 16 readable bytes,
 the status the last writable byte.
 
 Sectors are always 512 bytes (§5.2.4: capacity is in 512-byte sectors,
-whatever the block size). Reads go straight from the file into guest memory
+whatever the block size).
+
+**The image may change size under the running guest** (another program
+truncates or extends it). The device looks at the file's size at every
+read and write request and at every read of its configuration space (one
+``fstat``), and does two things when it changed:
+
+* it reports the new capacity with a *configuration change notification*
+  (§2.3; the configuration generation changes, §2.5, and virtio-mmio
+  interrupts a live driver, §4.2.3.4). That is the spec's own answer to a
+  disk that changes size: §5.2.6.1 "the driver SHOULD check if the content
+  of the capacity field has changed upon receiving a configuration change
+  notification" (§2.5.4 names the capacity as a field that changes);
+* it answers every request that reaches past the file's current end with
+  ``VIRTIO_BLK_S_IOERR``, checked against the size *now*, not the size the
+  driver was last told. A notification only helps drivers that listen
+  (the bundled guest does not take config interrupts) and cannot recall
+  requests already queued; a read past the end must not complete OK with
+  zeros the disk never held, and a write there must not grow the file back.
+
+So neither alone: the notification keeps a good driver's view right, the
+check keeps every answer true. Reads go straight from the file into guest memory
 with ``os.preadv`` on zero-copy views, and writes straight out with
 ``os.pwritev``: no intermediate Python bytes, which is what lets a Python
 device move more than a gigabyte per second.
@@ -97,21 +118,22 @@ def blk_request_header(request_type: int, sector: int = 0) -> bytes:
     return _HEADER.pack(request_type, 0, sector)
 
 
-def _preadv_all(fd: int, views: list[memoryview], offset: int) -> None:
-    """Fill ``views`` from the file at ``offset``; past end of file reads zeros."""
+def _preadv_all(fd: int, views: list[memoryview], offset: int) -> bool:
+    """Fill ``views`` from the file at ``offset``. Returns False when the file
+    ended first (it shrank after the request was checked): the caller answers
+    IOERR rather than hand out bytes the disk does not hold."""
     while views:
         batch = views[:_IOV_MAX]
         got = os.preadv(fd, batch, offset)
-        if got == 0:  # end of file: the rest of the disk reads as zeros
-            for view in views:
-                view[:] = bytes(len(view))
-            return
+        if got == 0:
+            return False
         offset += got
         while views and got >= len(views[0]):
             got -= len(views[0])
             views.pop(0)
         if got:
             views[0] = views[0][got:]
+    return True
 
 
 def _pwritev_all(fd: int, views: list[memoryview], offset: int) -> None:
@@ -132,7 +154,8 @@ class VirtioBlk(VirtioDevice):
 
     ``read_only`` offers VIRTIO_BLK_F_RO and answers every write with
     VIRTIO_BLK_S_IOERR without touching the file. The capacity is the
-    file's size in whole 512-byte sectors.
+    file's size in whole 512-byte sectors, looked at again at every request
+    (:meth:`refresh_capacity`; the module docstring says why).
     """
 
     device_id = VIRTIO_ID_BLOCK
@@ -153,8 +176,10 @@ class VirtioBlk(VirtioDevice):
             serial = os.path.basename(self.path)
         self.serial = serial.encode("ascii", "replace")[:VIRTIO_BLK_ID_BYTES]
         self.counters = {"IN": 0, "OUT": 0, "FLUSH": 0, "GET_ID": 0, "unsupported": 0,
-                         "ioerr": 0, "bytes_read": 0, "bytes_written": 0}
+                         "ioerr": 0, "bytes_read": 0, "bytes_written": 0, "resizes": 0}
         self.last_request = ""
+        #: What the last change of the image's size was, in words ("" if none).
+        self.last_resize = ""
 
     def close(self) -> None:
         """Close the backing file (the device answers IOERR afterwards)."""
@@ -179,8 +204,33 @@ class VirtioBlk(VirtioDevice):
             features |= 1 << VIRTIO_BLK_F_RO
         return features
 
+    def refresh_capacity(self) -> int:
+        """The capacity the backing file has now, in whole sectors.
+
+        When it changed since the last look, the new value is what
+        :meth:`config_bytes` reports from now on, and the driver is told
+        with a configuration change notification (the transport bumps
+        ConfigGeneration, and interrupts a live driver).
+        """
+        if self.fd < 0:
+            return self.capacity
+        try:
+            capacity = os.fstat(self.fd).st_size // SECTOR_SIZE
+        except OSError:
+            return self.capacity
+        if capacity != self.capacity:
+            self.last_resize = (f"the image changed size under the guest: {self.capacity} -> "
+                                f"{capacity} sectors; driver notified")
+            self.capacity = capacity
+            self.counters["resizes"] += 1
+            if self.context is not None:
+                self.context.config_changed()
+        return capacity
+
     def config_bytes(self) -> bytes:
-        """struct virtio_blk_config (§5.2.4) up to the fields we fill in."""
+        """struct virtio_blk_config (§5.2.4) up to the fields we fill in,
+        with the capacity the file has now."""
+        self.refresh_capacity()
         return struct.pack(
             "<QII HBB I BBHI BBH",
             self.capacity,   # capacity, in 512-byte sectors
@@ -209,7 +259,10 @@ class VirtioBlk(VirtioDevice):
         return data_written + 1
 
     def _in_range(self, sector: int, length: int) -> bool:
-        return sector <= self.capacity and length // SECTOR_SIZE <= self.capacity - sector
+        """Whether ``length`` bytes from ``sector`` lie inside the disk as the
+        file is *now* (it may have shrunk since the driver read capacity)."""
+        capacity = self.refresh_capacity()
+        return sector <= capacity and length // SECTOR_SIZE <= capacity - sector
 
     def _execute(self, chain: DescriptorChain, data_in: int) -> tuple[int, int]:
         """Do the request; returns (status, bytes written before the status)."""
@@ -250,7 +303,11 @@ class VirtioBlk(VirtioDevice):
             self.last_request = (f"IN sector {sector} x {length} bytes: not whole sectors "
                                  f"inside {self.capacity}: IOERR")
             return VIRTIO_BLK_S_IOERR, 0
-        _preadv_all(self.fd, chain.writable_views(0, length), sector * SECTOR_SIZE)
+        if not _preadv_all(self.fd, chain.writable_views(0, length), sector * SECTOR_SIZE):
+            self.refresh_capacity()
+            self.last_request = (f"IN sector {sector} x {length} bytes: the image ended "
+                                 f"before that (it shrank to {self.capacity} sectors): IOERR")
+            return VIRTIO_BLK_S_IOERR, 0
         self.counters["bytes_read"] += length
         self.last_request = f"IN sector {sector}, {length // SECTOR_SIZE} sectors: OK"
         return VIRTIO_BLK_S_OK, length
@@ -280,7 +337,7 @@ class VirtioBlk(VirtioDevice):
     def state(self) -> dict[str, Any]:
         return {"path": self.path, "read_only": self.read_only, "capacity": self.capacity,
                 "serial": self.serial.decode("ascii"), "counters": dict(self.counters),
-                "last_request": self.last_request}
+                "last_request": self.last_request, "last_resize": self.last_resize}
 
     def state_rows(self) -> list[tuple[str, str]]:
         counters = self.counters
@@ -293,6 +350,8 @@ class VirtioBlk(VirtioDevice):
         rows = [("disk", disk + (", read-only" if self.read_only else "")),
                 ("requests", requests),
                 ("bytes", f"read {counters['bytes_read']}, written {counters['bytes_written']}")]
+        if self.last_resize:
+            rows.append(("resized", self.last_resize))
         if self.last_request:
             rows.append(("last", self.last_request))
         return rows

@@ -1,0 +1,210 @@
+"""Start-up: what ``minikvm run hello.bin`` costs as a whole process, against
+Python's own start and a C program that runs the same guest, in one run.
+
+Each round starts, in this order, one process of each:
+
+  (py)  ``python3 -c pass`` -- Python's own start and exit, the floor of any
+        Python command;
+  (m)   ``python3 -m minikvm run guests/build/hello.bin`` -- the defaults,
+        in-kernel irqchip on: the guest prints a line, then ``cli; hlt``;
+  (c)   ``startup.c``: the same guest, same VM set-up (irqchip, PIT, CPUID,
+        sync regs), halt noticed after 1 ms of quiet as minikvm's watchdog
+        does, the debug console written byte by byte;
+  (mt)  (m) with a terminal on stdin, as typed at a shell;
+and, for information,
+  (m0)  (m) with no ``.pyc`` to be found (``PYTHONPYCACHEPREFIX`` set to an
+        empty directory): what this environment's PYTHONDONTWRITEBYTECODE=1
+        costs when nobody compiled the package.
+
+Per process we take wall time (spawn to ``wait4``), CPU time and peak RSS
+(``wait4``'s rusage of the child), and for (m) and (c) the *tail*: from the
+arrival of the guest's last output byte on our pipe (the guest's last
+instruction but ``cli; hlt``) to the process's exit. The tail holds the halt
+detection, closing the VM -- the kernel's teardown, which (c) reports on its
+own (``teardown_ns``) -- and the interpreter's exit.
+
+**.pyc files.** This environment sets PYTHONDONTWRITEBYTECODE=1, so Python
+would compile every module of minikvm at every start unless the ``.pyc``
+files exist. An installed package has them, so we first run
+``python -m compileall -q minikvm`` (into ``minikvm/**/__pycache__``, which
+git ignores); (m0) shows the cost without them. Python itself is
+``sys.executable`` (the real binary: a pyenv shim adds ~100 ms of bash).
+
+**The spawner.** Each process is started by ``spawn.c``, a small C
+program that forks, execs, reads the output as it comes and takes the
+child's rusage: Linux carries a parent's peak RSS into its child at
+``exec`` (``exec_mmap`` records the old mm's high-water mark), so the
+parent of a measured process must be small, and a small parent also reads
+the pipe without delay. (mt) gives the command a pseudo-terminal as stdin,
+as an interactive shell does (``minikvm run`` then reads the keyboard).
+
+Targets: (m) wall <= 120 ms, (m) RSS <= 20 MiB, (m) tail <= 5 ms.
+
+    python benchmarks/startup.py [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import build_c, load_average  # noqa: E402
+
+GUEST = ROOT / "guests" / "build" / "hello.bin"
+EXPECTED = b"Hello from a KVM guest, driven entirely from Python!\n"
+TARGET_WALL = 0.120
+TARGET_RSS_MIB = 20
+TARGET_TAIL = 0.005
+
+#: The phases of one ``minikvm run`` inside the process (--phases).
+PHASES = r"""
+import sys, time
+t0 = time.perf_counter()
+from minikvm.cli import build_parser
+from minikvm.cli.options import config_from_args
+from minikvm.machine import Machine
+t1 = time.perf_counter()
+args = build_parser().parse_args(["run", sys.argv[1]])
+machine = Machine.from_config(config_from_args(args), output=lambda data: None)
+t2 = time.perf_counter()
+stop = machine.run()
+t3 = time.perf_counter()
+machine.close()
+t4 = time.perf_counter()
+print(f"{t1 - t0} {t2 - t1} {t3 - t2} {t4 - t3} {stop.kind.value}")
+"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One process: wall and CPU seconds, peak RSS in MiB, the tail (seconds
+    from the last output byte to the exit; None without output), its
+    output, stderr and exit status."""
+
+    wall: float
+    cpu: float
+    rss_mib: float
+    tail: float | None
+    output: bytes
+    stderr: bytes
+    status: int
+
+
+def spawn(spawner: Path, argv: list[str], env: dict[str, str], terminal: bool = False) -> Sample:
+    """Run ``argv`` to its end under ``spawn.c`` (see there: fork, exec,
+    stdout read as it comes, wait4), stdin /dev/null or a fresh terminal."""
+    result = subprocess.run([str(spawner), *(["-t"] if terminal else []), *argv], env=env,
+                            capture_output=True, check=True)
+    lines = result.stderr.splitlines()
+    if not lines or not lines[-1].startswith(b"spawn "):
+        raise RuntimeError(f"spawn failed: {result.stderr!r}")
+    wall, cpu, rss, tail, status = (int(word) for word in lines[-1].split()[1:])
+    return Sample(wall / 1e9, cpu / 1e9, rss / 1024, None if tail < 0 else tail / 1e9,
+                  result.stdout, b"\n".join(lines[:-1]), status)
+
+
+def teardown_of(sample: Sample) -> float:
+    """The seconds the C program reported for closing its VM."""
+    for line in sample.stderr.decode(errors="replace").splitlines():
+        if line.startswith("teardown_ns "):
+            return int(line.split()[1]) / 1e9
+    raise RuntimeError(f"the C program did not report its teardown: {sample.stderr!r}")
+
+
+def check(name: str, sample: Sample) -> Sample:
+    if sample.status != 0:
+        raise RuntimeError(f"{name} exited with {sample.status}: {sample.stderr.decode()}")
+    return sample
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--phases", action="store_true",
+                        help="also time the phases inside one minikvm run (import, set-up, "
+                             "run, close)")
+    args = parser.parse_args(argv)
+    subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
+    binary = build_c("startup")
+    spawner = build_c("spawn")
+    python = sys.executable
+    subprocess.run([python, "-m", "compileall", "-q", str(ROOT / "minikvm")], check=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with tempfile.TemporaryDirectory() as empty:
+        cold_env = dict(env, PYTHONPYCACHEPREFIX=empty, PYTHONDONTWRITEBYTECODE="1")
+        minikvm_run = [python, "-m", "minikvm", "run", str(GUEST)]
+        variants = {
+            "py": ([python, "-c", "pass"], env, False),
+            "m": (minikvm_run, env, False),
+            "c": ([str(binary), str(GUEST)], env, False),
+            "mt": (minikvm_run, env, True),
+            "m0": (minikvm_run, cold_env, False),
+        }
+        samples: dict[str, list[Sample]] = {key: [] for key in variants}
+        for _ in range(args.repeat):
+            for key, (command, environment, terminal) in variants.items():
+                sample = check(key, spawn(spawner, command, environment, terminal))
+                if key != "py" and sample.output != EXPECTED:
+                    raise RuntimeError(f"{key} printed {sample.output!r}")
+                samples[key].append(sample)
+
+    print(f"start-up: {args.repeat} interleaved rounds (median); {load_average()}")
+    labels = {"py": "(py) python3 -c pass", "m": "(m)  minikvm run hello.bin",
+              "c": "(c)  C, same guest", "mt": "(mt) (m), stdin a terminal",
+              "m0": "(m0) (m) without .pyc files"}
+    for key, label in labels.items():
+        rows = samples[key]
+        tail = [s.tail for s in rows if s.tail is not None]
+        tail_text = f"  tail {median(tail) * 1e3:6.1f} ms" if tail else ""
+        print(f"  {label:<30} wall {median(s.wall for s in rows) * 1e3:6.1f} ms  "
+              f"CPU {median(s.cpu for s in rows) * 1e3:6.1f} ms  "
+              f"RSS {median(s.rss_mib for s in rows):5.1f} MiB{tail_text}")
+    teardown = median(teardown_of(s) for s in samples["c"])
+    print(f"  kernel VM teardown (C, close of vCPU/VM fds): {teardown * 1e3:.1f} ms "
+          f"(min {min(teardown_of(s) for s in samples['c']) * 1e3:.1f}, "
+          f"max {max(teardown_of(s) for s in samples['c']) * 1e3:.1f})")
+    m, py, c = samples["m"], samples["py"], samples["c"]
+    wall_m, cpu_m = median(s.wall for s in m), median(s.cpu for s in m)
+    print(f"(m)/(py)   CPU {cpu_m / median(s.cpu for s in py):5.2f}  "
+          f"wall {wall_m / median(s.wall for s in py):5.2f}")
+    print(f"(m)/(c)    CPU {cpu_m / median(s.cpu for s in c):5.2f}  "
+          f"wall {wall_m / median(s.wall for s in c):5.2f}")
+    rss = median(s.rss_mib for s in m)
+    tail_m, tail_c = median(s.tail for s in m), median(s.tail for s in c)
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    print(f"(m) wall {wall_m * 1e3:.1f} ms, target <= {TARGET_WALL * 1e3:.0f} ms: "
+          f"{verdict(wall_m <= TARGET_WALL)}")
+    print(f"(m) RSS {rss:.1f} MiB, target <= {TARGET_RSS_MIB} MiB: "
+          f"{verdict(rss <= TARGET_RSS_MIB)}")
+    print(f"(m) tail {tail_m * 1e3:.1f} ms, target <= {TARGET_TAIL * 1e3:.0f} ms: "
+          f"{verdict(tail_m <= TARGET_TAIL)}; (c) tail {tail_c * 1e3:.1f} ms; "
+          f"(m) tail less the kernel teardown {(tail_m - teardown) * 1e3:.1f} ms")
+    if args.phases:
+        phases = []
+        for _ in range(args.repeat):
+            out = subprocess.run([python, "-c", PHASES, str(GUEST)], env=env, check=True,
+                                 capture_output=True, text=True).stdout.split()
+            phases.append([float(word) for word in out[:4]])
+        names = ("import", "machine set-up + load", "run to the halt", "close (VM teardown)")
+        print("phases inside one minikvm run (median):")
+        for i, name in enumerate(names):
+            print(f"  {name:<24} {median(p[i] for p in phases) * 1e3:6.1f} ms")
+    print(load_average())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

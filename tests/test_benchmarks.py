@@ -1,0 +1,119 @@
+"""The benchmarks build and run: their guests, their C baselines, their loops.
+
+Nothing here is timed: a benchmark's figures are ratios measured on a quiet
+machine (benchmarks/README.md), never asserted. These tests run each loop
+with a small count and check what the benchmarks themselves check -- that
+the Python and C loops did the same work (same final registers, same number
+of changed registers, same RIPs) -- so a benchmark cannot rot unnoticed.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from benchmarks import exit_latency, single_step, startup, virtio_blk
+from benchmarks.common import Rounds, Timing, build_c, ratio_line
+from minikvm.debug.probe import probe_debug_support
+from minikvm.guestbuild import tools_available
+
+pytestmark = [pytest.mark.kvm,
+              pytest.mark.skipif(not tools_available() or shutil.which("gcc") is None,
+                                 reason="needs gcc and binutils")]
+
+
+@pytest.fixture(scope="module")
+def stepping():
+    guests, binary = single_step.build()
+    return guests, binary, probe_debug_support().block_irq
+
+
+def test_rounds_take_medians_and_ratios():
+    rounds = Rounds()
+    for cpu, wall in ((1, 10), (3, 30), (2, 20)):
+        rounds.add("a", Timing(cpu, wall))
+        rounds.add("c", Timing(1, 10))
+    assert rounds.median("a") == Timing(2, 20)
+    assert rounds.ratio("a", "c") == Timing(2, 2)
+    assert ratio_line("(a)/(c)", Timing(1.2, 1.4), 1.3).endswith("met on CPU only")
+
+
+@pytest.mark.parametrize("name", ["calls64", "loop64"])
+def test_single_step_python_and_c_step_the_same_instructions(stepping, tmp_path, name):
+    guests, binary, blockirq = stepping
+    state = tmp_path / "state"
+    single_step.write_state(guests[name], state)
+    steps = 200
+    _, python = single_step.debugger_loop(guests[name], steps)
+    _, c = single_step.c_loop(binary, state, steps, blockirq)
+    _, c_old = single_step.c_loop(binary, state, steps, blockirq, sync=False)
+    _, bare = single_step.bare_loop(guests[name], steps, blockirq)
+    assert python == c                              # RIP, RAX, RDX and the changed count
+    assert python[:3] == c_old[:3] == bare[:3]
+    assert python[3] > steps                        # RIP changes at every step, more besides
+
+
+def test_calls64_mixes_one_byte_and_long_instructions(stepping):
+    from minikvm.debug.debugger import Debugger
+
+    guests, _, _ = stepping
+    with single_step._machine(guests["calls64"]) as machine:
+        debugger = Debugger(machine)
+        lengths = [record.new_pc - record.pc for record in debugger.step(60)][-38:]
+        debugger.close()
+    # two passes of the loop, 19 instructions each: 9 one byte long, and all
+    # but ret land on the next byte (the stepper's hlt check follows those)
+    assert sum(1 for n in lengths if n == 1) == 2 * 8
+    assert max(lengths) > 5
+
+
+def test_single_step_breakdown_runs(stepping, capsys):
+    guests, binary, blockirq = stepping
+    single_step.breakdown("calls64", guests["calls64"], binary, 50, 1, blockirq)
+    assert "record.changed" in capsys.readouterr().out
+
+
+def test_exit_latency_loops_see_the_same_exits():
+    binary = exit_latency.build()
+    exits = 300
+    timing, python_rips = exit_latency.machine_timing(exits, listen=True)
+    _, c_rips = exit_latency.c_loop(binary, exits, 2)
+    assert python_rips == c_rips != 0
+    assert timing.cpu > 0 and timing.wall > 0
+    for mode in (0, 1):
+        assert exit_latency.c_loop(binary, exits, mode)[1] == 0
+    assert exit_latency.raw_loop(exits).wall > 0
+    assert exit_latency.machine_loop(exits) > 0     # what tui_overhead.py builds on
+
+
+def test_startup_c_program_runs_the_guest_and_reports_its_teardown():
+    import os
+
+    spawner, binary = build_c("spawn"), build_c("startup")
+    sample = startup.spawn(spawner, [str(binary), str(startup.GUEST)], dict(os.environ))
+    assert sample.status == 0 and sample.output == startup.EXPECTED
+    assert startup.teardown_of(sample) > 0
+    assert sample.tail is not None and 0 < sample.tail < sample.wall
+    assert 0 < sample.rss_mib < 8                   # the spawner's own RSS does not leak in
+
+
+@pytest.mark.slow
+def test_startup_benchmark_runs(capsys):
+    assert startup.main(["--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "(m)  minikvm run hello.bin" in out and "kernel VM teardown" in out
+
+
+def test_virtio_blk_device_and_baseline_read_the_same_file(tmp_path):
+    path = virtio_blk.make_disk(str(tmp_path / "disk.img"), 1024 * 1024)
+    result = virtio_blk.bench_vmm_side(1024 * 1024, 64 * 1024, 4, path=path)
+    wall, cpu = virtio_blk.bench_preadv(path, 1024 * 1024, 64 * 1024, 4)
+    assert result.requests == 16 and result.device_cpu_seconds > 0
+    assert wall > 0 and cpu >= 0
+
+
+def test_virtio_blk_end_to_end_is_timed_to_the_last_exit():
+    result = virtio_blk.bench_end_to_end(4)
+    assert result.requests == 4 and result.seconds > 0
+    assert result.halt_seconds >= 0
