@@ -143,8 +143,11 @@ class _InputEndWatch:
     reader's end of file, input still queued on the host or unread in the
     device, whether the device listens (:attr:`receiver_ready` for the UART,
     DRIVER_OK for a virtio console), and the guest's output. Once input has
-    ended, all of it was read, and neither output nor reading moved for
-    :data:`INPUT_END_QUIET` seconds, it asks for the end.
+    ended, all of it was read, neither output nor reading moved for
+    :data:`INPUT_END_QUIET` seconds, and the runner's halt checks since then
+    found every vCPU asleep (in ``hlt`` waiting for an interrupt, or parked),
+    it asks for the end. A guest that computes without printing is not
+    asleep, and runs on.
     """
 
     def __init__(self, machine: Machine, stdin: RawStdin, sink: StdoutSink,
@@ -170,9 +173,16 @@ class _InputEndWatch:
             unread = pending() if pending is not None else target.state().get("pending_input", 0)
             return bool(ready), len(machine.serial_input) + unread
 
+    def _asleep(self, checks: list[int]) -> bool:
+        """Every vCPU was looked at by a halt check since ``checks`` (their
+        counts when the quiet began), and the last look found it asleep."""
+        return all(runner.halt_checks > seen and runner.asleep
+                   for runner, seen in zip(self.machine.runners, checks))
+
     def _loop(self) -> None:
         last: tuple[int, int] | None = None
         since = time.monotonic()
+        checks = [runner.halt_checks for runner in self.machine.runners]
         while not self._done.wait(_WATCH_INTERVAL):
             if not self.stdin.eof:
                 continue
@@ -181,8 +191,9 @@ class _InputEndWatch:
             activity = (self.sink.received, unread)
             if activity != last:
                 last, since = activity, now
+                checks = [runner.halt_checks for runner in self.machine.runners]
                 continue
-            if listening and unread == 0 and now - since >= self.quiet:
+            if listening and unread == 0 and now - since >= self.quiet and self._asleep(checks):
                 delivered = self.machine.serial_input.delivered
                 read = (f"the guest read all {delivered} byte{'s' if delivered != 1 else ''}"
                         if delivered else "nothing came for the guest")

@@ -266,6 +266,14 @@ class VcpuRunner:
         """The last halt check found an AP waiting for INIT/SIPI."""
         return self.mp_state in PARKED_STATES
 
+    @property
+    def asleep(self) -> bool:
+        """The last halt check found the vCPU waiting -- in ``hlt`` for an
+        interrupt (whatever RFLAGS.IF), or parked -- rather than running.
+        A guest that computes for a long time without exits is not asleep."""
+        return (self.mp_state is KvmMpState.KVM_MP_STATE_HALTED
+                or self.mp_state in PARKED_STATES)
+
     def rip(self) -> int | None:
         """RIP now (for a report; None when it cannot be read)."""
         try:
