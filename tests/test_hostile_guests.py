@@ -75,6 +75,7 @@ def run_cli(*args: object, timeout: float = 300) -> tuple[int, str, int]:
 
 # -- sweeping what nobody decodes, flooding the debug console -------------------------------
 
+@pytest.mark.slow
 def test_a_guest_sweeping_unclaimed_mmio_and_ports_and_flooding_debugcon_ends_halted_in_bounded_memory(
         guests):
     base = drive("sweep", 0, 0, 0)
@@ -90,6 +91,7 @@ def test_a_guest_sweeping_unclaimed_mmio_and_ports_and_flooding_debugcon_ends_ha
     assert run["maxrss_kib"] - base["maxrss_kib"] < RSS_SLACK_KIB, (base, run)
 
 
+@pytest.mark.slow
 def test_tracing_a_sweeping_guest_to_a_file_keeps_memory_flat(guests):
     # ``minikvm run --trace /dev/null`` of a sweeping guest: the statistics
     # used to keep a row per address (+41% RSS); now they are bounded.
@@ -112,6 +114,7 @@ def changed_bytes(before: bytes, after: bytes) -> set[int]:
     return {i for i in range(len(before)) if before[i] != after[i]}
 
 
+@pytest.mark.slow
 def test_hostile_virtio_guest_ends_halted_and_changes_the_image_only_where_it_wrote(
         guests, tmp_path):
     image = tmp_path / "disk.img"
@@ -146,6 +149,7 @@ def test_hostile_virtio_guest_ends_halted_and_changes_the_image_only_where_it_wr
     assert run["maxrss_kib"] - base["maxrss_kib"] < RSS_SLACK_KIB, (base, run)
 
 
+@pytest.mark.slow
 def test_hostile_virtio_guest_cannot_change_a_read_only_image(guests, tmp_path):
     image = tmp_path / "ro.img"
     original = disk_image(image)
@@ -159,6 +163,7 @@ def test_hostile_virtio_guest_cannot_change_a_read_only_image(guests, tmp_path):
     assert rss - base_rss < RSS_SLACK_KIB, (base_rss, rss)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["--virtio-rng", "--virtio-console"])
 def test_hostile_virtio_guest_against_the_other_device_types_ends_halted(guests, device):
     status, out, _ = run_cli(guests / "virtio_hostile.elf", device, "--timeout", "120")

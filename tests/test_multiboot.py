@@ -28,7 +28,7 @@ from minikvm.loaders.multiboot import (
     load_multiboot,
 )
 from minikvm.memory import GuestMemory
-from tests.conftest import ROOT
+from tests.conftest import ROOT, slow_except
 
 MiB = 1 << 20
 KLUDGE = 1 << 16
@@ -283,14 +283,14 @@ def test_run_detects_a_multiboot_kernel_and_passes_append_and_initrd(guests, tmp
     assert "upper 261120 KiB" in result.stdout
 
 
-@pytest.mark.parametrize("make, extra, words", [
+@pytest.mark.parametrize("make, extra, words", slow_except([
     (lambda p: p.write_bytes(header(0, checksum=7) + bytes(64)), [], "bad checksum"),
     (lambda p: p.write_bytes(header(1 << 5) + bytes(64)), [], "flag bit 5"),
     (lambda p: p.write_bytes(aout_kernel(load_addr=0x40000000)), [], "does not fit in guest RAM"),
     (lambda p: p.write_bytes(aout_kernel()), ["--initrd", "no/such/file"], "no such module"),
     (lambda p: p.write_bytes(aout_kernel()), ["--load-addr", "0x1000"], "Multiboot kernel"),
     (lambda p: p.write_bytes(b"\xf4" * 16), ["--initrd", "README.md"], "no Multiboot header"),
-])
+], "bad checksum"))
 def test_bad_multiboot_input_is_one_line_and_status_2(tmp_path, make, extra, words):
     path = tmp_path / "kernel"
     make(path)

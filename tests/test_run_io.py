@@ -56,6 +56,7 @@ def guest_file(tmp_path):
 
 # --- a stdout that stalls, a reader that leaves ---------------------------------------------
 
+@pytest.mark.slow
 def test_a_stdout_nobody_reads_does_not_stop_the_timeout(guests):
     # `minikvm run flood.bin --timeout 2 | sleep 20`: a small pipe that is never read.
     read_end, write_end = os.pipe()
@@ -90,6 +91,7 @@ def test_a_reader_that_goes_away_ends_the_run_with_141(guests):
     assert len(lines) == 1 and "broken pipe" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_a_reader_that_keeps_up_gets_every_byte_in_order(guests):
     result = minikvm("run", str(guests / "flood.bin"), "--timeout", "1")
     assert result.returncode == 124
@@ -110,6 +112,7 @@ def test_piped_serial_input_keeps_its_first_byte_and_its_end_ends_the_run(guests
     assert len(lines) == 1 and "end of input" in lines[0] and "6 bytes" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_stdin_from_dev_null_ends_a_guest_that_waits_for_input(guests):
     started = time.monotonic()
     result = minikvm("run", str(guests / "serial_echo.bin"), stdin=subprocess.DEVNULL)
@@ -118,12 +121,14 @@ def test_stdin_from_dev_null_ends_a_guest_that_waits_for_input(guests):
     assert time.monotonic() - started < 15
 
 
+@pytest.mark.slow
 def test_the_end_of_input_does_not_end_a_guest_that_never_listens(guests):
     result = minikvm("run", str(guests / "spin.bin"), "--timeout", "2",
                      stdin=subprocess.DEVNULL)
     assert result.returncode == 124
 
 
+@pytest.mark.slow
 def test_ctrl_d_ends_the_echo_guest_with_status_0_not_1(guests):
     result = minikvm("run", str(guests / "serial_echo.bin"), input=b"bye\x04", timeout=60)
     assert result.returncode == 0
@@ -133,6 +138,7 @@ def test_ctrl_d_ends_the_echo_guest_with_status_0_not_1(guests):
 
 # --- statuses and who decided them ------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_guest_status_comes_without_a_line_and_a_vmm_status_with_one(guests, guest_file):
     said_1 = minikvm("run", guest_file(GUEST_SAYS_1))
     crashed = minikvm("run", guest_file(TRIPLE_FAULT), "--mode", "long")
@@ -144,6 +150,7 @@ def test_a_guest_status_comes_without_a_line_and_a_vmm_status_with_one(guests, g
     assert (exitcode.returncode, exitcode.stderr) == ((0x2A << 1) | 1, b"")
 
 
+@pytest.mark.slow
 def test_the_trace_ends_with_who_decided_the_status(guests, guest_file, tmp_path):
     records = {}
     for name, args in (("debug-exit", [guest_file(GUEST_SAYS_1)]),
@@ -164,8 +171,8 @@ def test_the_trace_ends_with_who_decided_the_status(guests, guest_file, tmp_path
 
 @pytest.mark.parametrize("signum, status, words", [
     (signal.SIGINT, 130, "interrupted"),
-    (signal.SIGTERM, 143, "terminated by SIGTERM"),
-    (signal.SIGHUP, 129, "terminated by SIGHUP"),
+    pytest.param(signal.SIGTERM, 143, "terminated by SIGTERM", marks=pytest.mark.slow),
+    pytest.param(signal.SIGHUP, 129, "terminated by SIGHUP", marks=pytest.mark.slow),
 ])
 def test_a_signal_ends_the_run_with_its_status_and_one_line(guests, signum, status, words):
     child = subprocess.Popen(command("run", str(guests / "flood.bin"), "--timeout", "60"),
@@ -189,6 +196,7 @@ def host_memory() -> int:
     return info["MemTotal"] + info.get("SwapTotal", 0)
 
 
+@pytest.mark.slow
 def test_mem_beyond_the_host_is_one_line_naming_the_limit(guests):
     too_much = (host_memory() >> 30) + 2
     for size in (f"{too_much}G", "1T"):
@@ -218,6 +226,7 @@ def test_mem_the_host_refuses_to_map_is_one_line(guests):
     assert len(lines) == 1 and "would not map 4 GiB" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_mem_beyond_3_gib_goes_above_4_gib_and_leaves_the_virtio_windows_to_the_devices(guests):
     result = minikvm("run", str(guests / "virtio_rng.elf"), "--virtio-rng", "--mem", "4G")
     assert result.returncode == 0, result.stderr

@@ -101,7 +101,8 @@ def terminal():
         item.close()
 
 
-@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize("signum, status", [
+    (signal.SIGTERM, 143), pytest.param(signal.SIGHUP, 129, marks=pytest.mark.slow)])
 def test_a_signal_to_run_gives_the_terminal_back(guests, terminal, signum, status):
     tty = terminal("run", str(guests / "serial_echo.bin"))
     assert tty.wait_until_raw(), tty.output[-2000:]
@@ -111,6 +112,7 @@ def test_a_signal_to_run_gives_the_terminal_back(guests, terminal, signum, statu
     assert f"terminated by {signal.Signals(signum).name}".encode() in tty.output
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_run_gives_the_terminal_back(guests, terminal):
     tty = terminal("run", str(guests / "spin.bin"))
     assert tty.wait_until_raw(), tty.output[-2000:]
@@ -120,6 +122,7 @@ def test_ctrl_c_in_run_gives_the_terminal_back(guests, terminal):
     assert b"interrupted" in tty.output
 
 
+@pytest.mark.slow
 def test_typed_lines_are_echoed_on_lines_of_their_own_and_ctrl_d_ends_with_0(guests, terminal):
     tty = terminal("run", str(guests / "serial_echo.bin"))
     assert tty.wait_until_raw(), tty.output[-2000:]
@@ -134,6 +137,7 @@ def test_typed_lines_are_echoed_on_lines_of_their_own_and_ctrl_d_ends_with_0(gue
     assert b"minikvm:" not in tty.output     # the guest ended it: nothing to explain
 
 
+@pytest.mark.slow
 def test_sighup_to_the_tui_gives_the_terminal_back(guests, terminal):
     tty = terminal("tui", str(guests / "spin.bin"))
     assert tty.wait_until_raw(), tty.output[-2000:]

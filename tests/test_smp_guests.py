@@ -118,7 +118,7 @@ def apic_ids_reported(text: str) -> list[int]:
     return sorted(int(lapic) for lapic, _ in found)
 
 
-@pytest.mark.parametrize("vcpus", [1, 2, 4, 8])
+@pytest.mark.parametrize("vcpus", slow_except([1, 2, 4, 8], 2))
 def test_the_smp_guest_starts_every_ap_and_counts_under_a_lock(guests, vcpus):
     stop, debugcon, _, words = smp_run(guests, vcpus)
     text = debugcon.decode()

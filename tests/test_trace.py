@@ -403,6 +403,7 @@ def test_a_guest_sweeping_unclaimed_addresses_and_ports_leaves_the_statistics_bo
     assert len(text.splitlines()) < 3 * (STATS_SHOWN + 10)
 
 
+@pytest.mark.slow
 @pytest.mark.kvm
 def test_minikvm_trace_of_a_sweeping_guest_prints_a_bounded_report_and_a_full_jsonl(
         guests, tmp_path, capsys, monkeypatch):
@@ -425,12 +426,13 @@ def test_minikvm_trace_of_a_sweeping_guest_prints_a_bounded_report_and_a_full_js
     assert sum(1 for line in lines if line["device"] == "unclaimed") == 4 * 2048
 
 
+@pytest.mark.slow
 @pytest.mark.kvm
-def test_minikvm_run_trace_of_a_sweeping_guest_writes_every_exit(guests, tmp_path, capsys):
+def test_minikvm_run_trace_of_a_sweeping_guest_writes_every_exit(guests, tmp_path, capfd):
     path = tmp_path / "run.jsonl"
     assert main(["run", str(guests / "sweep.elf"), "--trace", str(path),
                  "--timeout", "60"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
     assert sum(1 for line in lines if line["reason"] in ("MMIO_READ", "MMIO_WRITE")) == 2 * 2048

@@ -42,6 +42,7 @@ def test_record_svg_of_a_guest_run_to_a_breakpoint(guests, tmp_path):
     assert svg.startswith("<svg") and "breakpoint" in svg
 
 
+@pytest.mark.slow
 def test_the_docs_picture_can_be_regenerated(tmp_path):
     from minikvm.tui.record import main as record
     out = tmp_path / "tui.svg"
