@@ -60,6 +60,8 @@ def test_info_shows_api_version_and_host(guests):
     (["frobnicate"], 2, "invalid choice"),
     (["run", "guests/build/hello.bin", "--entry", "0x900000"], 2, "out of reach in real mode"),
     (["run", "guests/build/hello.bin", "--virtio-blk", "no/such.img"], 2, "no such disk image"),
+    (["run", "guests/build/hello.bin", "--virtio-blk", "guests"], 2,
+     "is a directory, not a disk image file"),
 ], "no such file"))
 def test_bad_input_gets_one_line_and_nonzero_status(args, status, words, guests):
     result = minikvm(*args)

@@ -254,6 +254,17 @@ def test_lesson_list_shows_every_lesson(capsys):
         assert lesson.number in out
 
 
+def test_lesson_list_at_80_columns_shows_every_command_whole(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert lesson_main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 80
+    for lesson in LESSONS:
+        assert f"python lessons/{lesson.script.name}" in out
+        if lesson.starter:
+            assert f"minikvm lesson check {lesson.number}" in out
+
+
 def test_check_without_a_file_here_says_how_to_start(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert lesson_main(["check", "3"]) == 2

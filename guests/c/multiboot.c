@@ -17,18 +17,6 @@
 MULTIBOOT_HEADER(MULTIBOOT_PAGE_ALIGN | MULTIBOOT_MEMORY_INFO);
 MULTIBOOT_ENTRY(kernel_main, 0x6f000);
 
-static void putdec(u32 v)
-{
-    char digits[10];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        putc_e9(digits[--n]);
-}
-
 /* At most `limit` bytes of a guest string, unprintable ones as '.'. */
 static void put_string(const char *s, int limit)
 {
@@ -57,9 +45,9 @@ void __attribute__((used)) kernel_main(u32 magic, const struct multiboot_info *i
     u32 entries = 0, usable_kib = 0;
     if (info->flags & MBI_MEMORY) {
         puts_e9("memory: lower ");
-        putdec(info->mem_lower);
+        putdec_e9(info->mem_lower);
         puts_e9(" KiB, upper ");
-        putdec(info->mem_upper);
+        putdec_e9(info->mem_upper);
         puts_e9(" KiB\n");
     }
     if (info->flags & MBI_MMAP) {
@@ -87,12 +75,12 @@ void __attribute__((used)) kernel_main(u32 magic, const struct multiboot_info *i
     result[5] = usable_kib;
     result[6] = mods;
     puts_e9("modules: ");
-    putdec(mods);
+    putdec_e9(mods);
     puts_e9("\n");
     const struct multiboot_module *m = (const struct multiboot_module *)(uptr)info->mods_addr;
     for (u32 i = 0; i < mods && i < 16; i++) {
         puts_e9("  module ");
-        putdec(i);
+        putdec_e9(i);
         puts_e9(" at ");
         puthex_e9(m[i].start, 8);
         puts_e9("-");

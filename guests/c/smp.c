@@ -66,9 +66,9 @@ static void report(const char *who)
     spin_lock(&lock);
     puts_e9(who);
     puts_e9(": APIC id ");
-    putdec(id);
+    putdec_e9(id);
     puts_e9(", CPUID says ");
-    putdec(from_cpuid);
+    putdec_e9(from_cpuid);
     puts_e9("\n");
     if (id < MAX_CPUS)
         seen[id]++;
@@ -129,7 +129,7 @@ void __attribute__((used)) bsp_main(u32 magic, const struct multiboot_info *info
         hammer = parse_hammer((const char *)(uptr)info->cmdline);
     u32 cpus = fw_cfg_cpus();
     puts_e9("smp: ");
-    putdec(cpus);
+    putdec_e9(cpus);
     puts_e9(" CPUs (fw_cfg)\n");
 
     report("BSP");
@@ -168,13 +168,13 @@ void __attribute__((used)) bsp_main(u32 magic, const struct multiboot_info *info
         code = code ? code : 3;
     }
     puts_e9("smp: ");
-    putdec(1 + started);
+    putdec_e9(1 + started);
     puts_e9(" of ");
-    putdec(cpus);
+    putdec_e9(cpus);
     puts_e9(" CPUs counted to ");
-    putdec(total);
+    putdec_e9(total);
     puts_e9(" (expected ");
-    putdec(expected);
+    putdec_e9(expected);
     puts_e9(failures ? "): FAILED\n" : "): ok\n");
     spin_unlock(&lock);
 

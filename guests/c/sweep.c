@@ -44,18 +44,6 @@ static u64 garbage(void)
     return rng_state;
 }
 
-static void put_u64(u64 v)
-{
-    char digits[20];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        putc_e9(digits[--n]);
-}
-
 void __attribute__((section(".text.start"), noreturn)) _start(void)
 {
     volatile u64 *result = (volatile u64 *)RESULT_ADDR;
@@ -94,13 +82,13 @@ void __attribute__((section(".text.start"), noreturn)) _start(void)
     result[4] = not_floating;
 
     puts_e9("\nsweep: ");
-    put_u64(mmio_count);
+    putdec_e9(mmio_count);
     puts_e9(" MMIO addresses, ");
-    put_u64(port_count);
+    putdec_e9(port_count);
     puts_e9(" ports, ");
-    put_u64(flood_bytes);
+    putdec_e9(flood_bytes);
     puts_e9(" bytes flooded, ");
-    put_u64(not_floating);
+    putdec_e9(not_floating);
     puts_e9(" reads that did not float\n");
     halt();
 }

@@ -83,18 +83,6 @@ static u64 read_capacity(void)
     return value;
 }
 
-static void put_u64(u64 v)
-{
-    char digits[20];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        putc_e9(digits[--n]);
-}
-
 /* Anything but VIRTIO_BLK_S_OK: say what the device answered to `what`
  * (reading/writing `sector`, or flushing), what that likely means, and end
  * the run with VIRTIO_EXIT_REFUSED. */
@@ -106,7 +94,7 @@ static void check(u8 answer, const char *what, int has_sector, u64 sector)
     puts_e9(what);
     if (has_sector) {
         puts_e9(" sector ");
-        put_u64(sector);
+        putdec_e9(sector);
     }
     puts_e9(" failed: ");
     if (answer == VIRTIO_BLK_S_IOERR) {
@@ -115,12 +103,12 @@ static void check(u8 answer, const char *what, int has_sector, u64 sector)
         if (has_sector && sector >= now) {
             if (now < capacity) {
                 puts_e9(" (the disk shrank from ");
-                put_u64(capacity);
+                putdec_e9(capacity);
                 puts_e9(" to ");
             } else {
                 puts_e9(" (the disk has ");
             }
-            put_u64(now);
+            putdec_e9(now);
             puts_e9(now == 1 ? " sector" : " sectors");
             puts_e9(now < capacity ? " while we ran" : "");
             puts_e9(": the sector is past its end)");

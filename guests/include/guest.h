@@ -45,6 +45,20 @@ static inline void puts_e9(const char *s)
         putc_e9(*s++);
 }
 
+/* Print v in decimal. unsigned long is the guest's word: 32 bits for -m32
+ * guests (no 64-bit division, which would need libgcc), 64 for -m64. */
+static inline void putdec_e9(unsigned long v)
+{
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        putc_e9(digits[--n]);
+}
+
 /* Print v as 0x-prefixed hexadecimal with `digits` digits. */
 static inline void puthex_e9(u64 v, int digits)
 {

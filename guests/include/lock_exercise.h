@@ -88,13 +88,13 @@ void __attribute__((used)) exercise_main(void)
     count_rounds(lapic_id());
     wait_for(&s->finished, 1 + s->started);
     puts_e9("lock exercise: ");
-    putdec(1 + s->started);
+    putdec_e9(1 + s->started);
     puts_e9(" CPUs, counter ");
-    putdec(s->counter);
+    putdec_e9(s->counter);
     puts_e9(" of ");
-    putdec((1 + s->started) * ROUNDS);
+    putdec_e9((1 + s->started) * ROUNDS);
     puts_e9(", overlaps ");
-    putdec(s->overlaps);
+    putdec_e9(s->overlaps);
     puts_e9("\n");
     s->done = 1;
     halt();

@@ -130,18 +130,6 @@ static inline u32 fw_cfg_cpus(void)
     return n < 1 ? 1 : n > MAX_CPUS ? MAX_CPUS : n;
 }
 
-static inline void putdec(u32 v)
-{
-    char digits[10];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        putc_e9(digits[--n]);
-}
-
 static inline void send_ipi(u32 icr)
 {
     lapic_write(LAPIC_ICR_HIGH, 0);

@@ -55,15 +55,17 @@ def _print_list(console: Console) -> int:
 
     from minikvm.lessons.catalog import LESSONS
 
-    table = Table(title="minikvm lessons (lessons/README.md)", title_justify="left")
-    table.add_column("NN")
-    table.add_column("lesson")
-    table.add_column("run it")
-    table.add_column("exercise")
+    # Commands are never cut or broken (a person copies them): they get a
+    # line of their own under the title, which wraps instead.
+    table = Table(title="minikvm lessons (lessons/README.md)", title_justify="left",
+                  show_lines=True)
+    table.add_column("NN", no_wrap=True)
+    table.add_column("lesson and how to run it")
     for lesson in LESSONS:
-        exercise = (f"minikvm lesson check {lesson.number}" if lesson.starter else "")
-        table.add_row(lesson.number, lesson.title,
-                      f"python lessons/{lesson.script.name}", exercise)
+        commands = f"python lessons/{lesson.script.name}"
+        if lesson.starter:
+            commands += f"\nexercise: minikvm lesson check {lesson.number}"
+        table.add_row(lesson.number, f"{lesson.title}\n[bold]{commands}[/bold]")
     console.print(table)
     return CheckStatus.PASSED
 

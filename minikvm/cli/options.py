@@ -161,8 +161,12 @@ def parse_blk(text: str) -> tuple[str, bool]:
     path, _, option = text.partition(",")
     if option not in ("", "ro"):
         raise argparse.ArgumentTypeError(f"{text!r}: the only option after the path is ',ro'")
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path!r} is a directory, not a disk image file "
+                                         "(make one with: truncate -s 1M disk.img)")
     if not os.path.isfile(path):
-        raise argparse.ArgumentTypeError(f"{path!r}: no such disk image file")
+        raise argparse.ArgumentTypeError(f"{path!r}: no such disk image file "
+                                         "(make one with: truncate -s 1M disk.img)")
     if not os.access(path, os.R_OK | (0 if option == "ro" else os.W_OK)):
         raise argparse.ArgumentTypeError(f"{path!r}: permission denied")
     return path, option == "ro"
