@@ -391,6 +391,7 @@ class RawStdin:
         self._saved: list | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake_w = -1
 
     def __enter__(self) -> RawStdin:
         fd = self._fd_argument
@@ -479,16 +480,29 @@ class RawStdin:
         if self._thread is not None or self.fd < 0:
             return
         self._stop.clear()
+        # A pipe whose other end stop_reader() writes: the thread's select()
+        # wakes at once instead of at the end of its poll (the "self-pipe").
+        wake_r, self._wake_w = os.pipe()
 
         def loop() -> None:
-            while not self._stop.is_set() and not self.eof:
-                room = min(host_input.free(), _READ_CHUNK)
-                if room <= 0:
-                    self._stop.wait(poll_seconds)
-                    continue
-                data = self.read_available(room, timeout=poll_seconds)
-                if data and host_input.put(data) and on_input is not None:
-                    on_input()
+            try:
+                while not self._stop.is_set() and not self.eof:
+                    room = min(host_input.free(), _READ_CHUNK)
+                    if room <= 0:
+                        self._stop.wait(poll_seconds)
+                        continue
+                    try:
+                        readable, _, _ = select.select([self.fd, wake_r], [], [], poll_seconds)
+                    except (OSError, ValueError):
+                        self.eof = True
+                        break
+                    if self.fd not in readable:
+                        continue
+                    data = self.read_available(room)
+                    if data and host_input.put(data) and on_input is not None:
+                        on_input()
+            finally:
+                os.close(wake_r)
 
         self._thread = threading.Thread(target=loop, name="minikvm-stdin", daemon=True)
         self._thread.start()
@@ -498,7 +512,13 @@ class RawStdin:
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
+            wake_w, self._wake_w = self._wake_w, -1
+            try:
+                os.write(wake_w, b"x")
+            except OSError:
+                pass
             thread.join(timeout=2.0)
+            os.close(wake_w)
 
 
 # --- signals that end the VMM ----------------------------------------------------------------
