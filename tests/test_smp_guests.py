@@ -118,7 +118,7 @@ def apic_ids_reported(text: str) -> list[int]:
     return sorted(int(lapic) for lapic, _ in found)
 
 
-@pytest.mark.parametrize("vcpus", slow_except([1, 2, 4, 8], 2))
+@pytest.mark.parametrize("vcpus", slow_except([1, 2, 4, 8], 1))
 def test_the_smp_guest_starts_every_ap_and_counts_under_a_lock(guests, vcpus):
     stop, debugcon, _, words = smp_run(guests, vcpus)
     text = debugcon.decode()
@@ -147,7 +147,7 @@ def minikvm(*args: str) -> subprocess.CompletedProcess:
                           timeout=120, cwd=ROOT)
 
 
-@pytest.mark.parametrize("vcpus", slow_except([1, 2, 4, 8], 4))
+@pytest.mark.parametrize("vcpus", slow_except([1, 2, 4, 8], 2))
 def test_cli_smp_reports_each_apic_id_once(guests, vcpus):
     result = minikvm("run", str(guests / "smp.elf"), "--smp", str(vcpus), "--timeout", "60")
     text = result.stdout.decode()
