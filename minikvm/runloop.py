@@ -48,39 +48,34 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
     limit = None if max_exits is None else machine.exit_count + max_exits
     while True:
         if listeners:
-            event = handle(runner.run(), runner, explain=True, capture_rip=True)
+            stop = handle(runner.run(), runner, explain=True, capture_rip=True).stop
         else:
             reason = run_reason()
+            fast = False
             if reason == _KVM_EXIT_IO:
                 direction, size, port, count, offset = read_io(page)
-                if count == 1:
-                    with lock:
-                        if serial_input.waiting:
-                            machine.deliver_host_input()
-                        if direction == KVM_EXIT_IO_OUT:
-                            pio.write_value(port, size, int.from_bytes(
-                                page[offset:offset + size], "little"))
-                        else:
-                            page[offset:offset + size] = pio.read_value(
-                                port, size).to_bytes(size, "little")
-                        machine.exit_count += 1
-                        device_stop, machine.device_stop = machine.device_stop, None
-                    if device_stop is not None:
-                        return device_stop.but(vcpu=runner.index)
-                    if limit is not None and machine.exit_count >= limit:
-                        return _limit_stop(runner, max_exits)
-                    if until is not None and until():
-                        return _until_stop(runner)
-                    continue
-            event = handle(runner.decode(reason), runner, explain=False)
-        stop = event.stop
+                fast = count == 1
+            if fast:
+                with lock:
+                    if serial_input.waiting:
+                        machine.deliver_host_input()
+                    if direction == KVM_EXIT_IO_OUT:
+                        pio.write_value(port, size, int.from_bytes(
+                            page[offset:offset + size], "little"))
+                    else:
+                        page[offset:offset + size] = pio.read_value(
+                            port, size).to_bytes(size, "little")
+                    machine.exit_count += 1
+                    device_stop, machine.device_stop = machine.device_stop, None
+                stop = None if device_stop is None else device_stop.but(vcpu=runner.index)
+            else:
+                stop = handle(runner.decode(reason), runner, explain=False).stop
         if stop is not None:
             return stop  # type: ignore[return-value]
         if limit is not None and machine.exit_count >= limit:
             return _limit_stop(runner, max_exits)
         if until is not None and until():
             return _until_stop(runner)
-
 
 def _limit_stop(runner: VcpuRunner, max_exits: int | None) -> Stop:
     return Stop(StopKind.EXIT_LIMIT, None, f"stopped after {max_exits} exits", runner.rip(),
