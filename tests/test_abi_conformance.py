@@ -170,6 +170,7 @@ FLEXIBLE_ARRAY_FACTORIES = {
     uapi.kvm_msrs: uapi.make_kvm_msrs,
     uapi.kvm_msr_list: uapi.make_kvm_msr_list,
     uapi.kvm_cpuid2: uapi.make_kvm_cpuid2,
+    uapi.kvm_xsave: uapi.make_kvm_xsave,
 }
 
 # ---------------------------------------------------------------------------

@@ -52,6 +52,8 @@ from minikvm.kvm.uapi import (
     kvm_translation,
     kvm_userspace_memory_region,
     kvm_vcpu_events,
+    kvm_xcrs,
+    kvm_xsave,
 )
 
 __all__ = [
@@ -79,7 +81,8 @@ __all__ = [
     "KVM_SET_CPUID2", "KVM_GET_CPUID2", "KVM_GET_MP_STATE", "KVM_SET_MP_STATE",
     "KVM_NMI", "KVM_SET_GUEST_DEBUG", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS",
     "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_SET_TSC_KHZ", "KVM_GET_TSC_KHZ",
-    "KVM_KVMCLOCK_CTRL", "KVM_SMI",
+    "KVM_KVMCLOCK_CTRL", "KVM_SMI", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XSAVE2",
+    "KVM_GET_XCRS", "KVM_SET_XCRS",
 ]
 
 # ---------------------------------------------------------------------------
@@ -205,6 +208,15 @@ KVM_SET_TSC_KHZ = _IO(KVMIO, 0xA2)  # argument: frequency in kHz (int)
 KVM_GET_TSC_KHZ = _IO(KVMIO, 0xA3)
 KVM_KVMCLOCK_CTRL = _IO(KVMIO, 0xAD)
 KVM_SMI = _IO(KVMIO, 0xB7)
+# XSAVE state (KVM_CAP_XSAVE). The number encodes sizeof(struct kvm_xsave),
+# 4 KiB; KVM_GET_XSAVE2 (KVM_CAP_XSAVE2) may write more than that: as many
+# bytes as KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2) said, and KVM_SET_XSAVE then
+# reads as many.
+KVM_GET_XSAVE = _IOR(KVMIO, 0xA4, kvm_xsave)
+KVM_SET_XSAVE = _IOW(KVMIO, 0xA5, kvm_xsave)
+KVM_GET_XCRS = _IOR(KVMIO, 0xA6, kvm_xcrs)
+KVM_SET_XCRS = _IOW(KVMIO, 0xA7, kvm_xcrs)
+KVM_GET_XSAVE2 = _IOR(KVMIO, 0xCF, kvm_xsave)
 
 # ---------------------------------------------------------------------------
 # Tables by file descriptor
@@ -274,6 +286,11 @@ VCPU_IOCTLS: dict[str, int] = {
     "KVM_GET_TSC_KHZ": KVM_GET_TSC_KHZ,
     "KVM_KVMCLOCK_CTRL": KVM_KVMCLOCK_CTRL,
     "KVM_SMI": KVM_SMI,
+    "KVM_GET_XSAVE": KVM_GET_XSAVE,
+    "KVM_SET_XSAVE": KVM_SET_XSAVE,
+    "KVM_GET_XSAVE2": KVM_GET_XSAVE2,
+    "KVM_GET_XCRS": KVM_GET_XCRS,
+    "KVM_SET_XCRS": KVM_SET_XCRS,
 }
 
 #: Every ioctl above, by name.

@@ -62,10 +62,10 @@ __all__ = [
     "kvm_run_io", "kvm_run_debug", "kvm_run_mmio", "kvm_run_hypercall",
     "kvm_run_tpr_access", "kvm_run_internal", "kvm_run_emulation_failure",
     "kvm_run_system_event", "kvm_run_eoi", "kvm_run_msr", "kvm_run_notify",
-    "kvm_run_s",
+    "kvm_run_s", "kvm_xsave", "kvm_xcr", "kvm_xcrs",
     "ALL_STRUCTS",
     # variable-length structures
-    "make_kvm_msrs", "make_kvm_msr_list", "make_kvm_cpuid2",
+    "make_kvm_msrs", "make_kvm_msr_list", "make_kvm_cpuid2", "make_kvm_xsave",
     # enumerations
     "KvmExit", "KvmCap", "KvmSystemEvent", "KvmInternalError", "KvmMpState",
     "KvmGuestDbg", "KvmMemFlag", "KvmVcpuEventValid",
@@ -99,6 +99,7 @@ __all__ = [
     "KVM_MSR_EXIT_REASON_INVAL", "KVM_MSR_EXIT_REASON_UNKNOWN",
     "KVM_MSR_EXIT_REASON_FILTER",
     "KVM_PIO_PAGE_OFFSET", "KVM_COALESCED_MMIO_PAGE_OFFSET",
+    "KVM_MAX_XCRS",
 ]
 
 # ---------------------------------------------------------------------------
@@ -798,6 +799,57 @@ KVM_GUESTDBG_INJECT_BP = KvmGuestDbg.KVM_GUESTDBG_INJECT_BP
 KVM_GUESTDBG_BLOCKIRQ = KvmGuestDbg.KVM_GUESTDBG_BLOCKIRQ
 
 
+# ---------------------------------------------------------------------------
+# Extended processor state (KVM_GET/SET_XSAVE, KVM_GET_XSAVE2, KVM_GET/SET_XCRS)
+# ---------------------------------------------------------------------------
+
+class kvm_xsave(ctypes.Structure):
+    """``KVM_GET_XSAVE``/``KVM_SET_XSAVE``/``KVM_GET_XSAVE2``: the vCPU's
+    XSAVE area (x87, SSE, AVX, ... state; Intel SDM vol. 1, 13.4 "XSAVE Area").
+
+    The first 4 KiB are always there; ``KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)``
+    on the VM fd says how big the whole area is (4096 unless a dynamically
+    enabled feature such as AMX makes it bigger), and ``extra[]`` holds the
+    rest: see :func:`make_kvm_xsave`. The layout of the area inside follows
+    the host's CPUID leaf 0xD, so it only means the same on a like host.
+    """
+
+    _fields_ = [("region", c_uint32 * 1024)]
+    _flexible_array_ = ("extra", c_uint32)
+
+
+def make_kvm_xsave(n: int = 0) -> kvm_xsave:
+    """A zeroed ``kvm_xsave`` with ``extra[n]``: ``4096 + 4 * n`` bytes in all
+    (``n = (size - 4096) // 4`` for the size ``KVM_CAP_XSAVE2`` reports)."""
+    return _with_flexible_array(kvm_xsave, n)()
+
+
+#: How many entries ``kvm_xcrs`` has room for.
+KVM_MAX_XCRS = 16
+
+
+class kvm_xcr(ctypes.Structure):
+    """One extended control register: ``xcr`` is its number (0: XCR0, which
+    says which state components XSAVE manages), ``value`` its contents."""
+
+    _fields_ = [
+        ("xcr", c_uint32),
+        ("reserved", c_uint32),
+        ("value", c_uint64),
+    ]
+
+
+class kvm_xcrs(ctypes.Structure):
+    """``KVM_GET_XCRS``/``KVM_SET_XCRS``: ``nr_xcrs`` valid entries of ``xcrs``."""
+
+    _fields_ = [
+        ("nr_xcrs", c_uint32),
+        ("flags", c_uint32),
+        ("xcrs", kvm_xcr * KVM_MAX_XCRS),
+        ("padding", c_uint64 * 16),
+    ]
+
+
 class kvm_enable_cap(ctypes.Structure):
     """``KVM_ENABLE_CAP``: turn on capability ``cap`` with up to four arguments."""
 
@@ -1347,7 +1399,7 @@ ALL_STRUCTS: tuple[type, ...] = (
     kvm_vcpu_events_exception, kvm_vcpu_events_interrupt, kvm_vcpu_events_nmi,
     kvm_vcpu_events_smi, kvm_vcpu_events_triple_fault, kvm_vcpu_events,
     kvm_debug_exit_arch, kvm_guest_debug_arch, kvm_guest_debug,
-    kvm_enable_cap, kvm_clock_data, kvm_sync_regs,
+    kvm_enable_cap, kvm_clock_data, kvm_sync_regs, kvm_xsave, kvm_xcr, kvm_xcrs,
     kvm_run_hw, kvm_run_fail_entry, kvm_run_ex, kvm_run_io, kvm_run_debug,
     kvm_run_mmio, kvm_run_hypercall, kvm_run_tpr_access, kvm_run_internal,
     _kvm_run_emulation_failure_insn, _kvm_run_emulation_failure_u,

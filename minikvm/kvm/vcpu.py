@@ -46,8 +46,10 @@ from minikvm.kvm.uapi import (
     kvm_sregs,
     kvm_translation,
     kvm_vcpu_events,
+    kvm_xcrs,
     make_kvm_cpuid2,
     make_kvm_msrs,
+    make_kvm_xsave,
 )
 
 if TYPE_CHECKING:
@@ -303,6 +305,54 @@ class Vcpu(KvmFd):
         lapic = kvm_lapic_state()
         self._ioctl(ioctls.KVM_GET_LAPIC, lapic)
         return lapic
+
+    def set_lapic(self, lapic: kvm_lapic_state) -> None:
+        """``KVM_SET_LAPIC``: load the local APIC's register page (its timer
+        restarts from the current-count register: kvm_apic_set_state,
+        arch/x86/kvm/lapic.c)."""
+        self._ioctl(ioctls.KVM_SET_LAPIC, lapic)
+
+    def set_mp_state(self, mp_state: int) -> None:
+        """``KVM_SET_MP_STATE``: runnable, halted, waiting for INIT/SIPI..."""
+        self._ioctl(ioctls.KVM_SET_MP_STATE, kvm_mp_state(mp_state=int(mp_state)))
+
+    def get_xsave(self, size: int = 4096) -> bytes:
+        """The XSAVE area, ``size`` bytes: ``KVM_GET_XSAVE2`` when ``size``
+        comes from ``KVM_CAP_XSAVE2`` (it may exceed 4 KiB), else
+        ``KVM_GET_XSAVE`` (exactly 4 KiB)."""
+        if size < 4096 or size % 4:
+            raise ValueError(f"an XSAVE area is a multiple of 4 bytes, at least 4096, not {size}")
+        xsave = make_kvm_xsave((size - 4096) // 4)
+        request = ioctls.KVM_GET_XSAVE if size == 4096 else ioctls.KVM_GET_XSAVE2
+        self._ioctl(request, xsave)
+        return bytes(xsave)
+
+    def set_xsave(self, area: bytes) -> None:
+        """``KVM_SET_XSAVE``: load an XSAVE area of the size KVM reported
+        (``KVM_CAP_XSAVE2``); x87 and SSE state are part of it."""
+        if len(area) < 4096 or len(area) % 4:
+            raise ValueError(f"an XSAVE area is a multiple of 4 bytes, at least 4096, not {len(area)}")
+        xsave = make_kvm_xsave((len(area) - 4096) // 4)
+        ctypes.memmove(ctypes.addressof(xsave), area, len(area))
+        self._ioctl(ioctls.KVM_SET_XSAVE, xsave)
+
+    def get_xcrs(self) -> dict[int, int]:
+        """``KVM_GET_XCRS``: the extended control registers (XCR0), by number."""
+        xcrs = kvm_xcrs()
+        self._ioctl(ioctls.KVM_GET_XCRS, xcrs)
+        count = min(xcrs.nr_xcrs, len(xcrs.xcrs))
+        return {xcrs.xcrs[i].xcr: xcrs.xcrs[i].value for i in range(count)}
+
+    def set_xcrs(self, values: dict[int, int]) -> None:
+        """``KVM_SET_XCRS``."""
+        xcrs = kvm_xcrs()
+        if len(values) > len(xcrs.xcrs):
+            raise ValueError(f"{len(values)} XCRs: KVM takes at most {len(xcrs.xcrs)}")
+        xcrs.nr_xcrs = len(values)
+        for entry, (number, value) in zip(xcrs.xcrs, values.items()):
+            entry.xcr = number
+            entry.value = value
+        self._ioctl(ioctls.KVM_SET_XCRS, xcrs)
 
     def get_mp_state(self) -> int:
         """``KVM_GET_MP_STATE``: runnable, halted, waiting for INIT/SIPI..."""

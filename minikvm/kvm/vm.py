@@ -14,10 +14,12 @@ from minikvm.kvm import ioctls
 from minikvm.kvm.fd import KvmFd
 from minikvm.kvm.uapi import (
     KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data,
     kvm_dirty_log,
     kvm_irq_level,
     kvm_irqchip,
     kvm_pit_config,
+    kvm_pit_state2,
     kvm_userspace_memory_region,
 )
 from minikvm.kvm.vcpu import Vcpu
@@ -85,6 +87,33 @@ class Vm(KvmFd):
         chip = kvm_irqchip(chip_id=chip_id)
         self._ioctl(ioctls.KVM_GET_IRQCHIP, chip)
         return chip
+
+    def set_irqchip(self, chip: kvm_irqchip) -> None:
+        """``KVM_SET_IRQCHIP``: load the state of one in-kernel PIC or the
+        IOAPIC (``chip.chip_id`` says which)."""
+        self._ioctl(ioctls.KVM_SET_IRQCHIP, chip)
+
+    def get_pit2(self) -> kvm_pit_state2:
+        """``KVM_GET_PIT2``: the in-kernel 8254's three channels and flags."""
+        state = kvm_pit_state2()
+        self._ioctl(ioctls.KVM_GET_PIT2, state)
+        return state
+
+    def set_pit2(self, state: kvm_pit_state2) -> None:
+        """``KVM_SET_PIT2``: load the 8254's state; a counting channel's
+        timer is re-armed from its count (kvm_vm_ioctl_set_pit2, arch/x86/kvm/x86.c)."""
+        self._ioctl(ioctls.KVM_SET_PIT2, state)
+
+    def get_clock(self) -> kvm_clock_data:
+        """``KVM_GET_CLOCK``: the guest's kvmclock (nanoseconds since the VM began)."""
+        data = kvm_clock_data()
+        self._ioctl(ioctls.KVM_GET_CLOCK, data)
+        return data
+
+    def set_clock(self, clock_ns: int) -> None:
+        """``KVM_SET_CLOCK``: make the kvmclock read ``clock_ns`` now (no flags:
+        the clock goes on from that value, whatever the wall time did)."""
+        self._ioctl(ioctls.KVM_SET_CLOCK, kvm_clock_data(clock=clock_ns))
 
     def get_dirty_log(self, slot: int, pages: int) -> bytes:
         """``KVM_GET_DIRTY_LOG``: a bitmap of the pages written in ``slot``
