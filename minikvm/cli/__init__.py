@@ -4,7 +4,7 @@
 DESIGN.md (0 halt, ``(v<<1)|1`` debug exit, 3 crash, 124 timeout, 2 bad
 usage or guest file, 1 KVM unavailable: :class:`~minikvm.core.board.ExitStatus`;
 130 Ctrl-C, 143/129 SIGTERM/SIGHUP, 141 stdout closed).
-``trace``, ``tui``, ``info`` and ``lesson`` are the other subcommands, each
+``resume``, ``snapshot``, ``trace``, ``tui``, ``info`` and ``lesson`` are the other subcommands, each
 in its own module with ``HELP``, ``add_arguments(parser)`` and ``run(args)``:
 
 * :mod:`~minikvm.cli.options` -- the run options shared by run/trace/tui,
@@ -28,14 +28,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from minikvm.cli import info, lesson, run, trace, tui
+from minikvm.cli import info, lesson, resume, run, snapshot, trace, tui
 from minikvm.cli.options import Parser, UsageError
 from minikvm.core.board import ExitStatus
 
 __all__ = ["COMMANDS", "UsageError", "build_parser", "entry", "main"]
 
 #: The subcommands, in the order ``minikvm --help`` lists them.
-COMMANDS = {"run": run, "trace": trace, "info": info, "tui": tui, "lesson": lesson}
+COMMANDS = {"run": run, "resume": resume, "snapshot": snapshot, "trace": trace, "info": info,
+            "tui": tui, "lesson": lesson}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,10 +41,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from minikvm.cli.options import (UsageError, add_gdb_option, add_run_options, config_from_args,
                                  guest_file_errors)
+from minikvm.cli.snapshot_options import (add_snapshot_options, check_snapshot_options,
+                                          save_snapshot_words)
 from minikvm.core.board import ExitStatus
 
 if TYPE_CHECKING:
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
     from minikvm.machine import Machine
 
 __all__ = ["INPUT_END_QUIET", "OUTPUT_CLOSED", "OUTPUT_GRACE", "Outcome", "add_arguments",
-           "outcome", "run"]
+           "drive", "outcome", "run"]
 
 HELP = "run a guest to completion"
 
@@ -74,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", default=None, metavar="FILE",
                         help="record every VM exit to FILE as JSON Lines")
     add_gdb_option(parser)
+    add_snapshot_options(parser)
 
 
 @dataclass
@@ -260,15 +264,31 @@ def _drain(sink: StdoutSink, deadline: float | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minikvm.hostio import RawStdin, StdoutSink
     from minikvm.machine import Machine
 
     config = config_from_args(args)
+    check_snapshot_options(args)
+
+    def build(sink: StdoutSink) -> Machine:
+        with guest_file_errors(config.guest, config.mem_size):
+            return Machine.from_config(config, output=sink)
+
+    return drive(args, build)
+
+
+def drive(args: argparse.Namespace, build: Callable[[StdoutSink], Machine]) -> int:
+    """Run the machine ``build`` makes (given the output sink) as ``minikvm
+    run`` does -- input, output, ``--gdb``, ``--trace``, ``--snapshot`` --
+    and return the process status. ``minikvm resume`` shares it."""
+    from minikvm.core.stop import StopKind
+    from minikvm.hostio import RawStdin, StdoutSink
+
     ending = _Ending()
     sink = StdoutSink(on_error=ending.output_failed)
-    with guest_file_errors(config.guest, config.mem_size):
-        machine = Machine.from_config(config, output=sink)
+    machine = build(sink)
     ending.machine = machine
+    snapshot = getattr(args, "snapshot", None)
+    max_exits = getattr(args, "snapshot_after_exits", None) if snapshot else None
     started = time.monotonic()
     tracer = None
     stop = None
@@ -292,13 +312,20 @@ def run(args: argparse.Namespace) -> int:
                     from minikvm.gdb.serve import serve_gdb
                     stop = serve_gdb(machine, args.gdb, guest=args.guest, timeout=args.timeout)
                 else:
-                    stop = machine.run(timeout=args.timeout)
+                    stop = machine.run(timeout=args.timeout, max_exits=max_exits)
             finally:
                 if watch is not None:
                     watch.stop()
                 stdin.stop_reader()
                 debug_exit_value = machine.debug_exit.last_value
-        result = outcome(stop, ending.outcome)
+            saved = None
+            if snapshot and ending.outcome is None and stop.kind is StopKind.EXIT_LIMIT:
+                saved = save_snapshot_words(machine, snapshot)
+        result = Outcome(ExitStatus.OK.value, "vmm", saved) if saved else outcome(stop, ending.outcome)
+        if snapshot and not saved:
+            note = (f"no snapshot: the run ended after {machine.exit_count} exits, before "
+                    f"{max_exits}")
+            result.line = f"{result.line}; {note}" if result.line else note
         deadline = None if args.timeout is None else started + args.timeout
         _drain(sink, deadline)
         if sink.broken:

@@ -9,8 +9,8 @@ allocate 2**64 bytes. So the container is small and strict:
 header     ``MAGIC`` (8 bytes), format ``VERSION`` (u32), section
            count (u32), CRC32 of those 16 bytes (u32)
 section    tag (4 ASCII bytes), index (u32: which vCPU, memory region
-           or irqchip), length (u64), CRC32 of the payload (u32), then
-           ``length`` bytes of payload
+           or irqchip), length (u64), CRC32 of those 16 bytes and the
+           payload (u32), then ``length`` bytes of payload
 =========  ==========================================================
 
 All numbers are little-endian. Small structured parts (the configuration,
@@ -45,7 +45,7 @@ MAGIC = b"MKVM\x1aSNP"
 VERSION = 1
 #: magic, version, section count, CRC32 of the preceding 16 bytes.
 HEADER = struct.Struct("<8sIII")
-#: tag, index, payload length, payload CRC32.
+#: tag, index, payload length, CRC32 of the three and the payload.
 SECTION = struct.Struct("<4sIQI")
 #: At most this many sections (a few per vCPU of the 64 a machine may have,
 #: the memory regions, the VM's own): a count above it is refused at once.
@@ -107,8 +107,8 @@ def write_sections(path: str, sections: Iterable[Section]) -> int:
         with open(temporary, "wb") as file:
             file.write(head + struct.pack("<I", zlib.crc32(head)))
             for section in sections:
-                file.write(SECTION.pack(section.tag, section.index, len(section.payload),
-                                        zlib.crc32(section.payload)))
+                fields = _FIELDS.pack(section.tag, section.index, len(section.payload))
+                file.write(fields + struct.pack("<I", _crc(fields, section.payload)))
                 file.write(section.payload)
             file.flush()
             os.fsync(file.fileno())
@@ -121,6 +121,15 @@ def write_sections(path: str, sections: Iterable[Section]) -> int:
             pass
         raise SnapshotError(f"cannot write the snapshot {path}: {err.strerror or err}") from None
     return size
+
+
+_FIELDS = struct.Struct("<4sIQ")
+
+
+def _crc(fields: bytes, payload: bytes) -> int:
+    """A section's CRC covers its tag, index and length too: a flipped bit
+    there would otherwise turn one valid section into another."""
+    return zlib.crc32(payload, zlib.crc32(fields))
 
 
 def _read_exactly(file: BinaryIO, size: int, what: str) -> bytes:
@@ -174,7 +183,7 @@ def read_sections(path: str) -> list[Section]:
                 raise SnapshotError(f"{path} is truncated: section {tag.decode()}[{index}] "
                                     f"needs {length} bytes, {left} are left")
             payload = _read_exactly(file, length, f"section {tag.decode()}[{index}]")
-            if zlib.crc32(payload) != crc:
+            if _crc(raw[:_FIELDS.size], payload) != crc:
                 raise SnapshotError(f"{path}: section {tag.decode()}[{index}] is corrupted "
                                     "(CRC mismatch)")
             sections.append(Section(tag, index, payload))

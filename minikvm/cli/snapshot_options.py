@@ -1,0 +1,61 @@
+"""``--snapshot FILE --snapshot-after-exits N``: what ``run`` and ``resume`` share.
+
+The run goes N VM exits (the exits of all vCPUs count), every vCPU
+completes the instruction it exited on, the machine is saved to FILE, and
+the process ends with status 0 and one line on stderr; stdout carries only
+what the guest wrote. A guest that ends sooner ends as always, with its
+own status, and a line saying no snapshot was made.
+
+Only the standard library is imported here: the parser is built for
+every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from minikvm.cli.options import UsageError, format_size
+
+if TYPE_CHECKING:
+    from minikvm.machine import Machine
+
+__all__ = ["add_snapshot_options", "check_snapshot_options", "save_snapshot_words"]
+
+
+def _positive(text: str) -> int:
+    from minikvm.cli.options import parse_int
+
+    value = parse_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least one exit")
+    return value
+
+
+def add_snapshot_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--snapshot", default=None, metavar="FILE",
+                        help="save the whole machine to FILE after --snapshot-after-exits N "
+                             "exits and stop (continue it with: minikvm resume FILE)")
+    parser.add_argument("--snapshot-after-exits", type=_positive, default=None, metavar="N",
+                        help="how many VM exits (of all vCPUs) to run before --snapshot")
+
+
+def check_snapshot_options(args: argparse.Namespace) -> None:
+    """The two options come together, and not with ``--gdb`` (the debugger
+    decides when the guest runs)."""
+    if (args.snapshot is None) != (args.snapshot_after_exits is None):
+        raise UsageError("--snapshot FILE and --snapshot-after-exits N go together")
+    if args.snapshot is not None and getattr(args, "gdb", None) is not None:
+        raise UsageError("--snapshot and --gdb cannot be used together")
+
+
+def save_snapshot_words(machine: Machine, path: str) -> str:
+    """Save ``machine`` to ``path``; the line that says so."""
+    from minikvm.snapshot.format import SnapshotError
+
+    try:
+        saved = machine.save_snapshot(path)
+    except SnapshotError as err:
+        raise UsageError(str(err)) from None
+    return (f"saved snapshot {path} after {saved.exit_count} exits ({format_size(saved.size)}, "
+            f"{saved.memory_pages} pages of RAM, {saved.seconds * 1000:.1f} ms)")
