@@ -243,6 +243,7 @@ def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any]) ->
     device_states = need_dict(doc.get("devices"), "DEVS.devices")
     # Restore: devices (validated whole by restore_devices before it changes any).
     try:
+        machine.serial_input.check_state(doc.get("host_input"))
         restore_devices((machine.pio, machine.mmio), device_states)
         machine.serial_input.restore(doc.get("host_input"))
     except (DeviceStateError, ValueError, TypeError) as err:
