@@ -1,0 +1,188 @@
+"""A damaged, foreign or doctored snapshot is refused in one line, status 2.
+
+The container's own checks are in test_snapshot_format.py. Here the file is
+a real snapshot of a real machine, damaged in the ways the spec names --
+cut at every section boundary and at random points, bits flipped, a
+foreign magic, a future version, a huge length -- and also *doctored*:
+sections with valid CRCs whose contents are wrong (a register that is not
+a number, a memory region of another size, a device missing, another CPU
+vendor). :meth:`Machine.from_snapshot` must raise one
+:class:`SnapshotError` for each, and ``minikvm resume`` must print one line
+and exit with 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minikvm.core.config import MachineConfig
+from minikvm.machine import Machine
+from minikvm.snapshot.format import (HEADER, MAGIC, SECTION, Section, SnapshotError,
+                                     json_payload, read_sections, write_sections)
+from minikvm.snapshot.vcpu_state import MSR_IA32_TSC
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.kvm
+
+
+@pytest.fixture(scope="module")
+def snapshot(guests, tmp_path_factory) -> Path:
+    """hello.bin, saved after a few exits."""
+    path = tmp_path_factory.mktemp("snap") / "hello.snap"
+    with Machine.from_config(MachineConfig(guest=str(guests / "hello.bin"), irqchip=True),
+                             output=lambda data: None) as machine:
+        machine.run(timeout=20, max_exits=5)
+        machine.save_snapshot(path)
+    return path
+
+
+def refused_in_process(path: Path) -> str:
+    with pytest.raises(SnapshotError) as caught:
+        Machine.from_snapshot(path, output=lambda data: None)
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def refused_by_cli(path: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "minikvm", "resume", str(path)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def section_ends(data: bytes) -> list[int]:
+    offsets, offset = [HEADER.size], HEADER.size
+    while offset < len(data):
+        length = SECTION.unpack_from(data, offset)[2]
+        offsets.append(offset + SECTION.size)
+        offset += SECTION.size + length
+        offsets.append(offset)
+    return offsets[:-1]
+
+
+def doctored(snapshot: Path, tmp_path: Path, tag: bytes, change) -> Path:
+    """A copy of ``snapshot`` whose JSON section ``tag`` went through
+    ``change`` (CRCs recomputed: only the meaning is wrong)."""
+    sections = []
+    for section in read_sections(str(snapshot)):
+        if section.tag == tag:
+            doc = json.loads(section.payload)
+            change(doc)
+            section = Section(section.tag, section.index, json_payload(doc))
+        sections.append(section)
+    path = tmp_path / f"doctored-{tag.decode().strip()}.snap"
+    write_sections(str(path), sections)
+    return path
+
+
+def test_the_snapshot_resumes_when_intact(snapshot):
+    with Machine.from_snapshot(snapshot, output=lambda data: None) as machine:
+        assert machine.exit_count >= 5
+
+
+def test_cut_at_every_section_boundary_is_refused_before_a_machine_is_built(snapshot, tmp_path):
+    data = snapshot.read_bytes()
+    for cut in section_ends(data):
+        (tmp_path / "cut.snap").write_bytes(data[:cut])
+        assert "truncated" in refused_in_process(tmp_path / "cut.snap")
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(min_value=0, max_value=1, exclude_max=True),
+       bit=st.integers(min_value=0))
+def test_random_cuts_and_flipped_bits_are_refused(snapshot, tmp_path_factory, cut, bit):
+    data = bytearray(snapshot.read_bytes())
+    tmp_path = tmp_path_factory.mktemp("bad")
+    (tmp_path / "cut.snap").write_bytes(data[:int(cut * len(data))])
+    refused_in_process(tmp_path / "cut.snap")
+    bit %= len(data) * 8
+    data[bit // 8] ^= 1 << (bit % 8)
+    (tmp_path / "flip.snap").write_bytes(bytes(data))
+    refused_in_process(tmp_path / "flip.snap")
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_foreign_file_in_one_line(guests, tmp_path):
+    assert "not a minikvm snapshot" in refused_by_cli(guests / "hello.bin")
+
+
+@pytest.mark.slow
+def test_resume_refuses_cut_future_and_huge_files_in_one_line(snapshot, tmp_path):
+    data = snapshot.read_bytes()
+    (tmp_path / "cut.snap").write_bytes(data[:len(data) // 2])
+    assert "truncated" in refused_by_cli(tmp_path / "cut.snap")
+    head = struct.pack("<8sII", MAGIC, 99, 1)
+    (tmp_path / "future.snap").write_bytes(head + struct.pack("<I", zlib.crc32(head)))
+    assert "version 99" in refused_by_cli(tmp_path / "future.snap")
+    huge = bytearray(data)
+    tag, index, _, crc = SECTION.unpack_from(huge, HEADER.size)
+    SECTION.pack_into(huge, HEADER.size, tag, index, 1 << 62, crc)
+    (tmp_path / "huge.snap").write_bytes(bytes(huge))
+    refused_by_cli(tmp_path / "huge.snap")
+    assert "no such file" in refused_by_cli(tmp_path / "missing.snap").lower()
+
+
+def _set_rip(doc):
+    doc["regs"]["rip"] = "0x1000"
+
+
+def _drop_a_device(doc):
+    doc["devices"].pop(sorted(doc["devices"])[0])
+
+
+def _bad_uart(doc):
+    key = next(k for k in doc["devices"] if "com1" in k)
+    doc["devices"][key] = {"nonsense": 1}
+
+
+def _other_vendor(doc):
+    doc["vendor"] = "GenuineIntel" if doc["vendor"] != "GenuineIntel" else "AuthenticAMD"
+
+
+def _more_memory(doc):
+    doc["config"]["mem_size"] *= 2
+
+
+def _more_vcpus(doc):
+    doc["config"]["vcpus"] = 2
+
+
+def _msr_out_of_range(doc):
+    doc["msrs"].append([MSR_IA32_TSC, 1 << 64])
+
+
+def _xsave_size(doc):
+    doc["xsave_size"] = 8192
+
+
+DOCTORED = [
+    (b"VCPU", _set_rip, "regs.rip"),
+    (b"VCPU", _msr_out_of_range, "msrs"),
+    (b"DEVS", _drop_a_device, "device state"),
+    (b"DEVS", _bad_uart, "device state"),
+    (b"META", _other_vendor, "CPU"),
+    (b"META", _more_memory, "memory regions"),
+    (b"META", _more_vcpus, "vCPU"),
+    (b"META", _xsave_size, "XSAVE"),
+]
+
+
+@pytest.mark.parametrize("tag, change, words", DOCTORED[:1] + [
+    pytest.param(*case, marks=pytest.mark.slow) for case in DOCTORED[1:]],
+    ids=[case[1].__name__.strip("_") for case in DOCTORED])
+def test_doctored_sections_are_refused_before_anything_is_restored(snapshot, tmp_path, tag,
+                                                                   change, words):
+    assert words in refused_in_process(doctored(snapshot, tmp_path, tag, change))
