@@ -168,9 +168,6 @@ class Machine:
         #: while the machine handled an exit; the run loop takes it.
         self.device_stop: Stop | None = None
         self._end_all: Stop | None = None
-        #: The configuration :meth:`from_config` built the machine from
-        #: (None for one wired by hand); a snapshot saves it.
-        self.config: MachineConfig | None = None
 
     @classmethod
     def from_config(cls, config: MachineConfig, *, kvm: Kvm | None = None,
@@ -194,32 +191,7 @@ class Machine:
         except BaseException:
             machine.close()
             raise
-        machine.config = config
         return machine
-
-    # -- snapshots (minikvm.snapshot) -----------------------------------------------
-
-    def save_snapshot(self, path: str | Path):
-        """Write the whole stopped machine to ``path``; returns a
-        :class:`~minikvm.snapshot.machine_state.Saved`. See
-        :mod:`minikvm.snapshot.machine_state` and docs/snapshots.md."""
-        from minikvm.snapshot.machine_state import save_machine
-
-        config = self.config or MachineConfig(mem_size=self.memory.size, vcpus=len(self.vcpus),
-                                              irqchip=self.irqchip)
-        return save_machine(self, str(path), config)
-
-    @classmethod
-    def from_snapshot(cls, path: str | Path, *, kvm_path: str = DEFAULT_KVM_PATH,
-                      disks: tuple[str, ...] = (),
-                      output: Callable[[bytes], None] | None = None) -> Machine:
-        """A machine in the state a snapshot file holds, ready to run on
-        (virtio-blk images from ``disks`` where given). A file it refuses
-        raises :class:`~minikvm.snapshot.format.SnapshotError`."""
-        from minikvm.snapshot.machine_state import load_machine
-
-        return load_machine(str(path), kvm_path=kvm_path, disks=disks, output=output,
-                            machine_class=cls)[0]
 
     # -- the boot vCPU --------------------------------------------------------
 

@@ -6,7 +6,7 @@ cut at every section boundary and at random points, bits flipped, a
 foreign magic, a future version, a huge length -- and also *doctored*:
 sections with valid CRCs whose contents are wrong (a register that is not
 a number, a memory region of another size, a device missing, another CPU
-vendor). :meth:`Machine.from_snapshot` must raise one
+vendor). :func:`load_machine` must raise one
 :class:`SnapshotError` for each, and ``minikvm resume`` must print one line
 and exit with 2, without a traceback.
 """
@@ -28,6 +28,7 @@ from minikvm.core.config import MachineConfig
 from minikvm.machine import Machine
 from minikvm.snapshot.format import (HEADER, MAGIC, SECTION, Section, SnapshotError,
                                      json_payload, read_sections, write_sections)
+from minikvm.snapshot.machine_state import load_machine, save_machine
 from minikvm.snapshot.vcpu_state import MSR_IA32_TSC
 from tests.conftest import ROOT
 
@@ -38,16 +39,19 @@ pytestmark = pytest.mark.kvm
 def snapshot(guests, tmp_path_factory) -> Path:
     """hello.bin, saved after a few exits."""
     path = tmp_path_factory.mktemp("snap") / "hello.snap"
-    with Machine.from_config(MachineConfig(guest=str(guests / "hello.bin"), irqchip=True),
-                             output=lambda data: None) as machine:
+    with Machine.from_config(machine_config(guests), output=lambda data: None) as machine:
         machine.run(timeout=20, max_exits=5)
-        machine.save_snapshot(path)
+        save_machine(machine, str(path), machine_config(guests))
     return path
+
+
+def machine_config(guests: Path) -> MachineConfig:
+    return MachineConfig(guest=str(guests / "hello.bin"), irqchip=True)
 
 
 def refused_in_process(path: Path) -> str:
     with pytest.raises(SnapshotError) as caught:
-        Machine.from_snapshot(path, output=lambda data: None)
+        load_machine(str(path), output=lambda data: None)
     assert "\n" not in str(caught.value)
     return str(caught.value)
 
@@ -88,8 +92,10 @@ def doctored(snapshot: Path, tmp_path: Path, tag: bytes, change) -> Path:
 
 
 def test_the_snapshot_resumes_when_intact(snapshot):
-    with Machine.from_snapshot(snapshot, output=lambda data: None) as machine:
+    machine, config = load_machine(str(snapshot), output=lambda data: None)
+    with machine:
         assert machine.exit_count >= 5
+        assert config.guest.endswith("hello.bin")
 
 
 def test_cut_at_every_section_boundary_is_refused_before_a_machine_is_built(snapshot, tmp_path):

@@ -39,21 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from minikvm.cli.run import drive
-    from minikvm.machine import Machine
     from minikvm.snapshot.format import SnapshotError
+    from minikvm.snapshot.machine_state import load_machine
 
     check_snapshot_options(args)
     args.guest = None
 
-    def build(sink) -> Machine:
+    def build(sink):
         with guest_file_errors(None):
             try:
-                machine = Machine.from_snapshot(args.file, kvm_path=args.kvm,
-                                                disks=tuple(args.virtio_blk), output=sink)
+                machine, config = load_machine(args.file, kvm_path=args.kvm,
+                                               disks=tuple(args.virtio_blk), output=sink)
             except SnapshotError as err:
                 raise UsageError(f"{args.file}: {err}" if args.file not in str(err)
                                  else str(err)) from None
-        args.guest = machine.config.guest if machine.config else None
-        return machine
+        args.guest = config.guest
+        return machine, config
 
     return drive(args, build)

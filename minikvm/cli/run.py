@@ -51,6 +51,7 @@ from minikvm.cli.snapshot_options import (add_snapshot_options, check_snapshot_o
 from minikvm.core.board import ExitStatus
 
 if TYPE_CHECKING:
+    from minikvm.core.config import MachineConfig
     from minikvm.core.stop import Stop
     from minikvm.hostio import RawStdin, StdoutSink
     from minikvm.machine import Machine
@@ -269,15 +270,17 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_snapshot_options(args)
 
-    def build(sink: StdoutSink) -> Machine:
+    def build(sink: StdoutSink) -> tuple[Machine, MachineConfig]:
         with guest_file_errors(config.guest, config.mem_size):
-            return Machine.from_config(config, output=sink)
+            return Machine.from_config(config, output=sink), config
 
     return drive(args, build)
 
 
-def drive(args: argparse.Namespace, build: Callable[[StdoutSink], Machine]) -> int:
-    """Run the machine ``build`` makes (given the output sink) as ``minikvm
+def drive(args: argparse.Namespace,
+          build: Callable[[StdoutSink], tuple[Machine, MachineConfig]]) -> int:
+    """Run the machine ``build`` makes (given the output sink; with the
+    configuration it was built from) as ``minikvm
     run`` does -- input, output, ``--gdb``, ``--trace``, ``--snapshot`` --
     and return the process status. ``minikvm resume`` shares it."""
     from minikvm.core.stop import StopKind
@@ -285,7 +288,7 @@ def drive(args: argparse.Namespace, build: Callable[[StdoutSink], Machine]) -> i
 
     ending = _Ending()
     sink = StdoutSink(on_error=ending.output_failed)
-    machine = build(sink)
+    machine, config = build(sink)
     ending.machine = machine
     snapshot = getattr(args, "snapshot", None)
     max_exits = getattr(args, "snapshot_after_exits", None) if snapshot else None
@@ -320,7 +323,7 @@ def drive(args: argparse.Namespace, build: Callable[[StdoutSink], Machine]) -> i
                 debug_exit_value = machine.debug_exit.last_value
             saved = None
             if snapshot and ending.outcome is None and stop.kind is StopKind.EXIT_LIMIT:
-                saved = save_snapshot_words(machine, snapshot)
+                saved = save_snapshot_words(machine, config, snapshot)
         result = Outcome(ExitStatus.OK.value, "vmm", saved) if saved else outcome(stop, ending.outcome)
         if snapshot and not saved:
             note = (f"no snapshot: the run ended after {machine.exit_count} exits, before "

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from minikvm.cli.options import UsageError, format_size
 
 if TYPE_CHECKING:
+    from minikvm.core.config import MachineConfig
     from minikvm.machine import Machine
 
 __all__ = ["add_snapshot_options", "check_snapshot_options", "save_snapshot_words"]
@@ -49,12 +50,13 @@ def check_snapshot_options(args: argparse.Namespace) -> None:
         raise UsageError("--snapshot and --gdb cannot be used together")
 
 
-def save_snapshot_words(machine: Machine, path: str) -> str:
-    """Save ``machine`` to ``path``; the line that says so."""
+def save_snapshot_words(machine: Machine, config: MachineConfig, path: str) -> str:
+    """Save ``machine`` (built from ``config``) to ``path``; the line that says so."""
     from minikvm.snapshot.format import SnapshotError
+    from minikvm.snapshot.machine_state import save_machine
 
     try:
-        saved = machine.save_snapshot(path)
+        saved = save_machine(machine, path, config)
     except SnapshotError as err:
         raise UsageError(str(err)) from None
     return (f"saved snapshot {path} after {saved.exit_count} exits ({format_size(saved.size)}, "

@@ -47,7 +47,7 @@ from minikvm.snapshot.vm_state import VmState, capture_vm, restore_vm
 if TYPE_CHECKING:
     from minikvm.machine import Machine
 
-__all__ = ["Saved", "cpu_vendor", "load_machine", "read_meta", "save_machine"]
+__all__ = ["Saved", "config_of", "cpu_vendor", "load_machine", "read_meta", "save_machine"]
 
 
 @dataclass(frozen=True)
@@ -184,23 +184,24 @@ def config_of(meta: dict[str, Any], kvm_path: str, disks: Sequence[str] = ()) ->
 
 
 def load_machine(path: str, *, kvm_path: str = "/dev/kvm", disks: Sequence[str] = (),
-                 output: Callable[[bytes], None] | None = None,
-                 machine_class: type[Machine] | None = None) -> tuple[Machine, dict[str, Any]]:
-    """A machine in the state saved at ``path``, and the snapshot's META.
-    Raises :class:`SnapshotError` for any file or state it refuses."""
-    if machine_class is None:
-        from minikvm.machine import Machine as machine_class
+                 output: Callable[[bytes], None] | None = None
+                 ) -> tuple[Machine, MachineConfig]:
+    """A machine in the state saved at ``path``, and the configuration it
+    was built from (with the saved guest's name: :func:`save_machine` of
+    the resumed machine saves it again). Raises :class:`SnapshotError` for
+    any file or state it refuses."""
+    from minikvm.machine import Machine
+
     sections = read_sections(path)
     meta = read_meta(sections)
     config = config_of(meta, kvm_path, disks)
-    machine = machine_class.from_config(config, output=output)
+    machine = Machine.from_config(config, output=output)
     try:
         _restore(machine, sections, meta)
     except BaseException:
         machine.close()
         raise
-    machine.config = replace(config, guest=meta.get("guest"))
-    return machine, meta
+    return machine, replace(config, guest=meta.get("guest"))
 
 
 def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any]) -> None:
