@@ -35,6 +35,14 @@ RELIED_ON: tuple[tuple[str, str], ...] = (
     ("KVM_CAP_SYNC_REGS", "registers at every exit in the run page: regs (1) and sregs (2) "
                           "are read there instead of KVM_GET_REGS/KVM_GET_SREGS; without it, "
                           "the ioctls"),
+    # What a snapshot (minikvm run --snapshot) can save on this host: the
+    # parts it finds missing are left out and listed by `snapshot info`.
+    ("KVM_CAP_XSAVE", "snapshots: x87/SSE/AVX state (KVM_GET_XSAVE; without it KVM_GET_FPU)"),
+    ("KVM_CAP_XSAVE2", "snapshots: the XSAVE area's size in bytes (KVM_GET_XSAVE2)"),
+    ("KVM_CAP_XCRS", "snapshots: XCR0 (KVM_GET_XCRS)"),
+    ("KVM_CAP_MP_STATE", "snapshots: running, halted or waiting for SIPI (KVM_GET_MP_STATE)"),
+    ("KVM_CAP_PIT_STATE2", "snapshots: the in-kernel PIT (KVM_GET_PIT2)"),
+    ("KVM_CAP_ADJUST_CLOCK", "snapshots: the VM's kvmclock (KVM_GET_CLOCK/KVM_SET_CLOCK)"),
 )
 
 
