@@ -289,9 +289,17 @@ def restore_vcpu(vcpu: Any, state: VcpuState) -> None:
 
 
 def _set_msrs(vcpu: Any, values: dict[int, int]) -> None:
-    """``KVM_SET_MSRS``; it stops at the first MSR KVM refuses: say which."""
-    done = vcpu.set_msrs(values)
-    if done < len(values):
-        refused = list(values)[done]
-        raise SnapshotError(f"this KVM refused MSR {refused:#x} = {values[refused]:#x} "
-                            "from the snapshot")
+    """``KVM_SET_MSRS``. It stops at the first MSR KVM refuses and returns
+    how many it set. Some MSRs read back but cannot be written in every
+    configuration -- ``MSR_KVM_ASYNC_PF_INT`` needs the in-kernel LAPIC
+    (kvm_pv_enable_async_pf_int, x86.c) -- so a refused MSR that already
+    holds the saved value is passed over; any other refusal is an error."""
+    pending = list(values.items())
+    while pending:
+        done = vcpu.set_msrs(dict(pending))
+        if done >= len(pending):
+            return
+        index, value = pending[done]
+        if vcpu.get_msrs([index]).get(index) != value:
+            raise SnapshotError(f"this KVM refused MSR {index:#x} = {value:#x} from the snapshot")
+        pending = pending[done + 1:]
