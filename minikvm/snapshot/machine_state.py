@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from minikvm.core.board import ram_regions
 from minikvm.core.config import ConfigError, MachineConfig, VirtioSpec
 from minikvm.snapshot.checks import need_dict, need_int, need_list, need_str
 from minikvm.snapshot.format import (
@@ -195,16 +196,18 @@ def load_machine(path: str, *, kvm_path: str = "/dev/kvm", disks: Sequence[str] 
     sections = read_sections(path)
     meta = read_meta(sections)
     config = config_of(meta, kvm_path, disks)
+    images = memory_images(sections, config.mem_size)
     machine = Machine.from_config(config, output=output)
     try:
-        _restore(machine, sections, meta)
+        _restore(machine, sections, meta, images)
     except BaseException:
         machine.close()
         raise
     return machine, replace(config, guest=meta.get("guest"))
 
 
-def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any]) -> None:
+def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any],
+             images: dict[int, RegionImage]) -> None:
     from minikvm.devices.state import DeviceStateError, restore_devices
 
     vendor = cpu_vendor(machine.cpuid)
@@ -236,7 +239,6 @@ def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any]) ->
     vm_state = VmState.from_sections(sections)
     if (vm_state is not None) != machine.irqchip:
         raise SnapshotError("the irqchip state does not match the saved configuration")
-    images = _memory_images(machine, sections)
     devs = [s for s in sections if s.tag == b"DEVS"]
     if len(devs) != 1:
         raise SnapshotError("the snapshot has no DEVS section (or several)")
@@ -249,8 +251,8 @@ def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any]) ->
         machine.serial_input.restore(doc.get("host_input"))
     except (DeviceStateError, ValueError, TypeError) as err:
         raise SnapshotError(f"device state: {err}") from None
-    for region, image in images:
-        image.restore(region.mapping)
+    for region in machine.memory.regions:
+        images[region.slot].restore(region.mapping)
     if vm_state is not None:
         restore_vm(machine.vm, vm_state)
     for vcpu, state in zip(machine.vcpus, vcpus):
@@ -258,17 +260,19 @@ def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any]) ->
     machine.exit_count = meta["exit_count"]
 
 
-def _memory_images(machine: Machine, sections: list[Section]) -> list[tuple[Any, RegionImage]]:
-    images = {}
+def memory_images(sections: list[Section], mem_size: int) -> dict[int, RegionImage]:
+    """The RAM images by slot, checked against the regions the board makes
+    of ``mem_size`` bytes -- before any machine (and its RAM) is built, so a
+    doctored size cannot make us map memory for nothing."""
+    images: dict[int, RegionImage] = {}
     for section in sections:
         if section.tag == b"MEMR":
             if section.index in images:
                 raise SnapshotError(f"section {section.name} appears twice")
             images[section.index] = RegionImage.from_section(section)
-    regions = machine.memory.regions
-    expected = [(r.slot, r.guest_phys_addr, r.size) for r in regions]
+    expected = [(slot, base, size) for slot, (base, size) in enumerate(ram_regions(mem_size))]
     found = sorted((i.slot, i.base, i.size) for i in images.values())
-    if found != sorted(expected):
+    if found != expected:
         raise SnapshotError(f"the snapshot's memory regions {found[:4]} are not the board's "
-                            f"{expected[:4]} for {machine.memory.size} bytes of RAM")
-    return [(region, images[region.slot]) for region in regions]
+                            f"{expected} for {mem_size} bytes of RAM")
+    return images
