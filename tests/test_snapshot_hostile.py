@@ -192,3 +192,4 @@ DOCTORED = [
 def test_doctored_sections_are_refused_before_anything_is_restored(snapshot, tmp_path, tag,
                                                                    change, words):
     assert words in refused_in_process(doctored(snapshot, tmp_path, tag, change))
+
