@@ -267,6 +267,25 @@ def test_a_restored_virtio_console_keeps_its_pending_input_and_room(tmp_path):
     assert virtio_view(twin) == virtio_view(original)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("path, value, words", [
+    (("backend", "rx_space"), 10, "'rx_space'"),
+    (("backend", "pending"), "00" * 65, "'pending'"),
+    (("backend", "counters", "bytes_in"), -1, "'bytes_in'"),
+    (("backend", "counters", "lines"), 1, "'lines'"),
+])
+def test_a_hostile_virtio_console_state_is_refused(path, value, words):
+    def console() -> MockDevice:
+        return mock_device(VirtioConsole(bytearray().extend, input_limit=64,
+                                         queue_max_size=8), ram_size=64 * 1024)
+    original, victim = console(), console()
+    original.transport.backend.receive(b"abc")
+    before = victim.transport.save()
+    with pytest.raises(DeviceStateError, match=words):
+        victim.transport.restore(edited(original.transport.save(), path, value))
+    assert victim.transport.save() == before
+
+
 def blk_device(path) -> MockDevice:
     return mock_device(VirtioBlk(path, queue_max_size=8), ram_size=64 * 1024)
 
@@ -308,7 +327,7 @@ uart_ops = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(before=st.lists(uart_ops, max_size=40), after=st.lists(uart_ops, max_size=40))
 def test_uart_after_any_traffic_a_restored_copy_answers_alike(before, after):
     check_restored_copy_answers_alike("com1", traffic(before), after)
@@ -321,7 +340,7 @@ fw_cfg_ops = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(before=st.lists(fw_cfg_ops, max_size=40), after=st.lists(fw_cfg_ops, max_size=40))
 def test_fw_cfg_after_any_traffic_a_restored_copy_answers_alike(before, after):
     check_restored_copy_answers_alike("fw_cfg", traffic(before), after)
@@ -526,6 +545,19 @@ def test_restore_devices_checks_every_device_before_changing_any():
     with pytest.raises(DeviceStateError, match="testdev: saved field 'scratch'"):
         restore_devices([pio2, mmio2], bad)
     assert save_devices([pio2, mmio2]) == before   # com1 came first and was not touched
+
+
+def test_save_devices_refuses_a_device_that_cannot_save():
+    class Bare:
+        name = "bare"
+
+        def read(self, offset: int, size: int) -> int:
+            return 0
+
+    pio = Bus("pio")
+    pio.register(0x80, 1, Bare())
+    with pytest.raises(DeviceStateError, match="pio:0x80:bare: the device cannot save"):
+        save_devices([pio])
 
 
 @pytest.mark.parametrize("change", ["missing", "extra", "moved"])

@@ -210,7 +210,11 @@ def _devices(buses: Iterable[Bus]) -> dict[str, Any]:
 
 
 def save_devices(buses: Iterable[Bus]) -> dict[str, dict[str, Any]]:
-    """The saved state of every device on ``buses``, by :func:`device_key`."""
+    """The saved state of every device on ``buses``, by :func:`device_key`.
+
+    Call it (and :func:`restore_devices`) while no vCPU runs, or under the
+    machine's lock: a device is only consistent between two exits.
+    """
     return {key: device.save() for key, device in _devices(buses).items()}
 
 
@@ -223,7 +227,17 @@ def restore_devices(buses: Iterable[Bus], states: Any) -> None:
     restored.
     """
     devices = _devices(buses)
-    states = require_keys(states, devices.keys(), device="devices")
+    if not isinstance(states, dict):
+        raise DeviceStateError(f"devices: the saved states are a {type(states).__name__}, "
+                               "not a dict")
+    for key in devices:
+        if key not in states:
+            raise DeviceStateError(f"devices: the snapshot has no state for {key}, a device "
+                                   "of this machine")
+    for key in states:
+        if key not in devices:
+            raise DeviceStateError(f"devices: the snapshot names {key!s:.80}, a device this "
+                                   "machine does not have")
     for key, device in devices.items():
         device.check_state(states[key])
     for key, device in devices.items():
