@@ -428,7 +428,7 @@ HOSTILE = [
     ("testdev", ("scratch",), 1 << 32, "'scratch'"),
     ("testdev-irq", ("levels",), [True, False], "'levels'"),
     ("testdev-irq", ("levels",), [1, 0, 0], "'levels'"),
-    ("testdev-iomem", ("memory",), "00" * 16, "'memory'"),
+    ("testdev-iomem", ("memory",), "00" * (IOMEM_SIZE + 1), "'memory'"),
     ("debugcon", ("recent",), "", "'recent'"),
 ]
 
@@ -594,3 +594,14 @@ def test_the_devices_of_a_running_serial_guest_restore_into_a_second_machine(gue
         second.serial_input.restore(queued)
         assert save_devices([second.pio, second.mmio]) == states
         assert second.serial_input.save() == queued
+
+
+def test_testdev_memory_saves_only_up_to_its_last_nonzero_byte():
+    device = PcTestdevIomem()
+    assert device.save() == {"memory": ""}
+    device.write(16, 1, 0xAB)
+    assert device.save() == {"memory": "00" * 16 + "ab"}
+    copy = PcTestdevIomem()
+    copy.write(IOMEM_SIZE - 1, 1, 0xFF)       # restore overwrites the whole 64 KiB
+    copy.restore(device.save())
+    assert copy.read(16, 1) == 0xAB and copy.read(IOMEM_SIZE - 1, 1) == 0

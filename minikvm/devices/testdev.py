@@ -203,16 +203,18 @@ class PcTestdevIomem(Device):
         return f"pc-testdev memory: {size}-byte {verb} at +{offset:#x}: {value:#x}"
 
     def save(self) -> dict[str, Any]:
-        """The 64 KiB, as hex."""
-        return {"memory": hex_bytes(self.buffer)}
+        """The 64 KiB up to the last non-zero byte, as hex: the rest is
+        zeros, and a snapshot should not carry 128 KiB of them."""
+        return {"memory": hex_bytes(self.buffer.rstrip(b"\0"))}
 
     def check_state(self, state: Any) -> None:
         require_keys(state, ("memory",), device=self.name)
-        require_bytes_hex(state, "memory", IOMEM_SIZE, exact=True, device=self.name)
+        require_bytes_hex(state, "memory", IOMEM_SIZE, device=self.name)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)
-        self.buffer[:] = bytes.fromhex(state["memory"])
+        data = bytes.fromhex(state["memory"])
+        self.buffer[:] = data + bytes(IOMEM_SIZE - len(data))
 
     def state_rows(self) -> list[Row]:
         used = sum(1 for byte in self.buffer if byte)
