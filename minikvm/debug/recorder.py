@@ -139,13 +139,15 @@ class Recorder:
 
         In the past that makes the recorded future impossible: it is dropped
         (gdb warns the same way) and execution is live from here. The edit
-        itself is not an entry: it is taken as part of the present, so undoing
-        an older entry keeps it wherever that entry did not write.
+        itself is not an entry: its bytes go into the shadow as they are, so
+        undoing an older entry keeps the edit wherever that entry did not write.
         """
         if self.history is None:
             return
         self.history.truncate()
-        self._resync()
+        self._memory_changes()   # the VMM's write list names the edited pages
+        self._sregs = bytes(self.vcpu.get_sregs())
+        self._fpu = bytes(self.vcpu.get_fpu())
 
     # -- forwards -----------------------------------------------------------------------
 
