@@ -35,7 +35,9 @@ import termios
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+from minikvm.devices.state import MAX_U64, hex_bytes, require_bytes_hex, require_int, require_keys
 
 __all__ = [
     "DEFAULT_INPUT_CAPACITY",
@@ -335,6 +337,34 @@ class HostInput:
         lock: a length read is atomic in CPython, and a byte that arrives
         just after the look is delivered at the next exit."""
         return bool(self._buffer)
+
+    # -- save and restore (snapshots) ------------------------------------------
+
+    _COUNTERS = ("accepted", "dropped", "delivered")
+
+    def save(self) -> dict[str, Any]:
+        """The bytes queued for the guest and not yet delivered (hex), and
+        the counters. They belong to the machine's state: restored, the
+        guest receives them as it would have."""
+        with self._lock:
+            queued = hex_bytes(self._buffer)
+        return {"queued": queued} | {name: getattr(self, name) for name in self._COUNTERS}
+
+    def check_state(self, state: Any) -> None:
+        """Raise DeviceStateError unless :meth:`restore` would take ``state``;
+        the queue may hold no more than this queue's ``capacity``."""
+        require_keys(state, ("queued", *self._COUNTERS), device="host input")
+        require_bytes_hex(state, "queued", self.capacity, device="host input")
+        for name in self._COUNTERS:
+            require_int(state, name, 0, MAX_U64, device="host input")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Replace the queue with the saved bytes (checked first)."""
+        self.check_state(state)
+        with self._lock:
+            self._buffer[:] = bytes.fromhex(state["queued"])
+            for name in self._COUNTERS:
+                setattr(self, name, state[name])
 
     def feed(self, device: Receiver) -> int:
         """Deliver queued bytes to ``device`` as far as it has room; returns how many."""

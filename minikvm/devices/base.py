@@ -9,6 +9,13 @@ the trace and the tests read it) and as rows a person reads
 (:meth:`Device.state_rows`: the TUI's device panel shows them, without
 knowing which devices a machine has).
 
+Apart from those views, a device can *save* everything that decides its
+future behaviour as plain JSON-able data and *restore* it later
+(:meth:`Device.save`, :meth:`Device.restore`): a snapshot of the machine, and
+reverse execution, are built on that. A snapshot file may come from anywhere,
+so :meth:`Device.restore` checks every field first (:meth:`Device.check_state`)
+and changes nothing when one is wrong -- it raises :class:`DeviceStateError`.
+
 The bus is the layer below: :class:`Device` is one way to be the
 :class:`~minikvm.bus.BusDevice` it asks for.
 """
@@ -20,7 +27,7 @@ from typing import Any, Protocol
 
 from minikvm.bus import all_ones
 
-__all__ = ["Device", "InterruptLine", "RecordingLine", "Row", "all_ones", "plain_rows"]
+__all__ = ["Device", "DeviceStateError", "InterruptLine", "RecordingLine", "Row", "all_ones", "plain_rows"]
 
 #: One row of a device panel: (label, value), both already words.
 Row = tuple[str, str]
@@ -31,6 +38,12 @@ def plain_rows(state: dict[str, Any]) -> list[Row]:
     fallback for a device that has not chosen better words."""
     return [(key, "-" if value is None else str(value)) for key, value in state.items()
             if value is None or isinstance(value, (bool, int, float, str))]
+
+
+class DeviceStateError(ValueError):
+    """A saved device state that cannot be restored: a field is missing,
+    unknown, of the wrong type or out of range, or the state belongs to a
+    different device. The message is one line naming the device and field."""
 
 
 class InterruptLine(Protocol):
@@ -99,3 +112,23 @@ class Device:
         given. Reads plain Python state only, so a panel may call it while
         the guest runs. The default lists :meth:`state`'s scalar entries."""
         return plain_rows(self.state())
+
+    # -- save and restore (snapshots) ------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """Everything that decides the device's future behaviour, as plain
+        JSON-serialisable data (bytes as lowercase hex). A device without
+        state saves ``{}``; every stateful device overrides this."""
+        return {}
+
+    def check_state(self, state: Any) -> None:
+        """Raise :class:`DeviceStateError` unless :meth:`restore` would accept
+        ``state``. Changes nothing, so a machine can check every device
+        before restoring any."""
+        if state != {}:
+            raise DeviceStateError(f"{self.name}: a device without state restores only {{}}")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go back to a saved state: check it whole, then assign,
+        then drive the interrupt line (if any) to the restored level."""
+        self.check_state(state)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device
+from minikvm.devices.state import MAX_U64, require_keys, require_optional_int
 
 __all__ = ["DebugExit", "debug_exit_status"]
 
@@ -56,6 +57,18 @@ class DebugExit(Device):
 
     def state(self) -> dict[str, Any]:
         return {"last_value": self.last_value}
+
+    def save(self) -> dict[str, Any]:
+        """The last value written (None before the first write)."""
+        return {"last_value": self.last_value}
+
+    def check_state(self, state: Any) -> None:
+        require_keys(state, ("last_value",), device=self.name)
+        require_optional_int(state, "last_value", 0, MAX_U64, device=self.name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.last_value = state["last_value"]
 
     def state_rows(self) -> list[tuple[str, str]]:
         if self.last_value is None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device
+from minikvm.devices.state import MAX_U64, require_int, require_keys
 
 __all__ = ["DEBUGCON_READBACK", "DebugCon"]
 
@@ -71,6 +72,19 @@ class DebugCon(Device):
     def state(self) -> dict[str, Any]:
         return {"bytes_written": self.bytes_written,
                 "recent": self.recent.decode("latin-1")}
+
+    def save(self) -> dict[str, Any]:
+        """The byte count. The recent bytes are a history for the TUI only:
+        they decide nothing, so they are not saved."""
+        return {"bytes_written": self.bytes_written}
+
+    def check_state(self, state: Any) -> None:
+        require_keys(state, ("bytes_written",), device=self.name)
+        require_int(state, "bytes_written", 0, MAX_U64, device=self.name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.bytes_written = state["bytes_written"]
 
     def state_rows(self) -> list[tuple[str, str]]:
         """How much the guest printed, and the end of it."""

@@ -31,10 +31,19 @@ The device knows nothing of KVM or of ports: it sees offsets 0 and 1.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
-from minikvm.devices.base import Device, Row, all_ones
+from minikvm.devices.base import Device, DeviceStateError, Row, all_ones
+from minikvm.devices.state import (
+    MAX_U64,
+    hex_bytes,
+    require_bytes_hex,
+    require_int,
+    require_keys,
+    require_list,
+)
 
 __all__ = [
     "FW_CFG_ARCH_LOCAL",
@@ -78,6 +87,8 @@ FW_CFG_MAX_FILE_PATH = 56   #: bytes of a name in a directory entry, NUL include
 MAX_FILES = FW_CFG_WRITE_CHANNEL - FW_CFG_FILE_FIRST
 #: The largest item the host may add (a guest reads one byte per exit).
 MAX_ITEM_SIZE = 16 << 20
+#: An item's key as a saved state spells it.
+_ITEM_KEY = re.compile(r"0x[0-9a-f]{4}")
 
 _NAMES = {
     FW_CFG_SIGNATURE: "SIGNATURE", FW_CFG_ID: "ID", 0x02: "UUID", FW_CFG_RAM_SIZE: "RAM_SIZE",
@@ -195,6 +206,64 @@ class FwCfg(Device):
         self._last_index = self.offset
         self.offset += 1
         return value
+
+    # -- save and restore -------------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """The selector/offset state machine, the read count, and every item
+        (the machine fills them at build time, but a snapshot must not depend
+        on being restored into a machine built the same way): items by key
+        (``"0x0015"``) as hex, the named files as ``[name, key]`` pairs.
+        Not saved: which byte the last read returned (for words only)."""
+        return {"selector": self.selector, "offset": self.offset, "reads": self.reads,
+                "items": {f"{key:#06x}": hex_bytes(data)
+                          for key, data in sorted(self._items.items())},
+                "files": [[name, key] for name, key in self._files]}
+
+    def check_state(self, state: Any) -> None:
+        self._checked_items(state)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        items = self._checked_items(state)
+        self._items = items
+        self._files = [(name, key) for name, key in state["files"]]
+        self.selector, self.offset, self.reads = (state["selector"], state["offset"],
+                                                  state["reads"])
+        self._last_index = None
+
+    def _checked_items(self, state: Any) -> dict[int, bytes]:
+        """Check ``state`` whole; returns its items, decoded."""
+        name = self.name
+        require_keys(state, ("selector", "offset", "reads", "items", "files"), device=name)
+        selector = require_int(state, "selector", 0, 0xFFFF, device=name)
+        require_int(state, "reads", 0, MAX_U64, device=name)
+        saved = state["items"]
+        if not isinstance(saved, dict) or len(saved) > FW_CFG_WRITE_CHANNEL:
+            raise DeviceStateError(f"{name}: saved field 'items' is not a dict of at most "
+                                   f"{FW_CFG_WRITE_CHANNEL} items")
+        items: dict[int, bytes] = {}
+        for text in saved:
+            key = int(text, 16) if isinstance(text, str) and _ITEM_KEY.fullmatch(text) else -1
+            if key < 0 or key & FW_CFG_WRITE_CHANNEL:
+                raise DeviceStateError(f"{name}: saved item key {text!r} is not an item key "
+                                       "like '0x0015'")
+            items[key] = require_bytes_hex(saved, text, MAX_ITEM_SIZE, device=f"{name}: items")
+        files = require_list(state, "files", MAX_FILES, device=name)
+        seen: set[str] = set()
+        for index, entry in enumerate(files):
+            # As add_file() makes them: a unique ASCII name, keys from 0x20 in order.
+            ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+            if ok:
+                file_name, key = entry
+                ok = (file_name.isascii() and 0 < len(file_name) < FW_CFG_MAX_FILE_PATH
+                      and "\0" not in file_name and file_name not in seen
+                      and key == FW_CFG_FILE_FIRST + index and key in items)
+                seen.add(file_name)
+            if not ok:
+                raise DeviceStateError(f"{name}: saved file {index} is not [name, key] of a "
+                                       "unique ASCII name and its item's key")
+        require_int(state, "offset", 0, len(items.get(item_key(selector), b"")), device=name)
+        return items
 
     # -- words ----------------------------------------------------------------------
 

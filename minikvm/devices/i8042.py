@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device
+from minikvm.devices.state import MAX_U64, require_int, require_keys, require_optional_int
 
 __all__ = [
     "I8042", "I8042_CMD_PULSE_RESET", "I8042_COMMAND", "I8042_DATA",
@@ -74,6 +75,19 @@ class I8042(Device):
 
     def state(self) -> dict[str, Any]:
         return {"last_command": self.last_command, "resets": self.resets}
+
+    def save(self) -> dict[str, Any]:
+        """The last command and how many resets were asked for."""
+        return {"last_command": self.last_command, "resets": self.resets}
+
+    def check_state(self, state: Any) -> None:
+        require_keys(state, ("last_command", "resets"), device=self.name)
+        require_optional_int(state, "last_command", 0, 0xFF, device=self.name)
+        require_int(state, "resets", 0, MAX_U64, device=self.name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.last_command, self.resets = state["last_command"], state["resets"]
 
     def state_rows(self) -> list[tuple[str, str]]:
         if self.last_command is None:

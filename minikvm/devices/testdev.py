@@ -30,6 +30,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from minikvm.devices.base import Device, InterruptLine, Row, all_ones
+from minikvm.devices.state import (
+    MAX_U32,
+    MAX_U64,
+    hex_bytes,
+    require_bools,
+    require_bytes_hex,
+    require_int,
+    require_keys,
+)
 
 __all__ = ["IOMEM_SIZE", "IRQ_LINES", "PcTestdevIomem", "PcTestdevIrq", "PcTestdevPorts"]
 
@@ -99,6 +108,18 @@ class PcTestdevPorts(Device):
     def state(self) -> dict[str, Any]:
         return {"scratch": self.value, "flushes": self.flushes}
 
+    def save(self) -> dict[str, Any]:
+        return {"scratch": self.value, "flushes": self.flushes}
+
+    def check_state(self, state: Any) -> None:
+        require_keys(state, ("scratch", "flushes"), device=self.name)
+        require_int(state, "scratch", 0, MAX_U32, device=self.name)
+        require_int(state, "flushes", 0, MAX_U64, device=self.name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.value, self.flushes = state["scratch"], state["flushes"]
+
     def state_rows(self) -> list[Row]:
         return [("scratch", f"{self.value:#010x}"), ("flushes", f"{self.flushes} (ignored)")]
 
@@ -137,6 +158,23 @@ class PcTestdevIrq(Device):
         return {"high": [n for n, level in enumerate(self.levels) if level],
                 "writes": self.writes}
 
+    def save(self) -> dict[str, Any]:
+        """The level the guest last set on each line, and the write count."""
+        return {"levels": list(self.levels), "writes": self.writes}
+
+    def check_state(self, state: Any) -> None:
+        require_keys(state, ("levels", "writes"), device=self.name)
+        require_bools(state, "levels", len(self.lines), device=self.name)
+        require_int(state, "writes", 0, MAX_U64, device=self.name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Also drives every line to its restored level, so the wires match."""
+        self.check_state(state)
+        self.levels = list(state["levels"])
+        self.writes = state["writes"]
+        for line, level in zip(self.lines, self.levels):
+            line.set_level(level)
+
     def state_rows(self) -> list[Row]:
         high = [str(n) for n, level in enumerate(self.levels) if level]
         return [("lines high", ", ".join(high) or "none"), ("writes", str(self.writes))]
@@ -163,6 +201,18 @@ class PcTestdevIomem(Device):
     def describe(self, offset: int, size: int, is_write: bool, value: int) -> str:
         verb = "write" if is_write else "read"
         return f"pc-testdev memory: {size}-byte {verb} at +{offset:#x}: {value:#x}"
+
+    def save(self) -> dict[str, Any]:
+        """The 64 KiB, as hex."""
+        return {"memory": hex_bytes(self.buffer)}
+
+    def check_state(self, state: Any) -> None:
+        require_keys(state, ("memory",), device=self.name)
+        require_bytes_hex(state, "memory", IOMEM_SIZE, exact=True, device=self.name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.buffer[:] = bytes.fromhex(state["memory"])
 
     def state_rows(self) -> list[Row]:
         used = sum(1 for byte in self.buffer if byte)

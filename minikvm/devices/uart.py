@@ -78,7 +78,10 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices import serial_reg
-from minikvm.devices.base import Device, InterruptLine, all_ones
+from minikvm.devices.base import Device, DeviceStateError, InterruptLine, all_ones
+from minikvm.devices.state import (MAX_U64, hex_bytes, require_bits, require_bool,
+                                   require_bytes_hex, require_choice, require_int,
+                                   require_keys)
 from minikvm.devices.serial_reg import *  # noqa: F403 - the register names, as the model's own
 
 __all__ = [
@@ -113,6 +116,14 @@ _IIR_WORDS = {
 }
 
 _HOST_MODEM_INPUTS = UART_MSR_DCD | UART_MSR_DSR | UART_MSR_CTS
+#: Counters kept for the curious, saved with the state (a restored TUI shows the same).
+_COUNTERS = ("tx_count", "rx_count", "loopback_count", "overruns", "rx_refused")
+#: Register fields whose saved value is any byte.
+_BYTE_FIELDS = ("dll", "dlm", "lcr", "scr", "rbr_last")
+#: Every field of a saved state, in the order save() writes them.
+_SAVED_FIELDS = (*_BYTE_FIELDS, "ier", "mcr", "fifo_enabled", "fcr_trigger", "fcr_dma",
+                 "rx_fifo", "tx_fifo", "lsr_errors", "msr_delta", "modem_inputs",
+                 "thre_pending", "irq_level", *_COUNTERS)
 _TX_HISTORY = 256  # recent transmitted bytes kept for state() (the TUI shows them)
 
 
@@ -565,19 +576,96 @@ class Uart16550(Device):
         fifo_bits = UART_IIR_FIFO_ENABLED_16550A if self.fifo_enabled else 0
         return self._interrupt_id() | fifo_bits
 
-    def _update_irq(self) -> None:
-        """Recompute the interrupt wire from state; drive it only on a change.
+    def _wire_level(self) -> bool:
+        """The level the registers put on the interrupt wire.
 
         INTR is high while an enabled source is pending; on a PC it reaches
         the PIC only while OUT2 is on, and loopback forces OUT2's pin off.
         """
-        level = (self._interrupt_id() != UART_IIR_NO_INT
-                 and bool(self.mcr & UART_MCR_OUT2)
-                 and not self.loopback)
+        return (self._interrupt_id() != UART_IIR_NO_INT
+                and bool(self.mcr & UART_MCR_OUT2)
+                and not self.loopback)
+
+    def _update_irq(self) -> None:
+        """Recompute the interrupt wire from state; drive it only on a change."""
+        level = self._wire_level()
         if level != self._line_level:
             self._line_level = level
             if self.irq is not None:
                 self.irq.set_level(level)
+
+    # --- save and restore -----------------------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """Every register and latch as the chip holds it, the RX FIFO, the
+        modem inputs the host drives, the interrupt wire's level and the
+        counters. The TX FIFO is saved for the record and is always empty
+        (transmission is instantaneous). Not saved: the ``output`` sink (a
+        host resource), ``tx_recent`` and the last access's words (for the
+        TUI and trace only)."""
+        registers = {"dll": self.divisor & 0xFF, "dlm": self.divisor >> 8, "lcr": self.lcr,
+                     "scr": self.scr, "rbr_last": self._rbr_last, "ier": self.ier,
+                     "mcr": self.mcr, "fifo_enabled": self.fifo_enabled,
+                     "fcr_trigger": self.fcr_trigger, "fcr_dma": self.fcr_dma,
+                     "rx_fifo": hex_bytes(bytes(self._rx)), "tx_fifo": "",
+                     "lsr_errors": self._lsr_errors, "msr_delta": self._msr_delta,
+                     "modem_inputs": self._host_msr, "thre_pending": self._thre_pending,
+                     "irq_level": self._line_level}
+        return registers | {name: getattr(self, name) for name in _COUNTERS}
+
+    def check_state(self, state: Any) -> None:
+        self._checked_copy(state)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take ``state`` (checked whole first), then drive the wire to its level."""
+        self._checked_copy(state)
+        self._assign(state)
+        self._line_level = state["irq_level"]
+        if self.irq is not None:
+            self.irq.set_level(self._line_level)
+
+    def _checked_copy(self, state: Any) -> Uart16550:
+        """A scratch UART holding ``state``, every field checked: ranges, bits
+        that exist, the FIFO no deeper than the chip's, and a wire level that
+        the registers really produce."""
+        name = self.name
+        require_keys(state, _SAVED_FIELDS, device=name)
+        for key in _BYTE_FIELDS:
+            require_int(state, key, 0, 0xFF, device=name)
+        for key in _COUNTERS:
+            require_int(state, key, 0, MAX_U64, device=name)
+        require_bits(state, "ier", UART_IER_ALL_INTR, device=name)
+        require_bits(state, "mcr", UART_MCR_WRITABLE, device=name)
+        require_bits(state, "lsr_errors", UART_LSR_BRK_ERROR_BITS, device=name)
+        require_bits(state, "msr_delta", UART_MSR_ANY_DELTA, device=name)
+        require_bits(state, "modem_inputs", UART_MSR_STATUS_BITS, device=name)
+        require_choice(state, "fcr_trigger", _TRIGGER_BYTES, device=name)
+        require_choice(state, "fcr_dma", (0, UART_FCR_DMA_SELECT), device=name)
+        fifo_on = require_bool(state, "fifo_enabled", device=name)
+        require_bytes_hex(state, "rx_fifo", FIFO_SIZE if fifo_on else 1, device=name)
+        require_bytes_hex(state, "tx_fifo", 0, device=name)
+        require_bool(state, "thre_pending", device=name)
+        level = require_bool(state, "irq_level", device=name)
+        scratch = Uart16550(name=name)
+        scratch._assign(state)
+        if scratch._wire_level() != level:
+            raise DeviceStateError(f"{name}: saved field 'irq_level' = {level} is not the "
+                                   "level the saved registers drive")
+        return scratch
+
+    def _assign(self, state: dict[str, Any]) -> None:
+        """Set every saved field (``state`` is already checked)."""
+        self.divisor = state["dll"] | state["dlm"] << 8
+        self.lcr, self.scr, self._rbr_last = state["lcr"], state["scr"], state["rbr_last"]
+        self.ier, self.mcr = state["ier"], state["mcr"]
+        self.fifo_enabled = state["fifo_enabled"]
+        self.fcr_trigger, self.fcr_dma = state["fcr_trigger"], state["fcr_dma"]
+        self._rx = deque(bytes.fromhex(state["rx_fifo"]))
+        self._lsr_errors, self._msr_delta = state["lsr_errors"], state["msr_delta"]
+        self._host_msr = state["modem_inputs"]
+        self._thre_pending = state["thre_pending"]
+        for name in _COUNTERS:
+            setattr(self, name, state[name])
 
     # --- words ---------------------------------------------------------------------------------
 

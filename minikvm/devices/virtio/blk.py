@@ -47,6 +47,17 @@ import os
 import struct
 from typing import Any
 
+from minikvm.devices.base import DeviceStateError
+from minikvm.devices.state import (
+    MAX_U64,
+    hex_bytes,
+    require_bool,
+    require_bytes_hex,
+    require_counters,
+    require_int,
+    require_keys,
+    require_str,
+)
 from minikvm.devices.virtio.device import VIRTIO_ID_BLOCK, VirtioDevice
 from minikvm.devices.virtio.features import has_feature
 from minikvm.devices.virtio.queue import DescriptorChain, VirtqueueError
@@ -333,6 +344,49 @@ class VirtioBlk(VirtioDevice):
         self.counters["bytes_written"] += length
         self.last_request = f"OUT sector {sector}, {length // SECTOR_SIZE} sectors: OK"
         return VIRTIO_BLK_S_OK, 0
+
+    # -- save and restore ----------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """The capacity the driver was told, the serial GET_ID answers, the
+        counters; and, to be checked on restore, the image's path and size
+        now and whether it is read-only. The image's *contents* are not
+        saved: the caller re-opens (and, if it wants, copies) the file.
+        Not saved: the last request's words (for the TUI)."""
+        return {"path": self.path, "size": self._image_size(), "read_only": self.read_only,
+                "capacity": self.capacity, "serial": hex_bytes(self.serial),
+                "counters": dict(self.counters)}
+
+    def _image_size(self) -> int:
+        """The backing file's size in bytes now (-1 when it is closed or gone)."""
+        try:
+            return os.fstat(self.fd).st_size if self.fd >= 0 else -1
+        except OSError:
+            return -1
+
+    def check_state(self, state: Any) -> None:
+        """Refuses a state saved over an image of another size, or with
+        another read-only setting: the guest's view of the disk would not
+        be the one it saved."""
+        name = self.name
+        require_keys(state, ("path", "size", "read_only", "capacity", "serial", "counters"),
+                     device=name)
+        require_str(state, "path", 4096, device=name)
+        size = self._image_size()
+        require_int(state, "size", size, size, device=name)
+        if require_bool(state, "read_only", device=name) != self.read_only:
+            raise DeviceStateError(f"{name}: saved field 'read_only' = {state['read_only']}, "
+                                   f"but this disk is {'' if self.read_only else 'not '}"
+                                   "read-only")
+        require_int(state, "capacity", 0, MAX_U64 // SECTOR_SIZE, device=name)
+        require_bytes_hex(state, "serial", VIRTIO_BLK_ID_BYTES, device=name)
+        require_counters(state, "counters", self.counters.keys(), device=name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.capacity = state["capacity"]
+        self.serial = bytes.fromhex(state["serial"])
+        self.counters = dict(state["counters"])
 
     def state(self) -> dict[str, Any]:
         return {"path": self.path, "read_only": self.read_only, "capacity": self.capacity,

@@ -20,6 +20,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from minikvm.devices.base import DeviceStateError
+from minikvm.devices.state import (
+    hex_bytes,
+    require_bytes_hex,
+    require_counters,
+    require_int,
+    require_keys,
+)
 from minikvm.devices.virtio.device import VIRTIO_ID_CONSOLE, VirtioDevice
 from minikvm.devices.virtio.queue import DescriptorChain
 
@@ -125,6 +133,32 @@ class VirtioConsole(VirtioDevice):
 
     def activate(self) -> None:
         self._deliver()
+
+    # -- save and restore ----------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """Host input waiting for a receive buffer (hex), the room left for
+        more (``rx_space``: what the host may still send), and the counters.
+        Not saved: the output sink (a host resource), the recent output
+        (kept for the TUI only)."""
+        return {"pending": hex_bytes(self.pending), "rx_space": self.rx_space(),
+                "counters": dict(self.counters)}
+
+    def check_state(self, state: Any) -> None:
+        name = self.name
+        require_keys(state, ("pending", "rx_space", "counters"), device=name)
+        pending = require_bytes_hex(state, "pending", self.input_limit, device=name)
+        space = require_int(state, "rx_space", 0, self.input_limit, device=name)
+        if len(pending) + space != self.input_limit:
+            raise DeviceStateError(f"{name}: saved field 'rx_space' = {space} with "
+                                   f"{len(pending)} bytes pending: not this console's "
+                                   f"{self.input_limit}-byte input buffer")
+        require_counters(state, "counters", self.counters.keys(), device=name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.pending[:] = bytes.fromhex(state["pending"])
+        self.counters = dict(state["counters"])
 
     def state(self) -> dict[str, Any]:
         return {"pending_input": len(self.pending), "counters": dict(self.counters),

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from minikvm.devices.base import plain_rows
+from minikvm.devices.base import DeviceStateError, plain_rows
 from minikvm.devices.virtio.queue import DescriptorChain
 
 __all__ = [
@@ -143,6 +143,21 @@ class VirtioDevice:
     def process(self, queue_index: int, chain: DescriptorChain) -> int:
         """Handle one request; return the bytes written into its writable part."""
         return 0
+
+    def save(self) -> dict[str, Any]:
+        """The device type's own state for a snapshot, as plain data (the
+        transport saves it under ``"backend"``). Stateless types save ``{}``."""
+        return {}
+
+    def check_state(self, state: Any) -> None:
+        """Raise DeviceStateError unless :meth:`restore` would take ``state``."""
+        if state != {}:
+            raise DeviceStateError(f"{self.name}: a device type without state restores "
+                                   "only {}")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go back to a saved state, checked whole first."""
+        self.check_state(state)
 
     def state(self) -> dict[str, Any]:
         """The device type's own state as plain data."""

@@ -22,7 +22,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from minikvm.devices.base import Device, InterruptLine
+from minikvm.devices.base import Device, DeviceStateError, InterruptLine
+from minikvm.devices.state import (
+    MAX_U32,
+    require_bits,
+    require_bool,
+    require_counters,
+    require_int,
+    require_keys,
+    require_list,
+    require_optional_str,
+)
 from minikvm.devices.virtio.device import ChainHandler, VirtioContext, VirtioDevice
 from minikvm.devices.virtio.features import (
     TRANSPORT_FEATURES,
@@ -177,6 +187,13 @@ _QUEUE_ADDRESS_REGISTERS = {
     VIRTIO_MMIO_QUEUE_USED_LOW: ("used_ring", 0),
     VIRTIO_MMIO_QUEUE_USED_HIGH: ("used_ring", 32),
 }
+
+#: Every bit the Status register can hold (§2.1).
+_STATUS_BITS = int(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK
+                   | DeviceStatus.DRIVER_OK | DeviceStatus.NEEDS_RESET | DeviceStatus.FAILED)
+#: The transport's registers and latches in a saved state (save() adds the rest).
+_SAVED_WORDS = ("device_features_sel", "driver_features_sel", "queue_sel", "shm_sel",
+                "config_generation")
 
 _A = DeviceStatus.ACKNOWLEDGE
 _D = DeviceStatus.DRIVER
@@ -608,6 +625,76 @@ class VirtioMmioTransport(Device):
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         self.backend.write_config(offset, data)
         self._last = (VIRTIO_MMIO_CONFIG + offset, True, "")
+
+    # -- save and restore ----------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """Status, both feature words and their selectors, the selected queue
+        and shared memory region, every queue, InterruptStatus and the level
+        it drives, the configuration generation, why the device last needed
+        a reset, the counters, and the device type's own state under
+        ``"backend"``. ``device_id`` and ``device_features`` are saved to be
+        checked: a state restores only into the same kind of device,
+        offering the same features."""
+        state: dict[str, Any] = {"device_id": self.backend.device_id,
+                                 "device_features": self.device_features,
+                                 "status": int(self.status),
+                                 "driver_features": self.driver_features}
+        state |= {key: getattr(self, key) for key in _SAVED_WORDS}
+        return state | {"interrupt_status": self.interrupt_status, "irq_level": self._irq_level,
+                        "last_error": self.last_error, "counters": dict(self.counters),
+                        "queues": [queue.save() for queue in self.queues],
+                        "backend": self.backend.save()}
+
+    def check_state(self, state: Any) -> None:
+        """Raise DeviceStateError (naming this transport) unless :meth:`restore`
+        would take ``state``; the queues and the backend are checked too."""
+        name = self.name
+        require_keys(state, ("device_id", "device_features", "status", "driver_features",
+                             *_SAVED_WORDS, "interrupt_status", "irq_level", "last_error",
+                             "counters", "queues", "backend"), device=name)
+        device_id = self.backend.device_id
+        require_int(state, "device_id", device_id, device_id, device=name)
+        offered = self.device_features
+        require_int(state, "device_features", offered, offered, device=name)
+        require_bits(state, "status", _STATUS_BITS, device=name)
+        require_bits(state, "driver_features", offered, device=name)
+        for key in _SAVED_WORDS:
+            require_int(state, key, 0, MAX_U32, device=name)
+        pending = require_bits(state, "interrupt_status",
+                               VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG, device=name)
+        if require_bool(state, "irq_level", device=name) != bool(pending):
+            raise DeviceStateError(f"{name}: saved field 'irq_level' is not whether "
+                                   "InterruptStatus is set (the line is level-triggered)")
+        require_optional_str(state, "last_error", 4096, device=name)
+        require_counters(state, "counters", self.counters.keys(), device=name)
+        queues = require_list(state, "queues", len(self.queues), device=name)
+        if len(queues) != len(self.queues):
+            raise DeviceStateError(f"{name}: saved field 'queues' has {len(queues)} queues, "
+                                   f"this device has {len(self.queues)}")
+        for index, (queue, saved) in enumerate(zip(self.queues, queues)):
+            queue.check_state(saved, device=f"{name}: queue {index}")
+        try:
+            self.backend.check_state(state["backend"])
+        except DeviceStateError as error:
+            raise DeviceStateError(f"{name}: backend {error}") from None
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take ``state`` (checked whole first), then drive the line to its level."""
+        self.check_state(state)
+        self.status = DeviceStatus(state["status"])
+        self.driver_features = state["driver_features"]
+        for key in _SAVED_WORDS:
+            setattr(self, key, state[key])
+        self.interrupt_status = state["interrupt_status"]
+        self.last_error = state["last_error"]
+        self.counters = dict(state["counters"])
+        for queue, saved in zip(self.queues, state["queues"]):
+            queue.restore(saved)
+        self.backend.restore(state["backend"])
+        self._last = (-1, False, "")
+        self._irq_level = state["irq_level"]
+        self.irq.set_level(self._irq_level)
 
     # -- words -------------------------------------------------------------------
 

@@ -36,6 +36,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from minikvm.devices.base import DeviceStateError
+from minikvm.devices.state import (
+    MAX_U16,
+    MAX_U32,
+    MAX_U64,
+    require_bool,
+    require_int,
+    require_keys,
+)
 from minikvm.memory import GuestMemory
 
 __all__ = [
@@ -424,6 +433,57 @@ class SplitQueue:
             return vring_need_event(used_event, self.next_used_idx, old)
         flags = self.memory.read_u16(self.avail_ring)
         return not flags & VIRTQ_AVAIL_F_NO_INTERRUPT
+
+    # -- save and restore ------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """What the driver set up (size, ready, the three addresses), the
+        device's positions in both rings and the notification bookkeeping.
+        ``max_size`` is saved to be checked: it is the device's, not the
+        driver's. The rings themselves live in guest RAM, saved with it."""
+        return {"max_size": self.max_size, "size": self.size, "ready": self.ready,
+                "desc_table": self.desc_table, "avail_ring": self.avail_ring,
+                "used_ring": self.used_ring, "last_avail_idx": self.last_avail_idx,
+                "used_idx": self.next_used_idx, "signalled_used": self.signalled_used,
+                "event_idx": self.event_idx, "indirect_desc": self.indirect_desc,
+                "chains_popped": self.chains_popped}
+
+    def check_state(self, state: Any, device: str = "virtqueue") -> None:
+        """Raise DeviceStateError unless :meth:`restore` would take ``state``.
+
+        A queue saved as ready must have a layout :meth:`enable` would have
+        accepted in *this* guest memory, so that a restored device never
+        walks rings outside RAM.
+        """
+        require_keys(state, self.save().keys(), device=device)
+        require_int(state, "max_size", self.max_size, self.max_size, device=device)
+        require_int(state, "size", 0, MAX_U32, device=device)  # QueueNum takes any word
+        for key in ("desc_table", "avail_ring", "used_ring"):
+            require_int(state, key, 0, MAX_U64, device=device)
+        for key in ("last_avail_idx", "used_idx", "signalled_used"):
+            require_int(state, key, 0, MAX_U16, device=device)
+        for key in ("ready", "event_idx", "indirect_desc"):
+            require_bool(state, key, device=device)
+        require_int(state, "chains_popped", 0, MAX_U64, device=device)
+        if state["ready"]:
+            scratch = SplitQueue(self.memory, self.max_size, self.max_chain_bytes)
+            scratch._assign(state)
+            problem = scratch.layout_problem()
+            if problem is not None:
+                raise DeviceStateError(f"{device}: saved as ready, but {problem}")
+
+    def restore(self, state: dict[str, Any], device: str = "virtqueue") -> None:
+        self.check_state(state, device)
+        self._assign(state)
+
+    def _assign(self, state: dict[str, Any]) -> None:
+        self.size, self.ready = state["size"], state["ready"]
+        self.desc_table, self.avail_ring = state["desc_table"], state["avail_ring"]
+        self.used_ring = state["used_ring"]
+        self.last_avail_idx, self.next_used_idx = state["last_avail_idx"], state["used_idx"]
+        self.signalled_used = state["signalled_used"]
+        self.event_idx, self.indirect_desc = state["event_idx"], state["indirect_desc"]
+        self.chains_popped = state["chains_popped"]
 
     def state(self) -> dict[str, Any]:
         return {

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from minikvm.devices.state import MAX_U64, require_int, require_keys
 from minikvm.devices.virtio.device import VIRTIO_ID_RNG, VirtioDevice
 from minikvm.devices.virtio.queue import DescriptorChain
 
@@ -54,6 +55,22 @@ class VirtioRng(VirtioDevice):
         written = chain.write(data)
         self.bytes_given += written
         return written
+
+    def save(self) -> dict[str, Any]:
+        """The counters, and the cap to be checked (a device setting, not state).
+        The entropy source is a host resource: not saved."""
+        return {"requests": self.requests, "bytes_given": self.bytes_given,
+                "request_cap": self.request_cap}
+
+    def check_state(self, state: Any) -> None:
+        require_keys(state, ("requests", "bytes_given", "request_cap"), device=self.name)
+        require_int(state, "requests", 0, MAX_U64, device=self.name)
+        require_int(state, "bytes_given", 0, MAX_U64, device=self.name)
+        require_int(state, "request_cap", self.request_cap, self.request_cap, device=self.name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.requests, self.bytes_given = state["requests"], state["bytes_given"]
 
     def state(self) -> dict[str, Any]:
         return {"requests": self.requests, "bytes_given": self.bytes_given,
