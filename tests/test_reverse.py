@@ -16,6 +16,7 @@ import pytest
 
 from minikvm.core.stop import StopKind
 from minikvm.debug.debugger import Debugger
+from minikvm.devices.state import save_devices
 from minikvm.guestbuild import assemble, tools_available
 from minikvm.machine import Machine
 
@@ -36,11 +37,13 @@ def loop64() -> Path:
     return assemble(ROOT / "guests" / "debug" / "loop64.S", BUILD).elf
 
 
-def machine_state(machine: Machine, debugger: Debugger) -> tuple[bytes, bytes, bytes, bytes]:
-    """What the vCPU and RAM hold now, straight from KVM and the mapping."""
+def machine_state(machine: Machine, debugger: Debugger) -> tuple[object, ...]:
+    """What the vCPU, RAM and the devices hold now, straight from KVM, the
+    mapping and the device models."""
     vcpu = debugger.vcpu
     ram = hashlib.blake2b(machine.memory.read(0, machine.memory.size)).digest()
-    return bytes(vcpu.get_regs()), bytes(vcpu.get_sregs()), bytes(vcpu.get_fpu()), ram
+    devices = save_devices((machine.pio, machine.mmio))
+    return bytes(vcpu.get_regs()), bytes(vcpu.get_sregs()), bytes(vcpu.get_fpu()), ram, devices
 
 
 @pytest.fixture
@@ -68,6 +71,7 @@ def test_step_back_restores_each_recorded_state_and_redo_replays_them(recorded):
     machine, debugger, states, output = recorded
     steps = len(states) - 1
     assert output == [b"3", b"2", b"1"]
+    assert machine.uart.scr == 0x5A
     assert len(debugger.history) == steps and debugger.history.at_end
     for n in range(steps, 0, -1):
         assert machine_state(machine, debugger) == states[n], f"after undoing to step {n}"
@@ -75,6 +79,7 @@ def test_step_back_restores_each_recorded_state_and_redo_replays_them(recorded):
         assert stop.kind is StopKind.STEP_LIMIT
     assert machine_state(machine, debugger) == states[0]
     assert debugger.history.at_start and debugger.rip == debugger.address_of("_start")
+    assert machine.uart.scr == 0                # the device was rewound too
     for n in range(1, steps + 1):
         record = debugger.step_instruction()
         assert machine_state(machine, debugger) == states[n], f"after redoing step {n}"

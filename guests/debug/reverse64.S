@@ -3,7 +3,8 @@
  * Everything an undo log must put back: one-byte instructions (nop, push,
  * pop, ret), long ones (movabs, 10 bytes), calls and pushes on its own
  * stack, stores to other pages and a `rep stosq` (one step per iteration),
- * port I/O to the debug console (must not
+ * a write to the UART's scratch register (device state to rewind), port
+ * I/O to the debug console (must not
  * print twice when steps are redone), and long-mode paging of its own: it
  * builds page tables (as ownpages64.S does), switches CR3 (a change of the
  * control registers) and stores through a linear address only they map.
@@ -31,6 +32,9 @@ _start:
     mov     $PML4, %rax
     mov     %rax, %cr3                  /* our own tables from here */
     movabs  $VIRTUAL, %rbx
+    mov     $0x5a, %al
+    mov     $0x3ff, %dx
+    out     %al, (%dx)                  /* COM1's scratch register: device state */
     mov     $3, %ecx
 loop:
     nop

@@ -15,7 +15,9 @@ what each one changed in the :class:`~minikvm.debug.history.History`:
   Each named page is compared with a *shadow* copy of RAM kept while
   recording, and only the changed bytes are logged, old and new;
 * **devices** -- when a step dispatched a VM exit (``machine.exit_count``
-  moved) and the device models can save their state, that state.
+  moved), the state of every device model before and after
+  (:func:`~minikvm.devices.state.save_devices`): undoing an ``out`` to the
+  UART puts its registers and FIFOs back as they were.
 
 Undo writes the old values back (``KVM_SET_REGS``/``SREGS``/``FPU``, RAM),
 redo the new ones: no instruction runs again, so a device never sees an
@@ -48,15 +50,33 @@ from minikvm.debug.history import (
     word_diff,
 )
 from minikvm.debug.stepper import Stepper
+from minikvm.devices.state import restore_devices, save_devices
 from minikvm.kvm.uapi import KVM_MEM_LOG_DIRTY_PAGES, kvm_fpu, kvm_regs, kvm_sregs
 from minikvm.machine import Machine
 from minikvm.memory import PAGE_SIZE, MemoryRegion
 
-__all__ = ["DeviceStates", "Recorder"]
+__all__ = ["DeviceStates", "Recorder", "machine_devices"]
 
 #: How the device models' state is saved and restored: ``(save, restore)``
-#: with ``save() -> state`` and ``restore(state)``; None where they cannot.
+#: with ``save() -> state`` and ``restore(state)``; None: not at all.
 DeviceStates = tuple[Callable[[], Any], Callable[[Any], None]]
+
+
+def machine_devices(machine: Machine) -> DeviceStates:
+    """Every device on the machine's port and MMIO buses, saved and restored
+    whole (:mod:`minikvm.devices.state`), under the machine's lock as that
+    module asks."""
+    buses = (machine.pio, machine.mmio)
+
+    def save() -> Any:
+        with machine.lock:
+            return save_devices(buses)
+
+    def restore(states: Any) -> None:
+        with machine.lock:
+            restore_devices(buses, states)
+
+    return save, restore
 
 
 class Recorder:
@@ -64,7 +84,9 @@ class Recorder:
 
     ``step()`` is the debugger's way to execute one instruction: with
     recording off it is the stepper's; while recording it records, and while
-    in the past it redoes the next entry instead of executing.
+    in the past it redoes the next entry instead of executing. ``devices``
+    saves and restores the device models (default: every device on the
+    machine's buses, :func:`machine_devices`).
     """
 
     def __init__(self, machine: Machine, view: GuestView, stepper: Stepper,
@@ -72,7 +94,7 @@ class Recorder:
         self.machine = machine
         self.view = view
         self.stepper = stepper
-        self.devices = devices
+        self.devices = machine_devices(machine) if devices is None else devices
         self.vcpu = view.runner.vcpu
         #: The history while recording, else None.
         self.history: History | None = None
@@ -132,7 +154,7 @@ class Recorder:
         self._dirty_pages()
         self._sregs = bytes(self.vcpu.get_sregs())
         self._fpu = bytes(self.vcpu.get_fpu())
-        self._device_state = self.devices[0]() if self.devices is not None else None
+        self._device_state = self.devices[0]()
 
     def edited(self) -> None:
         """Registers or memory were changed from outside (a person, gdb).
@@ -176,7 +198,7 @@ class Recorder:
         if fpu != self._fpu:
             fpu_change, self._fpu = (self._fpu, fpu), fpu
         devices = None
-        if had_exits and self.devices is not None:
+        if had_exits:
             state = self.devices[0]()
             devices, self._device_state = (self._device_state, state), state
         return Entry(word_diff(bytes(record.before), bytes(record.after)), sregs_change,
@@ -265,7 +287,7 @@ class Recorder:
         changes = entry.memory if forward else reversed(entry.memory)
         for address, old, new in changes:
             self._put(address, new if forward else old)
-        if entry.devices is not None and self.devices is not None:
+        if entry.devices is not None:
             self._device_state = entry.devices[side]
             self.devices[1](self._device_state)
         view.invalidate()
