@@ -224,3 +224,13 @@ def test_recording_off_forgets_the_history_and_stops_logging_dirty_pages(loop_re
     assert debugger.step_back().kind is StopKind.HISTORY_START
     stop = debugger.cont(timeout=30)              # runs freely again
     assert stop.kind is StopKind.HALT and stop.steps == 0
+
+
+@pytest.mark.slow
+def test_the_reverse_benchmark_redoes_to_the_end_and_goes_back_to_the_start():
+    from benchmarks import reverse
+
+    guest = reverse.build()
+    assert reverse.step_cost(guest, 20, recording=True).cpu > 0
+    costs = reverse.history_costs(guest, history=300, undo=100)   # asserts as it goes
+    assert costs["rip"] == 0x1000 and costs["entry_bytes"] > 0

@@ -274,10 +274,9 @@ class Debugger:
 
     def record(self, enabled: bool = True, limit: int = DEFAULT_MAX_ENTRIES,
                max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        """Start recording every instruction from here (a fresh history of
-        at most ``limit`` instructions and about ``max_bytes``; the oldest go
-        first), or stop and forget the history (``enabled=False``). While
-        recording, :meth:`cont` single-steps (slow, exact)."""
+        """Record every instruction from here (at most ``limit`` of them and
+        ~``max_bytes``, oldest dropped first; :meth:`cont` then single-steps),
+        or stop and forget the history (``enabled=False``)."""
         if enabled:
             self.recorder.start(limit, max_bytes)
         else:
@@ -435,12 +434,13 @@ class Debugger:
     # -- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Take every int3 out and turn guest debugging off."""
+        """Take every int3 out, stop recording, turn guest debugging off."""
         self.arming.remove_int3s()
-        try:
-            self.runner.set_guest_debug()
-        except Exception:  # noqa: BLE001 - closing must not fail
-            pass
+        for finish in (self.recorder.stop, self.runner.set_guest_debug):
+            try:
+                finish()
+            except Exception:  # noqa: BLE001 - closing must not fail
+                pass
 
     def __enter__(self) -> Debugger:
         return self
