@@ -49,10 +49,10 @@ def machine_state(machine: Machine, debugger: Debugger) -> tuple[object, ...]:
 @pytest.fixture
 def recorded(reverse64):
     """reverse64 run to its hlt while recording, with the state after each step
-    (1 MiB of RAM: room for the guest's pages and the VMM's at 0x70000, and
-    half the bytes to hash after each step)."""
+    (512 KiB of RAM: room for the guest's pages and the VMM's page tables at
+    0x70000, and a quarter of the default's bytes to hash after each step)."""
     output: list[bytes] = []
-    with Machine(1 << 20, output=output.append) as machine:
+    with Machine(512 << 10, output=output.append) as machine:
         machine.load_elf(reverse64)
         debugger = Debugger(machine)
         debugger.record()
