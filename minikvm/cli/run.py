@@ -290,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
                     watch = _InputEndWatch(machine, stdin, sink, ending)
                 if args.gdb is not None:
                     from minikvm.gdb.serve import serve_gdb
-                    stop = serve_gdb(machine, args.gdb, guest=args.guest, timeout=args.timeout)
+                    stop = serve_gdb(machine, args.gdb, guest=args.guest, timeout=args.timeout,
+                                     record=args.record)
                 else:
                     stop = machine.run(timeout=args.timeout)
             finally:
