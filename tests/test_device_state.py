@@ -327,7 +327,7 @@ uart_ops = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(before=st.lists(uart_ops, max_size=40), after=st.lists(uart_ops, max_size=40))
 def test_uart_after_any_traffic_a_restored_copy_answers_alike(before, after):
     check_restored_copy_answers_alike("com1", traffic(before), after)
@@ -340,7 +340,7 @@ fw_cfg_ops = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(before=st.lists(fw_cfg_ops, max_size=40), after=st.lists(fw_cfg_ops, max_size=40))
 def test_fw_cfg_after_any_traffic_a_restored_copy_answers_alike(before, after):
     check_restored_copy_answers_alike("fw_cfg", traffic(before), after)

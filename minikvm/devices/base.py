@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from minikvm.bus import all_ones
 
-__all__ = ["Device", "DeviceStateError", "InterruptLine", "RecordingLine", "Row", "all_ones", "plain_rows"]
+__all__ = ["Device", "DeviceStateError", "InterruptLine", "RecordingLine", "Row", "all_ones",
+           "plain_rows"]
 
 #: One row of a device panel: (label, value), both already words.
 Row = tuple[str, str]
@@ -129,6 +130,8 @@ class Device:
             raise DeviceStateError(f"{self.name}: a device without state restores only {{}}")
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Go back to a saved state: check it whole, then assign,
-        then drive the interrupt line (if any) to the restored level."""
+        """Go back to a saved state. A stateful device overrides this: it
+        checks the state whole (:meth:`check_state`), then assigns, then
+        drives its interrupt line (if it has one) to the restored level,
+        so that the wire matches the registers."""
         self.check_state(state)
