@@ -57,9 +57,9 @@ def test_reverse_continue_stops_at_the_previous_breakpoint_and_replay_prints_not
 
 
 @pytest.mark.slow
-def test_minikvm_run_gdb_record_lets_gdb_go_back_from_the_first_command(guests):
+def test_minikvm_run_gdb_reverse_lets_gdb_go_back_from_the_first_command(guests):
     elf = guests / "gdbdemo.elf"
-    process = minikvm("run", str(elf), "--gdb", "127.0.0.1:0", "--record")
+    process = minikvm("run", str(elf), "--gdb", "127.0.0.1:0", "--reverse")
     try:
         port = int(re.search(r"127\.0\.0\.1:(\d+)", attach_line(process)).group(1))
         gdb = subprocess.run(gdb_command(elf, port, ["break twice", "continue", "reverse-stepi",
@@ -75,9 +75,9 @@ def test_minikvm_run_gdb_record_lets_gdb_go_back_from_the_first_command(guests):
 
 
 @pytest.mark.slow
-def test_record_without_gdb_is_a_usage_error(guests):
-    process = minikvm("run", str(guests / "gdbdemo.elf"), "--record")
+def test_reverse_without_gdb_is_a_usage_error(guests):
+    process = minikvm("run", str(guests / "gdbdemo.elf"), "--reverse")
     out, err = process.communicate(timeout=GDB_TIMEOUT)
     assert process.returncode == 2 and out == ""
-    assert err == ("minikvm: --record needs --gdb: reverse execution is driven from gdb "
+    assert err == ("minikvm: --reverse needs --gdb: reverse execution is driven from gdb "
                    "(or from the TUI's r key)\n")

@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.gdb is not None:
                     from minikvm.gdb.serve import serve_gdb
                     stop = serve_gdb(machine, args.gdb, guest=args.guest, timeout=args.timeout,
-                                     record=args.record)
+                                     record=args.reverse)
                 else:
                     stop = machine.run(timeout=args.timeout)
             finally:

@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
     with machine:
         return trace_machine(machine, limit=args.limit, capacity=args.capacity,
                              jsonl=args.jsonl, timeout=args.timeout, output=output,
-                             gdb=args.gdb, guest=args.guest, record=args.record)
+                             gdb=args.gdb, guest=args.guest, record=args.reverse)
 
 
 def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT_CAPACITY,

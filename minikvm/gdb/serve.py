@@ -96,7 +96,7 @@ def serve_gdb(machine: Machine, address: tuple[str, int], *, guest: str | None =
     ``guest`` is the guest's file, named in the line that says how to
     attach; ``timeout`` bounds each stretch the guest runs between two
     stops (and the run after a detach), as ``--timeout`` does a normal run.
-    ``record``: vCPU 0 records every instruction from the first (``--record``,
+    ``record``: vCPU 0 records every instruction from the first (``--reverse``,
     as ``monitor record on``), for reverse-stepi and reverse-continue.
     """
     server = server if server is not None else listen(*address)
