@@ -90,6 +90,9 @@ class GuestMemory:
 
     def __init__(self) -> None:
         self._regions: list[MemoryRegion] = []
+        # Guest-physical page numbers the VMM wrote since the last
+        # take_written(), or None when nobody asked (see track_writes).
+        self._written: set[int] | None = None
 
     @classmethod
     def with_size(cls, size: int, base: int = 0) -> GuestMemory:
@@ -188,6 +191,34 @@ class GuestMemory:
                 return region, offset
         raise GuestMemoryError(f"guest-physical address {addr:#x} is not in guest RAM")
 
+    # -- write tracking ----------------------------------------------------
+
+    def track_writes(self, enabled: bool = True) -> None:
+        """Remember which pages the *VMM* writes (loaders, device DMA, a debugger).
+
+        KVM's dirty-page log (``KVM_GET_DIRTY_LOG``) sees only the guest's own
+        stores, made through the guest's mapping of this memory; writes through
+        the host mapping never reach it. The reverse-execution recorder needs
+        both, so it turns this on. A zero-copy :meth:`view` counts as a write
+        of its pages (a device may store through it). Off by default: one
+        ``is None`` test per write is all it costs then.
+        """
+        self._written = set() if enabled else None
+
+    def take_written(self) -> set[int]:
+        """The page numbers (``address // PAGE_SIZE``) written since the last
+        call, and forget them; empty when tracking is off."""
+        written = self._written
+        if not written:
+            return set()
+        self._written = set()
+        return written
+
+    def _mark(self, addr: int, size: int) -> None:
+        if size > 0:
+            self._written.update(range(addr // PAGE_SIZE,  # type: ignore[union-attr]
+                                       (addr + size - 1) // PAGE_SIZE + 1))
+
     # -- bytes -------------------------------------------------------------
 
     def read(self, addr: int, size: int) -> bytes:
@@ -200,11 +231,15 @@ class GuestMemory:
         data = memoryview(data).cast("B")
         region, offset = self._locate(addr, len(data))
         region.mapping[offset:offset + len(data)] = data
+        if self._written is not None:
+            self._mark(addr, len(data))
 
     def fill(self, addr: int, size: int, byte: int = 0) -> None:
         """Set ``size`` bytes at ``addr`` to ``byte`` (zeroing a BSS, say)."""
         region, offset = self._locate(addr, size)
         region.mapping[offset:offset + size] = bytes([byte]) * size
+        if self._written is not None:
+            self._mark(addr, size)
 
     def view(self, addr: int, size: int) -> memoryview:
         """A writable zero-copy view of guest RAM (for device DMA).
@@ -213,6 +248,8 @@ class GuestMemory:
         read each field once and validate what was read.
         """
         region, offset = self._locate(addr, size)
+        if self._written is not None:
+            self._mark(addr, size)
         return memoryview(region.mapping)[offset:offset + size]
 
     # -- little-endian integers -------------------------------------------
@@ -236,18 +273,26 @@ class GuestMemory:
     def write_u8(self, addr: int, value: int) -> None:
         region, offset = self._locate(addr, 1)
         region.mapping[offset] = value & 0xFF
+        if self._written is not None:
+            self._mark(addr, 1)
 
     def write_u16(self, addr: int, value: int) -> None:
         region, offset = self._locate(addr, 2)
         _U16.pack_into(region.mapping, offset, value & 0xFFFF)
+        if self._written is not None:
+            self._mark(addr, 2)
 
     def write_u32(self, addr: int, value: int) -> None:
         region, offset = self._locate(addr, 4)
         _U32.pack_into(region.mapping, offset, value & 0xFFFF_FFFF)
+        if self._written is not None:
+            self._mark(addr, 4)
 
     def write_u64(self, addr: int, value: int) -> None:
         region, offset = self._locate(addr, 8)
         _U64.pack_into(region.mapping, offset, value & 0xFFFF_FFFF_FFFF_FFFF)
+        if self._written is not None:
+            self._mark(addr, 8)
 
     def read_int(self, addr: int, size: int) -> int:
         """Little-endian unsigned integer of 1, 2, 4 or 8 bytes."""

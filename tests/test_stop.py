@@ -200,6 +200,8 @@ KINDS = [
     (StopKind.EXIT_MATCHED,    None,                     False, False, False),
     (StopKind.STEP_LIMIT,      None,                     False, False, False),
     (StopKind.DEBUG_EXCEPTION, None,                     False, False, False),
+    (StopKind.HISTORY_START,   None,                     False, False, False),
+    (StopKind.HISTORY_END,     None,                     False, False, False),
 ]
 
 

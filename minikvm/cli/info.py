@@ -75,13 +75,14 @@ def print_info(kvm_path: str, console: Console | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from minikvm.debug.history import info_row
     from minikvm.debug.probe import probe_rows
     from minikvm.kvm.system import Kvm
 
     console = console or Console()
     with Kvm(kvm_path) as kvm:
         rows = info_rows(kvm)
-    extra = probe_rows(kvm_path)
+    extra = probe_rows(kvm_path) + [info_row()]
     table = Table(title="minikvm info: this host's KVM", title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")

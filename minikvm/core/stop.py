@@ -69,6 +69,8 @@ class StopKind(enum.Enum):
     EXIT_MATCHED = "exit-matched"    # the debugger's ``until`` filter matched an exit
     STEP_LIMIT = "step-limit"        # ``max_steps`` instructions single-stepped
     DEBUG_EXCEPTION = "debug-exception"  # a #DB/#BP the debugger did not ask for
+    HISTORY_START = "history-start"  # going backwards, nothing older was recorded
+    HISTORY_END = "history-end"      # replaying forwards, the recorded history ran out
 
 
 #: Kinds after which the guest has finished normally.

@@ -8,6 +8,10 @@
 * :mod:`~minikvm.debug.arming` -- breakpoints, watchpoints, their mechanisms
   and the ``KVM_SET_GUEST_DEBUG`` state; ``int3`` in and out.
 * :mod:`~minikvm.debug.stepper` -- exactly one guest instruction.
+* :mod:`~minikvm.debug.recorder` -- recording every step, undo and redo
+  (reverse execution; the log is :mod:`~minikvm.debug.history`, going
+  backwards :mod:`~minikvm.debug.backwards`).
+* :mod:`~minikvm.debug.stops` -- the debugger's stops, worded once.
 * :mod:`~minikvm.debug.watch` -- watchpoint checks after a step.
 * :mod:`~minikvm.debug.events` -- step records and exit filters.
 * :mod:`~minikvm.debug.probe` -- which debug features this KVM really has.

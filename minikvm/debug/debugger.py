@@ -35,19 +35,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from minikvm.core.board import ExitStatus
 from minikvm.core.events import ExitEvent
 from minikvm.core.runner import Watchdog
 from minikvm.core.stop import Stop, StopKind
 from minikvm.debug.arming import Arming
+from minikvm.debug.backwards import reverse_cont, step_back
 from minikvm.debug.breakpoints import Breakpoint, BreakpointKind, WatchKind, Watchpoint, dr6_slots
 from minikvm.debug.disasm import Instruction
 from minikvm.debug.errors import DebuggerError
 from minikvm.debug.events import ExitFilter, StepRecord
 from minikvm.debug.guestview import GuestView
+from minikvm.debug.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, History
 from minikvm.debug.inspect import GPR_NAMES, FpuState, RegisterSnapshot, changed_registers, fpu_state
 from minikvm.debug.probe import DebugSupport, probe_debug_support
+from minikvm.debug.recorder import Recorder
 from minikvm.debug.stepper import Stepper
+from minikvm.debug.stops import Stops
 from minikvm.debug.watch import Predicted, WatchChecks
 from minikvm.kvm.exits import Debug
 from minikvm.kvm.uapi import kvm_debugregs, kvm_regs, kvm_sregs
@@ -57,7 +60,6 @@ from minikvm.x86.paging import Translation
 __all__ = ["Debugger", "DebuggerError", "ExitFilter", "StepRecord"]
 
 _REG_NAMES = frozenset(GPR_NAMES + ("rip", "rflags"))
-_TIMEOUT = int(ExitStatus.TIMEOUT)
 _Matcher = Callable[[ExitEvent], bool]
 
 
@@ -83,6 +85,8 @@ class Debugger:
         self.arming = Arming(support, machine.memory)
         self.watches = WatchChecks(self.view, self.arming)
         self.stepper = Stepper(machine, self.view, self.arming, support)
+        self.stops = Stops(self.view, self.runner)
+        self.recorder = Recorder(machine, self.view, self.stepper)
         #: What the last :meth:`cont` returned.
         self.last_stop: Stop | None = None
         self._previous: kvm_regs | None = None
@@ -133,6 +137,7 @@ class Debugger:
             setattr(regs, name, value)
         self.vcpu.set_regs(regs)
         self.view.invalidate()
+        self.recorder.edited()
 
     def sregs(self) -> kvm_sregs:
         """``KVM_GET_SREGS``: segments, descriptor tables, CR0-CR4, EFER (a
@@ -142,6 +147,7 @@ class Debugger:
     def set_sregs(self, sregs: kvm_sregs) -> None:
         self.vcpu.set_sregs(sregs)
         self.view.invalidate()
+        self.recorder.edited()
 
     def fpu(self) -> FpuState:
         """x87 and SSE registers, decoded."""
@@ -176,6 +182,7 @@ class Debugger:
     def write_memory(self, address: int, data: bytes, physical: bool = False) -> None:
         """Write guest memory at a linear or guest-physical address."""
         self.view.write(address, data, physical)
+        self.recorder.edited()
 
     def symbol_at(self, address: int) -> str:
         """``name+0xoff`` from the loaded image's symbol table, or ``""``."""
@@ -239,10 +246,10 @@ class Debugger:
         watchpoints do: ``record.hit`` is then their ``WATCHPOINT`` stop.
         """
         if not self.arming.watchpoints:
-            record = self.stepper.step()
+            record = self.recorder.step()
         else:
             predicted = self.watches.predict()
-            record = self.stepper.step()
+            record = self.recorder.step()
             record.hit = self.watches.check(record, predicted)
         self._previous = record.before
         return record
@@ -262,6 +269,42 @@ class Debugger:
     def step_exit(self, timeout: float | None = None) -> Stop:
         """Run to the next VM exit (breakpoints still stop first)."""
         return self.cont(until=lambda event: True, timeout=timeout)
+
+    # -- recording and going backwards (debug/recorder.py, debug/backwards.py) ---------
+
+    def record(self, enabled: bool = True, limit: int = DEFAULT_MAX_ENTRIES,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        """Record every instruction from here (at most ``limit`` of them and
+        ~``max_bytes``, oldest dropped first; :meth:`cont` then single-steps),
+        or stop and forget the history (``enabled=False``)."""
+        if enabled:
+            self.recorder.start(limit, max_bytes)
+        else:
+            self.recorder.stop()
+
+    @property
+    def recording(self) -> bool:
+        return self.recorder.active
+
+    @property
+    def history(self) -> History | None:
+        """The recorded history (``len``, ``position``, ``at_end``), or None."""
+        return self.recorder.history
+
+    def step_back(self, count: int = 1) -> Stop:
+        """Undo ``count`` recorded instructions (``STEP_LIMIT``), or as many
+        as there are (``HISTORY_START``). Stepping forward then redoes them."""
+        self._previous = kvm_regs.from_buffer_copy(self.view.regs())
+        self.last_stop = step_back(self.recorder, self.stops, count)
+        return self.last_stop
+
+    def reverse_cont(self, timeout: float | None = None) -> Stop:
+        """Go back to the previous breakpoint, or to before the last write
+        to a watched value, or to the start of the history."""
+        self._previous = kvm_regs.from_buffer_copy(self.view.regs())
+        self.last_stop = reverse_cont(self.recorder, self.stops, self.arming, self.watches,
+                                      timeout)
+        return self.last_stop
 
     # -- running ------------------------------------------------------------------------
 
@@ -301,16 +344,16 @@ class Debugger:
             stop = self._step_and_check(until, steps)
             if stop is not None:
                 return stop
-        if self.arming.needs_stepping():
+        if self.arming.needs_stepping() or self.recorder.active:   # recording steps all
             while True:
-                stop = self._control_stop(steps)
+                stop = self.stops.control(steps)
                 if stop is not None:
                     return stop
                 if max_steps is not None and steps >= max_steps:
                     rip = self.view.rip
-                    return self._stop(StopKind.STEP_LIMIT,
-                                      f"stopped after {steps} single-stepped instructions at "
-                                      f"RIP {rip:#x}{self.view.describe(rip)}", steps)
+                    return self.stops.stop(StopKind.STEP_LIMIT,
+                                           f"stopped after {steps} single-stepped instructions at "
+                                           f"RIP {rip:#x}{self.view.describe(rip)}", steps)
                 steps += 1
                 stop = self._step_and_check(until, steps)
                 if stop is not None:
@@ -320,8 +363,12 @@ class Debugger:
     def _step_and_check(self, until: _Matcher | None, steps: int) -> Stop | None:
         """Step one instruction; the stop it ran into, if any."""
         predicted = self.watches.predict()
-        record = self.stepper.step()
-        return self._after_step(record, until, predicted, steps)
+        record = self.recorder.step()
+        stop = self._after_step(record, until, predicted, steps)
+        if stop is None and self.recorder.reached_end:   # gdb stops there too
+            stop = self.stops.stop(StopKind.HISTORY_END, "at the end of the recorded history: "
+                                   "from here the guest runs live", steps)
+        return stop
 
     def _after_step(self, record: StepRecord, until: _Matcher | None, predicted: Predicted,
                     steps: int) -> Stop | None:
@@ -329,16 +376,16 @@ class Debugger:
         if until is not None:
             for event in record.exits:
                 if until(event):
-                    return self._exit_matched(event, steps)
+                    return self.stops.exit_matched(event, steps)
         if record.stop is not None:
-            return self._guest_stopped(record.stop, record.exits[-1] if record.exits else None,
-                                       steps)
+            return self.stops.guest_stopped(record.stop,
+                                            record.exits[-1] if record.exits else None, steps)
         hit = self.watches.check(record, predicted, steps)
         if hit is not None:
             return hit
         bp = self.arming.breakpoint_at(record.new_pc)
         if bp is not None:
-            return self._hit_breakpoint(bp, steps)
+            return self.stops.breakpoint(bp, steps)
         return None
 
     def _run_free(self, until: _Matcher | None, steps: int) -> Stop:
@@ -348,7 +395,7 @@ class Debugger:
         machine = self.machine
         index = self.runner.index
         while True:
-            stop = self._control_stop(steps)
+            stop = self.stops.control(steps)
             if stop is not None:
                 return stop
             event = machine.step(explain=True, capture_rip=bool(machine.listeners), vcpu=index)
@@ -357,10 +404,10 @@ class Debugger:
                 return self._on_debug(exit, event, steps)
             if event.stop is not None:
                 self.stepper.complete(exit)
-                return self._guest_stopped(event.stop, event, steps)
+                return self.stops.guest_stopped(event.stop, event, steps)
             if until is not None and until(event):
                 self.stepper.complete(exit)
-                return self._exit_matched(event, steps)
+                return self.stops.exit_matched(event, steps)
 
     def _on_debug(self, exit: Debug, event: ExitEvent, steps: int) -> Stop:
         """A #DB or #BP while running freely: which breakpoint or watchpoint?"""
@@ -372,73 +419,28 @@ class Debugger:
                     regs.rip -= 1
                     self.vcpu.set_regs(regs)
                     self.view.invalidate()
-                return self._hit_breakpoint(bp, steps)
+                return self.stops.breakpoint(bp, steps)
         for slot in dr6_slots(exit.dr6):
             owner = self.arming.slot_owner(slot)
             if isinstance(owner, Breakpoint):
-                return self._hit_breakpoint(owner, steps)
+                return self.stops.breakpoint(owner, steps)
             if isinstance(owner, Watchpoint):
                 return self.watches.hit(owner, self.view.rip, steps, "was accessed")
         name = "#BP (int3)" if exit.exception == 3 else "#DB"
-        return self._stop(StopKind.DEBUG_EXCEPTION,
-                          f"{name} the debugger did not ask for at {exit.pc:#x} "
-                          f"(dr6={exit.dr6:#x})", steps, event=event)
-
-    # -- the stops ----------------------------------------------------------------------
-
-    def _stop(self, kind: StopKind, message: str, steps: int, status: int | None = None,
-              **fields: object) -> Stop:
-        """A stop of this debugger's vCPU at its RIP now (``status`` None: the
-        guest can go on)."""
-        return Stop(kind, status, message, self.view.rip, self.runner.index, steps=steps,
-                    **fields)  # type: ignore[arg-type]
-
-    def _paused(self, steps: int, event: ExitEvent | None = None) -> Stop:
-        rip = self.view.rip
-        return self._stop(StopKind.PAUSED, f"paused at RIP {rip:#x}{self.view.describe(rip)}",
-                          steps, event=event)
-
-    def _control_stop(self, steps: int) -> Stop | None:
-        """A pause or the end of the time, asked for from another thread."""
-        runner = self.runner
-        if runner.pause_requested:
-            runner.pause_requested = False
-            return self._paused(steps)
-        if runner.timed_out:
-            rip = self.view.rip
-            return self._stop(StopKind.TIMEOUT, f"timeout: stopped at RIP {rip:#x}"
-                              f"{self.view.describe(rip)}", steps, _TIMEOUT)
-        return None
-
-    def _guest_stopped(self, stop: Stop, event: ExitEvent | None, steps: int) -> Stop:
-        """The machine's own stop (halt, debug-exit, crash, its pause or
-        timeout), with the RIP after KVM completed the instruction."""
-        if stop.kind is StopKind.PAUSED:
-            return self._paused(steps, event)
-        return stop.but(rip=self.view.rip, event=event, steps=steps)
-
-    def _exit_matched(self, event: ExitEvent, steps: int) -> Stop:
-        rip = self.view.rip
-        return self._stop(StopKind.EXIT_MATCHED,
-                          f"exit matched: {event.description} (RIP {rip:#x})", steps,
-                          event=event)
-
-    def _hit_breakpoint(self, bp: Breakpoint, steps: int) -> Stop:
-        bp.hits += 1
-        return self._stop(StopKind.BREAKPOINT,
-                          f"breakpoint {bp.number} at {bp.address:#x}"
-                          f"{self.view.describe(bp.address)} (hit {bp.hits}, by {bp.mechanism})",
-                          steps, breakpoint=bp)
+        return self.stops.stop(StopKind.DEBUG_EXCEPTION,
+                               f"{name} the debugger did not ask for at {exit.pc:#x} "
+                               f"(dr6={exit.dr6:#x})", steps, event=event)
 
     # -- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Take every int3 out and turn guest debugging off."""
+        """Take every int3 out, stop recording, turn guest debugging off."""
         self.arming.remove_int3s()
-        try:
-            self.runner.set_guest_debug()
-        except Exception:  # noqa: BLE001 - closing must not fail
-            pass
+        for finish in (self.recorder.stop, self.runner.set_guest_debug):
+            try:
+                finish()
+            except Exception:  # noqa: BLE001 - closing must not fail
+                pass
 
     def __enter__(self) -> Debugger:
         return self

@@ -13,7 +13,7 @@ replies follow the manual's conventions:
 * an *empty* reply for a command we do not implement -- gdb then knows not
   to use it, which is how the protocol grows without versions.
 
-Resuming (``c``, ``s``, ``vCont``), detaching (``D``) and killing (``k``)
+Resuming (``c``, ``s``, ``vCont``, and backwards ``bc``, ``bs``), detaching (``D``) and killing (``k``)
 are not answered here: :meth:`Commands.handle` returns what to do
 (:class:`Resume`, :data:`DETACH`, :data:`KILL`) and the session does it,
 because the answer to a resume is a stop reply that comes later.
@@ -40,14 +40,15 @@ E_THREAD = b"E03"    # ESRCH: no such thread
 OK = b"OK"
 #: What we offer in reply to ``qSupported`` (section "General Query Packets").
 SUPPORTED = (b"PacketSize=%x;QStartNoAckMode+;qXfer:features:read+;swbreak+;hwbreak+;"
-             b"vContSupported+" % MAX_PACKET)
+             b"vContSupported+;ReverseStep+;ReverseContinue+" % MAX_PACKET)
 #: The most memory one ``m`` reply carries: two hex digits per byte.
 MAX_READ = MAX_PACKET // 2
 
 
 @dataclass(frozen=True)
 class Resume:
-    """Run: ``actions`` maps each vCPU to run to ``"c"`` or ``"s"``."""
+    """Run: ``actions`` maps each vCPU to run to ``"c"`` or ``"s"``, or
+    backwards through the recorded history to ``"bc"`` or ``"bs"``."""
 
     actions: dict[int, str]
 
@@ -93,7 +94,9 @@ def stop_reply(report: Report) -> bytes:
     if report.what == "terminated":
         return b"X%02x" % report.signal
     reply = b"T%02x" % report.signal
-    if report.reason in ("swbreak", "hwbreak"):
+    if report.reason.startswith("replaylog:"):   # replaylog:begin / replaylog:end
+        reply += report.reason.encode() + b";"
+    elif report.reason in ("swbreak", "hwbreak"):
         reply += report.reason.encode() + b":;"
     elif report.reason:
         reply += report.reason.encode() + b":%x;" % (report.address or 0)
@@ -137,7 +140,7 @@ class Commands:
                     b"M": self._write_memory, b"X": self._write_binary, b"H": self._set_thread,
                     b"T": self._thread_alive, b"Z": self._insert, b"z": self._remove,
                     b"c": self._continue, b"s": self._step, b"C": self._continue_signal,
-                    b"S": self._step_signal, b"D": lambda body: DETACH,
+                    b"S": self._step_signal, b"D": lambda body: DETACH, b"b": self._backwards,
                     b"q": self._query, b"Q": self._set, b"v": self._verbose}
         handler = handlers.get(head)
         return handler(body) if handler is not None else b""
@@ -276,6 +279,16 @@ class Commands:
         vcpu = self.target.last.vcpu if self.stepping is None else self.stepping
         self._at(vcpu, body)
         return Resume({vcpu: "s"})
+
+    def _backwards(self, body: bytes) -> bytes | Resume:
+        """``bs`` / ``bc``: one instruction back, or back to the previous
+        breakpoint or watchpoint hit, in the recorded history of the vCPU that
+        stopped last (section "Packets"; offered by ``ReverseStep+`` and
+        ``ReverseContinue+``; ``monitor record on`` starts the recording)."""
+        if body not in (b"s", b"c"):
+            return b""
+        vcpu = self.target.last.vcpu if self.stepping is None else self.stepping
+        return Resume({vcpu: "b" + body.decode()})
 
     def _continue_signal(self, body: bytes) -> Resume:
         """``C sig[;addr]``: a signal cannot be given to a guest; it runs on."""

@@ -15,7 +15,10 @@ and these commands show it:
 * ``monitor breakpoints`` -- how each of gdb's breakpoints and watchpoints is
   really caught on this KVM (an ``int3``, a debug register, single-stepping),
   and the debug registers the last run was given;
-* ``monitor support`` -- what this KVM's guest debugging really offers.
+* ``monitor support`` -- what this KVM's guest debugging really offers;
+* ``monitor record on [N] | off | status`` -- record every instruction of
+  the current thread, so gdb's ``reverse-stepi`` and ``reverse-continue``
+  (the ``bs``/``bc`` packets) can go back over them (docs/reverse.md).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable
 from minikvm.core.events import ExitEvent
 from minikvm.debug.breakpoints import decode_dr7
 from minikvm.debug.debugger import DebuggerError
+from minikvm.debug.history import DEFAULT_MAX_ENTRIES
 from minikvm.debug.inspect import describe_control_registers, describe_rflags, describe_segment
 from minikvm.x86.modes import cpu_mode_of
 
@@ -115,6 +119,30 @@ def _support(target, vcpu: int, args: list[str]) -> str:
     return "\n".join(f"{what}: {value} -- {meaning}" for what, value, meaning in rows) + "\n"
 
 
+def _record(target, vcpu: int, args: list[str]) -> str:
+    debugger = target.debuggers[vcpu]
+    what = args[0] if args else "status"
+    if what == "on" and len(args) <= 2:
+        limit = int(args[1], 0) if len(args) == 2 else DEFAULT_MAX_ENTRIES
+        if limit < 1:
+            return "monitor record on N: N must be at least 1\n"
+        debugger.record(limit=limit)
+        return (f"vCPU {vcpu}: recording every instruction (the last {limit:,} kept); "
+                f"'continue' single-steps now; reverse-stepi and reverse-continue go back\n")
+    if what == "off" and len(args) == 1:
+        debugger.record(False)
+        return f"vCPU {vcpu}: not recording; the history is forgotten\n"
+    if what == "status" and len(args) == 1:
+        history = debugger.history
+        if history is None:
+            return f"vCPU {vcpu}: not recording ('monitor record on' starts)\n"
+        where = "at the end (live)" if history.at_end else f"at entry {history.position}"
+        return (f"vCPU {vcpu}: {len(history):,} instructions recorded, {where}; "
+                f"{history.bytes:,} bytes; {history.dropped:,} dropped by the cap of "
+                f"{history.max_entries:,}\n")
+    return "usage: monitor record on [N] | off | status\n"
+
+
 def _help(target, vcpu: int, args: list[str]) -> str:
     return "\n".join(f"monitor {name:<12} {text}" for name, (_, text) in COMMANDS.items()) + "\n"
 
@@ -127,6 +155,7 @@ COMMANDS: dict[str, tuple[Callable[..., str], str]] = {
     "translate": (_translate, "ADDR the page walk of a virtual address, level by level"),
     "breakpoints": (_breakpoints, "how each breakpoint and watchpoint is caught here"),
     "support": (_support, "which guest-debug features this KVM really has"),
+    "record": (_record, "on [N] | off | status: record instructions for reverse-stepi/-continue"),
 }
 
 

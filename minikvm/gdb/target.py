@@ -42,6 +42,11 @@ from minikvm.machine import Machine
 
 __all__ = ["KILLED_STATUS", "Report", "Signal", "Target"]
 
+#: The stop reply's reason at the bounds of the recorded history (GDB
+#: manual, "Stop Reply Packets": ``replaylog``): gdb then says "No more
+#: reverse-execution history".
+_REPLAYLOG = {StopKind.HISTORY_START: "replaylog:begin", StopKind.HISTORY_END: "replaylog:end"}
+
 #: The process exit status after gdb's ``kill``: as a shell reports a
 #: process ended by SIGKILL (128 + 9).
 KILLED_STATUS = 137
@@ -187,6 +192,10 @@ class Target:
             debugger = self.debuggers[index]
             if action == "s":
                 self._workers[index].submit(debugger.step_instruction)
+            elif action == "bs":
+                self._workers[index].submit(debugger.step_back)
+            elif action == "bc":
+                self._workers[index].submit(lambda d=debugger: d.reverse_cont(self.timeout))
             else:
                 timeout = self.timeout
                 self._workers[index].submit(lambda d=debugger: d.cont(timeout=timeout))
@@ -275,6 +284,9 @@ class Target:
             if self._interrupted and self._first is None:
                 self._offer(Report("stopped", Signal.INT, index, stop))
             return
+        if stop.kind in _REPLAYLOG:
+            self._offer(Report("stopped", Signal.TRAP, index, stop, _REPLAYLOG[stop.kind]))
+            return
         reason, address = self.points.reason(index, stop)
         self._offer(Report("stopped", Signal.TRAP, index, stop, reason, address))
 
@@ -330,6 +342,7 @@ class Target:
             else:
                 debugger.vcpu.set_fpu(struct)
             debugger.view.invalidate()
+            debugger.recorder.edited()   # in the past: the recorded future is gone
 
         return RegisterFile(self.layout(), load, store)
 

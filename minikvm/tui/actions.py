@@ -1,4 +1,4 @@
-"""The TUI's three actions -- step, next exit, continue -- and what they ended in.
+"""The TUI's actions -- step, next exit, continue, and backwards -- and what they ended in.
 
 Each action runs on the vCPU thread (a :class:`~minikvm.core.runner.Job` of
 the debugger's runner) and is the debugger's, not the TUI's: ``s`` is
@@ -8,6 +8,9 @@ hands back the core :class:`~minikvm.core.stop.Stop` -- or, for a step, a
 :class:`~minikvm.debug.events.StepRecord` that carries one when the step
 ended the guest -- and :func:`outcome_of_stop` / :func:`outcome_of_step`
 turn it into what the TUI shows: a :class:`RunStatus` and one sentence.
+``r`` turns recording on or off, and then ``S`` and ``C`` are
+:meth:`Debugger.step_back` and :meth:`Debugger.reverse_cont` (docs/reverse.md):
+they work on a guest that has ended too -- going back is the point.
 
 **A guest that cannot run on.** With the in-kernel irqchip, ``hlt`` never
 exits to the VMM: a vCPU that halted with interrupts off sleeps inside
@@ -49,18 +52,30 @@ class Action(enum.Enum):
     STEP = "step"            # s: one guest instruction (KVM single-step)
     NEXT = "next"            # n: run until the guest's next VM exit
     CONTINUE = "continue"    # c: run until a breakpoint, the guest's end, or a pause
+    RECORD = "record"        # r: recording on/off (reverse execution)
+    STEP_BACK = "step-back"  # S: one recorded instruction back
+    REVERSE = "reverse-continue"  # C: back to the previous breakpoint or watched write
+
+    @property
+    def backwards(self) -> bool:
+        """Goes back through the recorded history (allowed after the guest's end)."""
+        return self in (Action.STEP_BACK, Action.REVERSE)
 
     @property
     def status(self) -> RunStatus:
         """The header's state while the action is under way."""
-        return RunStatus.RUNNING if self is Action.CONTINUE else RunStatus.STEPPING
+        running = self in (Action.CONTINUE, Action.REVERSE)
+        return RunStatus.RUNNING if running else RunStatus.STEPPING
 
     @property
     def doing(self) -> str:
         """The message line while the action is under way."""
         return {Action.STEP: "stepping one instruction ...",
                 Action.NEXT: "running to the next exit ...",
-                Action.CONTINUE: "running: p pauses"}[self]
+                Action.CONTINUE: "running: p pauses",
+                Action.RECORD: "recording on/off ...",
+                Action.STEP_BACK: "stepping one instruction back ...",
+                Action.REVERSE: "going back: p pauses"}[self]
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,8 @@ def perform(debugger: Debugger, action: Action, *, timeout: float | None = None,
     instruction about to be stepped; ``number_of`` gives an exit's number in
     the log; ``vcpus`` is how many vCPUs the machine has.
     """
+    if action in (Action.RECORD, Action.STEP_BACK, Action.REVERSE):
+        return _recorded(debugger, action, timeout, vcpus)
     runner = debugger.runner
     if runner.halted_for_good():
         stop = Stop(StopKind.HALT, int(ExitStatus.OK), HALTED_MESSAGE, debugger.rip,
@@ -103,6 +120,20 @@ def perform(debugger: Debugger, action: Action, *, timeout: float | None = None,
                                     runner.index), vcpus=vcpus)
     until = _guest_exit if action is Action.NEXT else None
     return outcome_of_stop(debugger.cont(until=until, timeout=timeout), number_of, vcpus)
+
+
+def _recorded(debugger: Debugger, action: Action, timeout: float | None,
+              vcpus: int) -> Outcome:
+    """``r``, ``S`` and ``C``: recording on/off, one step back, back to a stop."""
+    if action is Action.RECORD:
+        debugger.record(not debugger.recording)
+        if debugger.recording:
+            return Outcome(RunStatus.PAUSED, "recording every instruction: S steps back, "
+                                             "C goes back to a breakpoint; c single-steps now")
+        return Outcome(RunStatus.PAUSED, "recording off: the history is forgotten")
+    if action is Action.STEP_BACK:
+        return outcome_of_stop(debugger.step_back(), vcpus=vcpus)
+    return outcome_of_stop(debugger.reverse_cont(timeout), vcpus=vcpus)
 
 
 def outcome_of_stop(stop: Stop,

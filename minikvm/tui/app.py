@@ -207,6 +207,8 @@ class App:
             session.start("next")
         elif name == "c":
             session.start("continue")
+        elif name in ("r", "S", "C"):     # reverse execution (docs/reverse.md)
+            session.start({"r": "record", "S": "step-back", "C": "reverse-continue"}[name])
         elif name in ("p", " ", "ctrl-c"):
             if session.ended:
                 session.message = f"the guest has ended ({session.end_reason}); q quits"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from minikvm.tui.keys import FOOTER_CONSOLE, FOOTER_PAUSED, FOOTER_RUNNING
+from minikvm.tui.keys import FOOTER_CONSOLE, FOOTER_PAUSED, FOOTER_REVERSE, FOOTER_RUNNING
 from minikvm.tui.panel import DIM, MEDIUM_WIDTH, fit_line, wrap_line
 from minikvm.tui.state import Focus, RegistersView, RunStatus, TuiState
 
@@ -103,4 +103,8 @@ def render_footer(state: TuiState, width: int) -> Text:
         if not state.busy and not state.ended:
             line.append("  (paused: Ctrl-] c runs it)", style=DIM)
         return fit_line(line, width)
-    return _key_hints(FOOTER_RUNNING if state.busy else FOOTER_PAUSED, width)
+    if state.busy:
+        return _key_hints(FOOTER_RUNNING, width)
+    if state.recording:   # the keys that go back, after s n c
+        return _key_hints(FOOTER_PAUSED[:3] + FOOTER_REVERSE + FOOTER_PAUSED[3:], width)
+    return _key_hints(FOOTER_PAUSED, width)

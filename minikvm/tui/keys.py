@@ -18,6 +18,7 @@ __all__ = [
     "CONSOLE_ESCAPE",
     "FOOTER_CONSOLE",
     "FOOTER_PAUSED",
+    "FOOTER_REVERSE",
     "FOOTER_RUNNING",
     "HELP_TEXT",
     "Key",
@@ -106,6 +107,10 @@ FOOTER_PAUSED: tuple[tuple[str, str, str], ...] = (
     ("v", "view", "view"), ("Tab", "console", "console"), ("?", "help", "help"),
     ("q", "quit", "quit"),
 )
+#: ... and, stopped while recording (``r``), the keys that go back, after ``c``.
+FOOTER_REVERSE: tuple[tuple[str, str, str], ...] = (
+    ("S", "step back", "back"), ("C", "reverse continue", "rev"),
+)
 #: ... and while it runs (any other key pauses too).
 FOOTER_RUNNING: tuple[tuple[str, str, str], ...] = (
     ("p", "pause", "pause"), ("Tab", "console", "console"), ("v", "view", "view"),
@@ -118,6 +123,8 @@ KEYS
  s      step one instruction (KVM single-step); changed registers get a *
  n      run to the next VM exit: the guest runs until it needs the VMM
  c      continue until a breakpoint, the guest's end, or a pause
+ r      record every instruction (on/off; c then single-steps): S and C go back
+ S      step one instruction back (s redoes it)   C  back to the last breakpoint
  p      pause a running guest (any key but Tab, v and ? pauses it too)
  b      toggle a breakpoint: address or symbol, then Enter (empty: at RIP)
  g      memory panel: 0x1000 (linear), p:0x1000 (guest-physical), rip, rsp

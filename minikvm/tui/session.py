@@ -138,7 +138,7 @@ class Session:
         if self.busy:
             self.message = "the guest is running: p pauses it first"
             return False
-        if self.ended:
+        if self.ended and not action.backwards:
             self.message = f"the guest has ended ({self.end_reason}); q quits"
             return False
         self._pause_wanted = False
@@ -331,6 +331,7 @@ class Session:
             input_queued=len(getattr(self.machine, "serial_input", ()) or ()),
             vcpu=self.debugger.runner.index,
             vcpus=self.vcpus,
+            recording=self.debugger.recording,
         )
 
     def close(self) -> None:

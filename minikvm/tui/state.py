@@ -232,6 +232,8 @@ class TuiState:
     #: header names the vCPU only when there is more than one.
     vcpu: int = 0
     vcpus: int = 1
+    #: The debugger records every instruction (``r``): S and C can go back.
+    recording: bool = False
 
     @property
     def busy(self) -> bool:
