@@ -26,7 +26,8 @@ from typing import Any
 from minikvm.lessons.learner import learner_function, their_error
 from minikvm.lessons.verdict import Verdict, not_yet, passed
 
-__all__ = ["COUNTER_CODE", "COUNTER_DATA", "CODE_ADDR", "Step", "check_13", "step_of"]
+__all__ = ["CODE_ADDR", "COUNTER_CODE", "COUNTER_DATA", "REG_NAMES", "Step", "check_13",
+           "step_of"]
 
 #: Where the guest's code is loaded and starts, in real mode.
 CODE_ADDR = 0x1000
