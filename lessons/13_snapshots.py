@@ -465,6 +465,29 @@ def time_travel(lesson: Lesson) -> None:
         lesson.checkpoint("forwards again (redo)", f"RIP {_state(machine)[0]['rip']:#x}, "
                           f"counters {_state(machine)[1].hex(' ')}",
                           "RIP 0x100f, counters 01 00 02 00 03 00 04 00")
+        lesson.narrate("""
+            Forwards through the past nothing ran: each entry's "after" values were written
+            back. And the log serves `reverse_cont()` (gdb's `reverse-continue`) too: it undoes
+            entries until RIP is back at a breakpoint, or until an undo changes a watched
+            variable. Who wrote the second counter?
+        """)
+        debugger.watch(COUNTER_DATA + 2, 2)
+        lesson.code("""
+            debugger.watch(0x2002, 2)
+            debugger.reverse_cont()
+        """)
+        stop = debugger.reverse_cont()
+        lesson.result("reverse_cont()", stop.message)
+        lesson.narrate("""
+            It stopped *before* the store, as gdb expects: the next forward step is the
+            instruction that writes. That was a comparison of the watched value after each
+            undo, not a debug register -- so reverse watchpoints work on kvm-pvm too, where
+            DR data watchpoints never fire (lesson 07).
+        """)
+        lesson.checkpoint("reverse_cont to the write of 0x2002",
+                          f"{stop.kind.name}, RIP {_state(machine)[0]['rip']:#x}, counters "
+                          f"{_state(machine)[1].hex(' ')}",
+                          "WATCHPOINT, RIP 0x1004, counters 01 00 00 00 00 00 00 00")
     replay(lesson)
 
 
