@@ -18,6 +18,8 @@ the machine's own state (registers, device state, what the guest printed).
   virtqueue, virtio-blk);
 * :mod:`~minikvm.lessons.checks_smp` -- exercise 11 (a spinlock across vCPUs);
 * :mod:`~minikvm.lessons.checks_gdb` -- exercise 12 (a gdb remote packet);
+* :mod:`~minikvm.lessons.checks_reverse` -- exercise 13 (undoing a recorded
+  instruction);
 * :mod:`~minikvm.lessons.learner` -- importing, building and running the
   learner's code as an untrusted guest;
 * :mod:`~minikvm.lessons.verdict` -- the :class:`Verdict` and its words.
