@@ -13,6 +13,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minikvm.core.stop import StopKind
 from minikvm.debug.debugger import Debugger
@@ -49,10 +51,10 @@ def machine_state(machine: Machine, debugger: Debugger) -> tuple[object, ...]:
 @pytest.fixture
 def recorded(reverse64):
     """reverse64 run to its hlt while recording, with the state after each step
-    (1 MiB of RAM: room for the guest's pages and the VMM's at 0x70000, and
-    half the bytes to hash after each step)."""
+    (512 KiB of RAM: room for the guest's pages and the VMM's page tables at
+    0x70000, and a quarter of the default's bytes to hash after each step)."""
     output: list[bytes] = []
-    with Machine(1 << 20, output=output.append) as machine:
+    with Machine(512 << 10, output=output.append) as machine:
         machine.load_elf(reverse64)
         debugger = Debugger(machine)
         debugger.record()
@@ -86,6 +88,29 @@ def test_step_back_restores_each_recorded_state_and_redo_replays_them(recorded):
     assert record.stop is not None and record.stop.kind is StopKind.HALT
     assert output == [b"3", b"2", b"1"]      # redone, not executed: printed once
     assert debugger.history.at_end
+
+
+@pytest.mark.slow
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(moves=st.lists(st.integers(-40, 40), min_size=1, max_size=8))
+def test_any_walk_back_and_forth_shows_the_recorded_state_at_each_position(recorded, moves):
+    """The model: a position in the list of recorded states; ``step_back(k)``
+    and ``k`` steps forward move it, clamped to the history."""
+    machine, debugger, states, output = recorded
+    position = debugger.history.position
+    for move in moves:
+        if move < 0:
+            debugger.step_back(-move)
+            position = max(position + move, 0)
+        else:
+            move = min(move, len(states) - 1 - position)   # not past the end: that is live
+            if move:
+                debugger.step(move)
+            position += move
+        assert debugger.history.position == position
+        assert machine_state(machine, debugger) == states[position]
+    assert output == [b"3", b"2", b"1"]
 
 
 @pytest.mark.slow

@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
+import subprocess
 
 import pytest
 
-from tests.test_gdb_client import demo, values  # noqa: F401 - the fixture is used
+from tests.test_gdb_client import (  # noqa: F401 - the fixture is used
+    GDB_TIMEOUT,
+    attach_line,
+    demo,
+    gdb_command,
+    minikvm,
+    values,
+)
 
 pytestmark = [pytest.mark.kvm,
               pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb (apt install gdb)")]
@@ -45,3 +54,30 @@ def test_reverse_continue_stops_at_the_previous_breakpoint_and_replay_prints_not
     assert "No more reverse-execution history." in served.output     # the replay's end
     assert "exited with code 0125" in served.output                  # then live to the end
     assert served.printed == HELLO + b"twice(answer) = 42\n"         # each byte once
+
+
+@pytest.mark.slow
+def test_minikvm_run_gdb_reverse_lets_gdb_go_back_from_the_first_command(guests):
+    elf = guests / "gdbdemo.elf"
+    process = minikvm("run", str(elf), "--gdb", "127.0.0.1:0", "--reverse")
+    try:
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", attach_line(process)).group(1))
+        gdb = subprocess.run(gdb_command(elf, port, ["break twice", "continue", "reverse-stepi",
+                                                     "monitor record status", "kill"]),
+                             capture_output=True, text=True, timeout=GDB_TIMEOUT)
+        process.communicate(timeout=GDB_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    assert "Breakpoint 1, twice" in gdb.stdout
+    assert re.search(r"vCPU 0: [\d,]+ instructions recorded, at entry [\d,]+;", gdb.stderr)
+
+
+@pytest.mark.slow
+def test_reverse_without_gdb_is_a_usage_error(guests):
+    process = minikvm("run", str(guests / "gdbdemo.elf"), "--reverse")
+    out, err = process.communicate(timeout=GDB_TIMEOUT)
+    assert process.returncode == 2 and out == ""
+    assert err == ("minikvm: --reverse needs --gdb: reverse execution is driven from gdb "
+                   "(or from the TUI's r key)\n")

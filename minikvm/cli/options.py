@@ -210,10 +210,15 @@ def parse_gdb_address(text: str) -> tuple[str, int]:
 
 
 def add_gdb_option(parser: argparse.ArgumentParser) -> None:
-    """``--gdb HOST:PORT`` (run, trace): wait for gdb before the first instruction."""
+    """``--gdb HOST:PORT`` (run, trace): wait for gdb before the first
+    instruction; ``--reverse`` with it: record from that instruction on, for
+    reverse execution (not the TUI's ``--record FILE``, which saves a screen)."""
     parser.add_argument("--gdb", type=parse_gdb_address, default=None, metavar="HOST:PORT",
                         help="wait for gdb on HOST:PORT before the guest's first instruction "
                              "(minikvm/gdb; PORT alone listens on 127.0.0.1)")
+    parser.add_argument("--reverse", action="store_true",
+                        help="with --gdb: record every instruction from the first, so gdb's "
+                             "reverse-stepi and reverse-continue work (docs/reverse.md)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -269,6 +274,9 @@ def config_from_args(args: argparse.Namespace) -> MachineConfig:
     from minikvm.core.config import MachineConfig, VirtioSpec
 
     check_guest_file(args.guest)
+    if getattr(args, "reverse", False) and getattr(args, "gdb", None) is None:
+        raise UsageError("--reverse needs --gdb: reverse execution is driven from gdb "
+                         "(or from the TUI's r key)")
     if args.smp > 1 and not args.irqchip:
         # Without a LAPIC nothing holds the APs back: every vCPU would start
         # at the reset vector at once.

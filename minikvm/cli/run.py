@@ -313,7 +313,8 @@ def drive(args: argparse.Namespace,
                     watch = _InputEndWatch(machine, stdin, sink, ending)
                 if args.gdb is not None:
                     from minikvm.gdb.serve import serve_gdb
-                    stop = serve_gdb(machine, args.gdb, guest=args.guest, timeout=args.timeout)
+                    stop = serve_gdb(machine, args.gdb, guest=args.guest, timeout=args.timeout,
+                                     record=args.reverse)
                 else:
                     stop = machine.run(timeout=args.timeout, max_exits=max_exits)
             finally:

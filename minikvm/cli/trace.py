@@ -308,20 +308,22 @@ def run(args: argparse.Namespace) -> int:
     with machine:
         return trace_machine(machine, limit=args.limit, capacity=args.capacity,
                              jsonl=args.jsonl, timeout=args.timeout, output=output,
-                             gdb=args.gdb, guest=args.guest)
+                             gdb=args.gdb, guest=args.guest, record=args.reverse)
 
 
 def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT_CAPACITY,
                   jsonl: str | None = None, timeout: float | None = None,
                   output: bytearray | None = None, console: Console | None = None,
-                  gdb: tuple[str, int] | None = None, guest: str | None = None) -> int:
+                  gdb: tuple[str, int] | None = None, guest: str | None = None,
+                  record: bool = False) -> int:
     """Run ``machine`` with a tracer keeping ``capacity`` exits (and writing
     all to ``jsonl``); print the last ``limit`` exits, the statistics, what
     the guest printed (``output``, which the machine's output sink fills)
     and how it stopped. The run lasts at most ``timeout`` seconds (default
     :data:`DEFAULT_TRACE_TIMEOUT`). With ``gdb`` (host, port) gdb drives the
     run (:func:`minikvm.gdb.serve.serve_gdb`; ``guest`` names the file in the
-    attach line) and the trace shows what happened under it. Returns the
+    attach line; ``record``: from the first instruction) and the trace shows
+    what happened under it. Returns the
     guest's exit status as ``minikvm run`` would, 2 when the ``jsonl`` file
     cannot be written.
     """
@@ -337,7 +339,7 @@ def trace_machine(machine: Machine, *, limit: int = 200, capacity: int = DEFAULT
     with tracer:
         if gdb is not None:   # gdb drives the guest; no default time limit then
             from minikvm.gdb.serve import serve_gdb
-            stop = serve_gdb(machine, gdb, guest=guest, timeout=timeout)
+            stop = serve_gdb(machine, gdb, guest=guest, timeout=timeout, record=record)
         else:
             stop = machine.run(timeout=timeout or DEFAULT_TRACE_TIMEOUT)
     if limit:

@@ -89,13 +89,15 @@ def _say(line: str) -> None:
 def serve_gdb(machine: Machine, address: tuple[str, int], *, guest: str | None = None,
               timeout: float | None = None, support: DebugSupport | None = None,
               say: Callable[[str], None] = _say,
-              server: socket.socket | None = None) -> Stop:
+              server: socket.socket | None = None, record: bool = False) -> Stop:
     """Listen on ``address`` (or use the listening ``server``), wait for gdb,
     serve it, and return how the guest ended.
 
     ``guest`` is the guest's file, named in the line that says how to
     attach; ``timeout`` bounds each stretch the guest runs between two
     stops (and the run after a detach), as ``--timeout`` does a normal run.
+    ``record``: vCPU 0 records every instruction from the first (``--reverse``,
+    as ``monitor record on``), for reverse-stepi and reverse-continue.
     """
     server = server if server is not None else listen(*address)
     target = None
@@ -118,6 +120,8 @@ def serve_gdb(machine: Machine, address: tuple[str, int], *, guest: str | None =
     with connection:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         target = Target(machine, support, timeout)
+        if record:
+            target.debuggers[0].record()
         try:
             session = Session(target, connection.sendall)
             _serve(connection, session, target)
