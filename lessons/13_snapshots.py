@@ -482,7 +482,10 @@ def time_travel(lesson: Lesson) -> None:
             It stopped *before* the store, as gdb expects: the next forward step is the
             instruction that writes. That was a comparison of the watched value after each
             undo, not a debug register -- so reverse watchpoints work on kvm-pvm too, where
-            DR data watchpoints never fire (lesson 07).
+            DR data watchpoints never fire (lesson 07). With gdb (lesson 12): `minikvm run
+            GUEST --gdb 127.0.0.1:1234 --reverse` records from the first instruction, and
+            gdb's `reverse-stepi` and `reverse-continue` become the `bs` and `bc` packets; the
+            TUI steps back with `S` and `C`.
         """)
         lesson.checkpoint("reverse_cont to the write of 0x2002",
                           f"{stop.kind.name}, RIP {_state(machine)[0]['rip']:#x}, counters "
