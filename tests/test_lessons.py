@@ -10,13 +10,17 @@ render, and hold the same checkpoints).
 from __future__ import annotations
 
 import difflib
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minikvm.cli import main as minikvm_main
+from minikvm.debug.history import Entry, word_diff
 from minikvm.lessons import (
     EXERCISES,
     LESSONS,
@@ -25,6 +29,7 @@ from minikvm.lessons import (
     check_exercise,
     lessons_dir,
 )
+from minikvm.lessons.checks_reverse import REG_NAMES, step_of
 from tests.conftest import ROOT, slow_except, slow_only
 
 LESSON_IDS = [lesson.number for lesson in LESSONS]
@@ -55,13 +60,13 @@ def test_every_lesson_has_a_script_and_reference_output():
         assert (lessons_dir() / "expected" / f"{lesson.number}.txt").is_file(), lesson.number
 
 
-def test_lessons_are_numbered_01_to_12_in_order():
-    assert LESSON_IDS == [f"{n:02d}" for n in range(1, 13)]
+def test_lessons_are_numbered_01_to_13_in_order():
+    assert LESSON_IDS == [f"{n:02d}" for n in range(1, 14)]
 
 
 def test_every_exercise_has_a_task_a_starter_and_a_solution():
     assert [lesson.number for lesson in EXERCISE_LESSONS] == list(EXERCISES)
-    assert list(EXERCISES) == [f"{n:02d}" for n in range(3, 13)]
+    assert list(EXERCISES) == [f"{n:02d}" for n in range(3, 14)]
     for lesson in EXERCISE_LESSONS:
         assert lesson.task.is_file(), lesson.task
         assert lesson.starter_path.is_file(), lesson.starter_path
@@ -135,7 +140,7 @@ def verdict_text(verdict: Verdict) -> str:
 
 
 @pytest.mark.kvm
-@pytest.mark.parametrize("number", slow_only(EXERCISES, "09", "10", "11", "12"))
+@pytest.mark.parametrize("number", slow_only(EXERCISES, "09", "10", "11", "12", "13"))
 def test_reference_solution_passes(number):
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, lesson.solution_path)
@@ -154,6 +159,7 @@ STARTER_SAYS = {
     "10": "no VIRTIO_BLK_T_GET_ID (type 8) request",
     "11": "increments were overwritten",
     "12": "Every '#' in the data ends the packet there",
+    "13": "your undo wrote nothing back: the store was not undone",
 }
 
 #: A plausible wrong answer for each exercise, and what the checker must say about it.
@@ -167,6 +173,7 @@ MISTAKE_SAYS = {
     "10": "GET_ID into 0 bytes (needs 20): IOERR",
     "11": "spin_unlock must store 0",
     "12": "the escape byte itself must be escaped too",
+    "13": "RIP is 0x100f; before the instruction it was 0x100d",
 }
 
 
@@ -306,3 +313,31 @@ def test_starting_files_are_copies_a_learner_can_use_in_place():
     # The checker's default is the starter's name in the current folder.
     for lesson in EXERCISE_LESSONS:
         assert Path(lesson.starter).name == lesson.starter
+
+
+# -- exercise 13: what the learner's undo() is given ------------------------------------------
+
+_U64 = st.integers(min_value=0, max_value=(1 << 64) - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_U64, min_size=18, max_size=18), st.lists(_U64, min_size=18, max_size=18),
+       st.lists(st.booleans(), min_size=18, max_size=18))
+def test_a_step_names_exactly_the_registers_the_entry_changed_with_before_and_after(
+        before, other, changed):
+    after = [new if flip else old for old, new, flip in zip(before, other, changed)]
+    entry = Entry(word_diff(struct.pack("<18Q", *before), struct.pack("<18Q", *after)),
+                  memory=((0x2000, b"\x00", b"\x04"),))
+    step = step_of(entry)
+    assert step.regs == {name: (old, new) for name, old, new in zip(REG_NAMES, before, after)
+                         if old != new}
+    assert step.memory == [(0x2000, b"\x00", b"\x04")]
+
+
+@pytest.mark.kvm
+def test_an_undo_that_puts_a_non_number_in_a_register_is_told_so(tmp_path):
+    source = tmp_path / "13_undo.py"
+    source.write_text("def undo(step, regs, memory):\n    regs['rax'] = 'before'\n")
+    verdict = check_exercise("13", source)
+    assert not verdict.passed
+    assert "regs['rax'] is 'before'" in verdict.message and "64 bits" in verdict.message

@@ -65,9 +65,11 @@ LESSONS: tuple[LessonInfo, ...] = (
     LessonInfo("10", "virtio_blk", "virtio-blk end to end", "10_get_id.c"),
     LessonInfo("11", "smp", "Several CPUs: INIT, SIPI and a spinlock", "11_spinlock.c"),
     LessonInfo("12", "gdb", "Debugging a guest with gdb: the remote protocol", "12_rsp.py"),
+    LessonInfo("13", "snapshots", "What a VM is made of: snapshots and time travel",
+               "13_undo.py"),
 )
 
-#: Exercise numbers, in order (lessons 03 to 12 end with one).
+#: Exercise numbers, in order (lessons 03 to 13 end with one).
 EXERCISES: tuple[str, ...] = tuple(lesson.number for lesson in LESSONS if lesson.starter)
 
 
