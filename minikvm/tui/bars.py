@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from minikvm.tui.keys import FOOTER_CONSOLE, FOOTER_PAUSED, FOOTER_RUNNING
+from minikvm.tui.keys import FOOTER_CONSOLE, FOOTER_PAUSED, FOOTER_RUNNING, SMP_ONLY_KEYS
 from minikvm.tui.panel import DIM, MEDIUM_WIDTH, fit_line, wrap_line
 from minikvm.tui.state import Focus, RegistersView, RunStatus, TuiState
 
@@ -103,4 +103,8 @@ def render_footer(state: TuiState, width: int) -> Text:
         if not state.busy and not state.ended:
             line.append("  (paused: Ctrl-] c runs it)", style=DIM)
         return fit_line(line, width)
-    return _key_hints(FOOTER_RUNNING if state.busy else FOOTER_PAUSED, width)
+    if state.busy:
+        return _key_hints(FOOTER_RUNNING, width)
+    hints = FOOTER_PAUSED if state.vcpus > 1 else tuple(
+        hint for hint in FOOTER_PAUSED if hint[0] not in SMP_ONLY_KEYS)
+    return _key_hints(hints, width)

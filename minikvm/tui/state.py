@@ -232,6 +232,9 @@ class TuiState:
     #: header names the vCPU only when there is more than one.
     vcpu: int = 0
     vcpus: int = 1
+    #: The shown vCPU's MP state in words ("runnable", "parked: waiting
+    #: for SIPI" ...), for the register panel's title; "" with one vCPU.
+    vcpu_state: str = ""
 
     @property
     def busy(self) -> bool:
