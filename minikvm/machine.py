@@ -32,6 +32,7 @@ from minikvm.bus import Bus
 from minikvm.core import board
 from minikvm.core.config import MachineConfig, VirtioSpec, check_vcpu_count
 from minikvm.core.events import ExitEvent, describe_exit, dispatch_exit
+from minikvm.core.firmware import hand_over
 from minikvm.core.irq import KvmIrqLine
 from minikvm.core.runner import VcpuRunner, Watchdog
 from minikvm.core.stop import Stop, StopKind, decide_stop
@@ -284,6 +285,8 @@ class Machine:
         0x2BADB002, EBX = the boot information (:mod:`minikvm.loaders.multiboot`)."""
         loaded = load_multiboot(self.memory, path, cmdline=cmdline, modules=modules)
         self.image = loaded
+        if self.irqchip:    # the PICs, PIT and vector table a BIOS leaves (QEMU: SeaBIOS)
+            hand_over(self.vm, self.memory)
         self.set_mode("protected", loaded.entry)
         regs = self.vcpu.get_regs()
         regs.rax = loaded.magic

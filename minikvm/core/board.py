@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from minikvm.x86 import layout
 
 __all__ = [
+    "BIOS_HANDOVER",
+    "BiosHandover",
     "COM1_IRQ",
     "COM1_PORT",
     "COM1_PORTS",
@@ -106,6 +108,41 @@ TESTDEV_PORT = 0xE0
 TESTDEV_PORTS = 8
 TESTDEV_IRQ_PORT = 0x2000
 TESTDEV_IRQ_PORTS = 24
+
+
+# -- what the BIOS leaves behind (a Multiboot kernel's boot) ---------------------------
+
+@dataclass(frozen=True)
+class BiosHandover:
+    """The interrupt hardware as a PC BIOS's POST leaves it for the boot
+    loader -- and so for a Multiboot kernel QEMU's ``-kernel`` boots through
+    SeaBIOS (src/hw/pic.c ``pic_setup``, src/hw/timer.c ``timer_setup``).
+
+    * The two 8259A PICs initialised (ICW1-ICW4, Intel 8259A data sheet):
+      IRQ 0-7 on vectors 0x08-0x0F, IRQ 8-15 on 0x70-0x77 (the IBM PC AT
+      numbers), the slave cascaded on the master's IRQ 2; everything masked
+      but the timer and the cascade.
+    * The 8254 PIT's counter 0 in mode 2 (rate generator) with count 0,
+      that is 65536: IRQ 0 at 1193182 / 65536 = 18.2 Hz, the BIOS tick.
+    * A real-mode interrupt vector table at 0: the IRQ vectors go to
+      handlers that acknowledge the PIC (EOI) and return, every other vector
+      to a lone ``iret`` (at F000:FF53, where the IBM PC BIOS kept it).
+    """
+
+    pic_master_base: int = 0x08
+    pic_slave_base: int = 0x70
+    pic_master_mask: int = 0xFA     # IRQ 0 (timer) and 2 (cascade) open
+    pic_slave_mask: int = 0xFF
+    pit_mode: int = 2
+    pit_count: int = 0              # 0 means 65536
+    #: Segment F000: the handlers' offsets (the PC BIOS ROM's 64 KiB).
+    handler_segment: int = 0xF000
+    iret_offset: int = 0xFF53
+    master_irq_offset: int = 0xFF40
+    slave_irq_offset: int = 0xFF48
+
+
+BIOS_HANDOVER = BiosHandover()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from minikvm.kvm.uapi import (
     kvm_irq_level,
     kvm_irqchip,
     kvm_pit_config,
+    kvm_pit_state2,
     kvm_userspace_memory_region,
 )
 from minikvm.kvm.vcpu import Vcpu
@@ -85,6 +86,23 @@ class Vm(KvmFd):
         chip = kvm_irqchip(chip_id=chip_id)
         self._ioctl(ioctls.KVM_GET_IRQCHIP, chip)
         return chip
+
+    def set_irqchip(self, chip: kvm_irqchip) -> None:
+        """``KVM_SET_IRQCHIP``: load one in-kernel PIC or the IOAPIC (a
+        :meth:`get_irqchip` result, changed) -- what firmware's port writes
+        would have left, without running firmware."""
+        self._ioctl(ioctls.KVM_SET_IRQCHIP, chip)
+
+    def get_pit2(self) -> kvm_pit_state2:
+        """``KVM_GET_PIT2``: the in-kernel PIT's three counters."""
+        state = kvm_pit_state2()
+        self._ioctl(ioctls.KVM_GET_PIT2, state)
+        return state
+
+    def set_pit2(self, state: kvm_pit_state2) -> None:
+        """``KVM_SET_PIT2``: load the counters; KVM reloads each count in
+        its mode, which starts channel 0's timer (arch/x86/kvm/i8254.c)."""
+        self._ioctl(ioctls.KVM_SET_PIT2, state)
 
     def get_dirty_log(self, slot: int, pages: int) -> bytes:
         """``KVM_GET_DIRTY_LOG``: a bitmap of the pages written in ``slot``
