@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from minikvm.x86 import layout
 
 __all__ = [
+    "ACPI_PM_PORT",
+    "ACPI_PM_PORTS",
+    "ACPI_TABLES_BASE",
     "BIOS_HANDOVER",
     "BiosHandover",
     "COM1_IRQ",
@@ -40,6 +43,9 @@ __all__ = [
     "MAX_VIRTIO_DEVICES",
     "PORT_DEVICES",
     "PortDevice",
+    "RTC_IRQ",
+    "RTC_PORT",
+    "RTC_PORTS",
     "RAM_ABOVE_4G_BASE",
     "RAM_BASE",
     "RAM_BELOW_4G_MAX",
@@ -108,6 +114,17 @@ TESTDEV_PORT = 0xE0
 TESTDEV_PORTS = 8
 TESTDEV_IRQ_PORT = 0x2000
 TESTDEV_IRQ_PORTS = 24
+#: The MC146818 RTC and CMOS RAM: index at 0x70, data at 0x71, IRQ 8 (PC AT).
+RTC_PORT = 0x70
+RTC_PORTS = 2
+RTC_IRQ = 8
+#: ACPI's fixed registers where QEMU's PIIX4 has them (and the FADT says):
+#: PM1a event block 0x600, PM1a control 0x604, PM timer 0x608.
+ACPI_PM_PORT = 0x600
+ACPI_PM_PORTS = 12
+#: Where a Multiboot kernel finds the ACPI tables (RSDP first; the RSDP
+#: scan covers 0xE0000-0xFFFFF, ACPI 6.5 section 5.2.5.1).
+ACPI_TABLES_BASE = 0xE0000
 
 
 # -- what the BIOS leaves behind (a Multiboot kernel's boot) ---------------------------
@@ -175,6 +192,8 @@ PORT_DEVICES = (
     # byte view of the register at 0xE8 would cover the debug console.)
     PortDevice("testdev", TESTDEV_PORT, TESTDEV_PORTS),
     PortDevice("testdev-irq", TESTDEV_IRQ_PORT, TESTDEV_IRQ_PORTS),
+    PortDevice("rtc", RTC_PORT, RTC_PORTS, RTC_IRQ),
+    PortDevice("acpi-pm", ACPI_PM_PORT, ACPI_PM_PORTS),
 )
 
 #: pc-testdev's 64 KiB of scratch memory (MMIO, not RAM).

@@ -16,7 +16,9 @@ directly -- the board says what it is (:class:`~minikvm.core.board.BiosHandover`
   ``init4`` from ICW1's IC4 bit, ``imr`` from OCW1);
 * the PIT through ``KVM_SET_PIT2``: counter 0 in mode 2; loading it starts
   KVM's timer (``kvm_pit_load_count``, arch/x86/kvm/i8254.c);
-* the vector table and its handlers by writing guest RAM (:func:`ivt_image`).
+* the vector table and its handlers by writing guest RAM (:func:`ivt_image`);
+* the ACPI tables (:func:`minikvm.core.acpi.acpi_tables`): where the power
+  management registers are, and where the OS leaves its waking vector.
 
 A Multiboot kernel starts with interrupts off (Multiboot Specification
 0.6.96, 3.2): none of this reaches it before it enables them itself, and a
@@ -29,6 +31,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from minikvm.core.acpi import acpi_tables
 from minikvm.core.board import BIOS_HANDOVER, BiosHandover
 from minikvm.kvm.uapi import KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE
 
@@ -103,9 +106,9 @@ def program_pit(vm: Any, handover: BiosHandover = BIOS_HANDOVER) -> None:
 
 
 def hand_over(vm: Any, memory: Any, handover: BiosHandover = BIOS_HANDOVER) -> None:
-    """Leave the PICs, the PIT and the vector table as a BIOS would (needs
+    """Leave the PICs, the PIT, the vector table and the ACPI tables as a BIOS would (needs
     the in-kernel irqchip and PIT, and RAM up to the handlers at F000:FFxx)."""
-    for address, data in ivt_image(handover):
+    for address, data in ivt_image(handover) + acpi_tables():
         memory.write(address, data)
     program_pic(vm, handover)
     program_pit(vm, handover)
