@@ -128,3 +128,14 @@ def test_s3_sleeps_until_the_rtc_alarm_and_resumes_at_the_waking_vector_in_real_
     assert wakes == 1 and status & 0x8400 == 0x8400       # WAK_STS, RTC_STS
     assert sregs.cs.selector == 0x200 and sregs.cr0 & 1 == 0  # 0x2000 = 0200:0000, real mode
     assert slept <= 2.5                                     # the alarm rings within a second
+
+
+@pytest.mark.kvm
+@pytest.mark.slow
+def test_without_rtc_en_nothing_wakes_the_sleeper_and_the_timeout_ends_the_run():
+    no_rtc_en = S3_GUEST.replace(real_mode("ba0206", "b80004"), real_mode("ba0206", "b80000"))
+    assert no_rtc_en != S3_GUEST
+    with acpi_machine(no_rtc_en) as machine:
+        stop = machine.run(timeout=1)
+        wakes = machine.acpi.wakes
+    assert stop.kind is StopKind.TIMEOUT and stop.status == 124 and wakes == 0

@@ -136,7 +136,9 @@ class AcpiPlatform:
     def suspend_to_ram(self) -> None:
         """S3: the CPU stops, RAM stays; wake on the RTC alarm if RTC_EN,
         then resume at the waking vector. Without a vector to go to, a PC's
-        firmware cold-boots: the run ends as a reset."""
+        firmware cold-boots: the run ends as a reset. A timeout or a pause
+        (the TUI's, the debugger's) while asleep ends the sleep without a
+        wake: the guest goes on after its SLP_EN write."""
         machine = self.machine
         if len(machine.runners) > 1:
             machine.request_stop(Stop(StopKind.UNEXPECTED_EXIT, board.ExitStatus.GUEST_CRASH.value,
@@ -151,8 +153,8 @@ class AcpiPlatform:
         runner = machine.runners[0]
         wake = self.rtc.next_alarm() if self.pm.rtc_wakes else None
         while wake is None or time.time() < wake:
-            if runner.timed_out:
-                return                  # the run's time is up: it ends asleep
+            if runner.timed_out or runner.pause_requested:
+                return    # the run's time is up, or a pause: the sleep is given up
             time.sleep(_SLEEP_SLICE if wake is None else
                        max(0.0, min(_SLEEP_SLICE, wake - time.time())))
         runner.finish()                 # complete the OUT that asked for the sleep
