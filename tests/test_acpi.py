@@ -68,6 +68,8 @@ def test_pm1_status_bits_clear_when_written_with_one_and_slp_en_calls_the_machin
     assert pm.rtc_wakes and pm.read(0, 4) == 0x0400_8000   # STS and EN in one read
     pm.write(4, 2, 0x2400)                              # SLP_TYP 1, SLP_EN
     assert asked == [1] and pm.read(4, 2) == 0x0400     # SLP_EN reads as 0
+    assert pm.describe(4, 2, True, 0x2400).endswith(
+        "SLP_EN with SLP_TYP 1: the guest asks to sleep; it slept and woke (WAK_STS set)")
 
 
 def test_the_pm_timer_counts_at_3_579545_mhz_in_24_bits():

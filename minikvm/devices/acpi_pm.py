@@ -105,8 +105,9 @@ class AcpiPm(Device):
     def describe(self, offset: int, size: int, is_write: bool, value: int) -> str:
         name = self.register_name(offset, is_write)
         if is_write and offset == PM1_CNT and value & SLP_EN:
+            woke = ("; it slept and woke (WAK_STS set)" if self.status & WAK_STS else "")
             return (f"ACPI {name} write {value:#06x}: SLP_EN with SLP_TYP "
-                    f"{(value & SLP_TYP_MASK) >> SLP_TYP_SHIFT}: the guest asks to sleep")
+                    f"{(value & SLP_TYP_MASK) >> SLP_TYP_SHIFT}: the guest asks to sleep{woke}")
         what = "write" if is_write else "read ->"
         return f"ACPI {name} {what} {value:#x}"
 

@@ -64,6 +64,10 @@ _POWER_UP_B = REG_B_24H
 _NAMES = {0: "seconds", 1: "seconds alarm", 2: "minutes", 3: "minutes alarm", 4: "hours",
           5: "hours alarm", 6: "day of week", 7: "date", 8: "month", 9: "year",
           10: "register A", 11: "register B", 12: "register C", 13: "register D"}
+_BIT_NAMES = {REG_A: {REG_A_UIP: "UIP: update in progress"},
+              REG_B: {REG_B_SET: "SET", 0x40: "PIE", REG_B_AIE: "AIE", REG_B_UIE: "UIE",
+                      0x08: "SQWE", REG_B_DM: "DM binary", REG_B_24H: "24h", 0x01: "DSE"},
+              REG_C: {REG_C_IRQF: "IRQF", 0x40: "PF", REG_C_AF: "AF alarm", REG_C_UF: "UF update"}}
 _TIME_REGS = (REG_SECONDS, REG_MINUTES, REG_HOURS, REG_WEEKDAY, REG_DAY, REG_MONTH, REG_YEAR)
 
 
@@ -222,7 +226,10 @@ class Rtc(Device):
         if offset == 0:
             return f"RTC index {value & 0x7F:#04x} ({_NAMES.get(value & 0x7F, 'CMOS RAM')})"
         what = "write" if is_write else "read ->"
-        return f"RTC {self.register_name(offset, is_write)} {what} {value:#04x}"
+        bits = _BIT_NAMES.get(self.index)
+        named = [name for bit, name in bits.items() if value & bit] if bits else []
+        words = f" ({' '.join(named)})" if named else ""
+        return f"RTC {self.register_name(offset, is_write)} {what} {value:#04x}{words}"
 
     def state(self) -> dict[str, Any]:
         return {"index": self.index, "offset": self.offset,
