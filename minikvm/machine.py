@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from minikvm.bus import Bus
-from minikvm.core import board
+from minikvm.core import acpi, board
 from minikvm.core.config import MachineConfig, VirtioSpec, check_vcpu_count
 from minikvm.core.events import ExitEvent, describe_exit, dispatch_exit
+from minikvm.core.firmware import hand_over
 from minikvm.core.irq import KvmIrqLine
 from minikvm.core.runner import VcpuRunner, Watchdog
 from minikvm.core.stop import Stop, StopKind, decide_stop
@@ -147,9 +148,10 @@ class Machine:
         #: QEMU's pc-testdev, which kvm-unit-tests drives (devices/testdev.py).
         self.testdev = PcTestdevPorts()
         self.testdev_irq = PcTestdevIrq([self._line(gsi) for gsi in range(board.TESTDEV_IRQ_PORTS)])
+        self.acpi = acpi.AcpiPlatform(self)   # the RTC, ACPI's registers, S3 and S5
         wired = {"debugcon": self.debugcon, "debug-exit": self.debug_exit,
                  "i8042": self.i8042, "com1": self.uart, "fw_cfg": self.fw_cfg,
-                 "testdev": self.testdev, "testdev-irq": self.testdev_irq}
+                 "testdev": self.testdev, "testdev-irq": self.testdev_irq, **self.acpi.devices}
         for slot in board.PORT_DEVICES:
             self.pio.register(slot.base, slot.size, wired[slot.name])
         self.mmio.register(board.TESTDEV_IOMEM_BASE, board.TESTDEV_IOMEM_SIZE, PcTestdevIomem())
@@ -284,6 +286,8 @@ class Machine:
         0x2BADB002, EBX = the boot information (:mod:`minikvm.loaders.multiboot`)."""
         loaded = load_multiboot(self.memory, path, cmdline=cmdline, modules=modules)
         self.image = loaded
+        if self.irqchip:    # what a BIOS leaves (QEMU: SeaBIOS): PICs, PIT, IVT, ACPI tables
+            hand_over(self.vm, self.memory)
         self.set_mode("protected", loaded.entry)
         regs = self.vcpu.get_regs()
         regs.rax = loaded.magic

@@ -54,6 +54,7 @@ def test_the_docs_picture_can_be_regenerated(tmp_path):
     (["--record", "x.png"], "can be saved as .svg, .html or .txt"),
     (["--break", "nowhere", "--record", "x.svg"], "--break nowhere"),
     (["--memory", "p:zz", "--record", "x.svg"], "--memory p:zz"),
+    (["--vcpu", "1", "--record", "x.svg"], "--vcpu 1: no vCPU 1: this machine has vCPU 0 to 0"),
     ([], "tui needs a terminal"),
 ])
 def test_mistakes_are_one_line_and_status_2(guests, capsys, monkeypatch, extra, message):
@@ -67,3 +68,13 @@ def test_mistakes_are_one_line_and_status_2(guests, capsys, monkeypatch, extra, 
 def test_a_missing_guest_file_is_said_before_anything_else(capsys, tmp_path):
     assert main([str(tmp_path / "missing.bin")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_record_the_ap_of_the_smp_guest_after_vcpu_0_woke_it(guests, tmp_path):
+    out = tmp_path / "smp.txt"
+    assert main([str(guests / "smp.elf"), "--smp", "2", "--cont", "--timeout", "1",
+                 "--vcpu", "1", "--step", "1", "--record", str(out)]) == 0
+    text = out.read_text()
+    assert "vCPU 1 of 2" in text and "vCPU 1/2 (runnable) registers" in text
+    assert "stepped 'cli' at 0x8000" in text

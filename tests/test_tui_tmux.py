@@ -63,12 +63,13 @@ class Pane:
 
 
 def start_tui(guest: Path, stty_file: Path, size: tuple[int, int] = (100, 30),
-              before: str = "") -> Pane:
-    """The TUI on ``guest`` in a new tmux server; afterwards the shell says
-    how it exited, saves ``stty -a`` and echoes a line it reads."""
+              before: str = "", options: tuple[str, ...] = ()) -> Pane:
+    """The TUI on ``guest`` (with ``options``) in a new tmux server;
+    afterwards the shell says how it exited, saves ``stty -a`` and echoes a
+    line it reads."""
     server = f"minikvm-test-{os.getpid()}-{next(_SERVERS)}"   # never one still closing
     tui = " ".join(shlex.quote(part) for part in
-                   [sys.executable, "-m", "minikvm", "tui", str(guest)])
+                   [sys.executable, "-m", "minikvm", "tui", str(guest), *options])
     script = (f"{before}{tui}; echo \"TUI EXITED $?\"; "
               f"stty -a > {shlex.quote(str(stty_file))}; "
               "read line; echo \"GOT:$line\"; sleep 60")
@@ -139,5 +140,29 @@ def test_after_a_resize_q_leaves_no_pieces_of_the_screen(guests, tmp_path):
         screen = pane.wait_for("TUI EXITED 0")
         assert [line for line in screen.splitlines() if line.strip()] == [
             "BEFORE THE TUI", "TUI EXITED 0"], screen
+    finally:
+        pane.tmux("kill-server")
+
+
+def test_t_picks_the_woken_ap_and_s_steps_it_in_a_real_terminal(guests, tmp_path):
+    # The SMP guest at --smp 2: vCPU 0 runs alone until it has sent INIT,
+    # SIPI, SIPI; then t shows vCPU 1 (at the trampoline, 0x800:0) and s
+    # steps it, vCPU 0 staying where it was paused.
+    pane = start_tui(guests / "smp.elf", tmp_path / "stty.txt", size=(120, 36),
+                     options=("--smp", "2"))
+    try:
+        pane.wait_for("vCPU 0 of 2", "vCPU 0/2 (runnable) registers", "PAUSED")
+        pane.keys("c")
+        pane.wait_for("RUNNING")
+        time.sleep(1.0)                      # the SIPIs go out in the first few ms
+        pane.keys("p")
+        pane.wait_for("vCPU 0: paused at RIP")
+        pane.keys("t")
+        screen = pane.wait_for("vCPU 1 of 2", "vCPU 1/2 (runnable) registers")
+        assert "eip 00000000" in screen and "cs 0800" in screen
+        pane.keys("s")
+        pane.wait_for("stepped 'cli' at 0x8000", "eip 00000001*")
+        pane.keys("q")
+        pane.wait_for("TUI EXITED 0")
     finally:
         pane.tmux("kill-server")

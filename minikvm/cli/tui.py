@@ -57,6 +57,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _vcpu_index(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a vCPU number") from None
+    if not 0 <= value < 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: a vCPU is 0 to 63")
+    return value
+
+
 class _Action(argparse.Action):
     """Collects --step/--next/--cont in the order they were given."""
 
@@ -82,6 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cont", dest="tui_actions", action=_Action, const="continue",
                        nargs=0, help="continue until a breakpoint or the guest stops "
                        f"(at most --timeout seconds, default {DEFAULT_SCRIPT_TIMEOUT:g})")
+    group.add_argument("--vcpu", dest="tui_actions", action=_Action, const="vcpu",
+                       type=_vcpu_index, metavar="N", help="with --smp: show vCPU N and let "
+                       "the actions after this run it alone (the t key)")
     group.add_argument("--memory", dest="tui_memory", default=None, metavar="WHERE",
                        help="memory panel address: 0x1000 (linear), p:0x1000 (physical), "
                        "rip, rsp")
@@ -114,6 +127,11 @@ def _prepare(args: argparse.Namespace, session: Any) -> None:
         session.side = SideView(args.tui_view)
     timeout = args.timeout if args.timeout is not None else DEFAULT_SCRIPT_TIMEOUT
     for action, count in args.tui_actions:
+        if action == "vcpu":
+            message = session.select_vcpu(count)
+            if message.startswith("no vCPU"):
+                raise UsageError(f"--vcpu {count}: {message}")
+            continue
         for _ in range(count):
             if session.ended:
                 return

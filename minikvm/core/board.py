@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from minikvm.x86 import layout
 
 __all__ = [
+    "ACPI_PM_PORT",
+    "ACPI_PM_PORTS",
+    "ACPI_TABLES_BASE",
+    "BIOS_HANDOVER",
+    "BiosHandover",
     "COM1_IRQ",
     "COM1_PORT",
     "COM1_PORTS",
@@ -38,6 +43,9 @@ __all__ = [
     "MAX_VIRTIO_DEVICES",
     "PORT_DEVICES",
     "PortDevice",
+    "RTC_IRQ",
+    "RTC_PORT",
+    "RTC_PORTS",
     "RAM_ABOVE_4G_BASE",
     "RAM_BASE",
     "RAM_BELOW_4G_MAX",
@@ -106,6 +114,52 @@ TESTDEV_PORT = 0xE0
 TESTDEV_PORTS = 8
 TESTDEV_IRQ_PORT = 0x2000
 TESTDEV_IRQ_PORTS = 24
+#: The MC146818 RTC and CMOS RAM: index at 0x70, data at 0x71, IRQ 8 (PC AT).
+RTC_PORT = 0x70
+RTC_PORTS = 2
+RTC_IRQ = 8
+#: ACPI's fixed registers where QEMU's PIIX4 has them (and the FADT says):
+#: PM1a event block 0x600, PM1a control 0x604, PM timer 0x608.
+ACPI_PM_PORT = 0x600
+ACPI_PM_PORTS = 12
+#: Where a Multiboot kernel finds the ACPI tables (RSDP first; the RSDP
+#: scan covers 0xE0000-0xFFFFF, ACPI 6.5 section 5.2.5.1).
+ACPI_TABLES_BASE = 0xE0000
+
+
+# -- what the BIOS leaves behind (a Multiboot kernel's boot) ---------------------------
+
+@dataclass(frozen=True)
+class BiosHandover:
+    """The interrupt hardware as a PC BIOS's POST leaves it for the boot
+    loader -- and so for a Multiboot kernel QEMU's ``-kernel`` boots through
+    SeaBIOS (src/hw/pic.c ``pic_setup``, src/hw/timer.c ``timer_setup``).
+
+    * The two 8259A PICs initialised (ICW1-ICW4, Intel 8259A data sheet):
+      IRQ 0-7 on vectors 0x08-0x0F, IRQ 8-15 on 0x70-0x77 (the IBM PC AT
+      numbers), the slave cascaded on the master's IRQ 2; everything masked
+      but the timer and the cascade.
+    * The 8254 PIT's counter 0 in mode 2 (rate generator) with count 0,
+      that is 65536: IRQ 0 at 1193182 / 65536 = 18.2 Hz, the BIOS tick.
+    * A real-mode interrupt vector table at 0: the IRQ vectors go to
+      handlers that acknowledge the PIC (EOI) and return, every other vector
+      to a lone ``iret`` (at F000:FF53, where the IBM PC BIOS kept it).
+    """
+
+    pic_master_base: int = 0x08
+    pic_slave_base: int = 0x70
+    pic_master_mask: int = 0xFA     # IRQ 0 (timer) and 2 (cascade) open
+    pic_slave_mask: int = 0xFF
+    pit_mode: int = 2
+    pit_count: int = 0              # 0 means 65536
+    #: Segment F000: the handlers' offsets (the PC BIOS ROM's 64 KiB).
+    handler_segment: int = 0xF000
+    iret_offset: int = 0xFF53
+    master_irq_offset: int = 0xFF40
+    slave_irq_offset: int = 0xFF48
+
+
+BIOS_HANDOVER = BiosHandover()
 
 
 @dataclass(frozen=True)
@@ -138,6 +192,8 @@ PORT_DEVICES = (
     # byte view of the register at 0xE8 would cover the debug console.)
     PortDevice("testdev", TESTDEV_PORT, TESTDEV_PORTS),
     PortDevice("testdev-irq", TESTDEV_IRQ_PORT, TESTDEV_IRQ_PORTS),
+    PortDevice("rtc", RTC_PORT, RTC_PORTS, RTC_IRQ),
+    PortDevice("acpi-pm", ACPI_PM_PORT, ACPI_PM_PORTS),
 )
 
 #: pc-testdev's 64 KiB of scratch memory (MMIO, not RAM).

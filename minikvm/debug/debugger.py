@@ -70,10 +70,12 @@ class Debugger:
     ``support`` says what this KVM can do (default: probed once per process,
     :func:`~minikvm.debug.probe.probe_debug_support`); tests pass
     ``support.without("hw_breakpoints")`` and the like to force a fallback.
+    ``arming``: another vCPU's debugger's, so that its breakpoints and
+    watchpoints (in the guest's memory, not in one CPU) stop this one too.
     """
 
     def __init__(self, machine: Machine, support: DebugSupport | None = None,
-                 vcpu: int = 0) -> None:
+                 vcpu: int = 0, arming: Arming | None = None) -> None:
         self.machine = machine
         self.view = GuestView(machine, vcpu)
         self.runner = self.view.runner
@@ -82,7 +84,7 @@ class Debugger:
         if support is None:
             support = probe_debug_support(machine.kvm.path, kvm=machine.kvm)
         self.support = support
-        self.arming = Arming(support, machine.memory)
+        self.arming = arming if arming is not None else Arming(support, machine.memory)
         self.watches = WatchChecks(self.view, self.arming)
         self.stepper = Stepper(machine, self.view, self.arming, support)
         self.stops = Stops(self.view, self.runner)

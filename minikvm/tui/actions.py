@@ -23,7 +23,10 @@ vCPU that went to sleep for good while nobody was looking -- a pause that
 landed in the same millisecond as ``cli; hlt``. So before every action
 :func:`perform` asks the runner (:meth:`VcpuRunner.halted_for_good`: two
 ioctls, on the vCPU thread) and turns a yes into the HALT stop a free run
-would have ended with.
+would have ended with. With several vCPUs that holds only when every one
+sleeps so (the core's :class:`~minikvm.core.runner.HaltGroup` rule); an AP
+still parked for INIT/SIPI, or asleep while another vCPU can still send it
+an IPI, just refuses to run, and the guest goes on.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 
 from minikvm.core.board import ExitStatus
 from minikvm.core.events import ExitEvent
+from minikvm.core.runner import VcpuRunner
 from minikvm.core.stop import HALTED_MESSAGE, Stop, StopKind
 from minikvm.debug import Debugger
 from minikvm.debug.events import StepRecord
@@ -109,6 +113,9 @@ def perform(debugger: Debugger, action: Action, *, timeout: float | None = None,
         return _recorded(debugger, action, timeout, vcpus)
     runner = debugger.runner
     if runner.halted_for_good():
+        others = [other for other in debugger.machine.runners if other is not runner]
+        if not all(other.halted_for_good() for other in others):
+            return Outcome(RunStatus.PAUSED, _asleep_message(runner))
         stop = Stop(StopKind.HALT, int(ExitStatus.OK), HALTED_MESSAGE, debugger.rip,
                     runner.index)
         return outcome_of_stop(stop, vcpus=vcpus)
@@ -134,6 +141,15 @@ def _recorded(debugger: Debugger, action: Action, timeout: float | None,
     if action is Action.STEP_BACK:
         return outcome_of_stop(debugger.step_back(), vcpus=vcpus)
     return outcome_of_stop(debugger.reverse_cont(timeout), vcpus=vcpus)
+
+
+def _asleep_message(runner: VcpuRunner) -> str:
+    """Why the picked vCPU cannot run while another one can: only that
+    other vCPU can wake it (an INIT/SIPI, an IPI, an NMI)."""
+    why = ("waits for INIT/SIPI" if runner.parked
+           else "sleeps in hlt with interrupts off")
+    return (f"vCPU {runner.index} {why}: only another vCPU can wake it "
+            f"(t picks the next vCPU)")
 
 
 def outcome_of_stop(stop: Stop,

@@ -214,6 +214,11 @@ class App:
                 session.message = f"the guest has ended ({session.end_reason}); q quits"
             else:
                 session.message = "the guest is already paused (c continues)"
+        elif name == "t":
+            if session.vcpus > 1:
+                session.select_vcpu()
+            else:
+                session.message = "one vCPU: nothing to pick (minikvm tui --smp N has more)"
         elif name == "b":
             session.prompt = PromptView(_BREAK_PROMPT, "")
         elif name == "g":

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from minikvm.tui.keys import FOOTER_CONSOLE, FOOTER_PAUSED, FOOTER_REVERSE, FOOTER_RUNNING
+from minikvm.tui.keys import (
+    FOOTER_CONSOLE,
+    FOOTER_PAUSED,
+    FOOTER_REVERSE,
+    FOOTER_RUNNING,
+    SMP_ONLY_KEYS,
+)
 from minikvm.tui.panel import DIM, MEDIUM_WIDTH, fit_line, wrap_line
 from minikvm.tui.state import Focus, RegistersView, RunStatus, TuiState
 
@@ -105,6 +111,8 @@ def render_footer(state: TuiState, width: int) -> Text:
         return fit_line(line, width)
     if state.busy:
         return _key_hints(FOOTER_RUNNING, width)
+    hints = FOOTER_PAUSED if state.vcpus > 1 else tuple(
+        hint for hint in FOOTER_PAUSED if hint[0] not in SMP_ONLY_KEYS)
     if state.recording:   # the keys that go back, after s n c
-        return _key_hints(FOOTER_PAUSED[:3] + FOOTER_REVERSE + FOOTER_PAUSED[3:], width)
-    return _key_hints(FOOTER_PAUSED, width)
+        hints = hints[:3] + FOOTER_REVERSE + hints[3:]
+    return _key_hints(hints, width)

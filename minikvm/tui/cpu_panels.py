@@ -169,6 +169,9 @@ def render_registers(state: TuiState, width: int, height: int) -> Panel:
     if view is None:
         return bordered([Text("(no registers yet)", style=DIM)], "registers", width, height)
     title = "registers"
+    if state.vcpus > 1:
+        # "parked: waiting for SIPI" -> "parked": the panel is narrow.
+        title = f"vCPU {state.vcpu}/{state.vcpus} ({state.vcpu_state.split(':')[0]}) registers"
     subtitle = "at the last stop" if view.stale else (
         "* = changed" if view.changed else None)
     return bordered(register_lines(view, max(height - 2, 1)), title, width, height,

@@ -22,6 +22,7 @@ __all__ = [
     "FOOTER_RUNNING",
     "HELP_TEXT",
     "Key",
+    "SMP_ONLY_KEYS",
     "parse_keys",
 ]
 
@@ -104,13 +105,15 @@ def parse_keys(data: bytes) -> list[Key]:
 FOOTER_PAUSED: tuple[tuple[str, str, str], ...] = (
     ("s", "step", "step"), ("n", "next exit", "next"), ("c", "continue", "cont"),
     ("p", "pause", "pause"), ("b", "breakpoint", "break"), ("g", "go to memory", "mem"),
-    ("v", "view", "view"), ("Tab", "console", "console"), ("?", "help", "help"),
-    ("q", "quit", "quit"),
+    ("v", "view", "view"), ("t", "next vCPU", "vCPU"), ("Tab", "console", "console"),
+    ("?", "help", "help"), ("q", "quit", "quit"),
 )
 #: ... and, stopped while recording (``r``), the keys that go back, after ``c``.
 FOOTER_REVERSE: tuple[tuple[str, str, str], ...] = (
     ("S", "step back", "back"), ("C", "reverse continue", "rev"),
 )
+#: Keys of FOOTER_PAUSED that only mean something with several vCPUs.
+SMP_ONLY_KEYS = frozenset({"t"})
 #: ... and while it runs (any other key pauses too).
 FOOTER_RUNNING: tuple[tuple[str, str, str], ...] = (
     ("p", "pause", "pause"), ("Tab", "console", "console"), ("v", "view", "view"),
@@ -128,6 +131,8 @@ KEYS
  p      pause a running guest (any key but Tab, v and ? pauses it too)
  b      toggle a breakpoint: address or symbol, then Enter (empty: at RIP)
  g      memory panel: 0x1000 (linear), p:0x1000 (guest-physical), rip, rsp
+ t      with --smp N: show the next vCPU; s, n and c then run it alone
+        (the others stay paused); breakpoints apply to every vCPU
  ↑ ↓ PgUp PgDn  scroll the memory panel     v  next side panel
  Tab    console focus: type into the guest's serial port; Ctrl-] comes back
  ?      this help                           q  quit (pauses the guest first)

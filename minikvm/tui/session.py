@@ -19,6 +19,10 @@ to read keys and draw. The rules that keep this safe are few:
   :meth:`~minikvm.debug.guestview.GuestView.read_linear`) and from the
   devices' plain state. Registers and code shown while running are those
   of the last stop.
+* With several vCPUs the debugger drives one, the one picked
+  (:meth:`Session.select_vcpu`); only its thread runs, the others stay
+  where they are. Each vCPU gets its own :class:`Debugger`, all sharing
+  one set of breakpoints.
 * Pausing is :meth:`Debugger.pause` -- the runner's request and a *kick*
   that makes ``KVM_RUN`` return. The session repeats it until the thread
   is done, because a kick that lands before ``cont`` began is forgotten.
@@ -54,7 +58,14 @@ from minikvm.tui.frames import (
 )
 from minikvm.tui.monitor import EXIT_LOG_CAPACITY, ExitMonitor, Timeline
 from minikvm.tui.state import Focus, PromptView, RunStatus, SideView, TuiState
-from minikvm.tui.views import MemorySpec, device_views, exit_row, parse_address, parse_memory_spec
+from minikvm.tui.views import (
+    MemorySpec,
+    device_views,
+    exit_row,
+    mp_state_words,
+    parse_address,
+    parse_memory_spec,
+)
 
 __all__ = ["Action", "EXIT_LOG_CAPACITY", "ExitMonitor", "MEMORY_BYTES", "Session"]
 
@@ -76,6 +87,8 @@ class Session:
                  console: Any = None) -> None:
         self.machine = machine
         self.debugger = debugger if debugger is not None else Debugger(machine)
+        #: One debugger per vCPU looked at so far, sharing the breakpoints.
+        self._debuggers = {self.debugger.runner.index: self.debugger}
         self.guest = guest
         self.console = console
         self.vcpus = len(machine.vcpus)
@@ -245,6 +258,42 @@ class Session:
         """Add a timeline bar for each interval that passed while running (UI thread)."""
         self.timeline.tick(self.monitor.count, now)
 
+    def select_vcpu(self, index: int | None = None) -> str:
+        """Show and step vCPU ``index`` (None: the next one, round the ring).
+
+        Only while paused: the vCPU thread must not be running. The new
+        vCPU's debugger shares the breakpoints (they are addresses in
+        guest memory, caught on whichever vCPU runs there)."""
+        if self.busy:
+            self.message = "pause the guest (p) before picking another vCPU"
+            return self.message
+        current = self.debugger.runner.index
+        if index is None:
+            index = (current + 1) % self.vcpus
+        if not 0 <= index < self.vcpus:
+            self.message = f"no vCPU {index}: this machine has vCPU 0 to {self.vcpus - 1}"
+            return self.message
+        debugger = self._debuggers.get(index)
+        if debugger is None:
+            debugger = Debugger(self.machine, self.debugger.support, vcpu=index,
+                                arming=self.debugger.arming)
+            self._debuggers[index] = debugger
+        self.debugger = debugger
+        self._note_mp_states()
+        # Read afresh: another vCPU may have changed this one since (a SIPI
+        # that KVM_GET_MP_STATE just delivered sets CS:IP).
+        debugger.view.invalidate()
+        try:
+            self._picture = picture_stop(debugger, None, self.machine.image)
+        except Exception as err:  # noqa: BLE001 - the UI must say why and go on
+            self._picture = StopPicture()
+            self.message = f"reading vCPU {index} failed: {type(err).__name__}: {err}"
+            return self.message
+        state = mp_state_words(self.machine.runners[index].mp_state)
+        self.message = (f"vCPU {index} of {self.vcpus} ({state}): s steps it alone, "
+                        f"the others stay paused")
+        return self.message
+
     # -- breakpoints, memory, console -------------------------------------------------
 
     def toggle_breakpoint(self, text: str = "") -> str:
@@ -332,6 +381,7 @@ class Session:
             vcpu=self.debugger.runner.index,
             vcpus=self.vcpus,
             recording=self.debugger.recording,
+            vcpu_state=mp_state_words(self.debugger.runner.mp_state) if self.vcpus > 1 else "",
         )
 
     def close(self) -> None:
@@ -340,4 +390,5 @@ class Session:
         if self.monitor in self.machine.listeners:
             self.machine.listeners.remove(self.monitor)
         if self._job is None:
-            self.debugger.close()
+            for debugger in self._debuggers.values():
+                debugger.close()

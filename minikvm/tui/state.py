@@ -234,6 +234,9 @@ class TuiState:
     vcpus: int = 1
     #: The debugger records every instruction (``r``): S and C can go back.
     recording: bool = False
+    #: The shown vCPU's MP state in words ("runnable", "parked: waiting
+    #: for SIPI" ...), for the register panel's title; "" with one vCPU.
+    vcpu_state: str = ""
 
     @property
     def busy(self) -> bool:

@@ -23,6 +23,7 @@ __all__ = [
     "MemorySpec",
     "device_views",
     "exit_row",
+    "mp_state_words",
     "parse_address",
     "parse_memory_spec",
 ]
@@ -118,18 +119,19 @@ def vcpu_view(runners: Any) -> DeviceView:
     """With several vCPUs: each one's MP state as its runner last read it
     (``KVM_GET_MP_STATE`` at a halt check or after a TUI action), so an AP
     still parked waiting for INIT/SIPI shows as such. No ioctl here."""
-    rows = []
-    for runner in runners:
-        state = getattr(runner, "mp_state", None)
-        if state is None:
-            words = "not looked at yet"
-        else:
-            name = getattr(state, "name", str(state))
-            words = {"KVM_MP_STATE_RUNNABLE": "runnable", "KVM_MP_STATE_HALTED": "halted",
-                     "KVM_MP_STATE_UNINITIALIZED": "parked: waiting for INIT/SIPI",
-                     "KVM_MP_STATE_INIT_RECEIVED": "parked: waiting for SIPI"}.get(name, name)
-        rows.append((f"vCPU {runner.index}", words))
-    return DeviceView(f"vCPUs ({len(rows)})", tuple(rows))
+    rows = tuple((f"vCPU {runner.index}", mp_state_words(getattr(runner, "mp_state", None)))
+                 for runner in runners)
+    return DeviceView(f"vCPUs ({len(rows)})", rows)
+
+
+def mp_state_words(state: Any) -> str:
+    """A vCPU's ``KVM_GET_MP_STATE`` in words (None: not read yet)."""
+    if state is None:
+        return "not looked at yet"
+    name = getattr(state, "name", str(state))
+    return {"KVM_MP_STATE_RUNNABLE": "runnable", "KVM_MP_STATE_HALTED": "halted",
+            "KVM_MP_STATE_UNINITIALIZED": "parked: waiting for INIT/SIPI",
+            "KVM_MP_STATE_INIT_RECEIVED": "parked: waiting for SIPI"}.get(name, name)
 
 
 def _where(space: str, base: int) -> str:
