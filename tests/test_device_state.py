@@ -23,12 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minikvm.bus import Bus
+from minikvm.devices.acpi_pm import PM1_CNT, PM1_EN, PM1_STS, PM_TIMER_HZ, PM_TMR, RTC_EN, SCI_EN, AcpiPm
 from minikvm.devices.base import Device, DeviceStateError, RecordingLine
 from minikvm.devices.debug_exit import DebugExit
 from minikvm.devices.debugcon import DebugCon
 from minikvm.devices.fw_cfg import DATA, SELECTOR, FwCfg
 from minikvm.devices.i8042 import I8042, I8042_COMMAND
 from minikvm.devices.state import device_key, restore_devices, save_devices
+from minikvm.devices.rtc import REG_B, REG_C, REG_MINUTES, REG_SECONDS_ALARM, Rtc
 from minikvm.devices.testdev import IOMEM_SIZE, PcTestdevIomem, PcTestdevIrq, PcTestdevPorts
 from minikvm.devices.uart import (
     UART_FCR,
@@ -136,6 +138,16 @@ SIMPLE_DEVICES: dict[str, tuple[Callable, Callable, list[tuple]]] = {
                 [("read", 0, 4), ("read", 2, 2), ("write", 1, 1, 0x77), ("read", 0, 4)]),
     "testdev-irq": (make_testdev_irq, lambda t: t.device.write(0, 1, 1),
                     [("write", 1, 1, 1), ("write", 0, 1, 0)]),
+    "rtc": (lambda line, out: Rtc(clock=lambda: 1_700_000_000.25),
+            lambda t: [t.device.write(*op) for op in (
+                (0, 1, REG_MINUTES), (1, 1, 0x42), (0, 1, REG_SECONDS_ALARM), (1, 1, 0x30),
+                (0, 1, 0x40), (1, 1, 0x5A), (0, 1, REG_B))],
+            [("read", 1, 1), ("write", 0, 1, REG_MINUTES), ("read", 1, 1),
+             ("write", 0, 1, 0x40), ("read", 1, 1), ("write", 0, 1, REG_C), ("read", 1, 1)]),
+    "acpi-pm": (lambda line, out: AcpiPm(clock=lambda: 50.0),
+                lambda t: (t.device.write(PM1_EN, 2, RTC_EN), t.device.write(PM1_CNT, 2, SCI_EN)),
+                [("read", PM1_STS, 4), ("read", PM1_CNT, 2), ("read", PM_TMR, 4),
+                 ("write", PM1_EN, 2, 0), ("read", PM1_STS, 4)]),
     "testdev-iomem": (lambda line, out: PcTestdevIomem(),
                       lambda t: t.device.write(IOMEM_SIZE - 8, 8, 0x1122334455667788),
                       [("read", IOMEM_SIZE - 8, 8), ("read", IOMEM_SIZE - 4, 4)]),
@@ -430,6 +442,11 @@ HOSTILE = [
     ("testdev-irq", ("levels",), [1, 0, 0], "'levels'"),
     ("testdev-iomem", ("memory",), "00" * (IOMEM_SIZE + 1), "'memory'"),
     ("debugcon", ("recent",), "", "'recent'"),
+    ("rtc", ("cmos",), "00" * 127, "'cmos'"),
+    ("rtc", ("index",), 128, "'index'"),
+    ("rtc", ("seen",), 1, "'seen'"),
+    ("acpi-pm", ("enable",), 0x8000, "'enable'"),
+    ("acpi-pm", ("ticks",), -1, "'ticks'"),
 ]
 
 
@@ -592,7 +609,11 @@ def test_the_devices_of_a_running_serial_guest_restore_into_a_second_machine(gue
     with Machine(irqchip=True, output=BufferSink()) as second:
         restore_devices([second.pio, second.mmio], states)
         second.serial_input.restore(queued)
-        assert save_devices([second.pio, second.mmio]) == states
+        again = save_devices([second.pio, second.mmio])
+        # The PM timer runs on in real time: it may only have gone forward.
+        saved_ticks = states["pio:0x600:acpi-pm"].pop("ticks")
+        assert again["pio:0x600:acpi-pm"].pop("ticks") >= saved_ticks
+        assert again == states
         assert second.serial_input.save() == queued
 
 
@@ -605,3 +626,28 @@ def test_testdev_memory_saves_only_up_to_its_last_nonzero_byte():
     copy.write(IOMEM_SIZE - 1, 1, 0xFF)       # restore overwrites the whole 64 KiB
     copy.restore(device.save())
     assert copy.read(16, 1) == 0xAB and copy.read(IOMEM_SIZE - 1, 1) == 0
+
+
+def test_the_pm_timer_goes_on_from_its_saved_count():
+    now = [100.0]
+    original = AcpiPm(clock=lambda: now[0])
+    now[0] = 101.0                                   # one second of ticks
+    state = json_trip(original.save())
+    assert state["ticks"] == PM_TIMER_HZ
+    now[0] = 5000.0                                  # restored much later, elsewhere
+    copy = AcpiPm(clock=lambda: now[0])
+    copy.restore(state)
+    assert copy.timer() == PM_TIMER_HZ & 0xFFFFFF    # no jump back, no jump ahead
+
+
+@pytest.mark.kvm
+def test_every_device_a_machine_wires_saves_its_own_state():
+    """A device left with the base class's empty save() would be silently
+    reset by every snapshot: each one on the board must say what it holds."""
+    from minikvm.machine import Machine
+
+    with Machine(irqchip=True) as machine:
+        for bus in (machine.pio, machine.mmio):
+            for mapping in bus:
+                device = mapping.device
+                assert type(device).save is not Device.save, mapping.device_name

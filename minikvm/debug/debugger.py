@@ -69,9 +69,8 @@ class Debugger:
 
     ``support`` says what this KVM can do (default: probed once per process,
     :func:`~minikvm.debug.probe.probe_debug_support`); tests pass
-    ``support.without("hw_breakpoints")`` and the like to force a fallback.
-    ``arming``: another vCPU's debugger's, so that its breakpoints and
-    watchpoints (in the guest's memory, not in one CPU) stop this one too.
+    ``support.without("hw_breakpoints")`` and the like to force a fallback. ``arming``: another
+    vCPU's debugger's, so that its breakpoints and watchpoints (in guest memory) stop this one too.
     """
 
     def __init__(self, machine: Machine, support: DebugSupport | None = None,

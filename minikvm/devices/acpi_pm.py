@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from minikvm.devices.base import Device
+from minikvm.devices.base import Device, DeviceStateError
+from minikvm.devices.state import MAX_U64, require_int, require_keys
 
 __all__ = ["PM_TIMER_HZ", "AcpiPm"]
 
@@ -110,6 +111,29 @@ class AcpiPm(Device):
                     f"{(value & SLP_TYP_MASK) >> SLP_TYP_SHIFT}: the guest asks to sleep{woke}")
         what = "write" if is_write else "read ->"
         return f"ACPI {name} {what} {value:#x}"
+
+    def save(self) -> dict[str, Any]:
+        """The three registers and the PM timer's count (all its ticks, not
+        only the 24 bits the guest reads): restored, the timer goes on from
+        there, so a guest measuring time across a snapshot sees no jump back."""
+        ticks = int((self.clock() - self._start) * PM_TIMER_HZ)
+        return {"status": self.status, "enable": self.enable, "control": self.control,
+                "ticks": max(0, min(ticks, MAX_U64))}
+
+    def check_state(self, state: Any) -> None:
+        require_keys(state, ("status", "enable", "control", "ticks"), device=self.name)
+        for key, bits in (("status", _STS_BITS), ("enable", _EN_BITS),
+                          ("control", SCI_EN | SLP_TYP_MASK)):
+            value = require_int(state, key, 0, 0xFFFF, device=self.name)
+            if value & ~bits:
+                raise DeviceStateError(f"{self.name}: saved field {key!r} = {value:#x} "
+                                       f"sets bits outside {bits:#x}")
+        require_int(state, "ticks", 0, MAX_U64, device=self.name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.status, self.enable, self.control = state["status"], state["enable"], state["control"]
+        self._start = self.clock() - state["ticks"] / PM_TIMER_HZ
 
     def state(self) -> dict[str, Any]:
         return {"PM1_STS": self.status, "PM1_EN": self.enable, "PM1_CNT": self.control}

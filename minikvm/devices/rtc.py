@@ -41,10 +41,15 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device
+from minikvm.devices.state import hex_bytes, require_bytes_hex, require_int, require_keys
 
 __all__ = ["CMOS_SIZE", "Rtc"]
 
 CMOS_SIZE = 128
+#: A saved offset from host time: at most ~35,000 years either way.
+_OFFSET_LIMIT = 1 << 40
+#: Register C looks back at most a day (see _register_c).
+_SEEN_LIMIT = 86400
 REG_SECONDS, REG_SECONDS_ALARM, REG_MINUTES, REG_MINUTES_ALARM = 0, 1, 2, 3
 REG_HOURS, REG_HOURS_ALARM, REG_WEEKDAY, REG_DAY, REG_MONTH, REG_YEAR = 4, 5, 6, 7, 8, 9
 REG_A, REG_B, REG_C, REG_D = 10, 11, 12, 13
@@ -230,6 +235,31 @@ class Rtc(Device):
         named = [name for bit, name in bits.items() if value & bit] if bits else []
         words = f" ({' '.join(named)})" if named else ""
         return f"RTC {self.register_name(offset, is_write)} {what} {value:#04x}{words}"
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """The index, the 128 CMOS bytes, the guest's offset from host time,
+        and how far behind "now" register C last reported. Time itself is
+        not saved: like a PC's battery-backed clock (and QEMU's RTC with
+        ``base=utc``) it keeps running while the machine is saved."""
+        seen = max(-_SEEN_LIMIT, min(0, self._seen - int(self.now())))
+        return {"index": self.index, "cmos": hex_bytes(self.cmos), "offset": self.offset,
+                "seen": seen}
+
+    def check_state(self, state: Any) -> None:
+        require_keys(state, ("index", "cmos", "offset", "seen"), device=self.name)
+        require_int(state, "index", 0, CMOS_SIZE - 1, device=self.name)
+        require_bytes_hex(state, "cmos", CMOS_SIZE, exact=True, device=self.name)
+        require_int(state, "offset", -_OFFSET_LIMIT, _OFFSET_LIMIT, device=self.name)
+        require_int(state, "seen", -_SEEN_LIMIT, 0, device=self.name)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
+        self.index = state["index"]
+        self.cmos[:] = bytes.fromhex(state["cmos"])
+        self.offset = state["offset"]
+        self._seen = int(self.now()) + state["seen"]
 
     def state(self) -> dict[str, Any]:
         return {"index": self.index, "offset": self.offset,
