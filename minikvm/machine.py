@@ -35,7 +35,7 @@ from minikvm.core.events import ExitEvent, describe_exit, dispatch_exit
 from minikvm.core.irq import KvmIrqLine
 from minikvm.core.runner import VcpuRunner, Watchdog
 from minikvm.core.stop import Stop, StopKind, decide_stop
-from minikvm.runloop import run_all, run_vcpu
+from minikvm.runloop import next_event, run_all, run_vcpu
 from minikvm.devices.base import Device, InterruptLine, RecordingLine
 from minikvm.devices.debug_exit import DebugExit
 from minikvm.devices.debugcon import DebugCon
@@ -386,8 +386,7 @@ class Machine:
 
     def step(self, explain: bool = True, capture_rip: bool = False, vcpu: int = 0) -> ExitEvent:
         """Run a vCPU to its next exit, handle it, and return what happened."""
-        runner = self.runners[vcpu]
-        return self.handle_exit(runner.run(), runner, explain=explain, capture_rip=capture_rip)
+        return next_event(self, self.runners[vcpu], explain, capture_rip)
 
     # -- running -----------------------------------------------------------
 
