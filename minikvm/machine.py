@@ -47,9 +47,9 @@ from minikvm.hostio import HostInput, Receiver
 from minikvm.kvm.exits import VmExit
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
 from minikvm.kvm.uapi import KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmCap
+from minikvm.loaders import MULTIBOOT_SEARCH_LIMIT, find_multiboot_header
 from minikvm.loaders.flat import load_flat
 from minikvm.loaders.image import LoaderError
-from minikvm.loaders.multiboot import SEARCH_LIMIT, find_header, kernel_cmdline, load_multiboot
 from minikvm.memory import GuestMemory
 from minikvm.x86 import layout, modes
 from minikvm.x86.cpuid import paging_features, with_apic_id
@@ -281,6 +281,7 @@ class Machine:
         ``-initrd`` do, and start vCPU 0 as the Multiboot Specification 0.6.96
         says (3.2 "Machine state"): flat 32-bit protected mode, EAX =
         0x2BADB002, EBX = the boot information (:mod:`minikvm.loaders.multiboot`)."""
+        from minikvm.loaders.multiboot import load_multiboot
         loaded = load_multiboot(self.memory, path, cmdline=cmdline, modules=modules)
         self.image = loaded
         self.set_mode("protected", loaded.entry)
@@ -298,13 +299,14 @@ class Machine:
         ``append``"; else an ELF file; else a flat binary at ``load_addr``
         (default 0x1000) in ``mode`` (default real)."""
         with open(path, "rb") as file:
-            data = file.read(SEARCH_LIMIT)
-        if find_header(data) is not None:
+            data = file.read(MULTIBOOT_SEARCH_LIMIT)
+        if find_multiboot_header(data) is not None:
             given = [name for name, value in (("--load-addr", load_addr), ("--entry", entry),
                                               ("--mode", mode)) if value is not None]
             if given:
                 raise LoaderError(f"{path} is a Multiboot kernel: its header says where it "
                                   f"loads and starts ({', '.join(given)} does not apply)")
+            from minikvm.loaders.multiboot import kernel_cmdline
             return self.load_multiboot(path, kernel_cmdline(str(path), append), tuple(initrd))
         if initrd:
             raise LoaderError(f"{path} has no Multiboot header: modules (--initrd) go to "
@@ -329,7 +331,6 @@ class Machine:
         """Walk a vCPU's current page tables in Python (level by level), the
         way the vCPU would: see :func:`minikvm.x86.paging.translate`."""
         from minikvm.x86.paging import translate   # a run without paging questions skips it
-
         return translate(self.memory, self.vcpus[vcpu].get_sregs(), vaddr,
                          gbpages=self.paging.gbpages, maxphyaddr=self.paging.maxphyaddr)
 
