@@ -67,9 +67,13 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
             with lock:
                 if serial_input.waiting:
                     machine.deliver_host_input()
+                # One byte (the commonest: a console, port 0x80) is read and
+                # written by index, without a slice object.
                 if direction == KVM_EXIT_IO_OUT:
-                    pio.write_value(port, size, int.from_bytes(
+                    pio.write_value(port, size, page[offset] if size == 1 else int.from_bytes(
                         page[offset:offset + size], "little"))
+                elif size == 1:
+                    page[offset] = pio.read_value(port, 1)
                 else:
                     page[offset:offset + size] = pio.read_value(
                         port, size).to_bytes(size, "little")
