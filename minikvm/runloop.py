@@ -3,8 +3,10 @@
 :meth:`Machine.run` picks one of the two. Both stand on the vCPUs' runners
 (only a runner calls ``KVM_RUN``) and hand every exit to
 :meth:`Machine.handle_exit` -- except the commonest one, a single ``in`` or
-``out`` while nobody listens, which :func:`run_vcpu` handles straight from
-the run page (same rules, no objects; see its docstring).
+``out``, which is read straight from the run page: while nobody listens
+:func:`run_vcpu` calls the bus and builds no objects; with listeners
+:func:`pio_event` builds the event ``handle_exit`` would (same rules, same
+fields). :func:`next_event` is one exit of that kind: :meth:`Machine.step`.
 """
 
 from __future__ import annotations
