@@ -56,9 +56,10 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
         fast = False
         if reason == _KVM_EXIT_IO:
             direction, size, port, count, offset = read_io(page)
-            # KVM chooses the data offset, but a page slice out of bounds
-            # would be silently short: decode_exit's checks handle that case.
-            fast = count == 1 and offset + size <= page_size
+            # KVM chooses size and data offset, but a size of 0 or a slice
+            # out of the page would be silently wrong here: decode_exit
+            # checks both (and makes such an exit Unknown).
+            fast = count == 1 and 0 < size and offset + size <= page_size
         if not fast:
             stop = handle(runner.decode(reason), runner, explain=wants_words(listeners),
                           capture_rip=bool(listeners)).stop
@@ -99,7 +100,7 @@ def next_event(machine: Machine, runner: VcpuRunner, explain: bool,
     if reason == _KVM_EXIT_IO:
         page = runner.vcpu.page
         direction, size, port, count, offset = read_io(page)
-        if count == 1 and offset + size <= len(page):   # as in run_vcpu
+        if count == 1 and 0 < size and offset + size <= len(page):   # as in run_vcpu
             return pio_event(machine, runner, direction, size, port, offset, explain,
                              capture_rip)
     return machine.handle_exit(runner.decode(reason), runner, explain=explain,
