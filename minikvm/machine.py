@@ -36,7 +36,7 @@ from minikvm.core.firmware import hand_over
 from minikvm.core.irq import KvmIrqLine
 from minikvm.core.runner import VcpuRunner, Watchdog
 from minikvm.core.stop import Stop, StopKind, decide_stop
-from minikvm.runloop import run_all, run_vcpu
+from minikvm.runloop import next_event, run_all, run_vcpu
 from minikvm.devices.base import Device, InterruptLine, RecordingLine
 from minikvm.devices.debug_exit import DebugExit
 from minikvm.devices.debugcon import DebugCon
@@ -48,13 +48,12 @@ from minikvm.hostio import HostInput, Receiver
 from minikvm.kvm.exits import VmExit
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
 from minikvm.kvm.uapi import KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmCap
+from minikvm.loaders import MULTIBOOT_SEARCH_LIMIT, find_multiboot_header
 from minikvm.loaders.flat import load_flat
 from minikvm.loaders.image import LoaderError
-from minikvm.loaders.multiboot import SEARCH_LIMIT, find_header, kernel_cmdline, load_multiboot
 from minikvm.memory import GuestMemory
 from minikvm.x86 import layout, modes
 from minikvm.x86.cpuid import paging_features, with_apic_id
-from minikvm.x86.paging import translate
 
 if TYPE_CHECKING:
     from minikvm.devices.virtio.mmio import VirtioMmioTransport
@@ -284,6 +283,7 @@ class Machine:
         ``-initrd`` do, and start vCPU 0 as the Multiboot Specification 0.6.96
         says (3.2 "Machine state"): flat 32-bit protected mode, EAX =
         0x2BADB002, EBX = the boot information (:mod:`minikvm.loaders.multiboot`)."""
+        from minikvm.loaders.multiboot import load_multiboot
         loaded = load_multiboot(self.memory, path, cmdline=cmdline, modules=modules)
         self.image = loaded
         if self.irqchip:    # what a BIOS leaves (QEMU: SeaBIOS): PICs, PIT, IVT, ACPI tables
@@ -303,13 +303,14 @@ class Machine:
         ``append``"; else an ELF file; else a flat binary at ``load_addr``
         (default 0x1000) in ``mode`` (default real)."""
         with open(path, "rb") as file:
-            data = file.read(SEARCH_LIMIT)
-        if find_header(data) is not None:
+            data = file.read(MULTIBOOT_SEARCH_LIMIT)
+        if find_multiboot_header(data) is not None:
             given = [name for name, value in (("--load-addr", load_addr), ("--entry", entry),
                                               ("--mode", mode)) if value is not None]
             if given:
                 raise LoaderError(f"{path} is a Multiboot kernel: its header says where it "
                                   f"loads and starts ({', '.join(given)} does not apply)")
+            from minikvm.loaders.multiboot import kernel_cmdline
             return self.load_multiboot(path, kernel_cmdline(str(path), append), tuple(initrd))
         if initrd:
             raise LoaderError(f"{path} has no Multiboot header: modules (--initrd) go to "
@@ -333,6 +334,7 @@ class Machine:
     def translate(self, vaddr: int, vcpu: int = 0):
         """Walk a vCPU's current page tables in Python (level by level), the
         way the vCPU would: see :func:`minikvm.x86.paging.translate`."""
+        from minikvm.x86.paging import translate   # a run without paging questions skips it
         return translate(self.memory, self.vcpus[vcpu].get_sregs(), vaddr,
                          gbpages=self.paging.gbpages, maxphyaddr=self.paging.maxphyaddr)
 
@@ -389,8 +391,7 @@ class Machine:
 
     def step(self, explain: bool = True, capture_rip: bool = False, vcpu: int = 0) -> ExitEvent:
         """Run a vCPU to its next exit, handle it, and return what happened."""
-        runner = self.runners[vcpu]
-        return self.handle_exit(runner.run(), runner, explain=explain, capture_rip=capture_rip)
+        return next_event(self, self.runners[vcpu], explain, capture_rip)
 
     # -- running -----------------------------------------------------------
 

@@ -3,8 +3,10 @@
 :meth:`Machine.run` picks one of the two. Both stand on the vCPUs' runners
 (only a runner calls ``KVM_RUN``) and hand every exit to
 :meth:`Machine.handle_exit` -- except the commonest one, a single ``in`` or
-``out`` while nobody listens, which :func:`run_vcpu` handles straight from
-the run page (same rules, no objects; see its docstring).
+``out``, which is read straight from the run page: while nobody listens
+:func:`run_vcpu` calls the bus and builds no objects; with listeners
+:func:`pio_event` builds the event ``handle_exit`` would (same rules, same
+fields). :func:`next_event` is one exit of that kind: :meth:`Machine.step`.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from minikvm.core.events import ExitEvent, describe_exit, wants_words
 from minikvm.core.runner import VcpuRunner
 from minikvm.core.stop import Stop, StopKind
-from minikvm.kvm.exits import read_io
+from minikvm.kvm.exits import IoIn, IoOut, read_io
 from minikvm.kvm.uapi import KVM_EXIT_IO_OUT, KvmExit
 
 if TYPE_CHECKING:
     from minikvm.machine import Machine
 
-__all__ = ["run_all", "run_vcpu"]
+__all__ = ["next_event", "pio_event", "run_all", "run_vcpu"]
 
 _KVM_EXIT_IO = int(KvmExit.KVM_EXIT_IO)
 
@@ -30,52 +33,119 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
               until: Callable[[], bool] | None) -> Stop:
     """The run loop of one vCPU (on the calling thread).
 
-    While nobody listens, the commonest exit -- one ``in``/``out`` --
-    takes a fast path: the port, size and data are read straight from
-    the run page and the bus is called without building an exit object,
-    an :class:`~minikvm.bus.Access` or an :class:`ExitEvent`. It follows
-    the same rules as :meth:`Machine.handle_exit` (host input first, the lock, a
-    device's stop request). Every other exit, and every exit while a
-    listener is attached, goes through :meth:`Machine.handle_exit`.
+    The commonest exit -- one ``in``/``out`` -- takes a fast path: the
+    port, size and data are read straight from the run page. While nobody
+    listens the bus is called without building an exit object, an
+    :class:`~minikvm.bus.Access` or an :class:`ExitEvent`; with listeners,
+    :func:`pio_event` builds the same event :meth:`Machine.handle_exit`
+    would, without decoding the page through ctypes. Both follow the rules
+    of :meth:`Machine.handle_exit` (host input first, the lock, a device's
+    stop request), which handles every other exit.
     """
     listeners = machine.listeners
     lock = machine.lock
     pio = machine.pio
     page = runner.vcpu.page
+    page_size = len(page)
     serial_input = machine.serial_input
     run_reason = runner.run_reason
     handle = machine.handle_exit
     limit = None if max_exits is None else machine.exit_count + max_exits
     while True:
-        if listeners:
-            stop = handle(runner.run(), runner, explain=True, capture_rip=True).stop
+        reason = run_reason()
+        fast = False
+        if reason == _KVM_EXIT_IO:
+            direction, size, port, count, offset = read_io(page)
+            # KVM chooses size and data offset, but a size of 0 or a slice
+            # out of the page would be silently wrong here: decode_exit
+            # checks both (and makes such an exit Unknown).
+            fast = count == 1 and 0 < size and offset + size <= page_size
+        if not fast:
+            stop = handle(runner.decode(reason), runner, explain=wants_words(listeners),
+                          capture_rip=bool(listeners)).stop
+        elif listeners:
+            stop = pio_event(machine, runner, direction, size, port, offset,
+                             wants_words(listeners), True).stop
         else:
-            reason = run_reason()
-            fast = False
-            if reason == _KVM_EXIT_IO:
-                direction, size, port, count, offset = read_io(page)
-                fast = count == 1
-            if fast:
-                with lock:
-                    if serial_input.waiting:
-                        machine.deliver_host_input()
-                    if direction == KVM_EXIT_IO_OUT:
-                        pio.write_value(port, size, int.from_bytes(
-                            page[offset:offset + size], "little"))
-                    else:
-                        page[offset:offset + size] = pio.read_value(
-                            port, size).to_bytes(size, "little")
-                    machine.exit_count += 1
-                    device_stop, machine.device_stop = machine.device_stop, None
-                stop = None if device_stop is None else device_stop.but(vcpu=runner.index)
-            else:
-                stop = handle(runner.decode(reason), runner, explain=False).stop
+            with lock:
+                if serial_input.waiting:
+                    machine.deliver_host_input()
+                # One byte (the commonest: a console, port 0x80) is read and
+                # written by index, without a slice object.
+                if direction == KVM_EXIT_IO_OUT:
+                    pio.write_value(port, size, page[offset] if size == 1 else int.from_bytes(
+                        page[offset:offset + size], "little"))
+                elif size == 1:
+                    page[offset] = pio.read_value(port, 1)
+                else:
+                    page[offset:offset + size] = pio.read_value(
+                        port, size).to_bytes(size, "little")
+                machine.exit_count += 1
+                device_stop, machine.device_stop = machine.device_stop, None
+            stop = None if device_stop is None else device_stop.but(vcpu=runner.index)
         if stop is not None:
             return stop  # type: ignore[return-value]
         if limit is not None and machine.exit_count >= limit:
             return _limit_stop(runner, max_exits)
         if until is not None and until():
             return _until_stop(runner)
+
+
+def next_event(machine: Machine, runner: VcpuRunner, explain: bool,
+               capture_rip: bool) -> ExitEvent:
+    """Run ``runner``'s vCPU to its next exit and handle it: what
+    :meth:`Machine.step` does (and the debugger's free run, exit by exit),
+    a single ``in``/``out`` through :func:`pio_event`."""
+    reason = runner.run_reason()
+    if reason == _KVM_EXIT_IO:
+        page = runner.vcpu.page
+        direction, size, port, count, offset = read_io(page)
+        if count == 1 and 0 < size and offset + size <= len(page):   # as in run_vcpu
+            return pio_event(machine, runner, direction, size, port, offset, explain,
+                             capture_rip)
+    return machine.handle_exit(runner.decode(reason), runner, explain=explain,
+                               capture_rip=capture_rip)
+
+
+def pio_event(machine: Machine, runner: VcpuRunner, direction: int, size: int, port: int,
+              offset: int, explain: bool, capture_rip: bool) -> ExitEvent:
+    """What :meth:`Machine.handle_exit` does with a single ``in``/``out``
+    (``count`` 1), from the fields :func:`read_io` read off the run page:
+    the same exit object, bus access, stop, words and RIP, the same
+    listeners called in the same order -- without ctypes.
+
+    The words are made here, before the next exit, because a device
+    describes its state *now* (a UART's "LSR read: data ready" is wrong
+    once the guest has read the byte).
+    """
+    page = runner.vcpu.page
+    with machine.lock:
+        if machine.serial_input.waiting:
+            machine.deliver_host_input()
+        if direction == KVM_EXIT_IO_OUT:
+            data = bytes(page[offset:offset + size])
+            exit: IoOut | IoIn = IoOut(port, size, 1, data)
+            access = machine.pio.write(port, size, int.from_bytes(data, "little"), explain)
+        else:
+            buffer = page[offset:offset + size]
+            exit = IoIn(port, size, 1, buffer)
+            access = machine.pio.read(port, size, explain)
+            buffer[:] = access.value.to_bytes(size, "little")
+        machine.exit_count += 1
+        device_stop, machine.device_stop = machine.device_stop, None
+        returned = runner.returned
+        event = ExitEvent(machine.exit_count, returned, returned - runner.started, exit,
+                          access, 1, vcpu=runner.index)
+        if device_stop is not None:   # decide_stop: I/O goes on unless a device asked
+            event.stop = device_stop.but(vcpu=runner.index)
+        if explain:
+            event.description = describe_exit(exit, access, 1, event.stop)
+        if capture_rip:
+            event.rip = runner.rip()
+        for listener in machine.listeners:
+            listener(event)
+    return event
+
 
 def _limit_stop(runner: VcpuRunner, max_exits: int | None) -> Stop:
     return Stop(StopKind.EXIT_LIMIT, None, f"stopped after {max_exits} exits", runner.rip(),

@@ -80,6 +80,7 @@ def test_exit_latency_loops_see_the_same_exits():
     timing, python_rips = exit_latency.machine_timing(exits, listen=True)
     _, c_rips = exit_latency.c_loop(binary, exits, 2)
     assert python_rips == c_rips != 0
+    assert exit_latency.machine_timing(exits, listen=True, words=True)[1] == c_rips
     assert timing.cpu > 0 and timing.wall > 0
     for mode in (0, 1):
         assert exit_latency.c_loop(binary, exits, mode)[1] == 0

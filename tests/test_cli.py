@@ -164,3 +164,26 @@ def test_only_the_command_entry_imports_the_cli():
         and any(name == "minikvm.cli" or name.startswith("minikvm.cli.")
                 for name in imported_modules(path)))
     assert importers == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "g.bin", "--mem", "4M", "--timeout", "2"],
+    ["--kvm", "/dev/null", "trace", "g.bin", "--limit", "5"],
+    ["--kvm=/dev/null", "tui", "g.bin"],
+    ["lesson", "list"],
+])
+def test_a_parser_built_for_one_command_parses_its_line_as_the_whole_parser_does(argv):
+    from minikvm.cli import build_parser, command_named
+
+    assert command_named(argv) == next(w for w in argv if not w.startswith("-")
+                                       and w != "/dev/null")
+    assert build_parser(command_named(argv)).parse_args(argv) == build_parser().parse_args(argv)
+
+
+def test_no_command_is_guessed_from_a_line_that_argparse_must_read():
+    from minikvm.cli import command_named
+
+    assert command_named(["--help"]) is None
+    assert command_named(["--kv", "run", "trace"]) is None   # an abbreviated --kvm
+    assert command_named(["rnu", "g.bin"]) is None
+    assert command_named([]) is None

@@ -133,3 +133,44 @@ def test_i8042_status_says_ready_so_drivers_do_not_spin():
         machine.load_flat(b"\xe4\x64\xf4", 0x1000)
         event = machine.step()
         assert event.register == "status" and event.value == 0
+
+
+def _serial_hello_events(guests, listener_words: bool = True) -> list[tuple]:
+    """Every event of serial_hello (UART writes and LSR reads), as plain fields."""
+    events = []
+
+    def listen(event) -> None:
+        events.append(event)
+
+    if not listener_words:
+        listen.words = False  # type: ignore[attr-defined]
+    with Machine(irqchip=False) as machine:
+        machine.listeners.append(listen)
+        machine.load_flat(guests / "serial_hello.bin", 0x1000)
+        assert machine.run(timeout=30).kind is StopKind.HALT
+    return [(e.seq, e.vcpu, e.reason, e.exit, e.device, e.register, e.value, e.accesses,
+             e.description, e.rip, e.stop is None) for e in events]
+
+
+def test_the_fast_path_gives_listeners_the_events_the_general_path_gives(guests, monkeypatch):
+    """A single in/out with listeners is built from the run page (runloop.pio_event);
+    with that path switched off every exit goes through handle_exit. The listener
+    must not see the difference, words (of a stateful UART) and RIP included."""
+    from minikvm import runloop
+
+    fast = _serial_hello_events(guests)
+    real_read_io = runloop.read_io
+    monkeypatch.setattr(runloop, "read_io", lambda page: real_read_io(page)[:3] + (0, 0))
+    general = _serial_hello_events(guests)
+    assert any(reason == "IO_IN" for _, _, reason, *_ in fast)
+    assert [row[:8] + row[9:] for row in fast] == [row[:8] + row[9:] for row in general]
+    assert [row[8] for row in fast] == [row[8] for row in general]   # the words
+
+
+def test_a_listener_that_reads_no_words_gets_the_same_events_without_them(guests):
+    with_words = _serial_hello_events(guests)
+    without = _serial_hello_events(guests, listener_words=False)
+    assert all(row[8] for row in with_words)
+    assert not any(row[8] for row in without[:-1])   # the last, the HLT, is not an I/O exit
+    assert [row[:5] + row[6:8] + row[9:] for row in without] == \
+        [row[:5] + row[6:8] + row[9:] for row in with_words]

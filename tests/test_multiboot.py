@@ -17,6 +17,7 @@ from minikvm.loaders import LoaderError
 from minikvm.loaders.multiboot import (
     BOOTLOADER_MAGIC,
     HEADER_MAGIC,
+    SEARCH_LIMIT,
     INFO_ADDR,
     MBI_BOOT_LOADER_NAME,
     MBI_CMDLINE,
@@ -317,3 +318,13 @@ def test_ram_beyond_3_gib_goes_above_4_gib_and_the_map_says_so():
                        (4 << 30, 2 << 30, 1)]
     assert mbi["upper"] == ((3 << 30) - MiB) // 1024, "mem_upper stops at the first hole"
     memory.close()
+
+
+def test_the_quick_look_for_the_magic_searches_what_the_loader_searches():
+    """Machine.load_guest imports the Multiboot loader only when the magic is
+    in the bytes it read (loaders.find_multiboot_header): the two constants
+    of that look must be the loader's."""
+    from minikvm import loaders
+
+    assert loaders.MULTIBOOT_SEARCH_LIMIT == SEARCH_LIMIT
+    assert loaders.MULTIBOOT_MAGIC == HEADER_MAGIC.to_bytes(4, "little")

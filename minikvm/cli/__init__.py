@@ -39,16 +39,35 @@ COMMANDS = {"run": run, "resume": resume, "snapshot": snapshot, "trace": trace, 
             "tui": tui, "lesson": lesson}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """``minikvm [--kvm PATH] COMMAND ...``: each command adds its options."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """``minikvm [--kvm PATH] COMMAND ...``: each command adds its options.
+
+    With ``only`` (a command's name) the other commands are listed but get
+    no options: parsing that one command's line gives the same result, and
+    the start of ``minikvm run`` does not pay for building every parser."""
     parser = Parser(prog="minikvm", description="A teaching hypervisor on the Linux KVM API.")
     parser.add_argument("--kvm", default=os.environ.get("MINIKVM_KVM", "/dev/kvm"),
                         metavar="PATH", help="the KVM device (default /dev/kvm, or $MINIKVM_KVM)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.HELP))
+        command_parser = sub.add_parser(name, help=command.HELP)
+        if only is None or name == only:
+            command.add_arguments(command_parser)
     return parser
+
+
+def command_named(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names where that is plain without parsing: its
+    first word, or the word after ``--kvm PATH`` / ``--kvm=PATH``. None
+    otherwise (``--help``, an abbreviated ``--kv``, a typo): then the whole
+    parser is built and argparse says what is wrong."""
+    words = list(argv)
+    if words[:1] == ["--kvm"]:
+        words = words[2:]
+    elif words and words[0].startswith("--kvm="):
+        words = words[1:]
+    return words[0] if words and words[0] in COMMANDS else None
 
 
 def _say(line: str) -> None:
@@ -90,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from minikvm.hostio import TerminationSignals, Terminated
     from minikvm.kvm.errors import KvmError, KvmUnavailableError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_named(argv)).parse_args(argv)
     try:
         with TerminationSignals():
             return COMMANDS[args.command].run(args)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import sys
 import threading
 import time
@@ -233,6 +232,8 @@ def _record_stop(path: str, seq: int, result: Outcome, stop: Stop | None,
     }
     if result.source == "debug-exit":
         record["debug_exit_value"] = debug_exit_value
+    import json   # here: only a run with --trace pays for loading it
+
     try:
         with open(path, "a", encoding="utf-8") as file:
             file.write(json.dumps(record, separators=(",", ":")) + "\n")

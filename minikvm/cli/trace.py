@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -185,6 +184,8 @@ class ExitLog:
                             style="bold"))
         out.append(Text(rule * min(width, max(len(head), fixed)), style="dim"))
         wrap_at = room if inline else max(20, width - len(indent))
+        import textwrap   # here: building the parser of `minikvm run` must not load it
+
         for cells, record in zip(rows, records):
             meaning = record.description
             if device_below and cells[-1]:

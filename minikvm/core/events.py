@@ -28,7 +28,7 @@ from minikvm.kvm.exits import (
     VmExit,
 )
 
-__all__ = ["ExitEvent", "describe_exit", "dispatch_exit"]
+__all__ = ["ExitEvent", "describe_exit", "dispatch_exit", "wants_words"]
 
 
 @dataclass(slots=True)
@@ -77,6 +77,23 @@ class ExitEvent:
     @property
     def value(self) -> int | None:
         return self.access.value if self.access is not None else None
+
+
+def wants_words(listeners: list) -> bool:
+    """Whether any of ``listeners`` reads the words of an event
+    (``description``, and ``register``/``description`` of its access).
+
+    Words cost more than the rest of an event (the device is asked for a
+    sentence, an f-string is built), and only a person reads them: a trace,
+    the TUI's log. A listener that only counts exits or reads their RIP may
+    say so with an attribute ``words = False`` (on the function or the
+    object); when every listener says so the machine leaves the words
+    empty. Without the attribute a listener gets them.
+    """
+    for listener in listeners:
+        if getattr(listener, "words", True):
+            return True
+    return False
 
 
 def dispatch_exit(exit: VmExit, pio: Bus, mmio: Bus, explain: bool = False) -> tuple[Access | None, int]:

@@ -43,11 +43,33 @@ __all__ = [
     "check_placement",
     "load_flat",
     "load_elf",
+    "MULTIBOOT_SEARCH_LIMIT",
+    "find_multiboot_header",
 ]
+
+#: Where a Multiboot header may lie (the first 8 KiB of a file) and its magic
+#: as the file holds it: ``SEARCH_LIMIT`` and ``HEADER_MAGIC`` of
+#: :mod:`~minikvm.loaders.multiboot` (a test holds them equal), repeated here
+#: so that a guest without the magic never imports the Multiboot loader.
+MULTIBOOT_SEARCH_LIMIT = 8192
+MULTIBOOT_MAGIC = (0x1BADB002).to_bytes(4, "little")
 
 if TYPE_CHECKING:
     from minikvm.loaders.elf import load_elf
     from minikvm.loaders.flat import load_flat
+    from minikvm.loaders.multiboot import MultibootHeader
+
+
+def find_multiboot_header(data: bytes) -> MultibootHeader | None:
+    """The Multiboot header in ``data`` (a file's first
+    :data:`MULTIBOOT_SEARCH_LIMIT` bytes), None when it has none: the
+    loader's :func:`~minikvm.loaders.multiboot.find_header`, asked only when
+    the magic is there at all (most guests are no Multiboot kernels)."""
+    if MULTIBOOT_MAGIC not in data:
+        return None
+    from minikvm.loaders.multiboot import find_header
+
+    return find_header(data)
 
 
 def __getattr__(name: str) -> Any:

@@ -51,7 +51,6 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from minikvm.loaders.elf import ELFCLASS32, ELFCLASS64, ELFMAG, load_elf, parse_elf
 from minikvm.loaders.image import (
     LoadedImage,
     LoadedSegment,
@@ -265,6 +264,10 @@ def _kernel_extent(data: bytes, header: MultibootHeader) -> list[tuple[int, int,
     if header.has_addresses:
         _, addr, _, mem_size = _aout_segment(data, header)
         return [(addr, mem_size, "the Multiboot kernel")]
+    # Imported here: a Multiboot kernel with address fields, and every guest
+    # that only has its first bytes searched for a header, need no ELF parser.
+    from minikvm.loaders.elf import ELFCLASS32, ELFCLASS64, ELFMAG, parse_elf
+
     if data[:4] != ELFMAG:
         raise LoaderError("a Multiboot header without address fields (flag bit 16) needs an "
                           "ELF file, and this is none")
@@ -287,6 +290,8 @@ def _write_kernel(memory: GuestMemory, data: bytes, header: MultibootHeader,
             memory.fill(addr + file_size, mem_size - file_size, 0)
         segment = LoadedSegment(addr, file_size, mem_size, virtual=addr)
         return LoadedImage("multiboot", header.entry_addr, CpuMode.PROTECTED, [segment])
+    from minikvm.loaders.elf import load_elf   # see _kernel_extent
+
     image = load_elf(memory, data, reserved=reserved)
     image.kind = "multiboot-elf32"
     return image

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minikvm.memory import GuestMemory, GuestMemoryError
 from minikvm.x86.flags import Cr0, Cr4, Efer, Rflags, SegmentType, SystemSegmentType
@@ -61,14 +61,16 @@ from minikvm.x86.layout import (
     STACK_TOP,
     STACK_TOP_REAL,
 )
-from minikvm.x86.paging import (
-    PAGE_2M,
-    PAGE_4M,
-    PageTableError,
-    PageTables,
-    build_identity_32bit,
-    build_identity_long_mode,
-)
+
+if TYPE_CHECKING:
+    from minikvm.x86.paging import PageTables
+
+#: 2 MiB and 4 MiB pages (:data:`minikvm.x86.paging.PAGE_2M`, ``PAGE_4M``).
+#: The page-table builder itself is imported by the two paged modes only: a
+#: real-mode or flat protected-mode guest (``minikvm run hello.bin``) starts
+#: without loading it.
+_PAGE_2M = 2 << 20
+_PAGE_4M = 4 << 20
 
 __all__ = [
     "CpuMode",
@@ -258,9 +260,11 @@ def setup_paged_mode(memory: GuestMemory, sregs: Any, regs: Any, entry: int, *,
     pages map ``size_to_map`` bytes (default: guest RAM rounded up to 4 MiB;
     the page-table area holds tables for at most 60 MiB).
     """
+    from minikvm.x86.paging import PageTableError, build_identity_32bit
+
     _check_start(memory, "paged mode", entry, 1 << 32, stack_top, 1 << 32)
     if size_to_map is None:
-        size_to_map = 1 << 32 if large_pages else -(-_ram_top(memory) // PAGE_4M) * PAGE_4M
+        size_to_map = 1 << 32 if large_pages else -(-_ram_top(memory) // _PAGE_4M) * _PAGE_4M
     _check_start(memory, "paged mode (identity-mapped range)", entry, size_to_map,
                  stack_top, size_to_map)
     try:
@@ -283,7 +287,7 @@ def setup_paged_mode(memory: GuestMemory, sregs: Any, regs: Any, entry: int, *,
 
 
 def setup_long_mode(memory: GuestMemory, sregs: Any, regs: Any, entry: int, *,
-                    stack_top: int = STACK_TOP, page_size: int = PAGE_2M,
+                    stack_top: int = STACK_TOP, page_size: int = _PAGE_2M,
                     size_to_map: int = 4 << 30, nxe: bool = False) -> ModeSetup:
     """Start in 64-bit long mode with the first ``size_to_map`` bytes identity-mapped.
 
@@ -295,6 +299,8 @@ def setup_long_mode(memory: GuestMemory, sregs: Any, regs: Any, entry: int, *,
     "compatibility mode"). ``nxe`` sets EFER.NXE; only ask for it when the
     guest's CPUID (KVM_SET_CPUID2) offers NX, or KVM refuses the state.
     """
+    from minikvm.x86.paging import PageTableError, build_identity_long_mode
+
     _check_start(memory, "long mode (identity-mapped range)", entry, size_to_map,
                  stack_top, size_to_map)
     try:
