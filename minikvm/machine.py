@@ -48,9 +48,8 @@ from minikvm.hostio import HostInput, Receiver
 from minikvm.kvm.exits import VmExit
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
 from minikvm.kvm.uapi import KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmCap
-from minikvm.loaders import MULTIBOOT_SEARCH_LIMIT, find_multiboot_header
+from minikvm.loaders import identify_guest
 from minikvm.loaders.flat import load_flat
-from minikvm.loaders.image import LoaderError
 from minikvm.memory import GuestMemory
 from minikvm.x86 import layout, modes
 from minikvm.x86.cpuid import paging_features, with_apic_id
@@ -302,22 +301,12 @@ class Machine:
         8 KiB) with ``initrd`` as its modules and the command line "``path``
         ``append``"; else an ELF file; else a flat binary at ``load_addr``
         (default 0x1000) in ``mode`` (default real)."""
-        with open(path, "rb") as file:
-            data = file.read(MULTIBOOT_SEARCH_LIMIT)
-        if find_multiboot_header(data) is not None:
-            given = [name for name, value in (("--load-addr", load_addr), ("--entry", entry),
-                                              ("--mode", mode)) if value is not None]
-            if given:
-                raise LoaderError(f"{path} is a Multiboot kernel: its header says where it "
-                                  f"loads and starts ({', '.join(given)} does not apply)")
+        kind, data = identify_guest(str(path), load_addr=load_addr, entry=entry, mode=mode,
+                                    initrd=tuple(initrd))
+        if kind == "multiboot":
             from minikvm.loaders.multiboot import kernel_cmdline
             return self.load_multiboot(path, kernel_cmdline(str(path), append), tuple(initrd))
-        if initrd:
-            raise LoaderError(f"{path} has no Multiboot header: modules (--initrd) go to "
-                              "Multiboot kernels only")
-        with open(path, "rb") as file:
-            data = file.read()
-        if data[:4] == b"\x7fELF":
+        if kind == "elf":
             return self.load_elf(data, entry=entry, mode=mode)
         load_addr = layout.FLAT_LOAD_ADDR if load_addr is None else load_addr
         return self.load_flat(data, load_addr, entry, mode or "real")

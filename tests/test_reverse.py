@@ -44,7 +44,7 @@ def machine_state(machine: Machine, debugger: Debugger) -> tuple[object, ...]:
     mapping and the device models."""
     vcpu = debugger.vcpu
     ram = hashlib.blake2b(machine.memory.read(0, machine.memory.size)).digest()
-    devices = save_devices((machine.pio, machine.mmio))
+    devices = save_devices((machine.pio, machine.mmio), clocks=False)
     return bytes(vcpu.get_regs()), bytes(vcpu.get_sregs()), bytes(vcpu.get_fpu()), ram, devices
 
 

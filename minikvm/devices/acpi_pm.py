@@ -56,6 +56,7 @@ class AcpiPm(Device):
 
     name = "acpi-pm"
     model = "ACPI PM1a + PM timer"
+    clock_fields = ("ticks",)
 
     def __init__(self, on_sleep: Callable[[int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -82,6 +82,10 @@ class Device:
     name = "device"
     #: What the device is, in a few words, for panel titles ("16550A UART").
     model = "device"
+    #: Fields of :meth:`save` that change with host time while nothing
+    #: happens (a free-running timer's count): left out when states are
+    #: compared (``save_devices(..., clocks=False)``).
+    clock_fields: tuple[str, ...] = ()
 
     def read(self, offset: int, size: int) -> int:
         return all_ones(size)

@@ -93,6 +93,7 @@ class Rtc(Device):
 
     name = "rtc"
     model = "MC146818 RTC/CMOS"
+    clock_fields = ("seen",)
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock

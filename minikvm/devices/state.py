@@ -209,13 +209,21 @@ def _devices(buses: Iterable[Bus]) -> dict[str, Any]:
     return devices
 
 
-def save_devices(buses: Iterable[Bus]) -> dict[str, dict[str, Any]]:
+def save_devices(buses: Iterable[Bus], *, clocks: bool = True) -> dict[str, dict[str, Any]]:
     """The saved state of every device on ``buses``, by :func:`device_key`.
 
     Call it (and :func:`restore_devices`) while no vCPU runs, or under the
     machine's lock: a device is only consistent between two exits.
+    ``clocks=False`` leaves out the fields that move with host time on
+    their own (a device's ``clock_fields``: the ACPI PM timer's count), for
+    comparing two states; a snapshot keeps them.
     """
-    return {key: device.save() for key, device in _devices(buses).items()}
+    states = {key: device.save() for key, device in _devices(buses).items()}
+    if not clocks:
+        for key, device in _devices(buses).items():
+            for field in getattr(device, "clock_fields", ()):
+                states[key].pop(field, None)
+    return states
 
 
 def restore_devices(buses: Iterable[Bus], states: Any) -> None:

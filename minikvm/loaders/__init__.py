@@ -45,6 +45,7 @@ __all__ = [
     "load_elf",
     "MULTIBOOT_SEARCH_LIMIT",
     "find_multiboot_header",
+    "identify_guest",
 ]
 
 #: Where a Multiboot header may lie (the first 8 KiB of a file) and its magic
@@ -70,6 +71,29 @@ def find_multiboot_header(data: bytes) -> MultibootHeader | None:
     from minikvm.loaders.multiboot import find_header
 
     return find_header(data)
+
+
+def identify_guest(path: str, *, load_addr: int | None = None, entry: int | None = None,
+                   mode: str | None = None, initrd: tuple[str, ...] = ()) -> tuple[str, bytes]:
+    """Which loader ``path`` needs, as ``(kind, data)``: ``("multiboot", b"")``
+    for a Multiboot kernel (a header in its first 8 KiB), ``("elf", data)``,
+    or ``("flat", data)`` with the whole file. Options that do not apply to
+    the kind found (a Multiboot header says where it loads and starts;
+    modules go to Multiboot kernels only) are a :class:`LoaderError`."""
+    with open(path, "rb") as file:
+        head = file.read(MULTIBOOT_SEARCH_LIMIT)
+        if find_multiboot_header(head) is not None:
+            given = [name for name, value in (("--load-addr", load_addr), ("--entry", entry),
+                                              ("--mode", mode)) if value is not None]
+            if given:
+                raise LoaderError(f"{path} is a Multiboot kernel: its header says where it "
+                                  f"loads and starts ({', '.join(given)} does not apply)")
+            return "multiboot", b""
+        if initrd:
+            raise LoaderError(f"{path} has no Multiboot header: modules (--initrd) go to "
+                              "Multiboot kernels only")
+        data = head + file.read()
+    return ("elf" if data[:4] == b"\x7fELF" else "flat"), data
 
 
 def __getattr__(name: str) -> Any:
