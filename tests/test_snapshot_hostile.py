@@ -29,6 +29,7 @@ from minikvm.machine import Machine
 from minikvm.snapshot.format import (HEADER, MAGIC, SECTION, Section, SnapshotError,
                                      json_payload, read_sections, write_sections)
 from minikvm.snapshot.machine_state import load_machine, save_machine
+from minikvm.kvm.uapi import kvm_sregs
 from minikvm.snapshot.vcpu_state import MSR_IA32_TSC
 from tests.conftest import ROOT
 
@@ -174,6 +175,16 @@ def _xsave_size(doc):
     doc["xsave_size"] = 8192
 
 
+def _cr4_reserved_bit(doc):
+    sregs = kvm_sregs.from_buffer_copy(bytes.fromhex(doc["sregs"]))
+    sregs.cr4 |= 1 << 40    # reserved (Intel SDM vol. 3, 2.5): KVM_SET_SREGS says EINVAL
+    doc["sregs"] = bytes(sregs).hex()
+
+
+def _xcr0_without_x87(doc):
+    doc["xcrs"] = [[0, 0xFFFF_FFFF]]   # XCR0 bit 0 must be set: KVM_SET_XCRS says EINVAL
+
+
 DOCTORED = [
     (b"VCPU", _set_rip, "regs.rip"),
     (b"VCPU", _msr_out_of_range, "msrs"),
@@ -183,6 +194,8 @@ DOCTORED = [
     (b"META", _more_memory, "memory regions"),
     (b"META", _more_vcpus, "vCPU"),
     (b"META", _xsave_size, "XSAVE"),
+    (b"VCPU", _cr4_reserved_bit, "KVM refused the snapshot's state: KVM_SET_SREGS"),
+    (b"VCPU", _xcr0_without_x87, "KVM refused the snapshot's state: KVM_SET_XCRS"),
 ]
 
 
@@ -193,3 +206,61 @@ def test_doctored_sections_are_refused_before_anything_is_restored(snapshot, tmp
                                                                    change, words):
     assert words in refused_in_process(doctored(snapshot, tmp_path, tag, change))
 
+
+
+@pytest.mark.slow
+def test_resume_of_a_state_kvm_refuses_is_bad_input_not_a_kvm_failure(snapshot, tmp_path):
+    """KVM_SET_SREGS refusing the file's CR4 is the file's fault: status 2, one line."""
+    line = refused_by_cli(doctored(snapshot, tmp_path, b"VCPU", _cr4_reserved_bit))
+    assert "KVM refused the snapshot's state" in line
+
+
+#: Values a hostile JSON section may hold where the reader expects others.
+HOSTILE_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(1 << 70), max_value=1 << 70),
+    st.floats(allow_nan=True), st.text(max_size=8), st.just("ff" * 100_000),
+    st.lists(st.integers(), max_size=4), st.dictionaries(st.text(max_size=4), st.integers(),
+                                                         max_size=3))
+
+
+def _paths(value, path=()):
+    """Every place in a JSON document (the document itself first)."""
+    yield path
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        yield from _paths(item, (*path, key))
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_value_anywhere_in_a_json_section_is_refused_or_runs(snapshot, tmp_path_factory,
+                                                                 data):
+    """One JSON value replaced by a hostile one, CRCs valid: the load is one
+    SnapshotError, or the machine loads and runs (bounded) without the VMM failing."""
+    sections = read_sections(str(snapshot))
+    number = data.draw(st.sampled_from([i for i, s in enumerate(sections)
+                                        if s.tag in (b"META", b"VCPU", b"DEVS", b"CLCK")]))
+    victim = sections[number]
+    doc = json.loads(victim.payload)
+    path = data.draw(st.sampled_from(list(_paths(doc))))
+    value = data.draw(HOSTILE_VALUES)
+    if path:
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+    else:
+        doc = value
+    sections[number] = Section(victim.tag, victim.index, json_payload(doc))
+    path_out = tmp_path_factory.mktemp("json") / "doctored.snap"
+    write_sections(str(path_out), sections)
+    try:
+        machine, _ = load_machine(str(path_out), output=lambda data: None)
+    except SnapshotError as err:
+        assert "\n" not in str(err)
+        return
+    with machine:
+        machine.run(timeout=2, max_exits=20)

@@ -18,8 +18,9 @@ builds a fresh machine from the saved configuration (no guest loaded),
 checks every section against it, and only then restores: devices first
 (their ``restore()`` drives each interrupt line to its saved level), RAM,
 then the chips -- overwriting whatever those line changes did to them --
-and last the vCPUs. Any problem closes the fresh machine and raises one
-:class:`SnapshotError`: nothing half-restored ever runs.
+and last the vCPUs. Any problem -- ours, or a value KVM's ``KVM_SET_*`` refuses -- closes
+the fresh machine and raises one :class:`SnapshotError`: nothing
+half-restored ever runs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from minikvm.core.board import ram_regions
 from minikvm.core.config import ConfigError, MachineConfig, VirtioSpec
+from minikvm.kvm.errors import KvmError
 from minikvm.snapshot.checks import need_dict, need_int, need_list, need_str
 from minikvm.snapshot.format import (
     Section,
@@ -200,6 +202,12 @@ def load_machine(path: str, *, kvm_path: str = "/dev/kvm", disks: Sequence[str] 
     machine = Machine.from_config(config, output=output)
     try:
         _restore(machine, sections, meta, images)
+    except KvmError as err:
+        # The file passed every check we know how to make, yet KVM refused a
+        # value in it (a CR4 bit this CPU lacks, an event KVM cannot inject):
+        # still a bad file, not a broken KVM.
+        machine.close()
+        raise SnapshotError(f"KVM refused the snapshot's state: {err}") from None
     except BaseException:
         machine.close()
         raise
