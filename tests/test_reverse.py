@@ -259,3 +259,62 @@ def test_the_reverse_benchmark_redoes_to_the_end_and_goes_back_to_the_start():
     assert reverse.step_cost(guest, 20, recording=True).cpu > 0
     costs = reverse.history_costs(guest, history=300, undo=100)   # asserts as it goes
     assert costs["rip"] == 0x1000 and costs["entry_bytes"] > 0
+
+
+def _echo_machine(guests: Path, output: list[bytes]) -> Machine:
+    from minikvm.core.config import MachineConfig
+
+    machine = Machine.from_config(MachineConfig(guest=str(guests / "serial_echo.bin"),
+                                                irqchip=True), output=output.append)
+    machine.serial_input.put(b"hi\r\x04")
+    return machine
+
+
+def test_recording_an_interrupt_driven_guest_lets_its_interrupts_in(guests):
+    """serial_echo waits in ``sti; hlt`` for COM1's interrupt. Recording
+    steps every instruction; were interrupts blocked in those steps
+    (KVM_GUESTDBG_BLOCKIRQ) it would loop there for ever. Recorded, it
+    runs as it does live: echoes its input and halts."""
+    output: list[bytes] = []
+    with _echo_machine(guests, output) as machine:
+        debugger = Debugger(machine)
+        debugger.record()
+        stop = debugger.cont(timeout=5)
+        assert stop.kind is StopKind.HALT, stop.message
+        assert b"".join(output) == b"hi\r\n\x04"
+        debugger.close()
+
+
+@pytest.mark.slow
+def test_stepping_back_through_interrupts_restores_each_state(guests):
+    """Every state of serial_echo's recorded run -- steps that entered the
+    interrupt handler, read the UART's FIFO, returned with ``iret`` -- comes
+    back going backwards and again going forwards."""
+    output: list[bytes] = []
+    with _echo_machine(guests, output) as machine:
+        debugger = Debugger(machine)
+        debugger.record()
+        states = [machine_state(machine, debugger)]
+        records = []
+        for _ in range(2000):
+            records.append(debugger.step_instruction())
+            states.append(machine_state(machine, debugger))
+            if records[-1].stop is not None:
+                break
+        assert records[-1].stop.kind is StopKind.HALT
+        # The real-mode IVT entry of IRQ 4 (vector 0x0C) holds the handler's
+        # offset; a step that took the interrupt jumps there from elsewhere
+        # (and KVM may run the handler's first instruction in the same step).
+        handler = int.from_bytes(machine.memory.read(0x0C * 4, 2), "little")
+        entries = [r for r in records if handler <= r.new_rip < handler + 8
+                   and not handler <= r.before.rip < handler + 0x40]
+        assert entries, [hex(r.new_rip) for r in records]
+        for n in range(len(states) - 1, 0, -1):
+            assert machine_state(machine, debugger) == states[n], f"back at step {n}"
+            debugger.step_back()
+        assert machine_state(machine, debugger) == states[0]
+        for n in range(1, len(states)):
+            debugger.step_instruction()
+            assert machine_state(machine, debugger) == states[n], f"redo of step {n}"
+        assert b"".join(output) == b"hi\r\n\x04"     # printed once
+        debugger.close()
