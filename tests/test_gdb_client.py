@@ -292,3 +292,36 @@ def test_minikvm_trace_gdb_traces_what_happened_under_gdb(guests):
             process.wait()
     assert process.returncode == 85
     assert "exits by reason" in out and "twice(answer) = 42" in out
+
+
+@pytest.mark.slow
+def test_gdb_attaches_to_a_resumed_machine_and_debugs_it_to_the_guests_end(guests, tmp_path):
+    """``minikvm resume FILE --gdb``: gdb meets the machine where the snapshot
+    left it -- reads a variable and a register, stops at a breakpoint with
+    the argument it was called with -- and the guest ends as one whole run does."""
+    elf = guests / "gdbdemo.elf"
+    snap = tmp_path / "demo.snap"
+    first = subprocess.run([sys.executable, "-m", "minikvm", "run", str(elf), "--snapshot",
+                            str(snap), "--snapshot-after-exits", "5"], cwd=ROOT,
+                           capture_output=True, timeout=GDB_TIMEOUT)
+    assert first.returncode == 0 and first.stdout == b"hello", first.stderr
+    process = minikvm("resume", str(snap), "--gdb", "127.0.0.1:0")
+    try:
+        line = attach_line(process)
+        assert f"gdb {elf} -ex" in line
+        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+        gdb = subprocess.run(gdb_command(elf, port, [
+            "print answer", "print $pc == (long) &_start", "print $rsp != 0", "break twice",
+            "continue", "print x", "continue"]), capture_output=True, text=True,
+            timeout=GDB_TIMEOUT)
+        out, err = process.communicate(timeout=GDB_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    session = gdb.stdout + gdb.stderr
+    assert values(session) == ["21", "0", "1", "21"], session
+    assert "Breakpoint 1, twice (x=21) at c/gdbdemo.c" in session
+    assert "exited with code 0125" in session            # 85, in octal
+    assert first.stdout.decode() + out == "hello from gdbdemo\ntwice(answer) = 42\n"
+    assert process.returncode == 85, err
