@@ -93,12 +93,6 @@ class Arming:
         #: int3 bytes in guest RAM now, by guest-physical address.
         self.inserted: dict[int, Breakpoint] = {}
         self._numbers = itertools.count(1)
-        #: Let interrupts into single steps (no ``KVM_GUESTDBG_BLOCKIRQ``):
-        #: while recording (:meth:`Recorder.start
-        #: <minikvm.debug.recorder.Recorder.start>`) the guest must run as it
-        #: would live, and an interrupt taken in a step is recorded like any
-        #: other change. Call :meth:`changed` after setting it.
-        self.interrupts_in_steps = False
         #: The guest-debug state for a single step, kept up to date (see
         #: :meth:`changed`). While stepping, execute breakpoints are checked
         #: by comparing RIP: a debug-register execute breakpoint at the next
@@ -254,7 +248,7 @@ class Arming:
             debugreg[7] = dr7 | DR7_FIXED
         if stepping:
             control |= KVM_GUESTDBG_SINGLESTEP
-            if self.support.block_irq and not self.interrupts_in_steps:
+            if self.support.block_irq:
                 control |= KVM_GUESTDBG_BLOCKIRQ
         if self.inserted:
             control |= KVM_GUESTDBG_USE_SW_BP

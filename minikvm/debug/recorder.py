@@ -1,8 +1,7 @@
 """Recording, undoing and redoing guest instructions: reverse execution on KVM.
 
 While recording, the debugger single-steps every instruction (on KVM the
-only way to know where one instruction ends), interrupts allowed in those
-steps so that the guest runs as it would live, and the :class:`Recorder` keeps
+only way to know where one instruction ends) and the :class:`Recorder` keeps
 what each one changed in the :class:`~minikvm.debug.history.History`:
 
 * **registers** -- ``kvm_regs`` before and after the step (the stepper has
@@ -123,7 +122,6 @@ class Recorder:
         if self.history is None:
             self._log_dirty_pages(True)
             self.machine.memory.track_writes(True)
-            self._interrupts_in_steps(True)
         self.history = history
         self._resync()
 
@@ -137,18 +135,6 @@ class Recorder:
         self._device_state = None
         self.machine.memory.track_writes(False)
         self._log_dirty_pages(False)
-        self._interrupts_in_steps(False)
-
-    def _interrupts_in_steps(self, enabled: bool) -> None:
-        """Recording steps every instruction, also through ``cont()``; with
-        ``KVM_GUESTDBG_BLOCKIRQ`` on those steps a guest waiting in ``sti;
-        hlt`` for its UART's interrupt would never get it and loop for
-        ever. So while recording interrupts come in as they would live: the
-        step that takes one records the jump into the handler, the pushed
-        frame and the device's state like any other change."""
-        arming = self.stepper.arming
-        arming.interrupts_in_steps = enabled
-        arming.changed()
 
     def _log_dirty_pages(self, enabled: bool) -> None:
         """``KVM_SET_USER_MEMORY_REGION`` again on every RAM slot, the same
