@@ -259,3 +259,35 @@ def test_the_reverse_benchmark_redoes_to_the_end_and_goes_back_to_the_start():
     assert reverse.step_cost(guest, 20, recording=True).cpu > 0
     costs = reverse.history_costs(guest, history=300, undo=100)   # asserts as it goes
     assert costs["rip"] == 0x1000 and costs["entry_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_stores_across_page_boundaries_and_to_untouched_pages_step_back_exactly():
+    """crosspage64: an unaligned store over two pages, ``rep movsb`` and
+    ``rep stosb`` over page boundaries, and stores to a page nobody touched
+    before -- every state comes back going backwards and forwards."""
+    elf = assemble(ROOT / "guests" / "debug" / "crosspage64.S", BUILD).elf
+    with Machine(512 << 10, output=lambda data: None) as machine:
+        machine.load_elf(elf)
+        debugger = Debugger(machine)
+        debugger.record()
+        states = [machine_state(machine, debugger)]
+        for _ in range(100):
+            record = debugger.step_instruction()
+            states.append(machine_state(machine, debugger))
+            if record.stop is not None:
+                break
+        assert record.stop.kind is StopKind.HALT
+        edge = debugger.address_of("edge")
+        assert machine.memory.read_u64(edge) == 0x1122334455667788
+        assert machine.memory.read(debugger.address_of("copy_to"), 12) == b"crosspage64!"
+        assert machine.memory.read_u64(0x7F000) == 0x5A5A
+        for n in range(len(states) - 1, 0, -1):
+            assert machine_state(machine, debugger) == states[n], f"back at step {n}"
+            debugger.step_back()
+        assert machine_state(machine, debugger) == states[0]
+        assert machine.memory.read_u64(edge) == 0 and machine.memory.read_u64(0x7F000) == 0
+        for n in range(1, len(states)):
+            debugger.step_instruction()
+            assert machine_state(machine, debugger) == states[n], f"redo of step {n}"
+        debugger.close()
