@@ -48,6 +48,20 @@ def machine_state(machine: Machine, debugger: Debugger) -> tuple[object, ...]:
     return bytes(vcpu.get_regs()), bytes(vcpu.get_sregs()), bytes(vcpu.get_fpu()), ram, devices
 
 
+def record_to_halt(machine: Machine, debugger: Debugger, most: int) -> list[tuple[object, ...]]:
+    """Record from here, one instruction at a time, to the guest's ``hlt``
+    (at most ``most`` steps): the state before the first step and after each."""
+    debugger.record()
+    states = [machine_state(machine, debugger)]
+    for _ in range(most):
+        record = debugger.step_instruction()
+        states.append(machine_state(machine, debugger))
+        if record.stop is not None:
+            break
+    assert record.stop is not None and record.stop.kind is StopKind.HALT
+    return states
+
+
 @pytest.fixture
 def recorded(reverse64):
     """reverse64 run to its hlt while recording, with the state after each step
@@ -57,14 +71,7 @@ def recorded(reverse64):
     with Machine(512 << 10, output=output.append) as machine:
         machine.load_elf(reverse64)
         debugger = Debugger(machine)
-        debugger.record()
-        states = [machine_state(machine, debugger)]
-        for _ in range(500):
-            record = debugger.step_instruction()
-            states.append(machine_state(machine, debugger))
-            if record.stop is not None:
-                break
-        assert record.stop is not None and record.stop.kind is StopKind.HALT
+        states = record_to_halt(machine, debugger, 500)
         yield machine, debugger, states, output
         debugger.close()
 
@@ -270,14 +277,7 @@ def test_stores_across_page_boundaries_and_to_untouched_pages_step_back_exactly(
     with Machine(512 << 10, output=lambda data: None) as machine:
         machine.load_elf(elf)
         debugger = Debugger(machine)
-        debugger.record()
-        states = [machine_state(machine, debugger)]
-        for _ in range(100):
-            record = debugger.step_instruction()
-            states.append(machine_state(machine, debugger))
-            if record.stop is not None:
-                break
-        assert record.stop.kind is StopKind.HALT
+        states = record_to_halt(machine, debugger, 100)
         edge = debugger.address_of("edge")
         assert machine.memory.read_u64(edge) == 0x1122334455667788
         assert machine.memory.read(debugger.address_of("copy_to"), 12) == b"crosspage64!"
