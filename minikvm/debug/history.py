@@ -14,7 +14,8 @@ checkpoint needs every value the VMM gave the guest *and* the exact
 instruction at which each interrupt arrived. KVM gives no instruction
 count without a PMU, and the in-kernel irqchip and PIT inject interrupts on
 their own; an undo log is exact without either: an interrupt delivered
-during a step is just another change of registers and stack.
+during a step would be just another change of registers and stack
+(recorded steps block interrupts today: docs/reverse.md).
 
 The log is bounded (:class:`History`, a ring): past ``max_entries`` entries or
 ``max_bytes`` of recorded data the oldest entries go, as gdb's
