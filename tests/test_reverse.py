@@ -291,3 +291,27 @@ def test_stores_across_page_boundaries_and_to_untouched_pages_step_back_exactly(
             debugger.step_instruction()
             assert machine_state(machine, debugger) == states[n], f"redo of step {n}"
         debugger.close()
+
+
+@pytest.mark.slow
+def test_a_guest_that_bloats_device_state_cannot_push_the_history_over_its_cap():
+    """devhog64 grows pc-testdev's saved state to 64 KiB (128 KiB of hex) and
+    makes an exit at every other step: what the history keeps -- each entry's
+    device states measured as the JSON a snapshot would write -- stays
+    within the byte cap."""
+    import json
+
+    elf = assemble(ROOT / "guests" / "debug" / "devhog64.S", BUILD).elf
+    cap = 2 << 20
+    with Machine(512 << 10, output=lambda data: None) as machine:
+        machine.load_elf(elf)
+        debugger = Debugger(machine)
+        debugger.record(max_bytes=cap)
+        debugger.step(200)
+        history = debugger.history
+        kept = history._entries[history._head:]
+        held = sum(len(json.dumps(state)) for entry in kept if entry.devices is not None
+                   for state in entry.devices)
+        assert history.dropped > 0 and history.bytes <= cap
+        assert held <= cap, f"{len(kept)} entries hold {held >> 10} KiB"
+        debugger.close()
