@@ -209,3 +209,19 @@ def test_snapshot_after_exits_counts_the_guests_exits_not_the_vmms_kicks(guests,
     rest = minikvm("resume", str(tmp_path / "late" / "m.snap"))
     whole = uninterrupted(GUESTS[1], guests, tmp_path / "whole")
     assert late + rest.stdout == whole.stdout and rest.returncode == whole.returncode
+
+
+@pytest.mark.slow
+def test_the_same_snapshot_resumes_twice_to_the_same_end_and_is_not_changed(guests, tmp_path):
+    """A snapshot is read, never written, by resume: two resumes of one file
+    print the same and end the same (serial_echo: pending input and an
+    interrupt-driven UART are in the file)."""
+    snap = tmp_path / "echo.snap"
+    first = minikvm("run", *GUESTS[1].args(guests, tmp_path), "--snapshot", str(snap),
+                    "--snapshot-after-exits", "40", stdin=GUESTS[1].input(tmp_path))
+    assert first.returncode == 0, first.stderr
+    saved = snap.read_bytes()
+    once, twice = minikvm("resume", str(snap)), minikvm("resume", str(snap))
+    assert (once.stdout, once.returncode) == (twice.stdout, twice.returncode)
+    whole = uninterrupted(GUESTS[1], guests, tmp_path / "whole")
+    assert first.stdout + once.stdout == whole.stdout and snap.read_bytes() == saved
