@@ -264,3 +264,28 @@ def test_any_value_anywhere_in_a_json_section_is_refused_or_runs(snapshot, tmp_p
         return
     with machine:
         machine.run(timeout=2, max_exits=20)
+
+
+@pytest.mark.slow
+def test_a_tiny_file_that_claims_a_terabyte_of_ram_is_refused_in_one_line(snapshot, tmp_path):
+    """Zero pages are not stored, so a few bytes can claim 1 TiB of RAM
+    consistently (META and every region): the host refusing to map it is a
+    SnapshotError, and resume says so with status 2."""
+    from minikvm.core.board import ram_regions
+
+    size = 1 << 40
+    sections = []
+    for section in read_sections(str(snapshot)):
+        if section.tag == b"META":
+            doc = json.loads(section.payload)
+            doc["config"]["mem_size"] = size
+            section = Section(b"META", 0, json_payload(doc))
+        if section.tag != b"MEMR":
+            sections.append(section)
+    sections += [Section(b"MEMR", slot, struct.pack("<QQI", base, length, 0))
+                 for slot, (base, length) in enumerate(ram_regions(size))]
+    path = tmp_path / "terabyte.snap"
+    write_sections(str(path), sections)
+    assert path.stat().st_size < 64 << 10
+    assert "cannot be built here: 1099511627776 bytes of RAM" in refused_in_process(path)
+    assert "cannot be built here" in refused_by_cli(path)

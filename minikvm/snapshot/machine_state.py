@@ -199,7 +199,16 @@ def load_machine(path: str, *, kvm_path: str = "/dev/kvm", disks: Sequence[str] 
     meta = read_meta(sections)
     config = config_of(meta, kvm_path, disks)
     images = memory_images(sections, config.mem_size)
-    machine = Machine.from_config(config, output=output)
+    try:
+        machine = Machine.from_config(config, output=output)
+    except (OSError, MemoryError) as err:
+        # A few bytes of file can claim a terabyte of RAM (zero pages are not
+        # stored): the host refusing to map it is the file's problem too.
+        why = getattr(err, "strerror", None) or type(err).__name__
+        if getattr(err, "filename", None):
+            why = f"{err.filename}: {why}"   # a disk image
+        raise SnapshotError(f"the snapshot's machine cannot be built here: {config.mem_size} "
+                            f"bytes of RAM, {config.vcpus} vCPUs ({why})") from None
     try:
         _restore(machine, sections, meta, images)
     except KvmError as err:
