@@ -187,6 +187,23 @@ def test_reverse_cont_stops_at_each_earlier_breakpoint_hit_then_at_the_start(loo
     assert debugger.rip == debugger.address_of("_start")
 
 
+@pytest.mark.slow
+def test_reverse_cont_from_a_breakpoint_does_not_stop_where_it_starts(loop_recording):
+    """gdb's reverse-continue from a breakpoint goes back to its *previous*
+    hit: the one at the current RIP does not count before a step was undone."""
+    machine, debugger, _ = loop_recording
+    bp = debugger.break_at("body_store")
+    counter = debugger.address_of("counter")
+    assert debugger.cont(timeout=30).kind is StopKind.BREAKPOINT        # pass 1
+    assert debugger.cont(timeout=30).kind is StopKind.BREAKPOINT        # pass 2
+    assert machine.memory.read_u64(counter) == 1
+    stop = debugger.reverse_cont(timeout=30)
+    assert stop.kind is StopKind.BREAKPOINT and stop.breakpoint is bp and stop.steps == 4
+    assert debugger.pc == bp.address and machine.memory.read_u64(counter) == 0
+    stop = debugger.reverse_cont(timeout=30)
+    assert stop.kind is StopKind.HISTORY_START and stop.steps > 0
+
+
 def test_reverse_cont_to_a_watchpoint_stops_before_the_write(loop_done):
     machine, debugger, output = loop_done
     counter = debugger.address_of("counter")
