@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from minikvm.core.config import MachineConfig
 from minikvm.machine import Machine
+from minikvm.snapshot.info import describe
 from minikvm.snapshot.format import (HEADER, MAGIC, SECTION, Section, SnapshotError,
                                      json_payload, read_sections, write_sections)
 from minikvm.snapshot.machine_state import load_machine, save_machine
@@ -238,8 +239,9 @@ def _paths(value, path=()):
 @given(data=st.data())
 def test_any_value_anywhere_in_a_json_section_is_refused_or_runs(snapshot, tmp_path_factory,
                                                                  data):
-    """One JSON value replaced by a hostile one, CRCs valid: the load is one
-    SnapshotError, or the machine loads and runs (bounded) without the VMM failing."""
+    """One JSON value replaced by a hostile one, CRCs valid: ``snapshot info``
+    and the load are each one SnapshotError, or they work and the machine
+    runs (bounded) without the VMM failing."""
     sections = read_sections(str(snapshot))
     number = data.draw(st.sampled_from([i for i, s in enumerate(sections)
                                         if s.tag in (b"META", b"VCPU", b"DEVS", b"CLCK")]))
@@ -257,6 +259,10 @@ def test_any_value_anywhere_in_a_json_section_is_refused_or_runs(snapshot, tmp_p
     sections[number] = Section(victim.tag, victim.index, json_payload(doc))
     path_out = tmp_path_factory.mktemp("json") / "doctored.snap"
     write_sections(str(path_out), sections)
+    try:
+        assert all(isinstance(line, str) for line in describe(str(path_out)))  # snapshot info
+    except SnapshotError as err:
+        assert "\n" not in str(err)
     try:
         machine, _ = load_machine(str(path_out), output=lambda data: None)
     except SnapshotError as err:
@@ -289,3 +295,15 @@ def test_a_tiny_file_that_claims_a_terabyte_of_ram_is_refused_in_one_line(snapsh
     assert path.stat().st_size < 64 << 10
     assert "cannot be built here: 1099511627776 bytes of RAM" in refused_in_process(path)
     assert "cannot be built here" in refused_by_cli(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [5, None, "vcpu", {"a": 1}])
+def test_snapshot_info_reads_doctored_parts_without_failing(snapshot, tmp_path, value):
+    """META's ``parts`` only informs a person: ``snapshot info`` shows what
+    it can of a doctored one (the load does not read it at all)."""
+    def change(doc):
+        doc["parts"] = {"vcpu": value, "vm": value, "devices": value}
+
+    lines = describe(str(doctored(snapshot, tmp_path, b"META", change)))
+    assert any(line.startswith("parts saved per vCPU:") for line in lines)
