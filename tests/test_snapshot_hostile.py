@@ -176,6 +176,14 @@ def _xsave_size(doc):
     doc["xsave_size"] = 8192
 
 
+def _escape_in_guest_name(doc):
+    doc["guest"] = "hello.bin\x1b]0;owned\x07\nminikvm: all is well"
+
+
+def _newline_in_disk_path(doc):
+    doc["config"]["virtio"] = [{"kind": "blk", "path": "a\nb", "read_only": False, "size": 512}]
+
+
 def _cr4_reserved_bit(doc):
     sregs = kvm_sregs.from_buffer_copy(bytes.fromhex(doc["sregs"]))
     sregs.cr4 |= 1 << 40    # reserved (Intel SDM vol. 3, 2.5): KVM_SET_SREGS says EINVAL
@@ -195,6 +203,8 @@ DOCTORED = [
     (b"META", _more_memory, "memory regions"),
     (b"META", _more_vcpus, "vCPU"),
     (b"META", _xsave_size, "XSAVE"),
+    (b"META", _escape_in_guest_name, "META.guest holds control characters"),
+    (b"META", _newline_in_disk_path, "META.config.virtio[].path holds control characters"),
     (b"VCPU", _cr4_reserved_bit, "KVM refused the snapshot's state: KVM_SET_SREGS"),
     (b"VCPU", _xcr0_without_x87, "KVM refused the snapshot's state: KVM_SET_XCRS"),
 ]

@@ -139,6 +139,8 @@ def read_meta(sections: list[Section]) -> dict[str, Any]:
     need_str(config, "append", "META.config", optional=True)
     for item in need_list(config, "virtio", "META.config", 16):
         need_dict(item, "META.config.virtio[]")
+        need_str(item, "kind", "META.config.virtio[]")
+        need_str(item, "path", "META.config.virtio[]", optional=True)
     need_int(meta, "exit_count", "META")
     need_int(meta, "xsave_size", "META", 0, 1 << 20)
     need_str(meta, "vendor", "META")
