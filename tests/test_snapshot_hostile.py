@@ -308,7 +308,7 @@ def test_a_tiny_file_that_claims_a_terabyte_of_ram_is_refused_in_one_line(snapsh
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("value", [5, None, "vcpu", {"a": 1}])
+@pytest.mark.parametrize("value", [5, None, "vcpu", {"a": 1}, ["\x1b[2J", "ok"]])
 def test_snapshot_info_reads_doctored_parts_without_failing(snapshot, tmp_path, value):
     """META's ``parts`` only informs a person: ``snapshot info`` shows what
     it can of a doctored one (the load does not read it at all)."""
@@ -317,3 +317,4 @@ def test_snapshot_info_reads_doctored_parts_without_failing(snapshot, tmp_path, 
 
     lines = describe(str(doctored(snapshot, tmp_path, b"META", change)))
     assert any(line.startswith("parts saved per vCPU:") for line in lines)
+    assert all(line.isprintable() for line in lines)

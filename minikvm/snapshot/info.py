@@ -39,7 +39,8 @@ def _names(value: object) -> str:
     (nothing is restored from it): anything else shows as unreadable."""
     if not isinstance(value, list):
         return "(unreadable)" if value is not None else ""
-    return ", ".join(f"{item!s:.80}" for item in value[:256])
+    return ", ".join(f"{item:.80}" if isinstance(item, str) and item.isprintable()
+                     else f"{item!r:.80}" for item in value[:256])
 
 
 def describe(path: str) -> list[str]:
