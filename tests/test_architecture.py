@@ -273,6 +273,7 @@ LAYER_RULES = {
     "minikvm.devices": ("minikvm.kvm", "minikvm.machine", "minikvm.core", "minikvm.debug",
                         *FRONT_ENDS),
     "minikvm.core": ("minikvm.debug", *FRONT_ENDS),
+    "minikvm.snapshot": ("minikvm.debug", *FRONT_ENDS),
     "minikvm.debug": FRONT_ENDS,
 }
 

@@ -227,9 +227,28 @@ def minikvm(*args: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def gdb_then_end(process: subprocess.Popen, file: Path, port: int,
+                 commands: list[str]) -> tuple[str, str, str]:
+    """Run a batch gdb with ``commands`` against ``process`` (``minikvm ...
+    --gdb``), then wait for the process: (gdb's output, its stdout, its
+    stderr). The process is killed if anything goes wrong on the way."""
+    try:
+        gdb = subprocess.run(gdb_command(file, port, commands), capture_output=True, text=True,
+                             timeout=GDB_TIMEOUT)
+        out, err = process.communicate(timeout=GDB_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    return gdb.stdout + gdb.stderr, out, err
+
+
 def attach_line(process: subprocess.Popen) -> str:
     line = process.stderr.readline()
-    assert line.startswith("minikvm: waiting for gdb on 127.0.0.1:"), line
+    if not line.startswith("minikvm: waiting for gdb on 127.0.0.1:"):
+        process.kill()          # it would wait for a gdb that never comes
+        process.wait()
+        pytest.fail(f"no attach line: {line!r}")
     return line
 
 
@@ -241,19 +260,12 @@ def attach_line(process: subprocess.Popen) -> str:
 def test_minikvm_run_gdb_says_how_to_attach_and_exits_as_the_guest(guests, last, status, printed):
     elf = guests / "gdbdemo.elf"
     process = minikvm("run", str(elf), "--gdb", "127.0.0.1:0")
-    try:
-        line = attach_line(process)
-        command = line.split("attach with: ")[1].strip()
-        port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
-        assert command == f"gdb {elf} -ex 'target remote 127.0.0.1:{port}'"
-        gdb = subprocess.run(gdb_command(elf, port, [last]), capture_output=True, text=True,
-                             timeout=GDB_TIMEOUT)
-        out, err = process.communicate(timeout=GDB_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-    assert process.returncode == status, gdb.stdout + gdb.stderr + err
+    line = attach_line(process)
+    command = line.split("attach with: ")[1].strip()
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+    assert command == f"gdb {elf} -ex 'target remote 127.0.0.1:{port}'"
+    session, out, err = gdb_then_end(process, elf, port, [last])
+    assert process.returncode == status, session + err
     assert printed in out
 
 
@@ -292,3 +304,28 @@ def test_minikvm_trace_gdb_traces_what_happened_under_gdb(guests):
             process.wait()
     assert process.returncode == 85
     assert "exits by reason" in out and "twice(answer) = 42" in out
+
+
+@pytest.mark.slow
+def test_gdb_attaches_to_a_resumed_machine_and_debugs_it_to_the_guests_end(guests, tmp_path):
+    """``minikvm resume FILE --gdb``: gdb meets the machine where the snapshot
+    left it -- reads a variable and a register, stops at a breakpoint with
+    the argument it was called with -- and the guest ends as one whole run does."""
+    elf = guests / "gdbdemo.elf"
+    snap = tmp_path / "demo.snap"
+    first = subprocess.run([sys.executable, "-m", "minikvm", "run", str(elf), "--snapshot",
+                            str(snap), "--snapshot-after-exits", "5"], cwd=ROOT,
+                           capture_output=True, timeout=GDB_TIMEOUT)
+    assert first.returncode == 0 and first.stdout == b"hello", first.stderr
+    process = minikvm("resume", str(snap), "--gdb", "127.0.0.1:0")
+    line = attach_line(process)
+    assert f"gdb {elf} -ex" in line
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1))
+    session, out, err = gdb_then_end(process, elf, port, [
+        "print answer", "print $pc == (long) &_start", "print $rsp != 0", "break twice",
+        "continue", "print x", "continue"])
+    assert values(session) == ["21", "0", "1", "21"], session
+    assert "Breakpoint 1, twice (x=21) at c/gdbdemo.c" in session
+    assert "exited with code 0125" in session            # 85, in octal
+    assert first.stdout.decode() + out == "hello from gdbdemo\ntwice(answer) = 42\n"
+    assert process.returncode == 85, err

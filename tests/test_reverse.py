@@ -48,6 +48,20 @@ def machine_state(machine: Machine, debugger: Debugger) -> tuple[object, ...]:
     return bytes(vcpu.get_regs()), bytes(vcpu.get_sregs()), bytes(vcpu.get_fpu()), ram, devices
 
 
+def record_to_halt(machine: Machine, debugger: Debugger, most: int) -> list[tuple[object, ...]]:
+    """Record from here, one instruction at a time, to the guest's ``hlt``
+    (at most ``most`` steps): the state before the first step and after each."""
+    debugger.record()
+    states = [machine_state(machine, debugger)]
+    for _ in range(most):
+        record = debugger.step_instruction()
+        states.append(machine_state(machine, debugger))
+        if record.stop is not None:
+            break
+    assert record.stop is not None and record.stop.kind is StopKind.HALT
+    return states
+
+
 @pytest.fixture
 def recorded(reverse64):
     """reverse64 run to its hlt while recording, with the state after each step
@@ -57,14 +71,7 @@ def recorded(reverse64):
     with Machine(512 << 10, output=output.append) as machine:
         machine.load_elf(reverse64)
         debugger = Debugger(machine)
-        debugger.record()
-        states = [machine_state(machine, debugger)]
-        for _ in range(500):
-            record = debugger.step_instruction()
-            states.append(machine_state(machine, debugger))
-            if record.stop is not None:
-                break
-        assert record.stop is not None and record.stop.kind is StopKind.HALT
+        states = record_to_halt(machine, debugger, 500)
         yield machine, debugger, states, output
         debugger.close()
 
@@ -180,6 +187,23 @@ def test_reverse_cont_stops_at_each_earlier_breakpoint_hit_then_at_the_start(loo
     assert debugger.rip == debugger.address_of("_start")
 
 
+@pytest.mark.slow
+def test_reverse_cont_from_a_breakpoint_does_not_stop_where_it_starts(loop_recording):
+    """gdb's reverse-continue from a breakpoint goes back to its *previous*
+    hit: the one at the current RIP does not count before a step was undone."""
+    machine, debugger, _ = loop_recording
+    bp = debugger.break_at("body_store")
+    counter = debugger.address_of("counter")
+    assert debugger.cont(timeout=30).kind is StopKind.BREAKPOINT        # pass 1
+    assert debugger.cont(timeout=30).kind is StopKind.BREAKPOINT        # pass 2
+    assert machine.memory.read_u64(counter) == 1
+    stop = debugger.reverse_cont(timeout=30)
+    assert stop.kind is StopKind.BREAKPOINT and stop.breakpoint is bp and stop.steps == 4
+    assert debugger.pc == bp.address and machine.memory.read_u64(counter) == 0
+    stop = debugger.reverse_cont(timeout=30)
+    assert stop.kind is StopKind.HISTORY_START and stop.steps > 0
+
+
 def test_reverse_cont_to_a_watchpoint_stops_before_the_write(loop_done):
     machine, debugger, output = loop_done
     counter = debugger.address_of("counter")
@@ -259,3 +283,52 @@ def test_the_reverse_benchmark_redoes_to_the_end_and_goes_back_to_the_start():
     assert reverse.step_cost(guest, 20, recording=True).cpu > 0
     costs = reverse.history_costs(guest, history=300, undo=100)   # asserts as it goes
     assert costs["rip"] == 0x1000 and costs["entry_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_stores_across_page_boundaries_and_to_untouched_pages_step_back_exactly():
+    """crosspage64: an unaligned store over two pages, ``rep movsb`` and
+    ``rep stosb`` over page boundaries, and stores to a page nobody touched
+    before -- every state comes back going backwards and forwards."""
+    elf = assemble(ROOT / "guests" / "debug" / "crosspage64.S", BUILD).elf
+    with Machine(512 << 10, output=lambda data: None) as machine:
+        machine.load_elf(elf)
+        debugger = Debugger(machine)
+        states = record_to_halt(machine, debugger, 100)
+        edge = debugger.address_of("edge")
+        assert machine.memory.read_u64(edge) == 0x1122334455667788
+        assert machine.memory.read(debugger.address_of("copy_to"), 12) == b"crosspage64!"
+        assert machine.memory.read_u64(0x7F000) == 0x5A5A
+        for n in range(len(states) - 1, 0, -1):
+            assert machine_state(machine, debugger) == states[n], f"back at step {n}"
+            debugger.step_back()
+        assert machine_state(machine, debugger) == states[0]
+        assert machine.memory.read_u64(edge) == 0 and machine.memory.read_u64(0x7F000) == 0
+        for n in range(1, len(states)):
+            debugger.step_instruction()
+            assert machine_state(machine, debugger) == states[n], f"redo of step {n}"
+        debugger.close()
+
+
+@pytest.mark.slow
+def test_a_guest_that_bloats_device_state_cannot_push_the_history_over_its_cap():
+    """devhog64 grows pc-testdev's saved state to 64 KiB (128 KiB of hex) and
+    makes an exit at every other step: what the history keeps -- each entry's
+    device states measured as the JSON a snapshot would write -- stays
+    within the byte cap."""
+    import json
+
+    elf = assemble(ROOT / "guests" / "debug" / "devhog64.S", BUILD).elf
+    cap = 2 << 20
+    with Machine(512 << 10, output=lambda data: None) as machine:
+        machine.load_elf(elf)
+        debugger = Debugger(machine)
+        debugger.record(max_bytes=cap)
+        debugger.step(200)
+        history = debugger.history
+        kept = history._entries[history._head:]
+        held = sum(len(json.dumps(state)) for entry in kept if entry.devices is not None
+                   for state in entry.devices)
+        assert history.dropped > 0 and history.bytes <= cap
+        assert held <= cap, f"{len(kept)} entries hold {held >> 10} KiB"
+        debugger.close()

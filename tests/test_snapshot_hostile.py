@@ -26,9 +26,11 @@ from hypothesis import strategies as st
 
 from minikvm.core.config import MachineConfig
 from minikvm.machine import Machine
+from minikvm.snapshot.info import describe
 from minikvm.snapshot.format import (HEADER, MAGIC, SECTION, Section, SnapshotError,
                                      json_payload, read_sections, write_sections)
 from minikvm.snapshot.machine_state import load_machine, save_machine
+from minikvm.kvm.uapi import kvm_sregs
 from minikvm.snapshot.vcpu_state import MSR_IA32_TSC
 from tests.conftest import ROOT
 
@@ -174,6 +176,24 @@ def _xsave_size(doc):
     doc["xsave_size"] = 8192
 
 
+def _escape_in_guest_name(doc):
+    doc["guest"] = "hello.bin\x1b]0;owned\x07\nminikvm: all is well"
+
+
+def _newline_in_disk_path(doc):
+    doc["config"]["virtio"] = [{"kind": "blk", "path": "a\nb", "read_only": False, "size": 512}]
+
+
+def _cr4_reserved_bit(doc):
+    sregs = kvm_sregs.from_buffer_copy(bytes.fromhex(doc["sregs"]))
+    sregs.cr4 |= 1 << 40    # reserved (Intel SDM vol. 3, 2.5): KVM_SET_SREGS says EINVAL
+    doc["sregs"] = bytes(sregs).hex()
+
+
+def _xcr0_without_x87(doc):
+    doc["xcrs"] = [[0, 0xFFFF_FFFF]]   # XCR0 bit 0 must be set: KVM_SET_XCRS says EINVAL
+
+
 DOCTORED = [
     (b"VCPU", _set_rip, "regs.rip"),
     (b"VCPU", _msr_out_of_range, "msrs"),
@@ -183,6 +203,10 @@ DOCTORED = [
     (b"META", _more_memory, "memory regions"),
     (b"META", _more_vcpus, "vCPU"),
     (b"META", _xsave_size, "XSAVE"),
+    (b"META", _escape_in_guest_name, "META.guest holds control characters"),
+    (b"META", _newline_in_disk_path, "META.config.virtio[].path holds control characters"),
+    (b"VCPU", _cr4_reserved_bit, "KVM refused the snapshot's state: KVM_SET_SREGS"),
+    (b"VCPU", _xcr0_without_x87, "KVM refused the snapshot's state: KVM_SET_XCRS"),
 ]
 
 
@@ -193,3 +217,104 @@ def test_doctored_sections_are_refused_before_anything_is_restored(snapshot, tmp
                                                                    change, words):
     assert words in refused_in_process(doctored(snapshot, tmp_path, tag, change))
 
+
+
+@pytest.mark.slow
+def test_resume_of_a_state_kvm_refuses_is_bad_input_not_a_kvm_failure(snapshot, tmp_path):
+    """KVM_SET_SREGS refusing the file's CR4 is the file's fault: status 2, one line."""
+    line = refused_by_cli(doctored(snapshot, tmp_path, b"VCPU", _cr4_reserved_bit))
+    assert "KVM refused the snapshot's state" in line
+
+
+#: Values a hostile JSON section may hold where the reader expects others.
+HOSTILE_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(1 << 70), max_value=1 << 70),
+    st.floats(allow_nan=True), st.text(max_size=8), st.just("ff" * 100_000),
+    st.lists(st.integers(), max_size=4), st.dictionaries(st.text(max_size=4), st.integers(),
+                                                         max_size=3))
+
+
+def _paths(value, path=()):
+    """Every place in a JSON document (the document itself first)."""
+    yield path
+    items = value.items() if isinstance(value, dict) else (
+        enumerate(value) if isinstance(value, list) else ())
+    for key, item in items:
+        yield from _paths(item, (*path, key))
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_value_anywhere_in_a_json_section_is_refused_or_runs(snapshot, tmp_path_factory,
+                                                                 data):
+    """One JSON value replaced by a hostile one, CRCs valid: ``snapshot info``
+    and the load are each one SnapshotError, or they work and the machine
+    runs (bounded) without the VMM failing."""
+    sections = read_sections(str(snapshot))
+    number = data.draw(st.sampled_from([i for i, s in enumerate(sections)
+                                        if s.tag in (b"META", b"VCPU", b"DEVS", b"CLCK")]))
+    victim = sections[number]
+    doc = json.loads(victim.payload)
+    path = data.draw(st.sampled_from(list(_paths(doc))))
+    value = data.draw(HOSTILE_VALUES)
+    if path:
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+    else:
+        doc = value
+    sections[number] = Section(victim.tag, victim.index, json_payload(doc))
+    path_out = tmp_path_factory.mktemp("json") / "doctored.snap"
+    write_sections(str(path_out), sections)
+    try:
+        assert all(isinstance(line, str) for line in describe(str(path_out)))  # snapshot info
+    except SnapshotError as err:
+        assert "\n" not in str(err)
+    try:
+        machine, _ = load_machine(str(path_out), output=lambda data: None)
+    except SnapshotError as err:
+        assert "\n" not in str(err)
+        return
+    with machine:
+        machine.run(timeout=2, max_exits=20)
+
+
+@pytest.mark.slow
+def test_a_tiny_file_that_claims_a_terabyte_of_ram_is_refused_in_one_line(snapshot, tmp_path):
+    """Zero pages are not stored, so a few bytes can claim 1 TiB of RAM
+    consistently (META and every region): the host refusing to map it is a
+    SnapshotError, and resume says so with status 2."""
+    from minikvm.core.board import ram_regions
+
+    size = 1 << 40
+    sections = []
+    for section in read_sections(str(snapshot)):
+        if section.tag == b"META":
+            doc = json.loads(section.payload)
+            doc["config"]["mem_size"] = size
+            section = Section(b"META", 0, json_payload(doc))
+        if section.tag != b"MEMR":
+            sections.append(section)
+    sections += [Section(b"MEMR", slot, struct.pack("<QQI", base, length, 0))
+                 for slot, (base, length) in enumerate(ram_regions(size))]
+    path = tmp_path / "terabyte.snap"
+    write_sections(str(path), sections)
+    assert path.stat().st_size < 64 << 10
+    assert "cannot be built here: 1099511627776 bytes of RAM" in refused_in_process(path)
+    assert "cannot be built here" in refused_by_cli(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", [5, None, "vcpu", {"a": 1}, ["\x1b[2J", "ok"]])
+def test_snapshot_info_reads_doctored_parts_without_failing(snapshot, tmp_path, value):
+    """META's ``parts`` only informs a person: ``snapshot info`` shows what
+    it can of a doctored one (the load does not read it at all)."""
+    def change(doc):
+        doc["parts"] = {"vcpu": value, "vm": value, "devices": value}
+
+    lines = describe(str(doctored(snapshot, tmp_path, b"META", change)))
+    assert any(line.startswith("parts saved per vCPU:") for line in lines)
+    assert all(line.isprintable() for line in lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,50 @@ def test_resume_refuses_a_disk_of_another_size(guests, tmp_path):
     copy = tmp_path / "copy.img"
     shutil.copy(tmp_path / "disk.img", copy)
     assert minikvm("resume", str(snap), "--virtio-blk", str(copy)).returncode == 0
+
+
+def _cut_with_late_input(guests: Path, workdir: Path, exits: int, delay: float) -> bytes:
+    """stdout of serial_echo cut after ``exits`` exits, its input arriving
+    ``delay`` seconds late (the guest sleeps in ``hlt`` meanwhile)."""
+    workdir.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "minikvm", "run", str(guests / "serial_echo.bin"),
+         "--timeout", "60", "--snapshot", str(workdir / "m.snap"),
+         "--snapshot-after-exits", str(exits)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    time.sleep(delay)
+    output, errors = process.communicate(ECHO_INPUT, timeout=60)
+    assert process.returncode == 0 and (workdir / "m.snap").exists(), errors
+    assert errors.decode().startswith(f"minikvm: saved snapshot {workdir / 'm.snap'} after "
+                                      f"{exits} exits"), errors
+    return output
+
+
+@pytest.mark.slow
+def test_snapshot_after_exits_counts_the_guests_exits_not_the_vmms_kicks(guests, tmp_path):
+    """While serial_echo waits in ``hlt`` for late input the watchdog kicks
+    its vCPU out of KVM_RUN many times (halt checks); those KVM_EXIT_INTR
+    are not the guest's, so the cut lands at the same instruction -- the
+    same output so far -- however long the input took."""
+    prompt = _cut_with_late_input(guests, tmp_path / "prompt", 70, 0.0)
+    late = _cut_with_late_input(guests, tmp_path / "late", 70, 2.0)
+    assert late == prompt and prompt.startswith(b"hello\r\n")
+    rest = minikvm("resume", str(tmp_path / "late" / "m.snap"))
+    whole = uninterrupted(GUESTS[1], guests, tmp_path / "whole")
+    assert late + rest.stdout == whole.stdout and rest.returncode == whole.returncode
+
+
+@pytest.mark.slow
+def test_the_same_snapshot_resumes_twice_to_the_same_end_and_is_not_changed(guests, tmp_path):
+    """A snapshot is read, never written, by resume: two resumes of one file
+    print the same and end the same (serial_echo: pending input and an
+    interrupt-driven UART are in the file)."""
+    snap = tmp_path / "echo.snap"
+    first = minikvm("run", *GUESTS[1].args(guests, tmp_path), "--snapshot", str(snap),
+                    "--snapshot-after-exits", "40", stdin=GUESTS[1].input(tmp_path))
+    assert first.returncode == 0, first.stderr
+    saved = snap.read_bytes()
+    once, twice = minikvm("resume", str(snap)), minikvm("resume", str(snap))
+    assert (once.stdout, once.returncode) == (twice.stdout, twice.returncode)
+    whole = uninterrupted(GUESTS[1], guests, tmp_path / "whole")
+    assert first.stdout + once.stdout == whole.stdout and snap.read_bytes() == saved

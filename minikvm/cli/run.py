@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 from minikvm.cli.options import (UsageError, add_gdb_option, add_run_options, config_from_args,
                                  guest_file_errors)
-from minikvm.cli.snapshot_options import (add_snapshot_options, check_snapshot_options,
-                                          save_snapshot_words)
+from minikvm.cli.snapshot_options import (GuestExits, add_snapshot_options,
+                                          check_snapshot_options, save_snapshot_words)
 from minikvm.core.board import ExitStatus
 
 if TYPE_CHECKING:
@@ -296,6 +296,7 @@ def drive(args: argparse.Namespace,
     started = time.monotonic()
     tracer = None
     stop = None
+    counted = None
     try:
         with machine, RawStdin() as stdin:
             if args.trace:
@@ -316,19 +317,24 @@ def drive(args: argparse.Namespace,
                     from minikvm.gdb.serve import serve_gdb
                     stop = serve_gdb(machine, args.gdb, guest=args.guest, timeout=args.timeout,
                                      record=args.reverse)
+                elif max_exits is not None:
+                    counted = GuestExits(machine, max_exits)
+                    stop = machine.run(timeout=args.timeout, until=counted.reached)
                 else:
-                    stop = machine.run(timeout=args.timeout, max_exits=max_exits)
+                    stop = machine.run(timeout=args.timeout)
             finally:
                 if watch is not None:
                     watch.stop()
                 stdin.stop_reader()
                 debug_exit_value = machine.debug_exit.last_value
             saved = None
-            if snapshot and ending.outcome is None and stop.kind is StopKind.EXIT_LIMIT:
-                saved = save_snapshot_words(machine, config, snapshot)
+            if (counted is not None and ending.outcome is None
+                    and stop.kind is StopKind.PAUSED and counted.reached()):
+                saved = save_snapshot_words(machine, config, snapshot, counted.count)
         result = Outcome(ExitStatus.OK.value, "vmm", saved) if saved else outcome(stop, ending.outcome)
         if snapshot and not saved:
-            note = (f"no snapshot: the run ended after {machine.exit_count} exits, before "
+            seen = machine.exit_count if counted is None else counted.count
+            note = (f"no snapshot: the run ended after {seen} exits, before "
                     f"{max_exits}")
             result.line = f"{result.line}; {note}" if result.line else note
         deadline = None if args.timeout is None else started + args.timeout

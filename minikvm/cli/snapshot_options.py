@@ -1,10 +1,18 @@
 """``--snapshot FILE --snapshot-after-exits N``: what ``run`` and ``resume`` share.
 
-The run goes N VM exits (the exits of all vCPUs count), every vCPU
-completes the instruction it exited on, the machine is saved to FILE, and
-the process ends with status 0 and one line on stderr; stdout carries only
-what the guest wrote. A guest that ends sooner ends as always, with its
-own status, and a line saying no snapshot was made.
+The run goes N VM exits of the guest (the exits of all vCPUs count), every
+vCPU completes the instruction it exited on, the machine is saved to FILE,
+and the process ends with status 0 and one line on stderr; stdout carries
+only what the guest wrote. A guest that ends sooner ends as always, with
+its own status, and a line saying no snapshot was made.
+
+Only exits the *guest* caused count (:class:`GuestExits`): not the
+``KVM_EXIT_INTR`` of the VMM's own kicks -- the watchdog's halt checks
+while the guest sleeps in ``hlt``, the input reader's wake-ups. Their
+number depends on host timing (how long the guest waited for input), so
+counting them would cut the same guest at a different instruction on
+every run; without them, N names the same point of a single-vCPU guest
+whenever its input is the same.
 
 Only the standard library is imported here: the parser is built for
 every command.
@@ -19,9 +27,11 @@ from minikvm.cli.options import UsageError, format_size
 
 if TYPE_CHECKING:
     from minikvm.core.config import MachineConfig
+    from minikvm.core.events import ExitEvent
     from minikvm.machine import Machine
 
-__all__ = ["add_snapshot_options", "check_snapshot_options", "save_snapshot_words"]
+__all__ = ["GuestExits", "add_snapshot_options", "check_snapshot_options",
+           "save_snapshot_words"]
 
 
 def _positive(text: str) -> int:
@@ -50,8 +60,37 @@ def check_snapshot_options(args: argparse.Namespace) -> None:
         raise UsageError("--snapshot and --gdb cannot be used together")
 
 
-def save_snapshot_words(machine: Machine, config: MachineConfig, path: str) -> str:
-    """Save ``machine`` (built from ``config``) to ``path``; the line that says so."""
+class GuestExits:
+    """Counts the guest's exits on ``machine`` until ``limit``: pass
+    :meth:`reached` as ``Machine.run(until=...)``.
+
+    A machine listener sees every exit with its type; an ``Interrupted``
+    one (``KVM_EXIT_INTR``) is the VMM's kick, not the guest's doing, and
+    is not counted. (``Machine.run(max_exits=)`` counts every exit; a
+    listener turns the run loop's fast path off, which costs a snapshot
+    run a little speed and nothing else.)
+    """
+
+    def __init__(self, machine: Machine, limit: int) -> None:
+        from minikvm.kvm.exits import Interrupted
+
+        self._kick = Interrupted
+        self.limit = limit
+        self.count = 0
+        machine.listeners.append(self._seen)
+
+    def _seen(self, event: ExitEvent) -> None:
+        if type(event.exit) is not self._kick:
+            self.count += 1
+
+    def reached(self) -> bool:
+        return self.count >= self.limit
+
+
+def save_snapshot_words(machine: Machine, config: MachineConfig, path: str,
+                        exits: int | None = None) -> str:
+    """Save ``machine`` (built from ``config``) to ``path``; the line that
+    says so (after ``exits`` guest exits; default: the machine's count)."""
     from minikvm.snapshot.format import SnapshotError
     from minikvm.snapshot.machine_state import save_machine
 
@@ -59,5 +98,6 @@ def save_snapshot_words(machine: Machine, config: MachineConfig, path: str) -> s
         saved = save_machine(machine, path, config)
     except SnapshotError as err:
         raise UsageError(str(err)) from None
-    return (f"saved snapshot {path} after {saved.exit_count} exits ({format_size(saved.size)}, "
+    exits = saved.exit_count if exits is None else exits
+    return (f"saved snapshot {path} after {exits} exits ({format_size(saved.size)}, "
             f"{saved.memory_pages} pages of RAM, {saved.seconds * 1000:.1f} ms)")

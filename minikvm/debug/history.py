@@ -14,7 +14,8 @@ checkpoint needs every value the VMM gave the guest *and* the exact
 instruction at which each interrupt arrived. KVM gives no instruction
 count without a PMU, and the in-kernel irqchip and PIT inject interrupts on
 their own; an undo log is exact without either: an interrupt delivered
-during a step is just another change of registers and stack.
+during a step would be just another change of registers and stack
+(recorded steps block interrupts today: docs/reverse.md).
 
 The log is bounded (:class:`History`, a ring): past ``max_entries`` entries or
 ``max_bytes`` of recorded data the oldest entries go, as gdb's
@@ -37,6 +38,7 @@ __all__ = [
     "apply_words",
     "changed_range",
     "info_row",
+    "state_size",
     "word_diff",
 ]
 
@@ -47,8 +49,11 @@ DEFAULT_MAX_BYTES = 64 << 20
 #: What one entry costs besides its data: the Python objects that hold it
 #: (an estimate; the cap is about the order of magnitude, not the byte).
 ENTRY_OVERHEAD = 160
-#: What one saved device state is counted as.
-DEVICE_STATE_COST = 1024
+#: What one value inside a saved device state is counted as, besides the
+#: characters of a string (a Python int or the slot that holds it).
+DEVICE_VALUE_COST = 16
+#: How deep a saved device state may nest before the rest is counted flat.
+_STATE_DEPTH = 16
 
 #: One guest memory change: guest-physical address, bytes before, bytes after.
 MemoryChange = tuple[int, bytes, bytes]
@@ -111,6 +116,26 @@ def changed_range(old: bytes, new: bytes) -> tuple[int, int] | None:
     return ((x & -x).bit_length() - 1) // 8, (x.bit_length() - 1) // 8 + 1
 
 
+def state_size(state: Any, depth: int = 0) -> int:
+    """About how many bytes a saved device state holds: the characters of
+    its strings and :data:`DEVICE_VALUE_COST` per value.
+
+    Not a constant: a device may save kilobytes (pc-testdev's 64 KiB of
+    scratch memory is a 128 KiB hex string), and a guest that fills it and
+    then makes an exit at every step would otherwise keep far more than
+    the history's byte cap alive while the count stayed small."""
+    if isinstance(state, (str, bytes)):
+        return DEVICE_VALUE_COST + len(state)
+    if depth >= _STATE_DEPTH:
+        return DEVICE_VALUE_COST
+    if isinstance(state, dict):
+        return DEVICE_VALUE_COST + sum(state_size(key, depth + 1) + state_size(value, depth + 1)
+                                       for key, value in state.items())
+    if isinstance(state, (list, tuple)):
+        return DEVICE_VALUE_COST + sum(state_size(item, depth + 1) for item in state)
+    return DEVICE_VALUE_COST
+
+
 def info_row() -> tuple[str, str, str]:
     """The ``minikvm info`` row that says how much history a recording keeps."""
     return ("reverse execution",
@@ -149,7 +174,7 @@ class Entry:
         for _, old, new in memory:
             size += 64 + len(old) + len(new)
         if devices is not None:
-            size += 2 * DEVICE_STATE_COST
+            size += state_size(devices[0]) + state_size(devices[1])
         self.size = size
 
     def __repr__(self) -> str:
@@ -171,7 +196,10 @@ class History:
     ``position`` counts the entries whose effect the machine shows now: at
     ``len(history)`` the vCPU is at the end (live), at 0 at the start of what
     was kept. Past either cap the oldest entries are dropped (``dropped``
-    counts them); the cap on bytes always keeps the newest entry.
+    counts them). ``bytes`` never exceeds ``max_bytes``: an entry bigger
+    than the whole cap (a device's DMA that rewrote megabytes in one step)
+    empties the history, itself included -- going back stops at the state
+    after it, as at any dropped entry.
     """
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES,
@@ -216,7 +244,7 @@ class History:
         self._entries.append(entry)
         self._at += 1
         self.bytes += entry.size
-        while len(self) > self.max_entries or (self.bytes > self.max_bytes and len(self) > 1):
+        while len(self) > self.max_entries or self.bytes > self.max_bytes:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:

@@ -244,7 +244,7 @@ def restore_devices(buses: Iterable[Bus], states: Any) -> None:
                                    "of this machine")
     for key in states:
         if key not in devices:
-            raise DeviceStateError(f"devices: the snapshot names {key!s:.80}, a device this "
+            raise DeviceStateError(f"devices: the snapshot names {key!r:.80}, a device this "
                                    "machine does not have")
     for key, device in devices.items():
         device.check_state(states[key])

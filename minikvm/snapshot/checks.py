@@ -37,6 +37,10 @@ def need_str(obj: dict[str, Any], key: str, where: str, optional: bool = False) 
         return None
     if not isinstance(value, str) or len(value) > 4096:
         raise SnapshotError(f"{where}.{key} should be a string, not {value!r:.40}")
+    if not value.isprintable():
+        # It is printed (snapshot info, the gdb attach line): a newline or an
+        # escape sequence from a file must not reach the person's terminal.
+        raise SnapshotError(f"{where}.{key} holds control characters: {value!r:.40}")
     return value
 
 

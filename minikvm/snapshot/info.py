@@ -34,6 +34,15 @@ def _mode(state: VcpuState) -> str:
         return "unknown"
 
 
+def _names(value: object) -> str:
+    """A list of names from META's ``parts``, which only informs a person
+    (nothing is restored from it): anything else shows as unreadable."""
+    if not isinstance(value, list):
+        return "(unreadable)" if value is not None else ""
+    return ", ".join(f"{item:.80}" if isinstance(item, str) and item.isprintable()
+                     else f"{item!r:.80}" for item in value[:256])
+
+
 def describe(path: str) -> list[str]:
     """The lines ``minikvm snapshot info`` prints for ``path``."""
     sections = read_sections(path)
@@ -49,10 +58,9 @@ def describe(path: str) -> list[str]:
              + (f", append {config['append']!r}" if config.get("append") else "")]
     parts = meta.get("parts") or {}
     if isinstance(parts, dict):
-        lines.append("parts saved per vCPU: " + ", ".join(map(str, parts.get("vcpu", []))))
-        lines.append("VM parts: " + (", ".join(map(str, parts.get("vm", []))) or
-                                     "none (no irqchip)"))
-        lines.append("devices: " + ", ".join(map(str, parts.get("devices", []))))
+        lines.append("parts saved per vCPU: " + _names(parts.get("vcpu")))
+        lines.append("VM parts: " + (_names(parts.get("vm")) or "none (no irqchip)"))
+        lines.append("devices: " + _names(parts.get("devices")))
     for section in sections:
         if section.tag == b"VCPU":
             raw = {s.tag: s for s in sections if s.index == section.index

@@ -18,8 +18,9 @@ builds a fresh machine from the saved configuration (no guest loaded),
 checks every section against it, and only then restores: devices first
 (their ``restore()`` drives each interrupt line to its saved level), RAM,
 then the chips -- overwriting whatever those line changes did to them --
-and last the vCPUs. Any problem closes the fresh machine and raises one
-:class:`SnapshotError`: nothing half-restored ever runs.
+and last the vCPUs. Any problem -- ours, or a value KVM's ``KVM_SET_*`` refuses -- closes
+the fresh machine and raises one :class:`SnapshotError`: nothing
+half-restored ever runs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from minikvm.core.board import ram_regions
 from minikvm.core.config import ConfigError, MachineConfig, VirtioSpec
+from minikvm.kvm.errors import KvmError
 from minikvm.snapshot.checks import need_dict, need_int, need_list, need_str
 from minikvm.snapshot.format import (
     Section,
@@ -137,6 +139,8 @@ def read_meta(sections: list[Section]) -> dict[str, Any]:
     need_str(config, "append", "META.config", optional=True)
     for item in need_list(config, "virtio", "META.config", 16):
         need_dict(item, "META.config.virtio[]")
+        need_str(item, "kind", "META.config.virtio[]")
+        need_str(item, "path", "META.config.virtio[]", optional=True)
     need_int(meta, "exit_count", "META")
     need_int(meta, "xsave_size", "META", 0, 1 << 20)
     need_str(meta, "vendor", "META")
@@ -197,9 +201,24 @@ def load_machine(path: str, *, kvm_path: str = "/dev/kvm", disks: Sequence[str] 
     meta = read_meta(sections)
     config = config_of(meta, kvm_path, disks)
     images = memory_images(sections, config.mem_size)
-    machine = Machine.from_config(config, output=output)
+    try:
+        machine = Machine.from_config(config, output=output)
+    except (OSError, MemoryError) as err:
+        # A few bytes of file can claim a terabyte of RAM (zero pages are not
+        # stored): the host refusing to map it is the file's problem too.
+        why = getattr(err, "strerror", None) or type(err).__name__
+        if getattr(err, "filename", None):
+            why = f"{err.filename}: {why}"   # a disk image
+        raise SnapshotError(f"the snapshot's machine cannot be built here: {config.mem_size} "
+                            f"bytes of RAM, {config.vcpus} vCPUs ({why})") from None
     try:
         _restore(machine, sections, meta, images)
+    except KvmError as err:
+        # The file passed every check we know how to make, yet KVM refused a
+        # value in it (a CR4 bit this CPU lacks, an event KVM cannot inject):
+        # still a bad file, not a broken KVM.
+        machine.close()
+        raise SnapshotError(f"KVM refused the snapshot's state: {err}") from None
     except BaseException:
         machine.close()
         raise
