@@ -27,6 +27,10 @@ __all__ = ["Access", "Bus", "BusDevice", "BusError", "Mapping", "UnclaimedAccess
 #: addresses must not grow the cache without bound: it is emptied when full).
 _LOOKUP_CACHE_LIMIT = 4096
 
+#: What the lookup cache answers for an address it has not seen (``None``
+#: is a cached answer: nobody decodes that address).
+_NOT_CACHED = object()
+
 
 def all_ones(size: int) -> int:
     """What a read of ``size`` bytes returns from a floating bus: every bit set.
@@ -108,8 +112,13 @@ class Access:
 
 
 class UnclaimedAccess(NamedTuple):
-    """An access no device decoded (kept as a small tuple: a probing guest
-    may make millions of them)."""
+    """An access no device decoded.
+
+    The bus keeps plain tuples and makes these only when the history is
+    read (:attr:`Bus.unclaimed`): a probing guest may make millions of
+    unclaimed accesses, and a NamedTuple's constructor is a Python function
+    call on every one of them.
+    """
 
     address: int
     size: int
@@ -130,9 +139,16 @@ class Bus:
         self._bases: list[int] = []
         self._mappings: list[Mapping] = []
         self._cache: dict[int, Mapping | None] = {}
-        #: The most recent unclaimed accesses (bounded: a guest may probe forever).
-        self.unclaimed: deque[UnclaimedAccess] = deque(maxlen=unclaimed_history)
+        # The most recent unclaimed accesses as plain (address, size,
+        # is_write, value) tuples (bounded: a guest may probe forever).
+        self._unclaimed: deque[tuple[int, int, bool, int]] = deque(maxlen=unclaimed_history)
+        #: How many accesses no device decoded, ever.
         self.unclaimed_count = 0
+
+    @property
+    def unclaimed(self) -> tuple[UnclaimedAccess, ...]:
+        """The most recent unclaimed accesses, oldest first (a snapshot)."""
+        return tuple(map(UnclaimedAccess._make, self._unclaimed))
 
     @property
     def mappings(self) -> tuple[Mapping, ...]:
@@ -182,21 +198,25 @@ class Bus:
     def write_value(self, address: int, size: int, value: int) -> None:
         """A write without the :class:`Access` record: what a VMM does when
         nobody listens (the machine's fast path). Same effect as :meth:`write`."""
-        mapping = self._cache.get(address) or self.find(address)
+        mapping = self._cache.get(address, _NOT_CACHED)
+        if mapping is _NOT_CACHED:
+            mapping = self.find(address)
         value &= (1 << (8 * size)) - 1
         if mapping is None:
             self.unclaimed_count += 1
-            self.unclaimed.append(UnclaimedAccess(address, size, True, value))
+            self._unclaimed.append((address, size, True, value))
         else:
             mapping.device.write(address - mapping.base, size, value)
 
     def read_value(self, address: int, size: int) -> int:
         """A read without the :class:`Access` record (see :meth:`write_value`)."""
-        mapping = self._cache.get(address) or self.find(address)
+        mapping = self._cache.get(address, _NOT_CACHED)
+        if mapping is _NOT_CACHED:
+            mapping = self.find(address)
         if mapping is None:
             value = (1 << (8 * size)) - 1
             self.unclaimed_count += 1
-            self.unclaimed.append(UnclaimedAccess(address, size, False, value))
+            self._unclaimed.append((address, size, False, value))
             return value
         return mapping.device.read(address - mapping.base, size) & ((1 << (8 * size)) - 1)
 
@@ -235,8 +255,7 @@ class Bus:
 
     def _record_unclaimed(self, access: Access, explain: bool) -> None:
         self.unclaimed_count += 1
-        self.unclaimed.append(UnclaimedAccess(access.address, access.size, access.is_write,
-                                              access.value))
+        self._unclaimed.append((access.address, access.size, access.is_write, access.value))
         if explain:
             what = "port" if self.space == "pio" else "address"
             if access.is_write:
