@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["Access", "Bus", "BusDevice", "BusError", "Mapping", "UnclaimedAccess", "all_ones"]
@@ -75,9 +74,12 @@ class BusError(Exception):
     """A registration that would overlap another, or an empty range."""
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """A device decoding ``[base, base + size)``."""
+# The two records below are written out rather than made with @dataclass:
+# every command imports the bus, and a dataclass costs ~1 ms to create at
+# import (its methods are compiled from source), more than the bus itself.
+
+class Mapping(NamedTuple):
+    """A device decoding ``[base, base + size)`` (immutable, compared by value)."""
 
     base: int
     size: int
@@ -88,19 +90,39 @@ class Mapping:
         return self.base + self.size
 
 
-@dataclass
 class Access:
-    """One access that went over a bus, with its meaning when asked for."""
+    """One access that went over a bus, with its meaning when asked for.
 
-    space: str  # "pio" or "mmio"
-    address: int
-    size: int
-    is_write: bool
-    value: int
-    device: BusDevice | None = None
-    offset: int = 0
-    register: str = ""
-    description: str = ""
+    Made for every exit someone listens to; ``register`` and
+    ``description`` are filled in afterwards when words are asked for.
+    """
+
+    __slots__ = ("space", "address", "size", "is_write", "value", "device", "offset",
+                 "register", "description")
+
+    def __init__(self, space: str, address: int, size: int, is_write: bool, value: int,
+                 device: BusDevice | None = None, offset: int = 0, register: str = "",
+                 description: str = "") -> None:
+        self.space = space   # "pio" or "mmio"
+        self.address = address
+        self.size = size
+        self.is_write = is_write
+        self.value = value
+        self.device = device
+        self.offset = offset
+        self.register = register
+        self.description = description
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Access({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Access:
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def claimed(self) -> bool:
