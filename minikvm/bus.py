@@ -244,14 +244,16 @@ class Bus:
 
     def read(self, address: int, size: int, explain: bool = False) -> Access:
         """Perform a read; ``explain`` also asks the device for words."""
-        mapping = self.find(address)
+        mapping = self._cache.get(address, _NOT_CACHED)
+        if mapping is _NOT_CACHED:
+            mapping = self.find(address)
         if mapping is None:
-            access = Access(self.space, address, size, False, all_ones(size))
+            access = Access(self.space, address, size, False, (1 << (8 * size)) - 1)
             self._record_unclaimed(access, explain)
             return access
         offset = address - mapping.base
         device = mapping.device
-        value = device.read(offset, size) & all_ones(size)
+        value = device.read(offset, size) & ((1 << (8 * size)) - 1)
         access = Access(self.space, address, size, False, value, device, offset)
         if explain:
             access.register = device.register_name(offset, False)
@@ -260,8 +262,10 @@ class Bus:
 
     def write(self, address: int, size: int, value: int, explain: bool = False) -> Access:
         """Perform a write; ``explain`` also asks the device for words."""
-        value &= all_ones(size)
-        mapping = self.find(address)
+        value &= (1 << (8 * size)) - 1
+        mapping = self._cache.get(address, _NOT_CACHED)
+        if mapping is _NOT_CACHED:
+            mapping = self.find(address)
         if mapping is None:
             access = Access(self.space, address, size, True, value)
             self._record_unclaimed(access, explain)
