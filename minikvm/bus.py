@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["Access", "Bus", "BusDevice", "BusError", "Mapping", "UnclaimedAccess", "all_ones"]
@@ -26,6 +25,10 @@ __all__ = ["Access", "Bus", "BusDevice", "BusError", "Mapping", "UnclaimedAccess
 #: Addresses whose lookup the bus remembers (a guest that sweeps MMIO
 #: addresses must not grow the cache without bound: it is emptied when full).
 _LOOKUP_CACHE_LIMIT = 4096
+
+#: What the lookup cache answers for an address it has not seen (``None``
+#: is a cached answer: nobody decodes that address).
+_NOT_CACHED = object()
 
 
 def all_ones(size: int) -> int:
@@ -71,9 +74,12 @@ class BusError(Exception):
     """A registration that would overlap another, or an empty range."""
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """A device decoding ``[base, base + size)``."""
+# The two records below are written out rather than made with @dataclass:
+# every command imports the bus, and a dataclass costs ~1 ms to create at
+# import (its methods are compiled from source), more than the bus itself.
+
+class Mapping(NamedTuple):
+    """A device decoding ``[base, base + size)`` (immutable, compared by value)."""
 
     base: int
     size: int
@@ -84,19 +90,39 @@ class Mapping:
         return self.base + self.size
 
 
-@dataclass
 class Access:
-    """One access that went over a bus, with its meaning when asked for."""
+    """One access that went over a bus, with its meaning when asked for.
 
-    space: str  # "pio" or "mmio"
-    address: int
-    size: int
-    is_write: bool
-    value: int
-    device: BusDevice | None = None
-    offset: int = 0
-    register: str = ""
-    description: str = ""
+    Made for every exit someone listens to; ``register`` and
+    ``description`` are filled in afterwards when words are asked for.
+    """
+
+    __slots__ = ("space", "address", "size", "is_write", "value", "device", "offset",
+                 "register", "description")
+
+    def __init__(self, space: str, address: int, size: int, is_write: bool, value: int,
+                 device: BusDevice | None = None, offset: int = 0, register: str = "",
+                 description: str = "") -> None:
+        self.space = space   # "pio" or "mmio"
+        self.address = address
+        self.size = size
+        self.is_write = is_write
+        self.value = value
+        self.device = device
+        self.offset = offset
+        self.register = register
+        self.description = description
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"Access({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Access:
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def claimed(self) -> bool:
@@ -108,8 +134,13 @@ class Access:
 
 
 class UnclaimedAccess(NamedTuple):
-    """An access no device decoded (kept as a small tuple: a probing guest
-    may make millions of them)."""
+    """An access no device decoded.
+
+    The bus keeps plain tuples and makes these only when the history is
+    read (:attr:`Bus.unclaimed`): a probing guest may make millions of
+    unclaimed accesses, and a NamedTuple's constructor is a Python function
+    call on every one of them.
+    """
 
     address: int
     size: int
@@ -130,9 +161,16 @@ class Bus:
         self._bases: list[int] = []
         self._mappings: list[Mapping] = []
         self._cache: dict[int, Mapping | None] = {}
-        #: The most recent unclaimed accesses (bounded: a guest may probe forever).
-        self.unclaimed: deque[UnclaimedAccess] = deque(maxlen=unclaimed_history)
+        # The most recent unclaimed accesses as plain (address, size,
+        # is_write, value) tuples (bounded: a guest may probe forever).
+        self._unclaimed: deque[tuple[int, int, bool, int]] = deque(maxlen=unclaimed_history)
+        #: How many accesses no device decoded, ever.
         self.unclaimed_count = 0
+
+    @property
+    def unclaimed(self) -> tuple[UnclaimedAccess, ...]:
+        """The most recent unclaimed accesses, oldest first (a snapshot)."""
+        return tuple(map(UnclaimedAccess._make, self._unclaimed))
 
     @property
     def mappings(self) -> tuple[Mapping, ...]:
@@ -182,34 +220,40 @@ class Bus:
     def write_value(self, address: int, size: int, value: int) -> None:
         """A write without the :class:`Access` record: what a VMM does when
         nobody listens (the machine's fast path). Same effect as :meth:`write`."""
-        mapping = self._cache.get(address) or self.find(address)
+        mapping = self._cache.get(address, _NOT_CACHED)
+        if mapping is _NOT_CACHED:
+            mapping = self.find(address)
         value &= (1 << (8 * size)) - 1
         if mapping is None:
             self.unclaimed_count += 1
-            self.unclaimed.append(UnclaimedAccess(address, size, True, value))
+            self._unclaimed.append((address, size, True, value))
         else:
             mapping.device.write(address - mapping.base, size, value)
 
     def read_value(self, address: int, size: int) -> int:
         """A read without the :class:`Access` record (see :meth:`write_value`)."""
-        mapping = self._cache.get(address) or self.find(address)
+        mapping = self._cache.get(address, _NOT_CACHED)
+        if mapping is _NOT_CACHED:
+            mapping = self.find(address)
         if mapping is None:
             value = (1 << (8 * size)) - 1
             self.unclaimed_count += 1
-            self.unclaimed.append(UnclaimedAccess(address, size, False, value))
+            self._unclaimed.append((address, size, False, value))
             return value
         return mapping.device.read(address - mapping.base, size) & ((1 << (8 * size)) - 1)
 
     def read(self, address: int, size: int, explain: bool = False) -> Access:
         """Perform a read; ``explain`` also asks the device for words."""
-        mapping = self.find(address)
+        mapping = self._cache.get(address, _NOT_CACHED)
+        if mapping is _NOT_CACHED:
+            mapping = self.find(address)
         if mapping is None:
-            access = Access(self.space, address, size, False, all_ones(size))
+            access = Access(self.space, address, size, False, (1 << (8 * size)) - 1)
             self._record_unclaimed(access, explain)
             return access
         offset = address - mapping.base
         device = mapping.device
-        value = device.read(offset, size) & all_ones(size)
+        value = device.read(offset, size) & ((1 << (8 * size)) - 1)
         access = Access(self.space, address, size, False, value, device, offset)
         if explain:
             access.register = device.register_name(offset, False)
@@ -218,8 +262,10 @@ class Bus:
 
     def write(self, address: int, size: int, value: int, explain: bool = False) -> Access:
         """Perform a write; ``explain`` also asks the device for words."""
-        value &= all_ones(size)
-        mapping = self.find(address)
+        value &= (1 << (8 * size)) - 1
+        mapping = self._cache.get(address, _NOT_CACHED)
+        if mapping is _NOT_CACHED:
+            mapping = self.find(address)
         if mapping is None:
             access = Access(self.space, address, size, True, value)
             self._record_unclaimed(access, explain)
@@ -235,8 +281,7 @@ class Bus:
 
     def _record_unclaimed(self, access: Access, explain: bool) -> None:
         self.unclaimed_count += 1
-        self.unclaimed.append(UnclaimedAccess(access.address, access.size, access.is_write,
-                                              access.value))
+        self._unclaimed.append((access.address, access.size, access.is_write, access.value))
         if explain:
             what = "port" if self.space == "pio" else "address"
             if access.is_write:

@@ -184,3 +184,36 @@ def test_lookup_agrees_with_a_linear_model(ranges, probe):
     expected = [d for b, s, d in accepted if b <= probe < b + s]
     found = bus.find(probe)
     assert (found.device if found else None) is (expected[0] if expected else None)
+
+
+_UNCLAIMED_OPS = st.lists(st.tuples(st.sampled_from(["write", "read", "write_value", "read_value"]),
+                                    st.integers(0, 0xFFFF), st.sampled_from([1, 2, 4]),
+                                    st.integers(0, (1 << 32) - 1)), max_size=30)
+
+
+@settings(max_examples=50, deadline=None)
+@given(_UNCLAIMED_OPS)
+def test_unclaimed_history_holds_the_newest_accesses_in_order_whichever_path_made_them(ops):
+    # Both paths -- with an Access record (listeners) and without (the fast
+    # path) -- count every access and keep the newest `unclaimed_history`.
+    bus = Bus("pio", unclaimed_history=8)
+    bus.register(0x3F8, 8, Recorder())
+    model = []
+    for how, port, size, value in ops:
+        if 0x3F8 <= port < 0x400:
+            continue
+        mask = (1 << (8 * size)) - 1
+        if how == "write":
+            bus.write(port, size, value)
+        elif how == "write_value":
+            bus.write_value(port, size, value)
+        elif how == "read":
+            assert bus.read(port, size).value == mask
+        else:
+            assert bus.read_value(port, size) == mask
+        is_write = how.startswith("write")
+        model.append((port, size, is_write, value & mask if is_write else mask))
+    assert bus.unclaimed_count == len(model)
+    assert [tuple(access) for access in bus.unclaimed] == model[-8:]
+    assert all(access.address == entry[0] and access.is_write == entry[2]
+               for access, entry in zip(bus.unclaimed, model[-8:]))

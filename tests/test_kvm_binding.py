@@ -82,6 +82,22 @@ def test_out_exit_carries_port_size_and_data():
     assert isinstance(vcpu.run(), Hlt)
 
 
+def test_exit_records_compare_by_value_and_leave_run_page_views_out_of_their_repr():
+    # What the exits promised as dataclasses: equal when type and fields are,
+    # not hashable, no attributes beyond their fields; a view of the run page
+    # (IoIn's, MmioRead's buffer) is not shown, its bytes change at the next run.
+    assert IoOut(0xE9, 1, 1, b"A") == IoOut(0xE9, 1, 1, b"A")
+    assert IoOut(0xE9, 1, 1, b"A") != IoOut(0xE9, 1, 1, b"B")
+    assert Hlt(True) != Hlt(False) and Hlt(True) != True   # noqa: E712
+    assert repr(IoOut(0xE9, 1, 1, b"A")) == "IoOut(port=233, size=1, count=1, data=b'A')"
+    assert repr(MmioRead(0xD000_0000, 4, memoryview(bytearray(8)))) == (
+        "MmioRead(address=3489660928, length=4)")
+    with pytest.raises(TypeError):
+        hash(Hlt(False))
+    with pytest.raises(AttributeError):
+        IoIn(0x60, 1, 1, memoryview(bytearray(1))).extra = 1
+
+
 def test_in_exit_is_completed_with_the_vmm_value():
     # in ax, 0x60 ; hlt
     kvm, vm, vcpu, memory = real_mode_vm(b"\xe5\x60\xf4")

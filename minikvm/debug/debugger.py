@@ -22,8 +22,9 @@ and says which.
 
 What is left here is the run to the next stop (:meth:`Debugger.cont`):
 single-stepping when some breakpoint or watchpoint needs it, else running
-freely with debug registers and ``int3`` armed, every ``KVM_RUN`` through the
-vCPU's runner (pause and timeout are the runner's and the core Watchdog's).
+freely with debug registers and ``int3`` armed (:mod:`~minikvm.debug.freerun`,
+the loop that runs once per exit), every ``KVM_RUN`` through the vCPU's
+runner (pause and timeout are the runner's and the core Watchdog's).
 Every stop is the core :class:`~minikvm.core.stop.Stop`: ``BREAKPOINT``,
 ``WATCHPOINT`` (with ``old_value``/``new_value``), ``EXIT_MATCHED``,
 ``STEP_LIMIT``, ``DEBUG_EXCEPTION``, ``PAUSED``, ``TIMEOUT``, or the
@@ -40,9 +41,10 @@ from minikvm.core.runner import Watchdog
 from minikvm.core.stop import Stop, StopKind
 from minikvm.debug.arming import Arming
 from minikvm.debug.backwards import reverse_cont, step_back
-from minikvm.debug.breakpoints import Breakpoint, BreakpointKind, WatchKind, Watchpoint, dr6_slots
+from minikvm.debug.breakpoints import Breakpoint, BreakpointKind, WatchKind, Watchpoint
 from minikvm.debug.disasm import Instruction
 from minikvm.debug.errors import DebuggerError
+from minikvm.debug.freerun import run_free
 from minikvm.debug.events import ExitFilter, StepRecord
 from minikvm.debug.guestview import GuestView
 from minikvm.debug.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, History
@@ -52,7 +54,6 @@ from minikvm.debug.recorder import Recorder
 from minikvm.debug.stepper import Stepper
 from minikvm.debug.stops import Stops
 from minikvm.debug.watch import Predicted, WatchChecks
-from minikvm.kvm.exits import Debug
 from minikvm.kvm.uapi import kvm_debugregs, kvm_regs, kvm_sregs
 from minikvm.machine import Machine
 from minikvm.x86.paging import Translation
@@ -359,7 +360,7 @@ class Debugger:
                 stop = self._step_and_check(until, steps)
                 if stop is not None:
                     return stop
-        return self._run_free(until, steps)
+        return run_free(self, until, steps)
 
     def _step_and_check(self, until: _Matcher | None, steps: int) -> Stop | None:
         """Step one instruction; the stop it ran into, if any."""
@@ -388,49 +389,6 @@ class Debugger:
         if bp is not None:
             return self.stops.breakpoint(bp, steps)
         return None
-
-    def _run_free(self, until: _Matcher | None, steps: int) -> Stop:
-        """Let the guest run, with int3s and debug registers armed."""
-        self.arming.insert_int3s(self.view.physical)
-        self.runner.set_guest_debug(self.arming.running_state())
-        machine = self.machine
-        index = self.runner.index
-        while True:
-            stop = self.stops.control(steps)
-            if stop is not None:
-                return stop
-            event = machine.step(explain=True, capture_rip=bool(machine.listeners), vcpu=index)
-            exit = event.exit
-            if type(exit) is Debug:
-                return self._on_debug(exit, event, steps)
-            if event.stop is not None:
-                self.stepper.complete(exit)
-                return self.stops.guest_stopped(event.stop, event, steps)
-            if until is not None and until(event):
-                self.stepper.complete(exit)
-                return self.stops.exit_matched(event, steps)
-
-    def _on_debug(self, exit: Debug, event: ExitEvent, steps: int) -> Stop:
-        """A #DB or #BP while running freely: which breakpoint or watchpoint?"""
-        if exit.exception == 3:
-            bp = self.arming.int3_hit(exit.pc)
-            if bp is not None:
-                if self.view.pc == bp.address + 1:   # report the int3's own address
-                    regs = self.view.regs()
-                    regs.rip -= 1
-                    self.vcpu.set_regs(regs)
-                    self.view.invalidate()
-                return self.stops.breakpoint(bp, steps)
-        for slot in dr6_slots(exit.dr6):
-            owner = self.arming.slot_owner(slot)
-            if isinstance(owner, Breakpoint):
-                return self.stops.breakpoint(owner, steps)
-            if isinstance(owner, Watchpoint):
-                return self.watches.hit(owner, self.view.rip, steps, "was accessed")
-        name = "#BP (int3)" if exit.exception == 3 else "#DB"
-        return self.stops.stop(StopKind.DEBUG_EXCEPTION,
-                               f"{name} the debugger did not ask for at {exit.pc:#x} "
-                               f"(dr6={exit.dr6:#x})", steps, event=event)
 
     # -- lifetime -----------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from minikvm.core.events import ExitEvent
 from minikvm.core.stop import Stop
-from minikvm.debug.inspect import RegisterSnapshot, changed_registers
+from minikvm.debug.inspect import RegisterSnapshot, changed_in_regs
 from minikvm.kvm.exits import Debug, IoIn, IoOut, MmioRead, MmioWrite
 from minikvm.kvm.uapi import kvm_regs
 
@@ -94,7 +94,7 @@ class StepRecord:
     @property
     def changed(self) -> tuple[str, ...]:
         """Registers whose value the instruction changed (RIP nearly always)."""
-        return changed_registers(self.before, self.after)
+        return changed_in_regs(self.before, self.after)
 
     @property
     def registers(self) -> RegisterSnapshot:

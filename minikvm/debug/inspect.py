@@ -25,6 +25,7 @@ __all__ = [
     "FpuState",
     "RegisterSnapshot",
     "SREG_NAMES",
+    "changed_in_regs",
     "changed_registers",
     "describe_control_registers",
     "describe_debug_registers",
@@ -131,17 +132,23 @@ def changed_registers(old: Any, new: Any) -> tuple[str, ...]:
     if snapshots == 1:
         raise TypeError("compare two snapshots or two kvm_regs, not one of each")
     if not snapshots:
-        difference = _from_bytes(old, "little") ^ _from_bytes(new, "little")
-        if not difference:
-            return ()
-        words = _REGS_ARRAY.unpack(difference.to_bytes(_REGS_ARRAY.size, "little"))
-        return tuple(compress(_REG_FIELDS, words))
+        return changed_in_regs(old, new)
     changed = []
     for name in _SNAPSHOT_FIELDS:
         a, b = getattr(old, name), getattr(new, name)
         if a is not None and b is not None and a != b:
             changed.append(name)
     return tuple(changed)
+
+
+def changed_in_regs(old: Any, new: Any) -> tuple[str, ...]:
+    """:func:`changed_registers` of two raw ``kvm_regs``, with no type test:
+    what a :class:`~minikvm.debug.events.StepRecord` asks after each step."""
+    difference = _from_bytes(old, "little") ^ _from_bytes(new, "little")
+    if not difference:
+        return ()
+    return tuple(compress(_REG_FIELDS,
+                          _REGS_ARRAY.unpack(difference.to_bytes(_REGS_ARRAY.size, "little"))))
 
 
 def describe_rflags(value: int) -> str:

@@ -1,0 +1,91 @@
+"""The debugger's free run: the guest at full speed between exits, with
+debug registers and ``int3`` armed, until something is worth stopping for.
+
+This is the loop under the TUI's "continue" and a GDB client's ``c``: it runs
+once per VM exit, possibly for millions of exits, so it does on each only
+what a stop needs to be noticed. The exit is run and handled by the machine
+(:func:`~minikvm.runloop.next_event`: the bus, the listeners, the machine's
+own stop rules, a single ``in``/``out`` straight from the run page); the
+loop then asks three questions, cheapest first: did the guest or a device
+end the run (``event.stop``), was it a ``#DB``/``#BP`` of ours
+(``KVM_EXIT_DEBUG``), and does the caller's ``until`` match it. A pause or
+the end of the time is asked for from another thread by setting a flag on
+the runner; only when one is set does :meth:`Stops.control` build the stop.
+
+A ``#DB`` or ``#BP`` is told apart by what KVM reports with it
+(``kvm_run.debug.arch``, Documentation/virt/kvm/api.rst): the exception
+vector (1 or 3), the address, and DR6, whose B0-B3 bits name the debug
+register that fired (SDM vol. 3B, 17.2.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from minikvm.core.events import ExitEvent
+from minikvm.core.stop import Stop, StopKind
+from minikvm.debug.breakpoints import Breakpoint, Watchpoint, dr6_slots
+from minikvm.kvm.exits import Debug
+from minikvm.runloop import next_event
+
+if TYPE_CHECKING:
+    from minikvm.debug.debugger import Debugger
+
+__all__ = ["run_free"]
+
+#: The exception vector of ``int3`` (#BP); a single step or a debug
+#: register reports #DB, vector 1 (SDM vol. 3A, 6.3.1).
+_BP_VECTOR = 3
+
+
+def run_free(debugger: Debugger, until: Callable[[ExitEvent], bool] | None,
+             steps: int) -> Stop:
+    """Let the guest run, with ``int3``s and debug registers armed, until a
+    stop; ``steps`` is how many instructions were single-stepped before."""
+    arming, view, runner = debugger.arming, debugger.view, debugger.runner
+    arming.insert_int3s(view.physical)
+    runner.set_guest_debug(arming.running_state())
+    machine, stops = debugger.machine, debugger.stops
+    listeners = machine.listeners
+    while True:
+        # Stops.control answers None unless one of these two flags is set.
+        if runner.pause_requested or runner.timed_out:
+            stop = stops.control(steps)
+            if stop is not None:
+                return stop
+        event = next_event(machine, runner, True, bool(listeners))
+        exit = event.exit
+        if event.stop is None and type(exit) is not Debug and (until is None
+                                                                  or not until(event)):
+            continue
+        if type(exit) is Debug:
+            return _on_debug(debugger, exit, event, steps)
+        debugger.stepper.complete(exit)
+        if event.stop is not None:
+            return stops.guest_stopped(event.stop, event, steps)
+        return stops.exit_matched(event, steps)
+
+
+def _on_debug(debugger: Debugger, exit: Debug, event: ExitEvent, steps: int) -> Stop:
+    """A #DB or #BP while running freely: which breakpoint or watchpoint?"""
+    arming, view, stops = debugger.arming, debugger.view, debugger.stops
+    if exit.exception == _BP_VECTOR:
+        bp = arming.int3_hit(exit.pc)
+        if bp is not None:
+            if view.pc == bp.address + 1:   # report the int3's own address
+                regs = view.regs()
+                regs.rip -= 1
+                debugger.vcpu.set_regs(regs)
+                view.invalidate()
+            return stops.breakpoint(bp, steps)
+    for slot in dr6_slots(exit.dr6):
+        owner = arming.slot_owner(slot)
+        if isinstance(owner, Breakpoint):
+            return stops.breakpoint(owner, steps)
+        if isinstance(owner, Watchpoint):
+            return debugger.watches.hit(owner, view.rip, steps, "was accessed")
+    name = "#BP (int3)" if exit.exception == _BP_VECTOR else "#DB"
+    return stops.stop(StopKind.DEBUG_EXCEPTION,
+                      f"{name} the debugger did not ask for at {exit.pc:#x} "
+                      f"(dr6={exit.dr6:#x})", steps, event=event)
