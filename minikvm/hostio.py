@@ -547,7 +547,12 @@ class RawStdin:
                 os.write(wake_w, b"x")
             except OSError:
                 pass
-            thread.join(timeout=2.0)
+            try:
+                thread.join(timeout=2.0)
+            except RuntimeError:
+                # Ctrl-C came while start_reader() was starting it: the thread
+                # never ran (or, started after all, sees _stop and ends).
+                pass
             os.close(wake_w)
 
 

@@ -382,3 +382,23 @@ def test_termination_signals_unwind_with_128_plus_the_signal(signum):
     assert caught.value.status == 128 + signum
     assert caught.value.name in str(caught.value)
     assert signal.getsignal(signum) == before    # the old handler is back
+
+
+def test_ctrl_c_while_the_reader_starts_still_lets_stop_reader_clean_up(monkeypatch):
+    """Ctrl-C can land inside ``Thread.start()`` (the terminal is raw, the
+    user is quick): ``stop_reader`` in the ``finally`` must not raise."""
+    read_end, write_end = os.pipe()
+
+    def interrupted_start(self) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        with RawStdin(fd=read_end) as stdin:
+            monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+            with pytest.raises(KeyboardInterrupt):
+                stdin.start_reader(HostInput())
+            monkeypatch.undo()
+            stdin.stop_reader()          # no "cannot join thread before it is started"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
