@@ -88,7 +88,9 @@ def wants_words(listeners: list) -> bool:
     the TUI's log. A listener that only counts exits or reads their RIP may
     say so with an attribute ``words = False`` (on the function or the
     object); when every listener says so the machine leaves the words
-    empty. Without the attribute a listener gets them.
+    empty. Without the attribute a listener gets them. The machine's run
+    loop asks again only when the list of listeners changes, so the
+    attribute is a listener's fixed property, not a switch.
     """
     for listener in listeners:
         if getattr(listener, "words", True):
