@@ -61,6 +61,8 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
     while True:
         # Nobody listening: no event is made, so no clock is read (an
         # ExitEvent of another exit, made then, only carries the stop here).
+        # A listener added while the vCPU is in such a run gets its first
+        # event with the times of an earlier run.
         reason = run_reason(True) if listeners else run_reason(False)
         if reason == _KVM_EXIT_IO:
             direction, size, port, count, offset = read_io(page)
