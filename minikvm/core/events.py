@@ -146,9 +146,12 @@ def describe_exit(exit: VmExit, access: Access | None, accesses: int,
     interrupts off).
     """
     if access is not None:
-        where = f"port {access.address:#06x}" if access.space == "pio" else f"{access.address:#x}"
-        verb = "write" if access.is_write else "read"
-        text = access.description or f"{access.size}-byte {verb} at {where}"
+        text = access.description   # the device's own words, when it has some
+        if not text:
+            where = (f"port {access.address:#06x}" if access.space == "pio"
+                     else f"{access.address:#x}")
+            verb = "write" if access.is_write else "read"
+            text = f"{access.size}-byte {verb} at {where}"
         if accesses > 1:
             text += f" (string I/O: {accesses} items in one exit)"
         return text
