@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["next_event", "pio_event", "run_all", "run_vcpu"]
 
 _KVM_EXIT_IO = int(KvmExit.KVM_EXIT_IO)
+#: The data of every one-byte ``out``, made once: an exit object for the
+#: commonest exit then needs no slice of the run page and no new bytes.
+_ONE_BYTE = tuple(bytes((value,)) for value in range(256))
 
 
 def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
@@ -51,21 +54,33 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
     run_reason = runner.run_reason
     handle = machine.handle_exit
     limit = None if max_exits is None else machine.exit_count + max_exits
+    checks = limit is not None or until is not None
+    # Whether the listeners read words, worked out again when they change.
+    heard: list = []
+    words = False
     while True:
-        reason = run_reason()
-        fast = False
+        # Nobody listening: no event is made, so no clock is read (an
+        # ExitEvent of another exit, made then, only carries the stop here).
+        # A listener added while the vCPU is in such a run gets its first
+        # event with the times of an earlier run.
+        reason = run_reason(True) if listeners else run_reason(False)
         if reason == _KVM_EXIT_IO:
             direction, size, port, count, offset = read_io(page)
             # KVM chooses size and data offset, but a size of 0 or a slice
             # out of the page would be silently wrong here: decode_exit
             # checks both (and makes such an exit Unknown).
             fast = count == 1 and 0 < size and offset + size <= page_size
+        else:
+            fast = False
         if not fast:
             stop = handle(runner.decode(reason), runner, explain=wants_words(listeners),
                           capture_rip=bool(listeners)).stop
         elif listeners:
-            stop = pio_event(machine, runner, direction, size, port, offset,
-                             wants_words(listeners), True).stop
+            if listeners != heard:
+                heard = listeners.copy()
+                words = wants_words(heard)
+            stop = pio_event(machine, runner, page, direction, size, port, offset,
+                             words, True).stop
         else:
             with lock:
                 if serial_input.waiting:
@@ -81,14 +96,18 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
                     page[offset:offset + size] = pio.read_value(
                         port, size).to_bytes(size, "little")
                 machine.exit_count += 1
-                device_stop, machine.device_stop = machine.device_stop, None
-            stop = None if device_stop is None else device_stop.but(vcpu=runner.index)
+                # A device's stop request is rare: looked at, taken only when there.
+                stop = machine.device_stop
+                if stop is not None:
+                    machine.device_stop = None
+                    stop = stop.but(vcpu=runner.index)
         if stop is not None:
             return stop  # type: ignore[return-value]
-        if limit is not None and machine.exit_count >= limit:
-            return _limit_stop(runner, max_exits)
-        if until is not None and until():
-            return _until_stop(runner)
+        if checks:
+            if limit is not None and machine.exit_count >= limit:
+                return _limit_stop(runner, max_exits)
+            if until is not None and until():
+                return _until_stop(runner)
 
 
 def next_event(machine: Machine, runner: VcpuRunner, explain: bool,
@@ -101,47 +120,53 @@ def next_event(machine: Machine, runner: VcpuRunner, explain: bool,
         page = runner.vcpu.page
         direction, size, port, count, offset = read_io(page)
         if count == 1 and 0 < size and offset + size <= len(page):   # as in run_vcpu
-            return pio_event(machine, runner, direction, size, port, offset, explain,
+            return pio_event(machine, runner, page, direction, size, port, offset, explain,
                              capture_rip)
     return machine.handle_exit(runner.decode(reason), runner, explain=explain,
                                capture_rip=capture_rip)
 
 
-def pio_event(machine: Machine, runner: VcpuRunner, direction: int, size: int, port: int,
-              offset: int, explain: bool, capture_rip: bool) -> ExitEvent:
+def pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction: int,
+              size: int, port: int, offset: int, explain: bool,
+              capture_rip: bool) -> ExitEvent:
     """What :meth:`Machine.handle_exit` does with a single ``in``/``out``
     (``count`` 1), from the fields :func:`read_io` read off the run page:
     the same exit object, bus access, stop, words and RIP, the same
-    listeners called in the same order -- without ctypes.
+    listeners called in the same order -- without ctypes. ``page`` is the
+    vCPU's run page (``runner.vcpu.page``, which the caller holds).
 
     The words are made here, before the next exit, because a device
     describes its state *now* (a UART's "LSR read: data ready" is wrong
     once the guest has read the byte).
     """
-    page = runner.vcpu.page
     with machine.lock:
         if machine.serial_input.waiting:
             machine.deliver_host_input()
         if direction == KVM_EXIT_IO_OUT:
-            data = bytes(page[offset:offset + size])
+            if size == 1:
+                value = page[offset]
+                data = _ONE_BYTE[value]
+            else:
+                data = bytes(page[offset:offset + size])
+                value = int.from_bytes(data, "little")
             exit: IoOut | IoIn = IoOut(port, size, 1, data)
-            access = machine.pio.write(port, size, int.from_bytes(data, "little"), explain)
+            access = machine.pio.write(port, size, value, explain)
         else:
             buffer = page[offset:offset + size]
             exit = IoIn(port, size, 1, buffer)
             access = machine.pio.read(port, size, explain)
             buffer[:] = access.value.to_bytes(size, "little")
         machine.exit_count += 1
-        device_stop, machine.device_stop = machine.device_stop, None
         returned = runner.returned
         event = ExitEvent(machine.exit_count, returned, returned - runner.started, exit,
-                          access, 1, vcpu=runner.index)
+                          access, 1, rip=runner.rip() if capture_rip else None,
+                          vcpu=runner.index)
+        device_stop = machine.device_stop
         if device_stop is not None:   # decide_stop: I/O goes on unless a device asked
+            machine.device_stop = None
             event.stop = device_stop.but(vcpu=runner.index)
         if explain:
             event.description = describe_exit(exit, access, 1, event.stop)
-        if capture_rip:
-            event.rip = runner.rip()
         for listener in machine.listeners:
             listener(event)
     return event

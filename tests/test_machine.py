@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -165,6 +166,43 @@ def test_the_fast_path_gives_listeners_the_events_the_general_path_gives(guests,
     assert any(reason == "IO_IN" for _, _, reason, *_ in fast)
     assert [row[:8] + row[9:] for row in fast] == [row[:8] + row[9:] for row in general]
     assert [row[8] for row in fast] == [row[8] for row in general]   # the words
+
+
+def test_every_listened_exit_carries_the_time_of_its_own_kvm_run(guests):
+    """The run loop reads no clock while nobody listens; with a listener each
+    event's run (time - guest_time .. time) lies inside the run, after the
+    previous event's."""
+    events = []
+    with Machine(irqchip=False) as machine:
+        machine.load_flat(guests / "serial_hello.bin", 0x1000)
+        assert machine.run(max_exits=3).kind is StopKind.EXIT_LIMIT   # unlistened: untimed
+        machine.listeners.append(events.append)
+        start = time.monotonic()
+        assert machine.run(timeout=30).kind is StopKind.HALT
+        end = time.monotonic()
+    assert len(events) > 10
+    previous = start
+    for event in events:
+        assert previous <= event.time - event.guest_time <= event.time <= end
+        previous = event.time
+
+
+def test_a_listener_that_reads_words_gets_them_when_it_joins_during_a_run(guests):
+    """Whether to make words is worked out again when the listeners change."""
+    worded = []
+
+    def quiet(event) -> None:
+        if event.seq == 3:
+            machine.listeners.append(worded.append)
+
+    quiet.words = False  # type: ignore[attr-defined]
+    with Machine(irqchip=False) as machine:
+        machine.listeners.append(quiet)
+        machine.load_flat(guests / "serial_hello.bin", 0x1000)
+        assert machine.run(timeout=30).kind is StopKind.HALT
+    # It hears the exit it joined at (made without words) and every one after, with them.
+    assert worded[0].seq == 3 and not worded[0].description
+    assert len(worded) > 10 and all(event.description for event in worded[1:])
 
 
 def test_a_listener_that_reads_no_words_gets_the_same_events_without_them(guests):

@@ -88,7 +88,9 @@ def wants_words(listeners: list) -> bool:
     the TUI's log. A listener that only counts exits or reads their RIP may
     say so with an attribute ``words = False`` (on the function or the
     object); when every listener says so the machine leaves the words
-    empty. Without the attribute a listener gets them.
+    empty. Without the attribute a listener gets them. The machine's run
+    loop asks again only when the list of listeners changes, so the
+    attribute is a listener's fixed property, not a switch.
     """
     for listener in listeners:
         if getattr(listener, "words", True):
@@ -144,9 +146,12 @@ def describe_exit(exit: VmExit, access: Access | None, accesses: int,
     interrupts off).
     """
     if access is not None:
-        where = f"port {access.address:#06x}" if access.space == "pio" else f"{access.address:#x}"
-        verb = "write" if access.is_write else "read"
-        text = access.description or f"{access.size}-byte {verb} at {where}"
+        text = access.description   # the device's own words, when it has some
+        if not text:
+            where = (f"port {access.address:#06x}" if access.space == "pio"
+                     else f"{access.address:#x}")
+            verb = "write" if access.is_write else "read"
+            text = f"{access.size}-byte {verb} at {where}"
         if accesses > 1:
             text += f" (string I/O: {accesses} items in one exit)"
         return text
