@@ -102,6 +102,18 @@ def test_picking_a_parked_ap_shows_its_reset_registers_and_refuses_to_step_it(sm
 
 
 @pytest.mark.kvm
+def test_while_recording_the_tui_keeps_to_the_recorded_vcpu(smp_session):
+    """The undo log is one vCPU's: letting another vCPU run would change
+    memory behind the history's back."""
+    session = smp_session(2)
+    session.debugger.record()
+    assert session.select_vcpu(1).startswith("recording follows this vCPU")
+    assert session.snapshot().vcpu == 0
+    session.debugger.record(False)
+    assert session.select_vcpu(1).startswith("vCPU 1 of 2")
+
+
+@pytest.mark.kvm
 @pytest.mark.slow
 def test_a_step_of_the_picked_ap_moves_only_its_rip(smp_session):
     session = smp_session(2)

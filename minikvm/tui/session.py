@@ -267,6 +267,11 @@ class Session:
         if self.busy:
             self.message = "pause the guest (p) before picking another vCPU"
             return self.message
+        if self.debugger.recording:
+            # The history is one vCPU's: another vCPU's steps would change
+            # memory behind it, and stepping back would undo them wrongly.
+            self.message = "recording follows this vCPU: r turns it off before picking another"
+            return self.message
         current = self.debugger.runner.index
         if index is None:
             index = (current + 1) % self.vcpus
