@@ -35,7 +35,6 @@ polling register C, and by the ACPI sleep logic through
 
 from __future__ import annotations
 
-import calendar
 import time
 from collections.abc import Callable
 from typing import Any
@@ -149,6 +148,7 @@ class Rtc(Device):
             return                    # nonsense from the guest: the clock keeps its time
         fields[where[register]] = decoded
         try:
+            import calendar   # here: it imports datetime, and most runs never set the clock
             wanted = calendar.timegm(tuple(fields) + (0, 0, 0))
         except (OverflowError, ValueError):
             return
