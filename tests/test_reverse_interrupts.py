@@ -6,7 +6,7 @@ would; the wake-up -- the interrupt delivered, its frame pushed, the
 handler's first instruction -- is one recorded step; and every recorded
 state (registers, RAM, devices, and whether the vCPU sleeps in ``hlt``)
 comes back going backwards and again going forwards. A wait that nothing
-can end stops at the timeout, a pause, or (a lone ``stepi``) after
+can end stops at the timeout or a pause, or (a lone ``stepi``) pauses after
 ``LONE_WAIT_TIMEOUT`` -- never a hang.
 """
 
@@ -57,7 +57,7 @@ def walk_back_and_forth(machine: Machine, debugger: Debugger,
 
 def test_a_recorded_echo_is_woken_by_com1_input_and_steps_back_through_the_wake_up(guests):
     sink = BufferSink()
-    with Machine(512 << 10, irqchip=True, output=sink) as machine:
+    with Machine(64 << 10, irqchip=True, output=sink) as machine:   # code, IVT and stack
         machine.load_flat(guests / "serial_echo.bin", 0x1000)
         debugger = Debugger(machine)
         machine.send_serial_input(b"hi\r\x04")      # queued; recording starts next
@@ -155,7 +155,8 @@ def test_a_hlt_nothing_can_wake_ends_at_the_timeout_a_pause_or_the_lone_wait(gue
         started = time.monotonic()
         record = debugger.step_instruction()        # a lone stepi: its own wait
         waited = time.monotonic() - started
-        assert record.stop is not None and record.stop.kind is StopKind.TIMEOUT
+        assert record.stop is not None and record.stop.kind is StopKind.PAUSED
+        assert "still sleeps in hlt" in record.stop.message
         assert LONE_WAIT_TIMEOUT <= waited < LONE_WAIT_TIMEOUT + 2
         threading.Timer(0.3, debugger.pause).start()
         assert debugger.cont().kind is StopKind.PAUSED

@@ -59,7 +59,7 @@ from collections.abc import Callable
 
 from minikvm.core.events import ExitEvent
 from minikvm.core.runner import Watchdog
-from minikvm.core.stop import Stop
+from minikvm.core.stop import Stop, StopKind
 from minikvm.debug.arming import Arming
 from minikvm.debug.breakpoints import DR6_BS
 from minikvm.debug.events import StepRecord
@@ -264,9 +264,17 @@ class Stepper:
         """``step`` outside any run, under a watchdog of its own: its halt
         checks kick a vCPU that kvm-pvm put back to sleep after an ``iret``
         (:meth:`_slept_after`), and it ends a wait after
-        :data:`LONE_WAIT_TIMEOUT` seconds."""
+        :data:`LONE_WAIT_TIMEOUT` seconds with a PAUSED stop (a TIMEOUT
+        would say the guest's run is over)."""
         with Watchdog([self.runner], LONE_WAIT_TIMEOUT):
-            return step()
+            record = step()
+        stop = record.stop
+        if stop is not None and stop.kind is StopKind.TIMEOUT:
+            # Not the guest's end: the step paused, and the vCPU still sleeps.
+            record.stop = stop.but(kind=StopKind.PAUSED, status=None,
+                                   message=f"paused: no interrupt came in {LONE_WAIT_TIMEOUT:g} s; "
+                                   "the vCPU still sleeps in hlt")
+        return record
 
     def sleep(self, asleep: bool) -> None:
         """Make the vCPU sleep in ``hlt`` (or not) as KVM sees it:
