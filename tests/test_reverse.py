@@ -48,14 +48,15 @@ def machine_state(machine: Machine, debugger: Debugger) -> tuple[object, ...]:
     return bytes(vcpu.get_regs()), bytes(vcpu.get_sregs()), bytes(vcpu.get_fpu()), ram, devices
 
 
-def record_to_halt(machine: Machine, debugger: Debugger, most: int) -> list[tuple[object, ...]]:
+def record_to_halt(machine: Machine, debugger: Debugger, most: int,
+                   state=machine_state) -> list[tuple[object, ...]]:
     """Record from here, one instruction at a time, to the guest's ``hlt``
-    (at most ``most`` steps): the state before the first step and after each."""
+    (at most ``most`` steps): the ``state`` before the first step and after each."""
     debugger.record()
-    states = [machine_state(machine, debugger)]
+    states = [state(machine, debugger)]
     for _ in range(most):
         record = debugger.step_instruction()
-        states.append(machine_state(machine, debugger))
+        states.append(state(machine, debugger))
         if record.stop is not None:
             break
     assert record.stop is not None and record.stop.kind is StopKind.HALT

@@ -44,6 +44,9 @@ def run_free(debugger: Debugger, until: Callable[[ExitEvent], bool] | None,
     """Let the guest run, with ``int3``s and debug registers armed, until a
     stop; ``steps`` is how many instructions were single-stepped before."""
     arming, view, runner = debugger.arming, debugger.view, debugger.runner
+    # A vCPU the stepper put to sleep in hlt stays asleep in KVM, where the
+    # free run lets its interrupt wake it; the stepper forgets it.
+    debugger.stepper.asleep = False
     arming.insert_int3s(view.physical)
     runner.set_guest_debug(arming.running_state())
     machine, stops = debugger.machine, debugger.stops

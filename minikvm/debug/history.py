@@ -151,21 +151,25 @@ class Entry:
     ``regs`` is a :func:`word_diff` of ``kvm_regs``; ``sregs``, ``fpu`` and
     ``devices`` are ``(before, after)`` or None when unchanged; ``memory`` the
     changed byte ranges; ``stop`` the machine's stop when the instruction
-    ended the run (``hlt``, the debug-exit port), so a redo reports it again.
+    ended the run (``hlt``, the debug-exit port), so a redo reports it again;
+    ``asleep`` says that after it the vCPU sleeps in ``hlt`` waiting for an
+    interrupt (KVM's MP state HALTED), which undo and redo put back too.
     """
 
-    __slots__ = ("regs", "sregs", "fpu", "memory", "devices", "stop", "size")
+    __slots__ = ("regs", "sregs", "fpu", "memory", "devices", "stop", "asleep", "size")
 
     def __init__(self, regs: bytes, sregs: tuple[bytes, bytes] | None = None,
                  fpu: tuple[bytes, bytes] | None = None,
                  memory: tuple[MemoryChange, ...] = (),
-                 devices: tuple[Any, Any] | None = None, stop: Any = None) -> None:
+                 devices: tuple[Any, Any] | None = None, stop: Any = None,
+                 asleep: bool = False) -> None:
         self.regs = regs
         self.sregs = sregs
         self.fpu = fpu
         self.memory = memory
         self.devices = devices
         self.stop = stop
+        self.asleep = asleep
         size = ENTRY_OVERHEAD + len(regs)
         if sregs is not None:
             size += 2 * len(sregs[0])
@@ -258,6 +262,11 @@ class History:
             self._at -= self._head
             self._head = 0
         self._at = max(self._at, self._head)
+
+    @property
+    def last_done(self) -> Entry | None:
+        """The entry whose effect the machine shows last (None at the start)."""
+        return None if self.at_start else self._entries[self._at - 1]
 
     def undo(self) -> Entry | None:
         """The entry to undo now (and move before it), or None at the start."""

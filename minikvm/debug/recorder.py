@@ -15,9 +15,15 @@ what each one changed in the :class:`~minikvm.debug.history.History`:
   Each named page is compared with a *shadow* copy of RAM kept while
   recording, and only the changed bytes are logged, old and new;
 * **devices** -- when a step dispatched a VM exit (``machine.exit_count``
-  moved), the state of every device model before and after
-  (:func:`~minikvm.devices.state.save_devices`): undoing an ``out`` to the
-  UART puts its registers and FIFOs back as they were.
+  moved) or moved host input into a device, the state of every device
+  model before and after (:func:`~minikvm.devices.state.save_devices`):
+  undoing an ``out`` to the UART puts its registers and FIFOs back as they
+  were;
+* **sleeping in hlt** -- whether the vCPU waits in a ``hlt`` after the
+  step (the stepper's wake-up, debug/stepper.py): undo and redo set KVM's
+  MP state to match, so running on live from any point waits where the
+  guest waited. A step that a pause or the timeout ended before anything
+  ran is no entry.
 
 Undo writes the old values back (``KVM_SET_REGS``/``SREGS``/``FPU``, RAM),
 redo the new ones: no instruction runs again, so a device never sees an
@@ -104,6 +110,10 @@ class Recorder:
         self._sregs = b""
         self._fpu = b""
         self._device_state: Any = None
+        self._start_asleep = False
+        # A step that moved devices but made no entry (a wait a pause ended):
+        # the next entry saves the device states.
+        self._devices_moved = False
 
     @property
     def active(self) -> bool:
@@ -123,6 +133,7 @@ class Recorder:
             self._log_dirty_pages(True)
             self.machine.memory.track_writes(True)
         self.history = history
+        self._start_asleep = self.stepper.asleep
         self._resync()
 
     def stop(self) -> None:
@@ -182,8 +193,15 @@ class Recorder:
             return self._redo(history)
         self.reached_end = False
         exits_before = self.machine.exit_count
-        record = self.stepper.step()
-        history.append(self._entry(record, self.machine.exit_count != exits_before))
+        stepper = self.stepper
+        record = stepper.step()
+        moved = self._devices_moved or stepper.fed_input or self.machine.exit_count != exits_before
+        stepper.fed_input = False
+        if not stepper.ran:   # ended by a pause or the timeout: nothing to keep
+            self._devices_moved = moved
+            return record
+        self._devices_moved = False
+        history.append(self._entry(record, moved))
         return record
 
     def _entry(self, record: StepRecord, had_exits: bool) -> Entry:
@@ -202,7 +220,8 @@ class Recorder:
             state = self.devices[0]()
             devices, self._device_state = (self._device_state, state), state
         return Entry(word_diff(bytes(record.before), bytes(record.after)), sregs_change,
-                     fpu_change, self._memory_changes(), devices, record.stop)
+                     fpu_change, self._memory_changes(), devices, record.stop,
+                     self.stepper.asleep)
 
     def _dirty_pages(self) -> set[int]:
         """Page numbers written since the last call, by the guest
@@ -290,10 +309,24 @@ class Recorder:
         if entry.devices is not None:
             self._device_state = entry.devices[side]
             self.devices[1](self._device_state)
+        self._sleep_as_recorded()
         view.invalidate()
         pc = linear_rip(regs, kvm_sregs.from_buffer_copy(self._sregs))
         view.stepped(regs, pc)
         return regs, pc
+
+    def _sleep_as_recorded(self) -> None:
+        """Asleep in ``hlt`` or not, as the vCPU was at this point of the
+        history (after the last entry done; at the start, as when the
+        recording began, unless older entries were dropped)."""
+        history = self.history
+        assert history is not None
+        last = history.last_done
+        if last is not None:
+            asleep = last.asleep
+        else:
+            asleep = self._start_asleep and not history.dropped
+        self.stepper.sleep(asleep)
 
     def _put(self, address: int, data: bytes) -> None:
         """Write RAM and the shadow alike, around the VMM write list (this is

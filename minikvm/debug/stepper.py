@@ -31,21 +31,50 @@ view's TLB (:meth:`GuestView.cached_byte`: a dictionary look-up, CR3 and the
 paging mode read from the run page), and walks the page tables afresh only
 when the cached frame does hold 0xF4, so a stale entry never invents a
 ``hlt``.
+
+**Interrupts and ``hlt``.** A step keeps interrupts out
+(``KVM_GUESTDBG_BLOCKIRQ``: ``inject_pending_event`` in arch/x86/kvm/x86.c
+returns before injecting any interrupt while it is set), so a ``stepi``
+does not wander into a handler. But a guest that waits in ``sti; hlt`` for
+its UART, virtio or PIT interrupt would then wait for ever. So with the
+in-kernel irqchip two steps let interrupts in: the step of a ``hlt`` with
+RFLAGS.IF set, and the step after it, the *wake-up*. After the ``hlt`` the
+stepper puts the vCPU to sleep as hardware KVM itself does after an
+emulated ``hlt`` (``KVM_SET_MP_STATE`` HALTED; kvm-pvm reports the step's
+``#DB`` and leaves the vCPU runnable); the wake-up's ``KVM_RUN`` then sleeps
+in ``vcpu_block`` until ``kvm_arch_vcpu_runnable`` sees an interrupt the
+vCPU may take (``kvm_vcpu_has_events``), and KVM injects it: the step ends
+after the handler's first instruction, with the frame pushed. Kicks while
+it sleeps are the machine's (:meth:`Machine.handle_exit`: host input is
+delivered, a pause or the timeout ends the step with nothing executed).
+Why the ``hlt``'s own step too: on kvm-pvm a ``hlt`` stepped with
+BLOCKIRQ leaves an interrupt that is already pending unseen by the next
+runs. docs/reverse.md, "Interrupts while recording", says more.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 from minikvm.core.events import ExitEvent
-from minikvm.core.stop import Stop
+from minikvm.core.runner import Watchdog
+from minikvm.core.stop import Stop, StopKind
 from minikvm.debug.arming import Arming
 from minikvm.debug.breakpoints import DR6_BS
 from minikvm.debug.events import StepRecord
 from minikvm.debug.guestview import GuestView
 from minikvm.debug.probe import DebugSupport
 from minikvm.kvm.exits import Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, VmExit
-from minikvm.kvm.uapi import KvmExit, kvm_debug_exit_arch, kvm_regs, kvm_run, kvm_run_debug
+from minikvm.kvm.uapi import (
+    KVM_GUESTDBG_BLOCKIRQ,
+    KvmExit,
+    KvmMpState,
+    kvm_debug_exit_arch,
+    kvm_regs,
+    kvm_run,
+    kvm_run_debug,
+)
 from minikvm.machine import Machine
 from minikvm.memory import GuestMemoryError
 
@@ -53,6 +82,8 @@ __all__ = ["Stepper"]
 
 #: The one-byte ``hlt`` instruction (SDM vol. 2, "HLT").
 HLT_OPCODE = 0xF4
+#: ``iret``/``iretd``/``iretq`` (SDM vol. 2, "IRET/IRETD/IRETQ").
+_IRET_OPCODE = 0xCF
 _RFLAGS_IF = 1 << 9
 #: KVM_RUN calls one instruction may need: the exit itself, the completion
 #: run, and retries after a stray kick. More means something is wrong.
@@ -62,6 +93,11 @@ _DR6_BS_OR_B = DR6_BS | 0xF
 #: Exits of an instruction that KVM completes at the next KVM_RUN.
 _COMPLETED_LATER = (IoIn, IoOut, MmioRead, MmioWrite)
 _KVM_EXIT_DEBUG = int(KvmExit.KVM_EXIT_DEBUG)
+_KVM_EXIT_INTR = int(KvmExit.KVM_EXIT_INTR)
+_BLOCKIRQ = int(KVM_GUESTDBG_BLOCKIRQ)
+#: How long a wake-up step waits for its interrupt when no run (and so no
+#: timeout) is going on: a ``stepi`` at a sleeping ``hlt`` comes back.
+LONE_WAIT_TIMEOUT = 2.0
 #: ``kvm_run.debug.arch.pc`` and ``.dr6``, read in one go from the run page.
 _DEBUG_PC_DR6 = struct.Struct(
     f"<Q{kvm_debug_exit_arch.dr6.offset - kvm_debug_exit_arch.pc.offset - 8}xQ")
@@ -86,15 +122,42 @@ class Stepper:
         #: Instructions single-stepped so far.
         self.steps = 0
         self.check_hlt = not support.step_reports_hlt or machine.irqchip
+        #: Let interrupts into the step of a ``hlt`` with IF set and into
+        #: the wake-up after it (see the module docstring): with the
+        #: irqchip, where an interrupt can wake a ``hlt``, and only where
+        #: steps block interrupts at all.
+        self.wake_hlts = bool(machine.irqchip and support.block_irq)
+        #: The vCPU sleeps in a stepped ``hlt``: the next step waits for
+        #: its interrupt (KVM's MP state is HALTED).
+        self.asleep = False
+        #: Did the last step execute anything? False when a pause or the
+        #: timeout ended it first (its record's ``stop`` says which).
+        self.ran = True
+        #: Did the last step move host input into a device outside an exit?
+        self.fed_input = False
         self._vcpu = self.runner.vcpu
         self._page = self._vcpu.page
+        self._blocking: tuple[int, tuple[int, ...]] | None = None
+        self._open: tuple[int, tuple[int, ...]] = (0, (0,) * 8)
 
     def step(self) -> StepRecord:
         """Execute exactly one guest instruction and say what it did."""
         view = self.view
         before, pc = view.regs_and_pc()
-        state = self.arming.stepping_state
+        self.ran = True
         runner = self.runner
+        if runner.halt_check_pending:
+            # A halt check whose kick a completion run (``finish``) took:
+            # forget it, or the watchdog would never kick this vCPU again.
+            runner.halt_check_pending = False
+        if self.asleep:
+            return self._wake(before, pc)
+        state = self.arming.stepping_state
+        if self.wake_hlts:
+            if before.rflags & _RFLAGS_IF and view.cached_byte(pc) == HLT_OPCODE:
+                state = self._letting_interrupts_in(state)
+            elif runner.group is None and self._is_iret(pc):
+                return self._watched(self.step)
         if state is not runner.guest_debug:
             runner.set_guest_debug(state)
         reason = runner.run_reason()
@@ -124,6 +187,15 @@ class Stepper:
             if type(exit) is Interrupted:
                 if exits:
                     break   # the instruction completed; this KVM dropped its #DB
+                if runner.pause_requested or runner.timed_out or runner.halt_check_pending:
+                    # A kick of the machine's (a pause, the timeout, a halt
+                    # check): it decides; a pause or the timeout ends the step.
+                    event = self.dispatch(exit, before.rip)
+                    if self._slept_after(before):
+                        stop = event.stop
+                        break   # it ran, then slept in KVM without its #DB
+                    if event.stop is not None:
+                        return self._not_run(before, pc, event)
                 exit = runner.run()   # a kick before the instruction ran: go again
                 continue
             event = self.dispatch(exit, before.rip)
@@ -160,11 +232,112 @@ class Stepper:
             return
         if_flag = bool(record.after.rflags & _RFLAGS_IF)
         if if_flag and self.machine.irqchip:
+            if self.wake_hlts:
+                self.sleep(True)
             return
         event = self.dispatch(Hlt(if_flag), record.before.rip)
         record.exits = record.exits + (event,)
         if record.stop is None:
             record.stop = event.stop
+
+    # -- sleeping in hlt and waking up -------------------------------------------------
+
+    def _letting_interrupts_in(self, state: tuple[int, tuple[int, ...]]
+                               ) -> tuple[int, tuple[int, ...]]:
+        """``state`` without ``KVM_GUESTDBG_BLOCKIRQ`` (one tuple object per
+        stepping state, so the runner sees with ``is`` that KVM has it)."""
+        if state is not self._blocking:
+            self._blocking = state
+            self._open = (state[0] & ~_BLOCKIRQ, state[1])
+        return self._open
+
+    def _is_iret(self, pc: int) -> bool:
+        """Is the instruction at ``pc`` an ``iret`` (0xCF, after at most one
+        operand-size or REX prefix)? Read through the view's TLB."""
+        byte = self.view.cached_byte(pc)
+        if byte == _IRET_OPCODE:
+            return True
+        return (byte is not None and (byte == 0x66 or byte & 0xF0 == 0x40)
+                and self.view.cached_byte(pc + 1) == _IRET_OPCODE)
+
+    def _watched(self, step: Callable[[], StepRecord]) -> StepRecord:
+        """``step`` outside any run, under a watchdog of its own: its halt
+        checks kick a vCPU that kvm-pvm put back to sleep after an ``iret``
+        (:meth:`_slept_after`), and it ends a wait after
+        :data:`LONE_WAIT_TIMEOUT` seconds with a PAUSED stop (a TIMEOUT
+        would say the guest's run is over)."""
+        with Watchdog([self.runner], LONE_WAIT_TIMEOUT):
+            record = step()
+        stop = record.stop
+        if stop is not None and stop.kind is StopKind.TIMEOUT:
+            # Not the guest's end: the step paused, and the vCPU still sleeps.
+            record.stop = stop.but(kind=StopKind.PAUSED, status=None,
+                                   message=f"paused: no interrupt came in {LONE_WAIT_TIMEOUT:g} s; "
+                                   "the vCPU still sleeps in hlt")
+        return record
+
+    def sleep(self, asleep: bool) -> None:
+        """Make the vCPU sleep in ``hlt`` (or not) as KVM sees it:
+        ``KVM_SET_MP_STATE`` HALTED or RUNNABLE, only on a change. The
+        recorder calls it when undo or redo moves to a state before or
+        after a ``hlt``'s wait."""
+        if asleep != self.asleep:
+            state = KvmMpState.KVM_MP_STATE_HALTED if asleep else KvmMpState.KVM_MP_STATE_RUNNABLE
+            self._vcpu.set_mp_state(int(state))
+            self.asleep = asleep
+
+    def _wake(self, before: kvm_regs, pc: int) -> StepRecord:
+        """The step of a vCPU asleep in ``hlt``: wait in ``KVM_RUN``, with
+        interrupts let in, until KVM injects one (the step then ends after
+        the handler's first instruction) or the machine stops the wait.
+
+        Host input already queued goes into its device first (its interrupt
+        is what the guest waits for). Each kick is handled as in a free run
+        (:meth:`Machine.handle_exit`: host input, pause, timeout); outside a
+        run a watchdog of its own ends the wait after
+        :data:`LONE_WAIT_TIMEOUT` seconds."""
+        runner, machine = self.runner, self.machine
+        self.fed_input = False
+        if machine.serial_input.waiting:
+            with machine.lock:
+                machine.deliver_host_input()
+            self.fed_input = True
+        if runner.group is None:
+            return self._watched(lambda: self._wait(before, pc))
+        return self._wait(before, pc)
+
+    def _wait(self, before: kvm_regs, pc: int) -> StepRecord:
+        runner = self.runner
+        runner.set_guest_debug(self._letting_interrupts_in(self.arming.stepping_state))
+        while True:
+            reason = runner.run_reason()
+            if reason != _KVM_EXIT_INTR:
+                break
+            event = self.dispatch(Interrupted(), None)
+            if event.stop is not None:
+                return self._not_run(before, pc, event)
+        self.asleep = False   # KVM woke the vCPU (or it exited on the way)
+        return self._step_slow(before, pc, runner.decode(reason))
+
+    def _slept_after(self, before: kvm_regs) -> bool:
+        """After a kick: did the instruction run (the registers moved) with
+        no ``#DB`` reported? Then the step is over. kvm-pvm does that to an
+        ``iret`` returning to the instruction after a ``hlt`` whose wait an
+        interrupt ended: the vCPU is HALTED again, asleep inside ``KVM_RUN``
+        with nothing left to wake it. It is made runnable, as it would be on
+        hardware, which does not go back to sleep after such an ``iret``."""
+        vcpu = self._vcpu
+        if bytes(vcpu.get_regs()) == bytes(before):
+            return False
+        if vcpu.get_mp_state() == KvmMpState.KVM_MP_STATE_HALTED:
+            vcpu.set_mp_state(int(KvmMpState.KVM_MP_STATE_RUNNABLE))
+        return True
+
+    def _not_run(self, before: kvm_regs, pc: int, event: ExitEvent) -> StepRecord:
+        """The record of a step a pause or the timeout ended before any
+        instruction ran: the registers as they were, the machine's stop."""
+        self.ran = False
+        return StepRecord(before, before, pc, pc, (event,), event.stop)
 
     def dispatch(self, exit: VmExit, rip: int | None) -> ExitEvent:
         """Hand an exit met on the way to the machine: the bus, the stop
