@@ -244,7 +244,9 @@ class Debugger:
         """Execute one guest instruction and return what it did.
 
         Interrupts stay blocked during the step where KVM offers
-        ``KVM_GUESTDBG_BLOCKIRQ``. Breakpoints do not stop a single step;
+        ``KVM_GUESTDBG_BLOCKIRQ`` -- except, with the irqchip, a ``hlt`` with
+        IF set and the step that wakes from it (debug/stepper.py: the vCPU
+        waits for its interrupt as it would). Breakpoints do not stop a step;
         watchpoints do: ``record.hit`` is then their ``WATCHPOINT`` stop.
         """
         if not self.arming.watchpoints:
