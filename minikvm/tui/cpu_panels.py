@@ -26,9 +26,11 @@ from minikvm.tui.state import DisasmLine, RegistersView, TuiState
 from minikvm.x86.flags import Cr0, Cr4, Efer, flag_names
 
 __all__ = [
+    "disassembly_inputs",
     "disassembly_window",
     "register_lines",
     "registers_height",
+    "registers_inputs",
     "render_disassembly",
     "render_registers",
 ]
@@ -164,6 +166,13 @@ def registers_height(view: RegistersView | None) -> int:
     return len(_register_sections(view)) + 2
 
 
+def registers_inputs(state: TuiState) -> tuple[object, ...]:
+    """Everything :func:`render_registers` reads: while the guest runs it
+    is the last stop's, so the panel is drawn once per stop (see
+    :class:`~minikvm.tui.panel.Fit`)."""
+    return state.registers, state.vcpu, state.vcpus, state.vcpu_state
+
+
 def render_registers(state: TuiState, width: int, height: int) -> Panel:
     view = state.registers
     if view is None:
@@ -212,6 +221,12 @@ def _instruction_text(line: DisasmLine, digits: int, show_bytes: bool, busy: boo
             inner - text.cell_len > len(line.symbol) + 3):
         text.append(f" <{line.symbol}>", style="magenta")
     return text
+
+
+def disassembly_inputs(state: TuiState) -> tuple[object, ...]:
+    """Everything :func:`render_disassembly` reads (the listing of the last
+    stop, the breakpoints, whether the guest runs)."""
+    return state.disassembly, state.breakpoints, state.busy
 
 
 def render_disassembly(state: TuiState, width: int, height: int) -> Panel:

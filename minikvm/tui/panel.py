@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from rich.cells import get_character_cell_size
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.panel import Panel
+from rich.segment import Segment
 from rich.text import Text
 
 __all__ = [
@@ -47,16 +48,52 @@ BORDER = "blue"
 FOCUS_BORDER = "bold bright_cyan"
 
 
+#: The lines each layout slot drew last: slot name -> (inputs, options, lines).
+#: One entry per slot, so the memo never grows past the panels of a screen.
+_DRAWN: dict[str, tuple[object, ConsoleOptions, list[list[Segment]]]] = {}
+
+
 class Fit:
     """A renderable drawn by ``draw(width, height)`` with the size its
-    layout region has, so a panel can choose how much to show."""
+    layout region has, so a panel can choose how much to show.
 
-    def __init__(self, draw: Callable[[int, int], object]) -> None:
+    Given ``slot`` (the layout region's name) and ``inputs`` (everything
+    ``draw`` reads, compared with ``==``), the panel's rendered lines are
+    kept and handed out again while the inputs and the region's size and
+    options stay the same. A frame is drawn ten times a second while the
+    guest runs, and holds the GIL the vCPU thread needs meanwhile; most
+    panels (the registers and listing of the last stop, a quiet console)
+    do not change between those frames, and rich's layout of a panel --
+    measuring and cropping every line -- is most of a frame's cost. The
+    lines are rich ``Segment`` tuples, immutable, so sharing them is safe;
+    what is drawn is exactly what ``draw`` would draw (the default theme's
+    styles do not depend on the console).
+    """
+
+    def __init__(self, draw: Callable[[int, int], object], slot: str | None = None,
+                 inputs: object = None) -> None:
         self.draw = draw
+        self.slot = slot
+        self.inputs = inputs
+
+    def _draw(self, options: ConsoleOptions) -> object:
+        height = options.height if options.height is not None else options.max_height
+        return self.draw(options.max_width, height)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        height = options.height if options.height is not None else options.max_height
-        yield self.draw(options.max_width, height)  # type: ignore[misc]
+        if self.slot is None:
+            yield self._draw(options)  # type: ignore[misc]
+            return
+        kept = _DRAWN.get(self.slot)
+        if kept is not None and kept[1] == options and kept[0] == self.inputs:
+            lines = kept[2]
+        else:
+            lines = console.render_lines(self._draw(options), options)  # type: ignore[arg-type]
+            _DRAWN[self.slot] = (self.inputs, options.copy(), lines)
+        newline = Segment.line()
+        for line in lines:
+            yield from line
+            yield newline
 
 
 def fit_line(text: Text | str, width: int) -> Text:
