@@ -3,7 +3,9 @@
 The layout keeps the lines of panels whose inputs did not change (the
 registers, listing and console of the last stop while the guest runs, see
 :class:`minikvm.tui.panel.Fit`); every change a person can cause between
-two frames must still reach the screen.
+two frames must still reach the screen. Rows are cut without measuring
+each character where every character is one cell (:func:`wrap_line`);
+they must still fit and lose no word.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.cells import cell_len
 
 from minikvm.tui import panel
+from minikvm.tui.panel import wrap_line
 from minikvm.tui.render import render_text
 from minikvm.tui.state import BreakpointRow, Focus, RunStatus
 from tests.test_tui_render import LONG_MODE, long_mode_state
@@ -46,3 +52,12 @@ def test_each_frame_in_a_sequence_equals_the_frame_drawn_first(size):
     for state in sequence:
         drawn = render_text(state, *size)
         assert drawn == _first_frame(state, *size), state
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(alphabet="abc xyz-.é界→\t", max_size=120), width=st.integers(8, 50),
+       indent=st.integers(0, 10))
+def test_wrapped_rows_fit_and_keep_every_word(text, width, indent):
+    rows = wrap_line(text, width, indent)
+    assert all(cell_len(row.plain) <= width for row in rows)
+    assert "".join("".join(row.plain.split()) for row in rows) == "".join(text.split())

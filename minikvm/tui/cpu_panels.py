@@ -17,6 +17,7 @@ where a function starts, ``→`` at the next instruction, ``●`` at breakpoints
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 from rich.panel import Panel
 from rich.text import Text
@@ -159,8 +160,12 @@ def register_lines(view: RegistersView, rows: int | None = None) -> list[Text]:
     return [line for _, _, line in sections]
 
 
+@lru_cache(maxsize=4)
 def registers_height(view: RegistersView | None) -> int:
-    """Rows the register panel wants, borders included."""
+    """Rows the register panel wants, borders included.
+
+    Kept per view: the layout asks every frame, and while the guest runs
+    the view is the last stop's."""
     if view is None:
         return 3
     return len(_register_sections(view)) + 2

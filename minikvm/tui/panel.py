@@ -110,6 +110,12 @@ def _break_at(plain: str, start: int, room: int) -> tuple[int, int]:
     """Where the row that starts at ``plain[start]`` ends (exclusive) and
     where the next one starts: at the last space that fits ``room`` cells,
     else (one long word) at the last character that fits."""
+    rest = plain[start:start + room + 1]
+    if rest.isascii() and rest.isprintable():
+        # One cell a character (the exit log's usual text): no need to
+        # measure them one by one.
+        end = min(start + max(room, 0), len(plain))
+        return _break_before(plain, start, end)
     cells = 0
     end = start
     while end < len(plain):
@@ -118,6 +124,11 @@ def _break_at(plain: str, start: int, room: int) -> tuple[int, int]:
             break
         cells += width
         end += 1
+    return _break_before(plain, start, end)
+
+
+def _break_before(plain: str, start: int, end: int) -> tuple[int, int]:
+    """:func:`_break_at` once ``plain[start:end]`` is known to fit."""
     if end >= len(plain):
         return end, end
     space = plain.rfind(" ", start, end + 1)
@@ -141,6 +152,9 @@ def wrap_line(text: Text | str, width: int, indent: int = 0,
     width = max(width, 1)
     indent = indent if 0 <= indent <= width - 8 else 0
     plain = line.plain
+    if len(plain) <= width and plain.isascii() and plain.isprintable():
+        line.rstrip()                 # one row, of one cell a character
+        return [line]
     rows: list[Text] = []
     start = 0
     while True:
@@ -168,6 +182,10 @@ def bordered(lines: Iterable[Text], title: str, width: int, height: int,
     inner = max(width - 4, 1)
     rows = [fit_line(line, inner) for line in lines][:max(height - 2, 0)]
     body = Text("\n").join(rows) if rows else Text("")
+    if width >= 5:
+        # Every row already fits the panel (fit_line): rich need not look
+        # for places to wrap them, which is most of drawing a panel's text.
+        body.no_wrap = True
     return Panel(body, title=title, title_align="left", subtitle=subtitle,
                  subtitle_align="right", border_style=border, height=height, width=width,
                  padding=(0, 1))
