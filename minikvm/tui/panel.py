@@ -155,23 +155,33 @@ def wrap_line(text: Text | str, width: int, indent: int = 0,
     if len(plain) <= width and plain.isascii() and plain.isprintable():
         line.rstrip()                 # one row, of one cell a character
         return [line]
-    rows: list[Text] = []
+    # Where each row starts and ends first, then one divide of the text
+    # into all of them (slicing a Text divides the whole of it each time).
+    spans: list[tuple[int, int]] = []
     start = 0
+    rest: int | None = None
     while True:
-        room = width if not rows else width - indent
+        room = width if not spans else width - indent
         end, following = _break_at(plain, start, room)
-        row = line[start:end]
-        row.rstrip()
-        if rows and indent:
-            row = Text(" " * indent) + row
-        rows.append(row)
+        spans.append((start, end))
         start = following
         if start >= len(plain):
             break
-        if max_rows is not None and len(rows) >= max_rows:
-            # No room for the rest: the last row shows how it goes on, cut.
-            rows[-1] = fit_line(rows[-1] + Text(" ") + line[start:], width)
+        if max_rows is not None and len(spans) >= max_rows:
+            rest = start
             break
+    offsets = [offset for span in spans for offset in span]
+    pieces = line.divide(offsets if rest is None else [*offsets, rest])
+    rows: list[Text] = []
+    for i in range(len(spans)):
+        row = pieces[2 * i + 1]
+        row.rstrip()
+        if i and indent:
+            row = Text(" " * indent) + row
+        rows.append(row)
+    if rest is not None:
+        # No room for the rest: the last row shows how it goes on, cut.
+        rows[-1] = fit_line(rows[-1] + Text(" ") + pieces[-1], width)
     return rows
 
 
