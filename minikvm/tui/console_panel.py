@@ -15,7 +15,7 @@ from minikvm.tui.keys import HELP_TEXT
 from minikvm.tui.panel import BORDER, DIM, FOCUS_BORDER, bordered
 from minikvm.tui.state import Focus, TuiState
 
-__all__ = ["console_lines", "render_console_text", "render_help"]
+__all__ = ["console_inputs", "console_lines", "render_console_text", "render_help"]
 
 
 def console_lines(text: str, width: int) -> list[str]:
@@ -53,6 +53,12 @@ def console_lines(text: str, width: int) -> list[str]:
             wrapped.append(line[:width])
             line = line[width:]
     return wrapped
+
+
+def console_inputs(state: TuiState) -> tuple[object, ...]:
+    """Everything :func:`render_console_text` reads: a guest that prints
+    nothing leaves the panel as it was."""
+    return state.console, state.console_total, state.input_queued, state.focus
 
 
 def render_console_text(state: TuiState, width: int, height: int) -> Panel:

@@ -17,6 +17,7 @@ where a function starts, ``→`` at the next instruction, ``●`` at breakpoints
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 from rich.panel import Panel
 from rich.text import Text
@@ -26,9 +27,11 @@ from minikvm.tui.state import DisasmLine, RegistersView, TuiState
 from minikvm.x86.flags import Cr0, Cr4, Efer, flag_names
 
 __all__ = [
+    "disassembly_inputs",
     "disassembly_window",
     "register_lines",
     "registers_height",
+    "registers_inputs",
     "render_disassembly",
     "render_registers",
 ]
@@ -157,11 +160,22 @@ def register_lines(view: RegistersView, rows: int | None = None) -> list[Text]:
     return [line for _, _, line in sections]
 
 
+@lru_cache(maxsize=4)
 def registers_height(view: RegistersView | None) -> int:
-    """Rows the register panel wants, borders included."""
+    """Rows the register panel wants, borders included.
+
+    Kept per view: the layout asks every frame, and while the guest runs
+    the view is the last stop's."""
     if view is None:
         return 3
     return len(_register_sections(view)) + 2
+
+
+def registers_inputs(state: TuiState) -> tuple[object, ...]:
+    """Everything :func:`render_registers` reads: while the guest runs it
+    is the last stop's, so the panel is drawn once per stop (see
+    :class:`~minikvm.tui.panel.Fit`)."""
+    return state.registers, state.vcpu, state.vcpus, state.vcpu_state
 
 
 def render_registers(state: TuiState, width: int, height: int) -> Panel:
@@ -212,6 +226,12 @@ def _instruction_text(line: DisasmLine, digits: int, show_bytes: bool, busy: boo
             inner - text.cell_len > len(line.symbol) + 3):
         text.append(f" <{line.symbol}>", style="magenta")
     return text
+
+
+def disassembly_inputs(state: TuiState) -> tuple[object, ...]:
+    """Everything :func:`render_disassembly` reads (the listing of the last
+    stop, the breakpoints, whether the guest runs)."""
+    return state.disassembly, state.breakpoints, state.busy
 
 
 def render_disassembly(state: TuiState, width: int, height: int) -> Panel:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from rich.cells import get_character_cell_size
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.panel import Panel
+from rich.segment import Segment
 from rich.text import Text
 
 __all__ = [
@@ -47,16 +48,52 @@ BORDER = "blue"
 FOCUS_BORDER = "bold bright_cyan"
 
 
+#: The lines each layout slot drew last: slot name -> (inputs, options, lines).
+#: One entry per slot, so the memo never grows past the panels of a screen.
+_DRAWN: dict[str, tuple[object, ConsoleOptions, list[list[Segment]]]] = {}
+
+
 class Fit:
     """A renderable drawn by ``draw(width, height)`` with the size its
-    layout region has, so a panel can choose how much to show."""
+    layout region has, so a panel can choose how much to show.
 
-    def __init__(self, draw: Callable[[int, int], object]) -> None:
+    Given ``slot`` (the layout region's name) and ``inputs`` (everything
+    ``draw`` reads, compared with ``==``), the panel's rendered lines are
+    kept and handed out again while the inputs and the region's size and
+    options stay the same. A frame is drawn ten times a second while the
+    guest runs, and holds the GIL the vCPU thread needs meanwhile; most
+    panels (the registers and listing of the last stop, a quiet console)
+    do not change between those frames, and rich's layout of a panel --
+    measuring and cropping every line -- is most of a frame's cost. The
+    lines are rich ``Segment`` tuples, immutable, so sharing them is safe;
+    what is drawn is exactly what ``draw`` would draw (the default theme's
+    styles do not depend on the console).
+    """
+
+    def __init__(self, draw: Callable[[int, int], object], slot: str | None = None,
+                 inputs: object = None) -> None:
         self.draw = draw
+        self.slot = slot
+        self.inputs = inputs
+
+    def _draw(self, options: ConsoleOptions) -> object:
+        height = options.height if options.height is not None else options.max_height
+        return self.draw(options.max_width, height)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        height = options.height if options.height is not None else options.max_height
-        yield self.draw(options.max_width, height)  # type: ignore[misc]
+        if self.slot is None:
+            yield self._draw(options)  # type: ignore[misc]
+            return
+        kept = _DRAWN.get(self.slot)
+        if kept is not None and kept[1] == options and kept[0] == self.inputs:
+            lines = kept[2]
+        else:
+            lines = console.render_lines(self._draw(options), options)  # type: ignore[arg-type]
+            _DRAWN[self.slot] = (self.inputs, options.copy(), lines)
+        newline = Segment.line()
+        for line in lines:
+            yield from line
+            yield newline
 
 
 def fit_line(text: Text | str, width: int) -> Text:
@@ -73,6 +110,12 @@ def _break_at(plain: str, start: int, room: int) -> tuple[int, int]:
     """Where the row that starts at ``plain[start]`` ends (exclusive) and
     where the next one starts: at the last space that fits ``room`` cells,
     else (one long word) at the last character that fits."""
+    rest = plain[start:start + room + 1]
+    if rest.isascii() and rest.isprintable():
+        # One cell a character (the exit log's usual text): no need to
+        # measure them one by one.
+        end = min(start + max(room, 0), len(plain))
+        return _break_before(plain, start, end)
     cells = 0
     end = start
     while end < len(plain):
@@ -81,6 +124,11 @@ def _break_at(plain: str, start: int, room: int) -> tuple[int, int]:
             break
         cells += width
         end += 1
+    return _break_before(plain, start, end)
+
+
+def _break_before(plain: str, start: int, end: int) -> tuple[int, int]:
+    """:func:`_break_at` once ``plain[start:end]`` is known to fit."""
     if end >= len(plain):
         return end, end
     space = plain.rfind(" ", start, end + 1)
@@ -104,23 +152,36 @@ def wrap_line(text: Text | str, width: int, indent: int = 0,
     width = max(width, 1)
     indent = indent if 0 <= indent <= width - 8 else 0
     plain = line.plain
-    rows: list[Text] = []
+    if len(plain) <= width and plain.isascii() and plain.isprintable():
+        line.rstrip()                 # one row, of one cell a character
+        return [line]
+    # Where each row starts and ends first, then one divide of the text
+    # into all of them (slicing a Text divides the whole of it each time).
+    spans: list[tuple[int, int]] = []
     start = 0
+    rest: int | None = None
     while True:
-        room = width if not rows else width - indent
+        room = width if not spans else width - indent
         end, following = _break_at(plain, start, room)
-        row = line[start:end]
-        row.rstrip()
-        if rows and indent:
-            row = Text(" " * indent) + row
-        rows.append(row)
+        spans.append((start, end))
         start = following
         if start >= len(plain):
             break
-        if max_rows is not None and len(rows) >= max_rows:
-            # No room for the rest: the last row shows how it goes on, cut.
-            rows[-1] = fit_line(rows[-1] + Text(" ") + line[start:], width)
+        if max_rows is not None and len(spans) >= max_rows:
+            rest = start
             break
+    offsets = [offset for span in spans for offset in span]
+    pieces = line.divide(offsets if rest is None else [*offsets, rest])
+    rows: list[Text] = []
+    for i in range(len(spans)):
+        row = pieces[2 * i + 1]
+        row.rstrip()
+        if i and indent:
+            row = Text(" " * indent) + row
+        rows.append(row)
+    if rest is not None:
+        # No room for the rest: the last row shows how it goes on, cut.
+        rows[-1] = fit_line(rows[-1] + Text(" ") + pieces[-1], width)
     return rows
 
 
@@ -131,6 +192,10 @@ def bordered(lines: Iterable[Text], title: str, width: int, height: int,
     inner = max(width - 4, 1)
     rows = [fit_line(line, inner) for line in lines][:max(height - 2, 0)]
     body = Text("\n").join(rows) if rows else Text("")
+    if width >= 5:
+        # Every row already fits the panel (fit_line): rich need not look
+        # for places to wrap them, which is most of drawing a panel's text.
+        body.no_wrap = True
     return Panel(body, title=title, title_align="left", subtitle=subtitle,
                  subtitle_align="right", border_style=border, height=height, width=width,
                  padding=(0, 1))

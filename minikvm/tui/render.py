@@ -1,7 +1,9 @@
 """Drawing a frame: :class:`~minikvm.tui.state.TuiState` in, rich renderables out.
 
 Every function here is pure: the same state and size give the same screen,
-and nothing reads the machine. Tests render frames into a recording
+and nothing reads the machine (panels that did not change since the last
+frame hand out the lines they drew then -- :class:`Fit` -- which is the
+same screen, drawn cheaper). Tests render frames into a recording
 ``Console`` at a fixed width and read the text; ``--record`` saves the very
 same frame as SVG or HTML.
 
@@ -38,11 +40,18 @@ from rich.panel import Panel
 from rich.text import Text
 
 from minikvm.tui.bars import message_lines, render_footer, render_header, render_message
-from minikvm.tui.console_panel import console_lines, render_console_text, render_help
+from minikvm.tui.console_panel import (
+    console_inputs,
+    console_lines,
+    render_console_text,
+    render_help,
+)
 from minikvm.tui.cpu_panels import (
+    disassembly_inputs,
     disassembly_window,
     register_lines,
     registers_height,
+    registers_inputs,
     render_disassembly,
     render_registers,
 )
@@ -127,13 +136,18 @@ def _bottom_wants(state: TuiState, width: int, height: int) -> int:
 def _body(state: TuiState, width: int, height: int, tier: str) -> Layout:
     body = Layout(name="body")
     if state.show_help:
-        body.update(Fit(render_help))
+        body.update(Fit(render_help, slot="help", inputs=()))
         return body
     reg_height = registers_height(state.registers)
     reg_width = 48 if state.registers is not None and state.registers.bitness == 64 else 34
-    registers = Fit(lambda w, h: render_registers(state, w, h))
-    disassembly = Fit(lambda w, h: render_disassembly(state, w, h))
-    console = Fit(lambda w, h: render_console_text(state, w, h))
+    # The panels that stay as the last stop left them while the guest runs
+    # are drawn once and kept (Fit's slot and inputs).
+    registers = Fit(lambda w, h: render_registers(state, w, h), "registers",
+                    registers_inputs(state))
+    disassembly = Fit(lambda w, h: render_disassembly(state, w, h), "disassembly",
+                      disassembly_inputs(state))
+    console = Fit(lambda w, h: render_console_text(state, w, h), "console",
+                  console_inputs(state))
     exits = Fit(lambda w, h: render_exits(state, w, h))
     if tier == "wide":
         # Top: registers | code | output. Bottom: memory | exits | stats over devices.
