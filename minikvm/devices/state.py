@@ -218,11 +218,12 @@ def save_devices(buses: Iterable[Bus], *, clocks: bool = True) -> dict[str, dict
     their own (a device's ``clock_fields``: the ACPI PM timer's count), for
     comparing two states; a snapshot keeps them.
     """
-    states = {key: device.save() for key, device in _devices(buses).items()}
-    if not clocks:
-        for key, device in _devices(buses).items():
+    states = {}
+    for key, device in _devices(buses).items():
+        state = states[key] = device.save()
+        if not clocks:
             for field in getattr(device, "clock_fields", ()):
-                states[key].pop(field, None)
+                state.pop(field, None)
     return states
 
 
