@@ -125,7 +125,11 @@ class StdoutSink:
         self._buffer = bytearray()
         self._in_flight = 0
         self._closing = False
-        self._changed = threading.Condition(threading.Lock())
+        # Re-entrant: Ctrl-C or SIGTERM raise on the main thread, and may land
+        # inside ``with self._changed`` before the block is entered (the lock
+        # taken, its release never registered). The cleanup that follows on
+        # the same thread (``close``) must still get in, not wait for ever.
+        self._changed = threading.Condition(threading.RLock())
         self._thread: threading.Thread | None = None
 
     # -- the vCPU side -------------------------------------------------------------------------

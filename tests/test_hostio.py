@@ -402,3 +402,26 @@ def test_ctrl_c_while_the_reader_starts_still_lets_stop_reader_clean_up(monkeypa
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+def test_a_signal_that_left_the_sink_locked_does_not_hang_its_close():
+    """SIGTERM's exception can land inside ``with`` after the lock was taken
+    but before its release was registered: the main thread's own cleanup
+    (``close``) must still go through."""
+    read_end, write_end = os.pipe()
+    sink = StdoutSink(write_end)
+    closed = threading.Event()
+
+    def leak_then_close() -> None:
+        sink._changed.acquire()          # what the interrupted `with` left behind
+        sink(b"lost")
+        sink.close()
+        closed.set()
+
+    worker = threading.Thread(target=leak_then_close, daemon=True)
+    worker.start()
+    try:
+        assert closed.wait(5.0), "close() waited for a lock its own thread holds"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
