@@ -237,8 +237,7 @@ class FwCfg(Device):
         for text in saved_items.value:
             key = int(text, 16) if isinstance(text, str) and _ITEM_KEY.fullmatch(text) else -1
             if key < 0 or key & FW_CFG_WRITE_CHANNEL:
-                raise DeviceStateError(f"{name}: saved item key {text!r} is not an item key "
-                                       "like '0x0015'")
+                raise saved_items.fail(text, "is not an item key like '0x0015'")
             items[key] = saved_items.hex_bytes(text, MAX_ITEM_SIZE)
         files = fields.entries("files", MAX_FILES)
         seen: set[str] = set()

@@ -78,7 +78,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices import serial_reg
-from minikvm.devices.base import Device, DeviceStateError, InterruptLine, all_ones
+from minikvm.devices.base import Device, InterruptLine, all_ones
 from minikvm.devices.state import MAX_U64, SavedState, hex_bytes
 from minikvm.devices.serial_reg import *  # noqa: F403 - the register names, as the model's own
 
@@ -647,8 +647,8 @@ class Uart16550(Device):
         scratch = Uart16550(name=name)
         scratch._assign(state)
         if scratch._wire_level() != level:
-            raise DeviceStateError(f"{name}: saved field 'irq_level' = {level} is not the "
-                                   "level the saved registers drive")
+            raise fields.fail("irq_level", f"= {level} is not the level the saved registers "
+                                           "drive")
         return scratch
 
     def _assign(self, state: dict[str, Any]) -> None:

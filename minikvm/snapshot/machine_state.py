@@ -125,12 +125,18 @@ def save_machine(machine: Machine, path: str, config: MachineConfig) -> Saved:
 
 # -- loading ---------------------------------------------------------------------------
 
+def _single_json(sections: list[Section], tag: bytes) -> JsonFields:
+    """The JSON section ``tag``, which a snapshot holds exactly once, named by its tag."""
+    found = [s for s in sections if s.tag == tag]
+    name = tag.decode("ascii").strip()
+    if len(found) != 1:
+        raise SnapshotError(f"the snapshot has no {name} section (or several)")
+    return JsonFields(parse_json(found[0]), name)
+
+
 def read_meta(sections: list[Section]) -> dict[str, Any]:
     """The META section, checked for what everything else relies on."""
-    metas = [s for s in sections if s.tag == b"META"]
-    if len(metas) != 1:
-        raise SnapshotError("the snapshot has no META section (or several)")
-    meta = JsonFields(parse_json(metas[0]), "META")
+    meta = _single_json(sections, b"META")
     config = meta.mapping("config")
     config.integer("mem_size", 4096, 1 << 46)
     config.integer("vcpus", 1, 64)
@@ -257,10 +263,7 @@ def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any],
     vm_state = VmState.from_sections(sections)
     if (vm_state is not None) != machine.irqchip:
         raise SnapshotError("the irqchip state does not match the saved configuration")
-    devs = [s for s in sections if s.tag == b"DEVS"]
-    if len(devs) != 1:
-        raise SnapshotError("the snapshot has no DEVS section (or several)")
-    doc = JsonFields(parse_json(devs[0]), "DEVS")
+    doc = _single_json(sections, b"DEVS")
     device_states = doc.mapping("devices").value
     # Restore: devices (validated whole by restore_devices before it changes any).
     try:

@@ -47,7 +47,6 @@ import os
 import struct
 from typing import Any
 
-from minikvm.devices.base import DeviceStateError
 from minikvm.devices.state import MAX_U64, SavedState, hex_bytes
 from minikvm.devices.virtio.device import VIRTIO_ID_BLOCK, VirtioDevice
 from minikvm.devices.virtio.features import has_feature
@@ -366,9 +365,8 @@ class VirtioBlk(VirtioDevice):
         size = self._image_size()
         fields.integer("size", size, size)
         if fields.boolean("read_only") != self.read_only:
-            raise DeviceStateError(f"{name}: saved field 'read_only' = {state['read_only']}, "
-                                   f"but this disk is {'' if self.read_only else 'not '}"
-                                   "read-only")
+            raise fields.fail("read_only", f"= {state['read_only']}, but this disk is "
+                                           f"{'' if self.read_only else 'not '}read-only")
         fields.integer("capacity", 0, MAX_U64 // SECTOR_SIZE)
         fields.hex_bytes("serial", VIRTIO_BLK_ID_BYTES)
         fields.counters("counters", self.counters.keys())

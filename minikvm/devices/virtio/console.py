@@ -20,7 +20,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from minikvm.devices.base import DeviceStateError
 from minikvm.devices.state import SavedState, hex_bytes
 from minikvm.devices.virtio.device import VIRTIO_ID_CONSOLE, VirtioDevice
 from minikvm.devices.virtio.queue import DescriptorChain
@@ -144,9 +143,8 @@ class VirtioConsole(VirtioDevice):
         pending = fields.hex_bytes("pending", self.input_limit)
         space = fields.integer("rx_space", 0, self.input_limit)
         if len(pending) + space != self.input_limit:
-            raise DeviceStateError(f"{name}: saved field 'rx_space' = {space} with "
-                                   f"{len(pending)} bytes pending: not this console's "
-                                   f"{self.input_limit}-byte input buffer")
+            raise fields.fail("rx_space", f"= {space} with {len(pending)} bytes pending: not "
+                                          f"this console's {self.input_limit}-byte input buffer")
         fields.counters("counters", self.counters.keys())
 
     def restore(self, state: dict[str, Any]) -> None:

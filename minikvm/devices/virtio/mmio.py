@@ -654,14 +654,14 @@ class VirtioMmioTransport(Device):
             fields.integer(key, 0, MAX_U32)
         pending = fields.bits("interrupt_status", VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG)
         if fields.boolean("irq_level") != bool(pending):
-            raise DeviceStateError(f"{name}: saved field 'irq_level' is not whether "
-                                   "InterruptStatus is set (the line is level-triggered)")
+            raise fields.fail("irq_level", "is not whether InterruptStatus is set (the line "
+                                           "is level-triggered)")
         fields.text("last_error", 4096, optional=True)
         fields.counters("counters", self.counters.keys())
         queues = fields.entries("queues", len(self.queues))
         if len(queues) != len(self.queues):
-            raise DeviceStateError(f"{name}: saved field 'queues' has {len(queues)} queues, "
-                                   f"this device has {len(self.queues)}")
+            raise fields.fail("queues", f"has {len(queues)} queues, this device has "
+                                        f"{len(self.queues)}")
         for index, (queue, saved) in enumerate(zip(self.queues, queues)):
             queue.check_state(saved, device=f"{name}: queue {index}")
         try:
