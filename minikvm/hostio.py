@@ -37,7 +37,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
-from minikvm.devices.state import MAX_U64, hex_bytes, require_bytes_hex, require_int, require_keys
+from minikvm.devices.state import MAX_U64, SavedState, hex_bytes
 
 __all__ = [
     "DEFAULT_INPUT_CAPACITY",
@@ -357,10 +357,10 @@ class HostInput:
     def check_state(self, state: Any) -> None:
         """Raise DeviceStateError unless :meth:`restore` would take ``state``;
         the queue may hold no more than this queue's ``capacity``."""
-        require_keys(state, ("queued", *self._COUNTERS), device="host input")
-        require_bytes_hex(state, "queued", self.capacity, device="host input")
+        fields = SavedState(state, "host input", ("queued", *self._COUNTERS))
+        fields.hex_bytes("queued", self.capacity)
         for name in self._COUNTERS:
-            require_int(state, name, 0, MAX_U64, device="host input")
+            fields.integer(name, 0, MAX_U64)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Replace the queue with the saved bytes (checked first)."""

@@ -266,6 +266,7 @@ FRONT_ENDS = ("minikvm.tui", "minikvm.cli", "minikvm.lessons", "minikvm.gdb")
 LAYER_RULES = {
     # layer (module name prefix): the prefixes it must not import
     "minikvm.kvm": None,  # the binding: nothing of minikvm outside minikvm.kvm
+    "minikvm.statecheck": None,  # the checks of saved state: under every layer that reads one
     "minikvm.memory": ("minikvm.bus", "minikvm.devices", "minikvm.x86", "minikvm.loaders",
                        "minikvm.machine", "minikvm.core", "minikvm.debug", *FRONT_ENDS),
     "minikvm.bus": ("minikvm.devices", "minikvm.x86", "minikvm.loaders", "minikvm.machine",

@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from minikvm.devices.base import Device, DeviceStateError
-from minikvm.devices.state import MAX_U64, require_int, require_keys
+from minikvm.devices.base import Device
+from minikvm.devices.state import MAX_U64, SavedState
 
 __all__ = ["PM_TIMER_HZ", "AcpiPm"]
 
@@ -122,14 +122,11 @@ class AcpiPm(Device):
                 "ticks": max(0, min(ticks, MAX_U64))}
 
     def check_state(self, state: Any) -> None:
-        require_keys(state, ("status", "enable", "control", "ticks"), device=self.name)
+        fields = SavedState(state, self.name, ("status", "enable", "control", "ticks"))
         for key, bits in (("status", _STS_BITS), ("enable", _EN_BITS),
                           ("control", SCI_EN | SLP_TYP_MASK)):
-            value = require_int(state, key, 0, 0xFFFF, device=self.name)
-            if value & ~bits:
-                raise DeviceStateError(f"{self.name}: saved field {key!r} = {value:#x} "
-                                       f"sets bits outside {bits:#x}")
-        require_int(state, "ticks", 0, MAX_U64, device=self.name)
+            fields.bits(key, bits)
+        fields.integer("ticks", 0, MAX_U64)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device
-from minikvm.devices.state import MAX_U64, require_keys, require_optional_int
+from minikvm.devices.state import MAX_U64, SavedState
 
 __all__ = ["DebugExit", "debug_exit_status"]
 
@@ -63,8 +63,8 @@ class DebugExit(Device):
         return {"last_value": self.last_value}
 
     def check_state(self, state: Any) -> None:
-        require_keys(state, ("last_value",), device=self.name)
-        require_optional_int(state, "last_value", 0, MAX_U64, device=self.name)
+        fields = SavedState(state, self.name, ("last_value",))
+        fields.integer("last_value", 0, MAX_U64, optional=True)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)

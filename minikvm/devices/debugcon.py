@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device
-from minikvm.devices.state import MAX_U64, require_int, require_keys
+from minikvm.devices.state import MAX_U64, SavedState
 
 __all__ = ["DEBUGCON_READBACK", "DebugCon"]
 
@@ -79,8 +79,8 @@ class DebugCon(Device):
         return {"bytes_written": self.bytes_written}
 
     def check_state(self, state: Any) -> None:
-        require_keys(state, ("bytes_written",), device=self.name)
-        require_int(state, "bytes_written", 0, MAX_U64, device=self.name)
+        fields = SavedState(state, self.name, ("bytes_written",))
+        fields.integer("bytes_written", 0, MAX_U64)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)

@@ -36,14 +36,7 @@ import struct
 from typing import Any
 
 from minikvm.devices.base import Device, DeviceStateError, Row, all_ones
-from minikvm.devices.state import (
-    MAX_U64,
-    hex_bytes,
-    require_bytes_hex,
-    require_int,
-    require_keys,
-    require_list,
-)
+from minikvm.devices.state import MAX_U64, SavedState, hex_bytes
 
 __all__ = [
     "FW_CFG_ARCH_LOCAL",
@@ -234,21 +227,19 @@ class FwCfg(Device):
     def _checked_items(self, state: Any) -> dict[int, bytes]:
         """Check ``state`` whole; returns its items, decoded."""
         name = self.name
-        require_keys(state, ("selector", "offset", "reads", "items", "files"), device=name)
-        selector = require_int(state, "selector", 0, 0xFFFF, device=name)
-        require_int(state, "reads", 0, MAX_U64, device=name)
-        saved = state["items"]
-        if not isinstance(saved, dict) or len(saved) > FW_CFG_WRITE_CHANNEL:
-            raise DeviceStateError(f"{name}: saved field 'items' is not a dict of at most "
-                                   f"{FW_CFG_WRITE_CHANNEL} items")
+        fields = SavedState(state, name, ("selector", "offset", "reads", "items", "files"))
+        selector = fields.integer("selector", 0, 0xFFFF)
+        fields.integer("reads", 0, MAX_U64)
+        saved_items = fields.mapping("items")
+        if len(saved_items.value) > FW_CFG_WRITE_CHANNEL:
+            raise fields.fail("items", f"holds more than {FW_CFG_WRITE_CHANNEL} items")
         items: dict[int, bytes] = {}
-        for text in saved:
+        for text in saved_items.value:
             key = int(text, 16) if isinstance(text, str) and _ITEM_KEY.fullmatch(text) else -1
             if key < 0 or key & FW_CFG_WRITE_CHANNEL:
-                raise DeviceStateError(f"{name}: saved item key {text!r} is not an item key "
-                                       "like '0x0015'")
-            items[key] = require_bytes_hex(saved, text, MAX_ITEM_SIZE, device=f"{name}: items")
-        files = require_list(state, "files", MAX_FILES, device=name)
+                raise saved_items.fail(text, "is not an item key like '0x0015'")
+            items[key] = saved_items.hex_bytes(text, MAX_ITEM_SIZE)
+        files = fields.entries("files", MAX_FILES)
         seen: set[str] = set()
         for index, entry in enumerate(files):
             # As add_file() makes them: a unique ASCII name, keys from 0x20 in order.
@@ -262,7 +253,7 @@ class FwCfg(Device):
             if not ok:
                 raise DeviceStateError(f"{name}: saved file {index} is not [name, key] of a "
                                        "unique ASCII name and its item's key")
-        require_int(state, "offset", 0, len(items.get(item_key(selector), b"")), device=name)
+        fields.integer("offset", 0, len(items.get(item_key(selector), b"")))
         return items
 
     # -- words ----------------------------------------------------------------------

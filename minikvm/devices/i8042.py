@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device
-from minikvm.devices.state import MAX_U64, require_int, require_keys, require_optional_int
+from minikvm.devices.state import MAX_U64, SavedState
 
 __all__ = [
     "I8042", "I8042_CMD_PULSE_RESET", "I8042_COMMAND", "I8042_DATA",
@@ -81,9 +81,9 @@ class I8042(Device):
         return {"last_command": self.last_command, "resets": self.resets}
 
     def check_state(self, state: Any) -> None:
-        require_keys(state, ("last_command", "resets"), device=self.name)
-        require_optional_int(state, "last_command", 0, 0xFF, device=self.name)
-        require_int(state, "resets", 0, MAX_U64, device=self.name)
+        fields = SavedState(state, self.name, ("last_command", "resets"))
+        fields.integer("last_command", 0, 0xFF, optional=True)
+        fields.integer("resets", 0, MAX_U64)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)

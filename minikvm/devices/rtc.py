@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device
-from minikvm.devices.state import hex_bytes, require_bytes_hex, require_int, require_keys
+from minikvm.devices.state import SavedState, hex_bytes
 
 __all__ = ["CMOS_SIZE", "Rtc"]
 
@@ -249,11 +249,11 @@ class Rtc(Device):
                 "seen": seen}
 
     def check_state(self, state: Any) -> None:
-        require_keys(state, ("index", "cmos", "offset", "seen"), device=self.name)
-        require_int(state, "index", 0, CMOS_SIZE - 1, device=self.name)
-        require_bytes_hex(state, "cmos", CMOS_SIZE, exact=True, device=self.name)
-        require_int(state, "offset", -_OFFSET_LIMIT, _OFFSET_LIMIT, device=self.name)
-        require_int(state, "seen", -_SEEN_LIMIT, 0, device=self.name)
+        fields = SavedState(state, self.name, ("index", "cmos", "offset", "seen"))
+        fields.integer("index", 0, CMOS_SIZE - 1)
+        fields.hex_bytes("cmos", CMOS_SIZE, exact=True)
+        fields.integer("offset", -_OFFSET_LIMIT, _OFFSET_LIMIT)
+        fields.integer("seen", -_SEEN_LIMIT, 0)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)

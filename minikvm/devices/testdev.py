@@ -30,15 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from minikvm.devices.base import Device, InterruptLine, Row, all_ones
-from minikvm.devices.state import (
-    MAX_U32,
-    MAX_U64,
-    hex_bytes,
-    require_bools,
-    require_bytes_hex,
-    require_int,
-    require_keys,
-)
+from minikvm.devices.state import MAX_U32, MAX_U64, SavedState, hex_bytes
 
 __all__ = ["IOMEM_SIZE", "IRQ_LINES", "PcTestdevIomem", "PcTestdevIrq", "PcTestdevPorts"]
 
@@ -112,9 +104,9 @@ class PcTestdevPorts(Device):
         return {"scratch": self.value, "flushes": self.flushes}
 
     def check_state(self, state: Any) -> None:
-        require_keys(state, ("scratch", "flushes"), device=self.name)
-        require_int(state, "scratch", 0, MAX_U32, device=self.name)
-        require_int(state, "flushes", 0, MAX_U64, device=self.name)
+        fields = SavedState(state, self.name, ("scratch", "flushes"))
+        fields.integer("scratch", 0, MAX_U32)
+        fields.integer("flushes", 0, MAX_U64)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)
@@ -163,9 +155,9 @@ class PcTestdevIrq(Device):
         return {"levels": list(self.levels), "writes": self.writes}
 
     def check_state(self, state: Any) -> None:
-        require_keys(state, ("levels", "writes"), device=self.name)
-        require_bools(state, "levels", len(self.lines), device=self.name)
-        require_int(state, "writes", 0, MAX_U64, device=self.name)
+        fields = SavedState(state, self.name, ("levels", "writes"))
+        fields.booleans("levels", len(self.lines))
+        fields.integer("writes", 0, MAX_U64)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Also drives every line to its restored level, so the wires match."""
@@ -208,8 +200,8 @@ class PcTestdevIomem(Device):
         return {"memory": hex_bytes(self.buffer.rstrip(b"\0"))}
 
     def check_state(self, state: Any) -> None:
-        require_keys(state, ("memory",), device=self.name)
-        require_bytes_hex(state, "memory", IOMEM_SIZE, device=self.name)
+        fields = SavedState(state, self.name, ("memory",))
+        fields.hex_bytes("memory", IOMEM_SIZE)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)

@@ -78,10 +78,8 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices import serial_reg
-from minikvm.devices.base import Device, DeviceStateError, InterruptLine, all_ones
-from minikvm.devices.state import (MAX_U64, hex_bytes, require_bits, require_bool,
-                                   require_bytes_hex, require_choice, require_int,
-                                   require_keys)
+from minikvm.devices.base import Device, InterruptLine, all_ones
+from minikvm.devices.state import MAX_U64, SavedState, hex_bytes
 from minikvm.devices.serial_reg import *  # noqa: F403 - the register names, as the model's own
 
 __all__ = [
@@ -629,28 +627,28 @@ class Uart16550(Device):
         that exist, the FIFO no deeper than the chip's, and a wire level that
         the registers really produce."""
         name = self.name
-        require_keys(state, _SAVED_FIELDS, device=name)
+        fields = SavedState(state, name, _SAVED_FIELDS)
         for key in _BYTE_FIELDS:
-            require_int(state, key, 0, 0xFF, device=name)
+            fields.integer(key, 0, 0xFF)
         for key in _COUNTERS:
-            require_int(state, key, 0, MAX_U64, device=name)
-        require_bits(state, "ier", UART_IER_ALL_INTR, device=name)
-        require_bits(state, "mcr", UART_MCR_WRITABLE, device=name)
-        require_bits(state, "lsr_errors", UART_LSR_BRK_ERROR_BITS, device=name)
-        require_bits(state, "msr_delta", UART_MSR_ANY_DELTA, device=name)
-        require_bits(state, "modem_inputs", UART_MSR_STATUS_BITS, device=name)
-        require_choice(state, "fcr_trigger", _TRIGGER_BYTES, device=name)
-        require_choice(state, "fcr_dma", (0, UART_FCR_DMA_SELECT), device=name)
-        fifo_on = require_bool(state, "fifo_enabled", device=name)
-        require_bytes_hex(state, "rx_fifo", FIFO_SIZE if fifo_on else 1, device=name)
-        require_bytes_hex(state, "tx_fifo", 0, device=name)
-        require_bool(state, "thre_pending", device=name)
-        level = require_bool(state, "irq_level", device=name)
+            fields.integer(key, 0, MAX_U64)
+        fields.bits("ier", UART_IER_ALL_INTR)
+        fields.bits("mcr", UART_MCR_WRITABLE)
+        fields.bits("lsr_errors", UART_LSR_BRK_ERROR_BITS)
+        fields.bits("msr_delta", UART_MSR_ANY_DELTA)
+        fields.bits("modem_inputs", UART_MSR_STATUS_BITS)
+        fields.choice("fcr_trigger", _TRIGGER_BYTES)
+        fields.choice("fcr_dma", (0, UART_FCR_DMA_SELECT))
+        fifo_on = fields.boolean("fifo_enabled")
+        fields.hex_bytes("rx_fifo", FIFO_SIZE if fifo_on else 1)
+        fields.hex_bytes("tx_fifo", 0)
+        fields.boolean("thre_pending")
+        level = fields.boolean("irq_level")
         scratch = Uart16550(name=name)
         scratch._assign(state)
         if scratch._wire_level() != level:
-            raise DeviceStateError(f"{name}: saved field 'irq_level' = {level} is not the "
-                                   "level the saved registers drive")
+            raise fields.fail("irq_level", f"= {level} is not the level the saved registers "
+                                           "drive")
         return scratch
 
     def _assign(self, state: dict[str, Any]) -> None:

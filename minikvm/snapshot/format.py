@@ -34,8 +34,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-__all__ = ["HEADER", "MAGIC", "MAX_JSON", "MAX_SECTIONS", "SECTION", "Section", "SnapshotError",
-           "VERSION", "json_payload", "parse_json", "read_sections", "write_sections"]
+from minikvm.statecheck import Fields
+
+__all__ = ["HEADER", "MAGIC", "MAX_JSON", "MAX_SECTIONS", "SECTION", "JsonFields", "Section",
+           "SnapshotError", "VERSION", "json_payload", "parse_json", "read_sections",
+           "write_sections"]
 
 #: The first eight bytes of every snapshot: "minikvm snapshot", with a byte
 #: that is not text (0x1A, as in PNG) so that a text file never matches.
@@ -64,6 +67,15 @@ MAX_MEMORY = 1 << 40
 class SnapshotError(ValueError):
     """A snapshot file that cannot be used, or a machine that cannot be
     saved: one line for a person (``minikvm`` exits with status 2)."""
+
+
+class JsonFields(Fields):
+    """An object of a JSON section, checked field by field before any value
+    is used (:class:`~minikvm.statecheck.Fields`): its CRC only proves that
+    nobody changed it by accident. A wrong value is a :class:`SnapshotError`
+    naming its JSON path, ``VCPU[0].regs.rip is '0x1000', not an integer``."""
+
+    error = SnapshotError
 
 
 @dataclass(frozen=True)

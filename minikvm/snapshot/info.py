@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from minikvm.kvm.uapi import KvmMpState
-from minikvm.snapshot.format import VERSION, SnapshotError, read_sections
+from minikvm.snapshot.format import VERSION, read_sections
 from minikvm.snapshot.machine_state import read_meta
 from minikvm.snapshot.memory_image import PAGE_SIZE, RegionImage
 from minikvm.snapshot.vcpu_state import VcpuState

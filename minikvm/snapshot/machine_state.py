@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 from minikvm.core.board import ram_regions
 from minikvm.core.config import ConfigError, MachineConfig, VirtioSpec
 from minikvm.kvm.errors import KvmError
-from minikvm.snapshot.checks import need_dict, need_int, need_list, need_str
 from minikvm.snapshot.format import (
+    JsonFields,
     Section,
     SnapshotError,
     json_payload,
@@ -125,27 +125,32 @@ def save_machine(machine: Machine, path: str, config: MachineConfig) -> Saved:
 
 # -- loading ---------------------------------------------------------------------------
 
+def _single_json(sections: list[Section], tag: bytes) -> JsonFields:
+    """The JSON section ``tag``, which a snapshot holds exactly once, named by its tag."""
+    found = [s for s in sections if s.tag == tag]
+    name = tag.decode("ascii").strip()
+    if len(found) != 1:
+        raise SnapshotError(f"the snapshot has no {name} section (or several)")
+    return JsonFields(parse_json(found[0]), name)
+
+
 def read_meta(sections: list[Section]) -> dict[str, Any]:
     """The META section, checked for what everything else relies on."""
-    metas = [s for s in sections if s.tag == b"META"]
-    if len(metas) != 1:
-        raise SnapshotError("the snapshot has no META section (or several)")
-    meta = need_dict(parse_json(metas[0]), "META")
-    config = need_dict(meta.get("config"), "META.config")
-    need_int(config, "mem_size", "META.config", 4096, 1 << 46)
-    need_int(config, "vcpus", "META.config", 1, 64)
-    if not isinstance(config.get("irqchip"), bool):
-        raise SnapshotError("META.config.irqchip should be true or false")
-    need_str(config, "append", "META.config", optional=True)
-    for item in need_list(config, "virtio", "META.config", 16):
-        need_dict(item, "META.config.virtio[]")
-        need_str(item, "kind", "META.config.virtio[]")
-        need_str(item, "path", "META.config.virtio[]", optional=True)
-    need_int(meta, "exit_count", "META")
-    need_int(meta, "xsave_size", "META", 0, 1 << 20)
-    need_str(meta, "vendor", "META")
-    need_str(meta, "guest", "META", optional=True)
-    return meta
+    meta = _single_json(sections, b"META")
+    config = meta.mapping("config")
+    config.integer("mem_size", 4096, 1 << 46)
+    config.integer("vcpus", 1, 64)
+    config.boolean("irqchip")
+    config.text("append", optional=True)
+    for item in config.entries("virtio", 16):
+        virtio = JsonFields(item, "META.config.virtio[]")
+        virtio.text("kind")
+        virtio.text("path", optional=True)
+    meta.integer("exit_count")
+    meta.integer("xsave_size", 0, 1 << 20)
+    meta.text("vendor")
+    meta.text("guest", optional=True)
+    return meta.value
 
 
 def _virtio_specs(doc: dict[str, Any], disks: Sequence[str]) -> tuple[VirtioSpec, ...]:
@@ -162,7 +167,7 @@ def _virtio_specs(doc: dict[str, Any], disks: Sequence[str]) -> tuple[VirtioSpec
         path = item.get("path")
         if kind == "blk":
             path = disks.pop(0) if disks else path
-            size = need_int(item, "size", "META.config.virtio[]")
+            size = JsonFields(item, "META.config.virtio[]").integer("size")
             try:
                 actual = os.path.getsize(path)
             except (OSError, TypeError) as err:
@@ -258,16 +263,13 @@ def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any],
     vm_state = VmState.from_sections(sections)
     if (vm_state is not None) != machine.irqchip:
         raise SnapshotError("the irqchip state does not match the saved configuration")
-    devs = [s for s in sections if s.tag == b"DEVS"]
-    if len(devs) != 1:
-        raise SnapshotError("the snapshot has no DEVS section (or several)")
-    doc = need_dict(parse_json(devs[0]), "DEVS")
-    device_states = need_dict(doc.get("devices"), "DEVS.devices")
+    doc = _single_json(sections, b"DEVS")
+    device_states = doc.mapping("devices").value
     # Restore: devices (validated whole by restore_devices before it changes any).
     try:
-        machine.serial_input.check_state(doc.get("host_input"))
+        machine.serial_input.check_state(doc.value.get("host_input"))
         restore_devices((machine.pio, machine.mmio), device_states)
-        machine.serial_input.restore(doc.get("host_input"))
+        machine.serial_input.restore(doc.value.get("host_input"))
     except (DeviceStateError, ValueError, TypeError) as err:
         raise SnapshotError(f"device state: {err}") from None
     for region in machine.memory.regions:

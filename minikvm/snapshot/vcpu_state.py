@@ -40,8 +40,8 @@ from minikvm.kvm.uapi import (
     kvm_vcpu_events,
     make_kvm_cpuid2,
 )
-from minikvm.snapshot.checks import U32, need_dict, need_hex, need_int, need_list
-from minikvm.snapshot.format import Section, SnapshotError, json_payload, parse_json
+from minikvm.snapshot.format import JsonFields, Section, SnapshotError, json_payload, parse_json
+from minikvm.statecheck import MAX_U32, MAX_U64, is_uint
 
 __all__ = ["MSR_IA32_TSC", "MSR_IA32_TSC_DEADLINE", "VcpuParts", "VcpuState", "capture_vcpu",
            "probe_parts", "read_msrs", "restore_vcpu"]
@@ -143,30 +143,28 @@ class VcpuState:
         """Rebuild and check a vCPU's state from its sections: every value's
         type, range and size, before any is used."""
         where = main.name
-        doc = need_dict(parse_json(main), where)
-        regs_doc = need_dict(doc.get("regs"), f"{where}.regs")
-        if set(regs_doc) != set(_REGS):
-            raise SnapshotError(f"{where}.regs should name exactly {', '.join(_REGS)}")
-        regs = {name: need_int(regs_doc, name, f"{where}.regs") for name in _REGS}
+        doc = JsonFields(parse_json(main), where)
+        regs_doc = doc.mapping("regs").exactly(_REGS)
+        regs = {name: regs_doc.integer(name) for name in _REGS}
         msrs = {}
-        for item in need_list(doc, "msrs", where, MAX_MSRS):
+        for item in doc.entries("msrs", MAX_MSRS):
             pair = _pair(item, f"{where}.msrs")
             msrs[pair[0]] = pair[1]
-        xcrs = dict(_pair(item, f"{where}.xcrs") for item in need_list(doc, "xcrs", where, 16))
+        xcrs = dict(_pair(item, f"{where}.xcrs") for item in doc.entries("xcrs", 16))
         cpuid = []
-        for entry in need_list(doc, "cpuid", where, MAX_CPUID):
+        for entry in doc.entries("cpuid", MAX_CPUID):
             if (not isinstance(entry, list) or len(entry) != 7
-                    or not all(isinstance(v, int) and 0 <= v <= U32 for v in entry)):
+                    or not all(is_uint(v, MAX_U32) for v in entry)):
                 raise SnapshotError(f"{where}.cpuid entries should be 7 numbers of 32 bits")
             cpuid.append(entry)
-        state = cls(main.index, regs, need_hex(doc, "sregs", where, ctypes.sizeof(kvm_sregs)),
+        state = cls(main.index, regs,
+                    doc.hex_bytes("sregs", ctypes.sizeof(kvm_sregs), exact=True),
                     msrs, cpuid, xcrs=xcrs)
-        if doc.get("events") is not None:
-            state.events = need_hex(doc, "events", where, ctypes.sizeof(kvm_vcpu_events))
-        if doc.get("debugregs") is not None:
-            state.debugregs = need_hex(doc, "debugregs", where, ctypes.sizeof(kvm_debugregs))
-        if doc.get("mp_state") is not None:
-            state.mp_state = need_int(doc, "mp_state", where, 0, max(KvmMpState))
+        state.events = doc.hex_bytes("events", ctypes.sizeof(kvm_vcpu_events), exact=True,
+                                     optional=True)
+        state.debugregs = doc.hex_bytes("debugregs", ctypes.sizeof(kvm_debugregs), exact=True,
+                                        optional=True)
+        state.mp_state = doc.integer("mp_state", 0, max(KvmMpState), optional=True)
         state.xsave = _blob(raw, b"XSAV", main.index, xsave_size or None)
         state.fpu = _blob(raw, b"FPU ", main.index, ctypes.sizeof(kvm_fpu))
         state.lapic = _blob(raw, b"LAPC", main.index, ctypes.sizeof(kvm_lapic_state))
@@ -179,8 +177,7 @@ class VcpuState:
 
 def _pair(item: Any, where: str) -> tuple[int, int]:
     if (not isinstance(item, list) or len(item) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)
-            or not 0 <= item[0] <= U32 or not 0 <= item[1] < 1 << 64):
+            or not is_uint(item[0], MAX_U32) or not is_uint(item[1], MAX_U64)):
         raise SnapshotError(f"{where} entries should be [number, 64-bit value]")
     return item[0], item[1]
 

@@ -28,8 +28,7 @@ from minikvm.kvm.uapi import (
     kvm_irqchip,
     kvm_pit_state2,
 )
-from minikvm.snapshot.checks import need_dict, need_int
-from minikvm.snapshot.format import Section, SnapshotError, json_payload, parse_json
+from minikvm.snapshot.format import JsonFields, Section, SnapshotError, json_payload, parse_json
 
 __all__ = ["CHIPS", "VmState", "capture_vm", "restore_vm"]
 
@@ -69,9 +68,9 @@ class VmState:
                 raise SnapshotError(f"section {section.name} holds another chip's state")
         if len(pit[0].payload) != ctypes.sizeof(kvm_pit_state2):
             raise SnapshotError("section PIT2[0] is not a kvm_pit_state2")
-        doc = need_dict(parse_json(clock[0]), "CLCK[0]")
+        doc = JsonFields(parse_json(clock[0]), "CLCK[0]")
         return cls({chip: chips[chip].payload for chip in CHIPS}, pit[0].payload,
-                   need_int(doc, "clock_ns", "CLCK[0]"))
+                   doc.integer("clock_ns"))
 
 
 def capture_vm(vm: Any) -> VmState:

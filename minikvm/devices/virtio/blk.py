@@ -47,17 +47,7 @@ import os
 import struct
 from typing import Any
 
-from minikvm.devices.base import DeviceStateError
-from minikvm.devices.state import (
-    MAX_U64,
-    hex_bytes,
-    require_bool,
-    require_bytes_hex,
-    require_counters,
-    require_int,
-    require_keys,
-    require_str,
-)
+from minikvm.devices.state import MAX_U64, SavedState, hex_bytes
 from minikvm.devices.virtio.device import VIRTIO_ID_BLOCK, VirtioDevice
 from minikvm.devices.virtio.features import has_feature
 from minikvm.devices.virtio.queue import DescriptorChain, VirtqueueError
@@ -369,18 +359,17 @@ class VirtioBlk(VirtioDevice):
         another read-only setting: the guest's view of the disk would not
         be the one it saved."""
         name = self.name
-        require_keys(state, ("path", "size", "read_only", "capacity", "serial", "counters"),
-                     device=name)
-        require_str(state, "path", 4096, device=name)
+        fields = SavedState(state, name, ("path", "size", "read_only", "capacity", "serial",
+                                          "counters"))
+        fields.text("path", 4096)
         size = self._image_size()
-        require_int(state, "size", size, size, device=name)
-        if require_bool(state, "read_only", device=name) != self.read_only:
-            raise DeviceStateError(f"{name}: saved field 'read_only' = {state['read_only']}, "
-                                   f"but this disk is {'' if self.read_only else 'not '}"
-                                   "read-only")
-        require_int(state, "capacity", 0, MAX_U64 // SECTOR_SIZE, device=name)
-        require_bytes_hex(state, "serial", VIRTIO_BLK_ID_BYTES, device=name)
-        require_counters(state, "counters", self.counters.keys(), device=name)
+        fields.integer("size", size, size)
+        if fields.boolean("read_only") != self.read_only:
+            raise fields.fail("read_only", f"= {state['read_only']}, but this disk is "
+                                           f"{'' if self.read_only else 'not '}read-only")
+        fields.integer("capacity", 0, MAX_U64 // SECTOR_SIZE)
+        fields.hex_bytes("serial", VIRTIO_BLK_ID_BYTES)
+        fields.counters("counters", self.counters.keys())
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)

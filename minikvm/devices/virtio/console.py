@@ -20,14 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from minikvm.devices.base import DeviceStateError
-from minikvm.devices.state import (
-    hex_bytes,
-    require_bytes_hex,
-    require_counters,
-    require_int,
-    require_keys,
-)
+from minikvm.devices.state import SavedState, hex_bytes
 from minikvm.devices.virtio.device import VIRTIO_ID_CONSOLE, VirtioDevice
 from minikvm.devices.virtio.queue import DescriptorChain
 
@@ -146,14 +139,13 @@ class VirtioConsole(VirtioDevice):
 
     def check_state(self, state: Any) -> None:
         name = self.name
-        require_keys(state, ("pending", "rx_space", "counters"), device=name)
-        pending = require_bytes_hex(state, "pending", self.input_limit, device=name)
-        space = require_int(state, "rx_space", 0, self.input_limit, device=name)
+        fields = SavedState(state, name, ("pending", "rx_space", "counters"))
+        pending = fields.hex_bytes("pending", self.input_limit)
+        space = fields.integer("rx_space", 0, self.input_limit)
         if len(pending) + space != self.input_limit:
-            raise DeviceStateError(f"{name}: saved field 'rx_space' = {space} with "
-                                   f"{len(pending)} bytes pending: not this console's "
-                                   f"{self.input_limit}-byte input buffer")
-        require_counters(state, "counters", self.counters.keys(), device=name)
+            raise fields.fail("rx_space", f"= {space} with {len(pending)} bytes pending: not "
+                                          f"this console's {self.input_limit}-byte input buffer")
+        fields.counters("counters", self.counters.keys())
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)

@@ -23,16 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from minikvm.devices.base import Device, DeviceStateError, InterruptLine
-from minikvm.devices.state import (
-    MAX_U32,
-    require_bits,
-    require_bool,
-    require_counters,
-    require_int,
-    require_keys,
-    require_list,
-    require_optional_str,
-)
+from minikvm.devices.state import MAX_U32, SavedState
 from minikvm.devices.virtio.device import ChainHandler, VirtioContext, VirtioDevice
 from minikvm.devices.virtio.features import (
     TRANSPORT_FEATURES,
@@ -650,28 +641,27 @@ class VirtioMmioTransport(Device):
         """Raise DeviceStateError (naming this transport) unless :meth:`restore`
         would take ``state``; the queues and the backend are checked too."""
         name = self.name
-        require_keys(state, ("device_id", "device_features", "status", "driver_features",
-                             *_SAVED_WORDS, "interrupt_status", "irq_level", "last_error",
-                             "counters", "queues", "backend"), device=name)
+        fields = SavedState(state, name, (
+            "device_id", "device_features", "status", "driver_features", *_SAVED_WORDS,
+            "interrupt_status", "irq_level", "last_error", "counters", "queues", "backend"))
         device_id = self.backend.device_id
-        require_int(state, "device_id", device_id, device_id, device=name)
+        fields.integer("device_id", device_id, device_id)
         offered = self.device_features
-        require_int(state, "device_features", offered, offered, device=name)
-        require_bits(state, "status", _STATUS_BITS, device=name)
-        require_bits(state, "driver_features", offered, device=name)
+        fields.integer("device_features", offered, offered)
+        fields.bits("status", _STATUS_BITS)
+        fields.bits("driver_features", offered)
         for key in _SAVED_WORDS:
-            require_int(state, key, 0, MAX_U32, device=name)
-        pending = require_bits(state, "interrupt_status",
-                               VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG, device=name)
-        if require_bool(state, "irq_level", device=name) != bool(pending):
-            raise DeviceStateError(f"{name}: saved field 'irq_level' is not whether "
-                                   "InterruptStatus is set (the line is level-triggered)")
-        require_optional_str(state, "last_error", 4096, device=name)
-        require_counters(state, "counters", self.counters.keys(), device=name)
-        queues = require_list(state, "queues", len(self.queues), device=name)
+            fields.integer(key, 0, MAX_U32)
+        pending = fields.bits("interrupt_status", VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG)
+        if fields.boolean("irq_level") != bool(pending):
+            raise fields.fail("irq_level", "is not whether InterruptStatus is set (the line "
+                                           "is level-triggered)")
+        fields.text("last_error", 4096, optional=True)
+        fields.counters("counters", self.counters.keys())
+        queues = fields.entries("queues", len(self.queues))
         if len(queues) != len(self.queues):
-            raise DeviceStateError(f"{name}: saved field 'queues' has {len(queues)} queues, "
-                                   f"this device has {len(self.queues)}")
+            raise fields.fail("queues", f"has {len(queues)} queues, this device has "
+                                        f"{len(self.queues)}")
         for index, (queue, saved) in enumerate(zip(self.queues, queues)):
             queue.check_state(saved, device=f"{name}: queue {index}")
         try:

@@ -37,14 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from minikvm.devices.base import DeviceStateError
-from minikvm.devices.state import (
-    MAX_U16,
-    MAX_U32,
-    MAX_U64,
-    require_bool,
-    require_int,
-    require_keys,
-)
+from minikvm.devices.state import MAX_U16, MAX_U32, MAX_U64, SavedState
 from minikvm.memory import GuestMemory
 
 __all__ = [
@@ -455,16 +448,16 @@ class SplitQueue:
         accepted in *this* guest memory, so that a restored device never
         walks rings outside RAM.
         """
-        require_keys(state, self.save().keys(), device=device)
-        require_int(state, "max_size", self.max_size, self.max_size, device=device)
-        require_int(state, "size", 0, MAX_U32, device=device)  # QueueNum takes any word
+        fields = SavedState(state, device, self.save().keys())
+        fields.integer("max_size", self.max_size, self.max_size)
+        fields.integer("size", 0, MAX_U32)  # QueueNum takes any word
         for key in ("desc_table", "avail_ring", "used_ring"):
-            require_int(state, key, 0, MAX_U64, device=device)
+            fields.integer(key, 0, MAX_U64)
         for key in ("last_avail_idx", "used_idx", "signalled_used"):
-            require_int(state, key, 0, MAX_U16, device=device)
+            fields.integer(key, 0, MAX_U16)
         for key in ("ready", "event_idx", "indirect_desc"):
-            require_bool(state, key, device=device)
-        require_int(state, "chains_popped", 0, MAX_U64, device=device)
+            fields.boolean(key)
+        fields.integer("chains_popped", 0, MAX_U64)
         if state["ready"]:
             scratch = SplitQueue(self.memory, self.max_size, self.max_chain_bytes)
             scratch._assign(state)

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from minikvm.devices.state import MAX_U64, require_int, require_keys
+from minikvm.devices.state import MAX_U64, SavedState
 from minikvm.devices.virtio.device import VIRTIO_ID_RNG, VirtioDevice
 from minikvm.devices.virtio.queue import DescriptorChain
 
@@ -63,10 +63,10 @@ class VirtioRng(VirtioDevice):
                 "request_cap": self.request_cap}
 
     def check_state(self, state: Any) -> None:
-        require_keys(state, ("requests", "bytes_given", "request_cap"), device=self.name)
-        require_int(state, "requests", 0, MAX_U64, device=self.name)
-        require_int(state, "bytes_given", 0, MAX_U64, device=self.name)
-        require_int(state, "request_cap", self.request_cap, self.request_cap, device=self.name)
+        fields = SavedState(state, self.name, ("requests", "bytes_given", "request_cap"))
+        fields.integer("requests", 0, MAX_U64)
+        fields.integer("bytes_given", 0, MAX_U64)
+        fields.integer("request_cap", self.request_cap, self.request_cap)
 
     def restore(self, state: dict[str, Any]) -> None:
         self.check_state(state)
