@@ -58,8 +58,9 @@ from typing import TYPE_CHECKING
 
 from minikvm.debug.disasm import MAX_INSTRUCTION_LENGTH, Instruction, disassemble
 from minikvm.debug.errors import DebuggerError
-from minikvm.debug.inspect import RegisterSnapshot
+from minikvm.debug.inspect import RegisterSnapshot, regs_from_values, values_of
 from minikvm.kvm.uapi import (
+    KVM_SYNC_X86_REGS,
     KVM_SYNC_X86_SREGS,
     kvm_regs,
     kvm_run,
@@ -188,6 +189,10 @@ class GuestView:
         self._run_page = self.vcpu.page
         self.memory = machine.memory
         self._regs: kvm_regs | None = None
+        #: The same registers as 18 values (``inspect.values_of``), when the
+        #: stepper handed them over that way or someone asked for them.
+        #: While both are set they describe the same moment.
+        self._values: tuple[int, ...] | None = None
         self._sregs: kvm_sregs | None = None
         self._pc = 0
         # The runner's KVM_RUN count when each was read (see the module docstring).
@@ -217,7 +222,18 @@ class GuestView:
         this stop's, with ``pc`` (the linear RIP, when a debug exit told it).
         The segment registers are read again only if someone asks."""
         runs = self.runner.runs
+        self._values = None
         self._regs, self._regs_at = regs, runs
+        if pc is not None:
+            self._pc, self._pc_at = pc, runs
+
+    def stepped_values(self, values: tuple[int, ...], pc: int | None = None) -> None:
+        """:meth:`stepped` with the registers as 18 values (the stepper's
+        fast path reads them so from the run page): no ``kvm_regs`` is made
+        unless someone asks :meth:`regs`."""
+        runs = self.runner.runs
+        self._regs = None   # first: another thread's last_regs never pairs old and new
+        self._values, self._regs_at = values, runs
         if pc is not None:
             self._pc, self._pc_at = pc, runs
 
@@ -227,8 +243,49 @@ class GuestView:
         runs = self.runner.runs
         if self._regs_at != runs:
             self._regs = self.vcpu.get_regs()
+            self._values = None
             self._regs_at = runs
+        elif self._regs is None:
+            self._regs = self._materialize(self._values)  # type: ignore[arg-type]
         return self._regs  # type: ignore[return-value]
+
+    def _materialize(self, values: tuple[int, ...]) -> kvm_regs:
+        """The ``kvm_regs`` of this stop, from values read after the last run:
+        the run page's synced copy when it is still current (the same
+        values: the vCPU has not run since), else built from the values."""
+        vcpu = self.vcpu
+        if vcpu.synced and vcpu.sync_mask & KVM_SYNC_X86_REGS:
+            return vcpu.get_regs()
+        return regs_from_values(values)
+
+    def values(self) -> tuple[int, ...]:
+        """:meth:`regs` as the 18 values of ``kvm_regs`` (in its order)."""
+        if self._regs_at == self.runner.runs:
+            values = self._values
+            if values is None:
+                values = self._values = values_of(self._regs)
+            return values
+        regs = self.regs()
+        values = self._values = values_of(regs)
+        return values
+
+    def values_and_pc(self) -> tuple[tuple[int, ...], int]:
+        """:meth:`values` and :attr:`pc` in one call: the stepper's hot loop
+        asks for both before every instruction."""
+        runs = self.runner.runs
+        if self._regs_at == runs and self._pc_at == runs:
+            values = self._values
+            if values is not None:
+                return values, self._pc
+        return self.values(), self.pc
+
+    def regs_of(self, values: tuple[int, ...]) -> kvm_regs:
+        """A ``kvm_regs`` holding ``values``: :meth:`regs` itself when they
+        are this stop's (the same tuple), so that a step record and the
+        view hand out one structure, else a fresh one."""
+        if values is self._values and self._regs_at == self.runner.runs:
+            return self.regs()
+        return regs_from_values(values)
 
     def sregs(self) -> kvm_sregs:
         """``KVM_GET_SREGS`` (segments, descriptor tables, CR0-CR4, EFER), once per stop."""
@@ -242,8 +299,8 @@ class GuestView:
         """:meth:`regs` and :attr:`pc` in one call: the stepper's hot loop
         asks for both before every instruction."""
         runs = self.runner.runs
-        if self._regs_at == runs and self._pc_at == runs:
-            return self._regs, self._pc  # type: ignore[return-value]
+        if self._regs_at == runs and self._pc_at == runs and self._regs is not None:
+            return self._regs, self._pc
         return self.regs(), self.pc
 
     @property
@@ -270,7 +327,12 @@ class GuestView:
     @property
     def last_regs(self) -> kvm_regs | None:
         """The registers as last read, however old; no ioctl (any thread)."""
-        return self._regs
+        regs = self._regs
+        if regs is None:
+            values = self._values
+            if values is not None:
+                return regs_from_values(values)
+        return regs
 
     @property
     def last_sregs(self) -> kvm_sregs | None:
