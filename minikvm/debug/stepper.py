@@ -63,7 +63,7 @@ from minikvm.core.runner import Watchdog
 from minikvm.core.stop import Stop, StopKind
 from minikvm.debug.arming import Arming
 from minikvm.debug.breakpoints import DR6_BS
-from minikvm.debug.events import StepRecord
+from minikvm.debug.events import StepRecord, stepped_record
 from minikvm.debug.guestview import GuestView
 from minikvm.debug.inspect import REG_INDEX, values_of
 from minikvm.debug.probe import DebugSupport
@@ -108,19 +108,17 @@ _RFLAGS = REG_INDEX["rflags"]
 _SYNC_REGS = int(KVM_SYNC_X86_REGS)
 
 
-def _step_fields() -> tuple[struct.Struct, int]:
-    """What a single step reads from the run page, as one ``unpack_from``:
-    ``kvm_run.debug.arch.pc`` and ``.dr6``, then the 18 registers that
-    ``KVM_CAP_SYNC_REGS`` left in ``kvm_run.s.regs.regs`` (the bytes between
-    are skipped, not copied). Offsets from the ctypes layout of uapi.py."""
-    pc = kvm_run.debug.offset + kvm_run_debug.arch.offset + kvm_debug_exit_arch.pc.offset
-    dr6 = kvm_run.debug.offset + kvm_run_debug.arch.offset + kvm_debug_exit_arch.dr6.offset
-    regs = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.regs.offset
-    count = ctypes.sizeof(kvm_regs) // 8
-    return struct.Struct(f"<Q{dr6 - pc - 8}xQ{regs - dr6 - 8}x{count}Q"), pc
-
-
-_STEP_FIELDS, _STEP_FIELDS_OFFSET = _step_fields()
+#: ``kvm_run.debug.arch.pc`` and ``.dr6``, read in one go from the run page.
+_DEBUG_PC_DR6 = struct.Struct(
+    f"<Q{kvm_debug_exit_arch.dr6.offset - kvm_debug_exit_arch.pc.offset - 8}xQ")
+_DEBUG_PC_DR6_OFFSET = (kvm_run.debug.offset + kvm_run_debug.arch.offset
+                        + kvm_debug_exit_arch.pc.offset)
+#: The 18 registers ``KVM_CAP_SYNC_REGS`` leaves in ``kvm_run.s.regs.regs``,
+#: read as values (no ``kvm_regs`` copy). One ``unpack_from`` over both
+#: ranges, skipping the bytes between, measured slower than these two: it
+#: then needs a slice to part the registers from pc and DR6.
+_SYNCED_REGS = struct.Struct(f"<{ctypes.sizeof(kvm_regs) // 8}Q")
+_SYNCED_REGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.regs.offset
 
 
 class Stepper:
@@ -178,16 +176,15 @@ class Stepper:
                 return self._watched(self.step)
         if state is not runner.guest_debug:
             runner.set_guest_debug(state)
-        reason = runner.run_reason()
+        reason = runner.run_step()
         if reason == _KVM_EXIT_DEBUG and self._vcpu.sync_mask & _SYNC_REGS:
-            # pc, DR6 and the 18 registers KVM synced, in one unpack.
-            fields = _STEP_FIELDS.unpack_from(self._page, _STEP_FIELDS_OFFSET)
-            if fields[1] & _DR6_BS_OR_B == DR6_BS:
-                new_pc = fields[0]
-                after = fields[2:]
+            page = self._page
+            new_pc, dr6 = _DEBUG_PC_DR6.unpack_from(page, _DEBUG_PC_DR6_OFFSET)
+            if dr6 & _DR6_BS_OR_B == DR6_BS:
+                after = _SYNCED_REGS.unpack_from(page, _SYNCED_REGS_OFFSET)
                 view.stepped_values(after, new_pc)
                 self.steps += 1
-                record = StepRecord(before, after, pc, new_pc, view=view)
+                record = stepped_record(before, after, pc, new_pc, view)
                 if (new_pc - pc == 1 and self.check_hlt
                         and view.cached_byte(pc) == HLT_OPCODE):
                     self._stepped_hlt(record)
