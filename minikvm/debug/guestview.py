@@ -381,7 +381,18 @@ class GuestView:
         be stale where the guest edited its page tables in place (see the
         module docstring): use it where a wrong answer is checked again."""
         cr3, mode = self.paging_context()
-        key = (cr3, mode, address >> _PAGE_SHIFT)
+        return self._tlb_byte((cr3, mode, address >> _PAGE_SHIFT), address)
+
+    def synced_byte(self, address: int) -> int | None:
+        """:meth:`cached_byte` for a caller that knows the run page holds the
+        control registers of this stop -- the stepper right after its
+        ``KVM_RUN``, with ``KVM_SYNC_X86_SREGS`` on: no checks, no calls
+        before the look-up (it runs after every one-byte step)."""
+        cr0, cr3, cr4, efer = _SYNCED_CONTROL.unpack_from(self._run_page, _SYNCED_CONTROL_OFFSET)
+        return self._tlb_byte((cr3, (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING)
+                               | (efer & _EFER_PAGING) << 32, address >> _PAGE_SHIFT), address)
+
+    def _tlb_byte(self, key: tuple[int, int, int], address: int) -> int | None:
         tlb = self.tlb
         entry = tlb.entries.get(key)
         if entry is None:

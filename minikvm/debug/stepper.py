@@ -71,6 +71,7 @@ from minikvm.kvm.exits import Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, Mm
 from minikvm.kvm.uapi import (
     KVM_GUESTDBG_BLOCKIRQ,
     KVM_SYNC_X86_REGS,
+    KVM_SYNC_X86_SREGS,
     KvmExit,
     KvmMpState,
     kvm_debug_exit_arch,
@@ -106,6 +107,7 @@ LONE_WAIT_TIMEOUT = 2.0
 _RIP = REG_INDEX["rip"]
 _RFLAGS = REG_INDEX["rflags"]
 _SYNC_REGS = int(KVM_SYNC_X86_REGS)
+_SYNC_SREGS = int(KVM_SYNC_X86_SREGS)
 
 
 #: ``kvm_run.debug.arch.pc`` and ``.dr6``, read in one go from the run page.
@@ -177,7 +179,8 @@ class Stepper:
         if state is not runner.guest_debug:
             runner.set_guest_debug(state)
         reason = runner.run_step()
-        if reason == _KVM_EXIT_DEBUG and self._vcpu.sync_mask & _SYNC_REGS:
+        synced = self._vcpu.sync_mask
+        if reason == _KVM_EXIT_DEBUG and synced & _SYNC_REGS:
             page = self._page
             new_pc, dr6 = _DEBUG_PC_DR6.unpack_from(page, _DEBUG_PC_DR6_OFFSET)
             if dr6 & _DR6_BS_OR_B == DR6_BS:
@@ -185,9 +188,12 @@ class Stepper:
                 view.stepped_values(after, new_pc)
                 self.steps += 1
                 record = stepped_record(before, after, pc, new_pc, view)
-                if (new_pc - pc == 1 and self.check_hlt
-                        and view.cached_byte(pc) == HLT_OPCODE):
-                    self._stepped_hlt(record)
+                if new_pc - pc == 1 and self.check_hlt:
+                    # Nothing touched the vCPU since its run: with the sregs
+                    # synced, the run page holds this stop's CR0-EFER.
+                    byte = view.synced_byte(pc) if synced & _SYNC_SREGS else view.cached_byte(pc)
+                    if byte == HLT_OPCODE:
+                        self._stepped_hlt(record)
                 return record
         return self._step_slow(before, pc, runner.decode(reason))
 
