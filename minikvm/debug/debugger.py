@@ -91,9 +91,10 @@ class Debugger:
         self.recorder = Recorder(machine, self.view, self.stepper)
         #: What the last :meth:`cont` returned.
         self.last_stop: Stop | None = None
-        #: The registers before the last step or ``cont``, as the 18 values
-        #: of ``kvm_regs`` (:meth:`changed_registers`).
-        self._previous: tuple[int, ...] | None = None
+        #: The registers before the last step or ``cont`` (:meth:`changed_registers`):
+        #: the 18 values of ``kvm_regs``, or the last step's record, which
+        #: holds them (one property call a step less).
+        self._previous: tuple[int, ...] | StepRecord | None = None
 
     @property
     def breakpoints(self) -> dict[int, Breakpoint]:
@@ -126,9 +127,12 @@ class Debugger:
 
     def changed_registers(self) -> tuple[str, ...]:
         """Registers changed by the last step or ``cont``."""
-        if self._previous is None:
+        previous = self._previous
+        if previous is None:
             return ()
-        return changed_in_values(self._previous, self.view.values())
+        if type(previous) is StepRecord:
+            previous = previous.values_before
+        return changed_in_values(previous, self.view.values())
 
     def set_registers(self, **values: int) -> None:
         """Change general registers, RIP or RFLAGS: ``set_registers(rax=1, rip=0x1000)``."""
@@ -259,7 +263,7 @@ class Debugger:
             record = self.stepper.step()   # what recorder.step() does when not recording
         else:
             record = self.recorder.step()
-        self._previous = record.values_before
+        self._previous = record
         return record
 
     def step(self, count: int = 1) -> list[StepRecord]:

@@ -6,11 +6,19 @@ the CPU raises ``#DB`` after the next instruction, with DR6.BS set (SDM vol.
 linear address of the instruction after (Documentation/virt/kvm/api.rst,
 "KVM_SET_GUEST_DEBUG" and ``kvm_run.debug``). One ``KVM_RUN`` and the
 registers per instruction: that is the hot loop of every stepping run, and
-:meth:`Stepper.step` does little else unless the step met an exit. It reads
-the debug exit's ``pc`` and DR6 straight from the run page
-(:meth:`VcpuRunner.run_reason`, no exit object), and the registers are the
-copy ``KVM_CAP_SYNC_REGS`` left there (``Vcpu.get_regs``, no ioctl); only an
-exit met on the way is decoded into a typed exit and handed to the machine.
+:meth:`Stepper.step` does little else unless the step met an exit. After
+:meth:`VcpuRunner.run_step` it reads the debug exit's ``pc`` and DR6 straight
+from the run page (no exit object), and the 18 registers that
+``KVM_CAP_SYNC_REGS`` left there as a tuple of ints (one ``unpack_from``: no
+ioctl, no ``kvm_regs``); the :class:`StepRecord` keeps the tuples before and
+after and makes a ``kvm_regs`` only for whoever asks. Only an exit met on
+the way is decoded into a typed exit and handed to the machine.
+
+Why so frugal: on kvm-pvm every ``KVM_RUN`` comes back to caches and TLBs
+the nested hypervisor has cooled, and each object or function a step then
+touches costs several times what it costs in a tight loop
+(benchmarks/README.md, "Where the time goes"). A plain step is one run,
+two unpacks, one record and, after a one-byte step, one dictionary look-up.
 
 An instruction may exit to the VMM *before* its ``#DB``: an ``out`` or an
 MMIO access exits first, and KVM completes the instruction only at the next
