@@ -153,23 +153,29 @@ class Tlb:
     ``misses`` count lookups, for the tests and anyone curious.
     """
 
-    __slots__ = ("capacity", "entries", "hits", "misses")
+    __slots__ = ("capacity", "entries", "hits", "misses", "last")
 
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
         #: (cr3, mode, linear page number) -> (frame, RAM mapping, offset of
         #: the frame in that mapping): the byte read needs no region search.
         self.entries: dict[tuple[int, int, int], tuple] = {}
+        #: The last translation :meth:`GuestView.synced_byte` used, as
+        #: ((CR0, CR3, CR4, EFER), linear page number, entry): a stepper
+        #: stays on one page of code for many steps, and comparing four
+        #: registers is cheaper than building the key and looking it up.
+        self.last: tuple | None = None
         self.hits = 0
         self.misses = 0
 
     def flush(self) -> None:
         """Forget every translation."""
         self.entries.clear()
+        self.last = None
 
     def fill(self, key: tuple[int, int, int], entry: tuple) -> None:
         if len(self.entries) >= self.capacity:
-            self.entries.clear()
+            self.flush()
         self.entries[key] = entry
 
     def __len__(self) -> int:
@@ -388,24 +394,44 @@ class GuestView:
         control registers of this stop -- the stepper right after its
         ``KVM_RUN``, with ``KVM_SYNC_X86_SREGS`` on: no checks, no calls
         before the look-up (it runs after every one-byte step)."""
-        cr0, cr3, cr4, efer = _SYNCED_CONTROL.unpack_from(self._run_page, _SYNCED_CONTROL_OFFSET)
-        return self._tlb_byte((cr3, (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING)
-                               | (efer & _EFER_PAGING) << 32, address >> _PAGE_SHIFT), address)
-
-    def _tlb_byte(self, key: tuple[int, int, int], address: int) -> int | None:
+        control = _SYNCED_CONTROL.unpack_from(self._run_page, _SYNCED_CONTROL_OFFSET)
+        page = address >> _PAGE_SHIFT
         tlb = self.tlb
-        entry = tlb.entries.get(key)
-        if entry is None:
-            tlb.misses += 1
-            entry = self._tlb_fill(key, address & ~_OFFSET_MASK)
+        last = tlb.last
+        if last is not None and last[1] == page and last[0] == control:
+            tlb.hits += 1
+            entry = last[2]
+        else:
+            cr0, cr3, cr4, efer = control
+            entry = self._tlb_entry((cr3, (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING)
+                                     | (efer & _EFER_PAGING) << 32, page), address)
             if entry is None:
                 return None
-        else:
-            tlb.hits += 1
+            tlb.last = (control, page, entry)
         try:
             return entry[1][entry[2] + (address & _OFFSET_MASK)]
         except (IndexError, ValueError):   # the RAM was closed meanwhile
             return None
+
+    def _tlb_byte(self, key: tuple[int, int, int], address: int) -> int | None:
+        entry = self._tlb_entry(key, address)
+        if entry is None:
+            return None
+        try:
+            return entry[1][entry[2] + (address & _OFFSET_MASK)]
+        except (IndexError, ValueError):   # the RAM was closed meanwhile
+            return None
+
+    def _tlb_entry(self, key: tuple[int, int, int], address: int) -> tuple | None:
+        """The TLB's entry for ``key`` (a walk for ``address``'s page when
+        there is none), counted as a hit or a miss; None when unmapped."""
+        tlb = self.tlb
+        entry = tlb.entries.get(key)
+        if entry is None:
+            tlb.misses += 1
+            return self._tlb_fill(key, address & ~_OFFSET_MASK)
+        tlb.hits += 1
+        return entry
 
     def _tlb_fill(self, key: tuple[int, int, int], page: int) -> tuple | None:
         """Walk the tables for linear ``page`` and remember the frame with
