@@ -13,8 +13,11 @@ runs, or when someone sets them. The view notes the runner's ``KVM_RUN``
 count (:attr:`VcpuRunner.runs`) with what it read; when the count has moved
 the vCPU ran since, and the next question reads again. The debugger calls
 :meth:`GuestView.invalidate` after it sets registers itself, and hands the
-view the registers it already has after a step (:meth:`GuestView.stepped`),
-so a single step costs one ``KVM_GET_REGS`` and nothing more.
+view the registers it already has after a step (:meth:`GuestView.stepped`,
+or :meth:`GuestView.stepped_values` with the 18 values the stepper unpacked
+from the run page), so a single step costs at most one ``KVM_GET_REGS`` --
+none when ``KVM_CAP_SYNC_REGS`` left the registers in the run page: a
+``kvm_regs`` is then made only if someone asks :meth:`GuestView.regs`.
 
 **Which thread may ask.** KVM serialises the ioctls of one vCPU with a
 mutex held for the whole of ``KVM_RUN``: a ``KVM_GET_REGS`` from another
