@@ -186,6 +186,7 @@ def bench_guest(name: str, guest: Path, binary: Path, steps: int, repeat: int,
 
 def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
     """One rung of ``--breakdown``: the stepping loop built up piece by piece."""
+    from minikvm.debug import stepper
     from minikvm.kvm import ioctls
     from minikvm.kvm.fd import raw_ioctl
 
@@ -198,15 +199,18 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
                 fd, request = vcpu.fd, ioctls.KVM_RUN
                 for _ in range(steps):
                     raw_ioctl(fd, request, 0)
-            elif rung == "run_reason":
-                run_reason = vcpu.run_reason
+            elif rung == "run_step":
+                run_step = debugger.runner.run_step
                 for _ in range(steps):
-                    run_reason()
-            elif rung == "get_regs":
-                run_reason, get_regs = vcpu.run_reason, vcpu.get_regs
+                    run_step()
+            elif rung == "unpack":
+                run_step, page = debugger.runner.run_step, vcpu.page
+                pc_dr6, pc_offset = stepper._DEBUG_PC_DR6, stepper._DEBUG_PC_DR6_OFFSET
+                regs, regs_offset = stepper._SYNCED_REGS, stepper._SYNCED_REGS_OFFSET
                 for _ in range(steps):
-                    run_reason()
-                    get_regs()
+                    run_step()
+                    pc_dr6.unpack_from(page, pc_offset)
+                    regs.unpack_from(page, regs_offset)
             elif rung == "stepper":
                 step = debugger.stepper.step
                 for _ in range(steps):
@@ -224,8 +228,8 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
 
 RUNGS = {
     "ioctl": "ctypes ioctl(KVM_RUN) alone: the floor of any Python loop",
-    "run_reason": "+ Vcpu.run_reason() (errno, thread id, exit reason)",
-    "get_regs": "+ Vcpu.get_regs() (a copy of the synced registers)",
+    "run_step": "+ VcpuRunner.run_step() (clocks, counts, exit reason)",
+    "unpack": "+ pc, DR6 and the 18 synced registers unpacked",
     "stepper": "Stepper.step() (+ StepRecord, view, hlt check via TLB)",
     "debugger": "Debugger.step_instruction() (+ watchpoint check)",
     "changed": "+ record.changed",

@@ -265,6 +265,35 @@ def test_another_cr3_is_another_tlb_context(machine):
     assert len(view.tlb) == 2
 
 
+def test_synced_byte_answers_as_cached_byte_and_its_last_translation_follows_cr3(machine):
+    """The stepper's look-up right after a run: the same bytes, the same
+    counts, and the translation it remembers is dropped by a flush and
+    not used for another address space."""
+    allocator = PageTableAllocator(machine.memory, TABLES, TABLES + 0x10000)
+    memory = machine.memory
+    map_4k(machine, HIGH, FIRST_FRAME, allocator)
+    memory.write(FIRST_FRAME, b"AZ")
+    memory.write(SECOND_FRAME, b"B")
+    view = GuestView(machine)
+    machine.step()
+    assert [view.synced_byte(HIGH), view.synced_byte(HIGH + 1)] == [ord("A"), ord("Z")]
+    assert (view.tlb.misses, view.tlb.hits) == (1, 1)
+    assert view.cached_byte(HIGH) == ord("A") and view.tlb.misses == 1
+    view.tlb.flush()
+    assert view.synced_byte(HIGH) == ord("A") and view.tlb.misses == 2
+    sregs = machine.vcpu.get_sregs()
+    other_root = TABLES + 0x20000
+    memory.write(other_root, memory.read(sregs.cr3, PAGE_4K))
+    memory.write_u64(other_root + 8, 0)
+    map_page(memory, other_root, HIGH, SECOND_FRAME, PAGE_4K, RW,
+             PageTableAllocator(memory, TABLES + 0x21000, TABLES + 0x30000))
+    sregs.cr3 = other_root
+    machine.vcpu.set_sregs(sregs)
+    machine.step()
+    assert view.synced_byte(HIGH) == ord("B")           # not the remembered frame
+    assert view.tlb.misses == 3
+
+
 def test_the_tlb_is_emptied_by_writes_invalidate_cont_and_step(machine):
     debugger = Debugger(machine)
     view = debugger.view

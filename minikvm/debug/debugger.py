@@ -48,13 +48,13 @@ from minikvm.debug.freerun import run_free
 from minikvm.debug.events import ExitFilter, StepRecord
 from minikvm.debug.guestview import GuestView
 from minikvm.debug.history import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, History
-from minikvm.debug.inspect import GPR_NAMES, FpuState, RegisterSnapshot, changed_registers, fpu_state
+from minikvm.debug.inspect import GPR_NAMES, FpuState, RegisterSnapshot, changed_in_values, fpu_state
 from minikvm.debug.probe import DebugSupport, probe_debug_support
 from minikvm.debug.recorder import Recorder
 from minikvm.debug.stepper import Stepper
 from minikvm.debug.stops import Stops
 from minikvm.debug.watch import Predicted, WatchChecks
-from minikvm.kvm.uapi import kvm_debugregs, kvm_regs, kvm_sregs
+from minikvm.kvm.uapi import kvm_debugregs, kvm_sregs
 from minikvm.machine import Machine
 from minikvm.x86.paging import Translation
 
@@ -91,7 +91,10 @@ class Debugger:
         self.recorder = Recorder(machine, self.view, self.stepper)
         #: What the last :meth:`cont` returned.
         self.last_stop: Stop | None = None
-        self._previous: kvm_regs | None = None
+        #: The registers before the last step or ``cont`` (:meth:`changed_registers`):
+        #: the 18 values of ``kvm_regs``, or the last step's record, which
+        #: holds them (one property call a step less).
+        self._previous: tuple[int, ...] | StepRecord | None = None
 
     @property
     def breakpoints(self) -> dict[int, Breakpoint]:
@@ -124,9 +127,12 @@ class Debugger:
 
     def changed_registers(self) -> tuple[str, ...]:
         """Registers changed by the last step or ``cont``."""
-        if self._previous is None:
+        previous = self._previous
+        if previous is None:
             return ()
-        return changed_registers(self._previous, self.view.regs())
+        if type(previous) is StepRecord:
+            previous = previous.values_before
+        return changed_in_values(previous, self.view.values())
 
     def set_registers(self, **values: int) -> None:
         """Change general registers, RIP or RFLAGS: ``set_registers(rax=1, rip=0x1000)``."""
@@ -249,13 +255,15 @@ class Debugger:
         waits for its interrupt as it would). Breakpoints do not stop a step;
         watchpoints do: ``record.hit`` is then their ``WATCHPOINT`` stop.
         """
-        if not self.arming.watchpoints:
-            record = self.recorder.step()
-        else:
+        if self.arming.watchpoints:
             predicted = self.watches.predict()
             record = self.recorder.step()
             record.hit = self.watches.check(record, predicted)
-        self._previous = record.before
+        elif self.recorder.history is None:
+            record = self.stepper.step()   # what recorder.step() does when not recording
+        else:
+            record = self.recorder.step()
+        self._previous = record
         return record
 
     def step(self, count: int = 1) -> list[StepRecord]:
@@ -298,14 +306,14 @@ class Debugger:
     def step_back(self, count: int = 1) -> Stop:
         """Undo ``count`` recorded instructions (``STEP_LIMIT``), or as many
         as there are (``HISTORY_START``). Stepping forward then redoes them."""
-        self._previous = kvm_regs.from_buffer_copy(self.view.regs())
+        self._previous = self.view.values()
         self.last_stop = step_back(self.recorder, self.stops, count)
         return self.last_stop
 
     def reverse_cont(self, timeout: float | None = None) -> Stop:
         """Go back to the previous breakpoint, or to before the last write
         to a watched value, or to the start of the history."""
-        self._previous = kvm_regs.from_buffer_copy(self.view.regs())
+        self._previous = self.view.values()
         self.last_stop = reverse_cont(self.recorder, self.stops, self.arming, self.watches,
                                       timeout)
         return self.last_stop
@@ -327,7 +335,7 @@ class Debugger:
         is single-stepped and each instruction checked (slow, and said so
         in each breakpoint's ``mechanism``).
         """
-        self._previous = self.view.regs()
+        self._previous = self.view.values()
         self.view.tlb.flush()   # a new run: no translation from before it
         self.runner.pause_requested = False
         try:

@@ -11,14 +11,26 @@ build and inspect them without a VM.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from minikvm.core.events import ExitEvent
 from minikvm.core.stop import Stop
-from minikvm.debug.inspect import RegisterSnapshot, changed_in_regs
+from minikvm.debug.inspect import (
+    REG_INDEX,
+    RegisterSnapshot,
+    changed_in_values,
+    regs_from_values,
+    values_of,
+)
 from minikvm.kvm.exits import Debug, IoIn, IoOut, MmioRead, MmioWrite
 from minikvm.kvm.uapi import kvm_regs
 
-__all__ = ["ExitFilter", "StepRecord"]
+if TYPE_CHECKING:
+    from minikvm.debug.guestview import GuestView
+
+__all__ = ["ExitFilter", "StepRecord", "stepped_record"]
+
+_RIP = REG_INDEX["rip"]
 
 
 @dataclass(frozen=True)
@@ -67,40 +79,115 @@ class StepRecord:
     machine's :class:`Stop` when the instruction ended the run (``hlt``,
     the debug-exit port); ``hit`` the ``WATCHPOINT`` :class:`Stop` of a
     watchpoint it touched.
+
+    ``before`` and ``after`` are given either as ``kvm_regs`` or as the 18
+    values of one (a tuple in ``kvm_regs`` order, :func:`~minikvm.debug.
+    inspect.values_of`). The stepper hands over tuples, read from the run
+    page in one unpack: a step then makes no ctypes structure at all, and
+    ``changed`` compares the two tuples. A ``kvm_regs`` is made when someone
+    asks for :attr:`before` or :attr:`after`; ``view`` (the debugger's
+    :class:`~minikvm.debug.guestview.GuestView`) makes ``after`` the very
+    structure the view serves for this stop, as when the record held it.
     """
 
-    __slots__ = ("before", "after", "pc", "new_pc", "exits", "stop", "debug", "hit")
+    __slots__ = ("pc", "new_pc", "exits", "stop", "debug", "hit",
+                 "_values_before", "_values_after", "_before", "_after", "_view")
 
-    def __init__(self, before: kvm_regs, after: kvm_regs, pc: int, new_pc: int,
-                 exits: tuple[ExitEvent, ...] = (), stop: Stop | None = None,
-                 debug: Debug | None = None) -> None:
-        self.before = before
-        self.after = after
+    def __init__(self, before: kvm_regs | tuple[int, ...], after: kvm_regs | tuple[int, ...],
+                 pc: int, new_pc: int, exits: tuple[ExitEvent, ...] = (),
+                 stop: Stop | None = None, debug: Debug | None = None,
+                 view: GuestView | None = None) -> None:
+        if type(before) is tuple:
+            self._values_before, self._before = before, None
+        else:
+            self._values_before, self._before = None, before
+        if type(after) is tuple:
+            self._values_after, self._after = after, None
+        else:
+            self._values_after, self._after = None, after
         self.pc = pc
         self.new_pc = new_pc
         self.exits = exits
         self.stop = stop
         self.debug = debug
         self.hit: Stop | None = None
+        self._view = view
+
+    @property
+    def before(self) -> kvm_regs:
+        regs = self._before
+        if regs is None:
+            regs = self._before = regs_from_values(self._values_before)  # type: ignore[arg-type]
+        return regs
+
+    @property
+    def after(self) -> kvm_regs:
+        regs = self._after
+        if regs is None:
+            values = self._values_after
+            view = self._view
+            regs = view.regs_of(values) if view is not None else regs_from_values(values)
+            self._after = regs
+        return regs
+
+    @property
+    def values_before(self) -> tuple[int, ...]:
+        """The registers before, as the 18 values of ``kvm_regs``."""
+        values = self._values_before
+        if values is None:
+            values = self._values_before = values_of(self._before)
+        return values
+
+    @property
+    def values_after(self) -> tuple[int, ...]:
+        """The registers after, as the 18 values of ``kvm_regs``."""
+        values = self._values_after
+        if values is None:
+            values = self._values_after = values_of(self._after)
+        return values
 
     @property
     def old_rip(self) -> int:
-        return self.before.rip
+        return self.values_before[_RIP]
 
     @property
     def new_rip(self) -> int:
-        return self.after.rip
+        return self.values_after[_RIP]
 
     @property
     def changed(self) -> tuple[str, ...]:
         """Registers whose value the instruction changed (RIP nearly always)."""
-        return changed_in_regs(self.before, self.after)
+        before, after = self._values_before, self._values_after
+        if before is None or after is None:
+            before, after = self.values_before, self.values_after
+        return changed_in_values(before, after)
 
     @property
     def registers(self) -> RegisterSnapshot:
-        return RegisterSnapshot.capture(self.after)
+        return RegisterSnapshot(*self.values_after)
 
     def __repr__(self) -> str:
         extra = f", exits={len(self.exits)}" if self.exits else ""
         return (f"StepRecord({self.old_rip:#x} -> {self.new_rip:#x}, "
                 f"changed={','.join(self.changed)}{extra})")
+
+
+_new = object.__new__
+
+
+def stepped_record(before: tuple[int, ...], after: tuple[int, ...], pc: int, new_pc: int,
+                   view: GuestView) -> StepRecord:
+    """``StepRecord(before, after, pc, new_pc, view=view)`` for the stepper's
+    hot path: a plain step with no exit, the registers as tuples. The same
+    record, made without a call to ``__init__`` (a class call and its
+    keyword and type checks measured ~2 µs a step in place, after a
+    ``KVM_RUN``; these stores are the least a record can cost)."""
+    record = _new(StepRecord)
+    record._values_before = before
+    record._values_after = after
+    record._before = record._after = record.stop = record.debug = record.hit = None
+    record.pc = pc
+    record.new_pc = new_pc
+    record.exits = ()
+    record._view = view
+    return record

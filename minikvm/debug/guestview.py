@@ -13,8 +13,11 @@ runs, or when someone sets them. The view notes the runner's ``KVM_RUN``
 count (:attr:`VcpuRunner.runs`) with what it read; when the count has moved
 the vCPU ran since, and the next question reads again. The debugger calls
 :meth:`GuestView.invalidate` after it sets registers itself, and hands the
-view the registers it already has after a step (:meth:`GuestView.stepped`),
-so a single step costs one ``KVM_GET_REGS`` and nothing more.
+view the registers it already has after a step (:meth:`GuestView.stepped`,
+or :meth:`GuestView.stepped_values` with the 18 values the stepper unpacked
+from the run page), so a single step costs at most one ``KVM_GET_REGS`` --
+none when ``KVM_CAP_SYNC_REGS`` left the registers in the run page: a
+``kvm_regs`` is then made only if someone asks :meth:`GuestView.regs`.
 
 **Which thread may ask.** KVM serialises the ioctls of one vCPU with a
 mutex held for the whole of ``KVM_RUN``: a ``KVM_GET_REGS`` from another
@@ -58,8 +61,9 @@ from typing import TYPE_CHECKING
 
 from minikvm.debug.disasm import MAX_INSTRUCTION_LENGTH, Instruction, disassemble
 from minikvm.debug.errors import DebuggerError
-from minikvm.debug.inspect import RegisterSnapshot
+from minikvm.debug.inspect import RegisterSnapshot, regs_from_values, values_of
 from minikvm.kvm.uapi import (
+    KVM_SYNC_X86_REGS,
     KVM_SYNC_X86_SREGS,
     kvm_regs,
     kvm_run,
@@ -152,23 +156,29 @@ class Tlb:
     ``misses`` count lookups, for the tests and anyone curious.
     """
 
-    __slots__ = ("capacity", "entries", "hits", "misses")
+    __slots__ = ("capacity", "entries", "hits", "misses", "last")
 
     def __init__(self, capacity: int = 256) -> None:
         self.capacity = capacity
         #: (cr3, mode, linear page number) -> (frame, RAM mapping, offset of
         #: the frame in that mapping): the byte read needs no region search.
         self.entries: dict[tuple[int, int, int], tuple] = {}
+        #: The last translation :meth:`GuestView.synced_byte` used, as
+        #: ((CR0, CR3, CR4, EFER), linear page number, entry): a stepper
+        #: stays on one page of code for many steps, and comparing four
+        #: registers is cheaper than building the key and looking it up.
+        self.last: tuple | None = None
         self.hits = 0
         self.misses = 0
 
     def flush(self) -> None:
         """Forget every translation."""
         self.entries.clear()
+        self.last = None
 
     def fill(self, key: tuple[int, int, int], entry: tuple) -> None:
         if len(self.entries) >= self.capacity:
-            self.entries.clear()
+            self.flush()
         self.entries[key] = entry
 
     def __len__(self) -> int:
@@ -188,6 +198,10 @@ class GuestView:
         self._run_page = self.vcpu.page
         self.memory = machine.memory
         self._regs: kvm_regs | None = None
+        #: The same registers as 18 values (``inspect.values_of``), when the
+        #: stepper handed them over that way or someone asked for them.
+        #: While both are set they describe the same moment.
+        self._values: tuple[int, ...] | None = None
         self._sregs: kvm_sregs | None = None
         self._pc = 0
         # The runner's KVM_RUN count when each was read (see the module docstring).
@@ -217,7 +231,18 @@ class GuestView:
         this stop's, with ``pc`` (the linear RIP, when a debug exit told it).
         The segment registers are read again only if someone asks."""
         runs = self.runner.runs
+        self._values = None
         self._regs, self._regs_at = regs, runs
+        if pc is not None:
+            self._pc, self._pc_at = pc, runs
+
+    def stepped_values(self, values: tuple[int, ...], pc: int | None = None) -> None:
+        """:meth:`stepped` with the registers as 18 values (the stepper's
+        fast path reads them so from the run page): no ``kvm_regs`` is made
+        unless someone asks :meth:`regs`."""
+        runs = self.runner.runs
+        self._regs = None   # first: another thread's last_regs never pairs old and new
+        self._values, self._regs_at = values, runs
         if pc is not None:
             self._pc, self._pc_at = pc, runs
 
@@ -227,8 +252,49 @@ class GuestView:
         runs = self.runner.runs
         if self._regs_at != runs:
             self._regs = self.vcpu.get_regs()
+            self._values = None
             self._regs_at = runs
+        elif self._regs is None:
+            self._regs = self._materialize(self._values)  # type: ignore[arg-type]
         return self._regs  # type: ignore[return-value]
+
+    def _materialize(self, values: tuple[int, ...]) -> kvm_regs:
+        """The ``kvm_regs`` of this stop, from values read after the last run:
+        the run page's synced copy when it is still current (the same
+        values: the vCPU has not run since), else built from the values."""
+        vcpu = self.vcpu
+        if vcpu.synced and vcpu.sync_mask & KVM_SYNC_X86_REGS:
+            return vcpu.get_regs()
+        return regs_from_values(values)
+
+    def values(self) -> tuple[int, ...]:
+        """:meth:`regs` as the 18 values of ``kvm_regs`` (in its order)."""
+        if self._regs_at == self.runner.runs:
+            values = self._values
+            if values is None:
+                values = self._values = values_of(self._regs)
+            return values
+        regs = self.regs()
+        values = self._values = values_of(regs)
+        return values
+
+    def values_and_pc(self) -> tuple[tuple[int, ...], int]:
+        """:meth:`values` and :attr:`pc` in one call: the stepper's hot loop
+        asks for both before every instruction."""
+        runs = self.runner.runs
+        if self._regs_at == runs and self._pc_at == runs:
+            values = self._values
+            if values is not None:
+                return values, self._pc
+        return self.values(), self.pc
+
+    def regs_of(self, values: tuple[int, ...]) -> kvm_regs:
+        """A ``kvm_regs`` holding ``values``: :meth:`regs` itself when they
+        are this stop's (the same tuple), so that a step record and the
+        view hand out one structure, else a fresh one."""
+        if values is self._values and self._regs_at == self.runner.runs:
+            return self.regs()
+        return regs_from_values(values)
 
     def sregs(self) -> kvm_sregs:
         """``KVM_GET_SREGS`` (segments, descriptor tables, CR0-CR4, EFER), once per stop."""
@@ -242,8 +308,8 @@ class GuestView:
         """:meth:`regs` and :attr:`pc` in one call: the stepper's hot loop
         asks for both before every instruction."""
         runs = self.runner.runs
-        if self._regs_at == runs and self._pc_at == runs:
-            return self._regs, self._pc  # type: ignore[return-value]
+        if self._regs_at == runs and self._pc_at == runs and self._regs is not None:
+            return self._regs, self._pc
         return self.regs(), self.pc
 
     @property
@@ -270,7 +336,12 @@ class GuestView:
     @property
     def last_regs(self) -> kvm_regs | None:
         """The registers as last read, however old; no ioctl (any thread)."""
-        return self._regs
+        regs = self._regs
+        if regs is None:
+            values = self._values
+            if values is not None:
+                return regs_from_values(values)
+        return regs
 
     @property
     def last_sregs(self) -> kvm_sregs | None:
@@ -319,20 +390,51 @@ class GuestView:
         be stale where the guest edited its page tables in place (see the
         module docstring): use it where a wrong answer is checked again."""
         cr3, mode = self.paging_context()
-        key = (cr3, mode, address >> _PAGE_SHIFT)
+        return self._tlb_byte((cr3, mode, address >> _PAGE_SHIFT), address)
+
+    def synced_byte(self, address: int) -> int | None:
+        """:meth:`cached_byte` for a caller that knows the run page holds the
+        control registers of this stop -- the stepper right after its
+        ``KVM_RUN``, with ``KVM_SYNC_X86_SREGS`` on: no checks, no calls
+        before the look-up (it runs after every one-byte step)."""
+        control = _SYNCED_CONTROL.unpack_from(self._run_page, _SYNCED_CONTROL_OFFSET)
+        page = address >> _PAGE_SHIFT
         tlb = self.tlb
-        entry = tlb.entries.get(key)
-        if entry is None:
-            tlb.misses += 1
-            entry = self._tlb_fill(key, address & ~_OFFSET_MASK)
+        last = tlb.last
+        if last is not None and last[1] == page and last[0] == control:
+            tlb.hits += 1
+            entry = last[2]
+        else:
+            cr0, cr3, cr4, efer = control
+            entry = self._tlb_entry((cr3, (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING)
+                                     | (efer & _EFER_PAGING) << 32, page), address)
             if entry is None:
                 return None
-        else:
-            tlb.hits += 1
+            tlb.last = (control, page, entry)
         try:
             return entry[1][entry[2] + (address & _OFFSET_MASK)]
         except (IndexError, ValueError):   # the RAM was closed meanwhile
             return None
+
+    def _tlb_byte(self, key: tuple[int, int, int], address: int) -> int | None:
+        entry = self._tlb_entry(key, address)
+        if entry is None:
+            return None
+        try:
+            return entry[1][entry[2] + (address & _OFFSET_MASK)]
+        except (IndexError, ValueError):   # the RAM was closed meanwhile
+            return None
+
+    def _tlb_entry(self, key: tuple[int, int, int], address: int) -> tuple | None:
+        """The TLB's entry for ``key`` (a walk for ``address``'s page when
+        there is none), counted as a hit or a miss; None when unmapped."""
+        tlb = self.tlb
+        entry = tlb.entries.get(key)
+        if entry is None:
+            tlb.misses += 1
+            return self._tlb_fill(key, address & ~_OFFSET_MASK)
+        tlb.hits += 1
+        return entry
 
     def _tlb_fill(self, key: tuple[int, int, int], page: int) -> tuple | None:
         """Walk the tables for linear ``page`` and remember the frame with

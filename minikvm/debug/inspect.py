@@ -19,6 +19,7 @@ from itertools import compress
 from operator import ne as _ne
 from typing import Any
 
+from minikvm.kvm.uapi import kvm_regs
 from minikvm.x86.flags import Cr0, Cr4, Efer, Rflags, flag_names
 
 __all__ = [
@@ -26,9 +27,13 @@ __all__ = [
     "FpuState",
     "RegisterSnapshot",
     "SREG_NAMES",
+    "REG_INDEX",
     "changed_in_regs",
+    "changed_in_values",
     "changed_registers",
     "describe_control_registers",
+    "regs_from_values",
+    "values_of",
     "describe_debug_registers",
     "describe_rflags",
     "describe_segment",
@@ -46,6 +51,9 @@ _REG_FIELDS: tuple[str, ...] = GPR_NAMES + ("rip", "rflags")
 #: ``struct kvm_regs`` as the kernel lays it out: the 18 registers above, u64 each.
 _REGS_ARRAY = struct.Struct(f"<{len(_REG_FIELDS)}Q")
 _unpack_regs = _REGS_ARRAY.unpack
+#: Where each register is in those 18 values (``values[REG_INDEX["rip"]]``):
+#: the stepper keeps the registers of a step as a tuple in ``kvm_regs`` order.
+REG_INDEX: dict[str, int] = {name: i for i, name in enumerate(_REG_FIELDS)}
 #: Segment registers, in kvm_sregs order.
 SREG_NAMES: tuple[str, ...] = ("cs", "ds", "es", "fs", "gs", "ss")
 
@@ -150,6 +158,23 @@ def changed_in_regs(old: Any, new: Any) -> tuple[str, ...]:
     1152-bit integers and unpacking the difference (calls64, in place),
     though it makes up to 36 ints: the big-integer way touches more memory."""
     return tuple(compress(_REG_FIELDS, map(_ne, _unpack_regs(old), _unpack_regs(new))))
+
+
+def values_of(regs: Any) -> tuple[int, ...]:
+    """The 18 registers of a ``kvm_regs`` as a tuple, in its order (one unpack)."""
+    return _unpack_regs(regs)
+
+
+def regs_from_values(values: tuple[int, ...]) -> kvm_regs:
+    """A fresh ``kvm_regs`` holding the 18 values of :func:`values_of`."""
+    return kvm_regs(*values)
+
+
+def changed_in_values(old: tuple[int, ...], new: tuple[int, ...]) -> tuple[str, ...]:
+    """:func:`changed_in_regs` of two registers already unpacked: the 18
+    values of ``kvm_regs``, in its order, as the stepper reads them from the
+    run page. No unpacking left: one comparison per register, in C."""
+    return tuple(compress(_REG_FIELDS, map(_ne, old, new)))
 
 
 def describe_rflags(value: int) -> str:

@@ -6,11 +6,19 @@ the CPU raises ``#DB`` after the next instruction, with DR6.BS set (SDM vol.
 linear address of the instruction after (Documentation/virt/kvm/api.rst,
 "KVM_SET_GUEST_DEBUG" and ``kvm_run.debug``). One ``KVM_RUN`` and the
 registers per instruction: that is the hot loop of every stepping run, and
-:meth:`Stepper.step` does little else unless the step met an exit. It reads
-the debug exit's ``pc`` and DR6 straight from the run page
-(:meth:`VcpuRunner.run_reason`, no exit object), and the registers are the
-copy ``KVM_CAP_SYNC_REGS`` left there (``Vcpu.get_regs``, no ioctl); only an
-exit met on the way is decoded into a typed exit and handed to the machine.
+:meth:`Stepper.step` does little else unless the step met an exit. After
+:meth:`VcpuRunner.run_step` it reads the debug exit's ``pc`` and DR6 straight
+from the run page (no exit object), and the 18 registers that
+``KVM_CAP_SYNC_REGS`` left there as a tuple of ints (one ``unpack_from``: no
+ioctl, no ``kvm_regs``); the :class:`StepRecord` keeps the tuples before and
+after and makes a ``kvm_regs`` only for whoever asks. Only an exit met on
+the way is decoded into a typed exit and handed to the machine.
+
+Why so frugal: on kvm-pvm every ``KVM_RUN`` comes back to caches and TLBs
+the nested hypervisor has cooled, and each object or function a step then
+touches costs several times what it costs in a tight loop
+(benchmarks/README.md, "Where the time goes"). A plain step is one run,
+two unpacks, one record and, after a one-byte step, one dictionary look-up.
 
 An instruction may exit to the VMM *before* its ``#DB``: an ``out`` or an
 MMIO access exits first, and KVM completes the instruction only at the next
@@ -54,6 +62,7 @@ runs. docs/reverse.md, "Interrupts while recording", says more.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from collections.abc import Callable
 
@@ -62,18 +71,23 @@ from minikvm.core.runner import Watchdog
 from minikvm.core.stop import Stop, StopKind
 from minikvm.debug.arming import Arming
 from minikvm.debug.breakpoints import DR6_BS
-from minikvm.debug.events import StepRecord
+from minikvm.debug.events import StepRecord, stepped_record
 from minikvm.debug.guestview import GuestView
+from minikvm.debug.inspect import REG_INDEX, values_of
 from minikvm.debug.probe import DebugSupport
 from minikvm.kvm.exits import Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, VmExit
 from minikvm.kvm.uapi import (
     KVM_GUESTDBG_BLOCKIRQ,
+    KVM_SYNC_X86_REGS,
+    KVM_SYNC_X86_SREGS,
     KvmExit,
     KvmMpState,
     kvm_debug_exit_arch,
     kvm_regs,
     kvm_run,
     kvm_run_debug,
+    kvm_run_s,
+    kvm_sync_regs,
 )
 from minikvm.machine import Machine
 from minikvm.memory import GuestMemoryError
@@ -98,11 +112,23 @@ _BLOCKIRQ = int(KVM_GUESTDBG_BLOCKIRQ)
 #: How long a wake-up step waits for its interrupt when no run (and so no
 #: timeout) is going on: a ``stepi`` at a sleeping ``hlt`` comes back.
 LONE_WAIT_TIMEOUT = 2.0
+_RIP = REG_INDEX["rip"]
+_RFLAGS = REG_INDEX["rflags"]
+_SYNC_REGS = int(KVM_SYNC_X86_REGS)
+_SYNC_SREGS = int(KVM_SYNC_X86_SREGS)
+
+
 #: ``kvm_run.debug.arch.pc`` and ``.dr6``, read in one go from the run page.
 _DEBUG_PC_DR6 = struct.Struct(
     f"<Q{kvm_debug_exit_arch.dr6.offset - kvm_debug_exit_arch.pc.offset - 8}xQ")
 _DEBUG_PC_DR6_OFFSET = (kvm_run.debug.offset + kvm_run_debug.arch.offset
                         + kvm_debug_exit_arch.pc.offset)
+#: The 18 registers ``KVM_CAP_SYNC_REGS`` leaves in ``kvm_run.s.regs.regs``,
+#: read as values (no ``kvm_regs`` copy). One ``unpack_from`` over both
+#: ranges, skipping the bytes between, measured slower than these two: it
+#: then needs a slice to part the registers from pc and DR6.
+_SYNCED_REGS = struct.Struct(f"<{ctypes.sizeof(kvm_regs) // 8}Q")
+_SYNCED_REGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.regs.offset
 
 
 class Stepper:
@@ -143,7 +169,7 @@ class Stepper:
     def step(self) -> StepRecord:
         """Execute exactly one guest instruction and say what it did."""
         view = self.view
-        before, pc = view.regs_and_pc()
+        before, pc = view.values_and_pc()
         self.ran = True
         runner = self.runner
         if runner.halt_check_pending:
@@ -154,27 +180,32 @@ class Stepper:
             return self._wake(before, pc)
         state = self.arming.stepping_state
         if self.wake_hlts:
-            if before.rflags & _RFLAGS_IF and view.cached_byte(pc) == HLT_OPCODE:
+            if before[_RFLAGS] & _RFLAGS_IF and view.cached_byte(pc) == HLT_OPCODE:
                 state = self._letting_interrupts_in(state)
             elif runner.group is None and self._is_iret(pc):
                 return self._watched(self.step)
         if state is not runner.guest_debug:
             runner.set_guest_debug(state)
-        reason = runner.run_reason()
-        if reason == _KVM_EXIT_DEBUG:
-            new_pc, dr6 = _DEBUG_PC_DR6.unpack_from(self._page, _DEBUG_PC_DR6_OFFSET)
+        reason = runner.run_step()
+        synced = self._vcpu.sync_mask
+        if reason == _KVM_EXIT_DEBUG and synced & _SYNC_REGS:
+            page = self._page
+            new_pc, dr6 = _DEBUG_PC_DR6.unpack_from(page, _DEBUG_PC_DR6_OFFSET)
             if dr6 & _DR6_BS_OR_B == DR6_BS:
-                after = self._vcpu.get_regs()
-                view.stepped(after, new_pc)
+                after = _SYNCED_REGS.unpack_from(page, _SYNCED_REGS_OFFSET)
+                view.stepped_values(after, new_pc)
                 self.steps += 1
-                record = StepRecord(before, after, pc, new_pc)
-                if (new_pc - pc == 1 and self.check_hlt
-                        and view.cached_byte(pc) == HLT_OPCODE):
-                    self._stepped_hlt(record)
+                record = stepped_record(before, after, pc, new_pc, view)
+                if new_pc - pc == 1 and self.check_hlt:
+                    # Nothing touched the vCPU since its run: with the sregs
+                    # synced, the run page holds this stop's CR0-EFER.
+                    byte = view.synced_byte(pc) if synced & _SYNC_SREGS else view.cached_byte(pc)
+                    if byte == HLT_OPCODE:
+                        self._stepped_hlt(record)
                 return record
         return self._step_slow(before, pc, runner.decode(reason))
 
-    def _step_slow(self, before: kvm_regs, pc: int, exit: VmExit) -> StepRecord:
+    def _step_slow(self, before: tuple[int, ...], pc: int, exit: VmExit) -> StepRecord:
         """A step that exited to the VMM on the way (I/O, MMIO, hlt, a kick)."""
         runner = self.runner
         exits: list[ExitEvent] = []
@@ -190,7 +221,7 @@ class Stepper:
                 if runner.pause_requested or runner.timed_out or runner.halt_check_pending:
                     # A kick of the machine's (a pause, the timeout, a halt
                     # check): it decides; a pause or the timeout ends the step.
-                    event = self.dispatch(exit, before.rip)
+                    event = self.dispatch(exit, before[_RIP])
                     if self._slept_after(before):
                         stop = event.stop
                         break   # it ran, then slept in KVM without its #DB
@@ -198,7 +229,7 @@ class Stepper:
                         return self._not_run(before, pc, event)
                 exit = runner.run()   # a kick before the instruction ran: go again
                 continue
-            event = self.dispatch(exit, before.rip)
+            event = self.dispatch(exit, before[_RIP])
             exits.append(event)
             if event.stop is not None and stop is None:
                 stop = event.stop
@@ -207,11 +238,12 @@ class Stepper:
             # With immediate_exit KVM only completes the instruction and comes
             # back: a #DB for the step, or EINTR where that #DB is not reported.
             exit = runner.finish()
-        after = runner.vcpu.get_regs()
-        self.view.stepped(after, debug.pc if debug is not None else None)
-        new_pc = self.view.pc
+        view = self.view
+        after = values_of(runner.vcpu.get_regs())
+        view.stepped_values(after, debug.pc if debug is not None else None)
+        new_pc = view.pc
         self.steps += 1
-        record = StepRecord(before, after, pc, new_pc, tuple(exits), stop, debug)
+        record = StepRecord(before, after, pc, new_pc, tuple(exits), stop, debug, view)
         if debug is not None and new_pc - pc == 1 and self.check_hlt and not exits:
             self._stepped_hlt(record)
         return record
@@ -230,12 +262,12 @@ class Stepper:
                 return
         except GuestMemoryError:
             return
-        if_flag = bool(record.after.rflags & _RFLAGS_IF)
+        if_flag = bool(record.values_after[_RFLAGS] & _RFLAGS_IF)
         if if_flag and self.machine.irqchip:
             if self.wake_hlts:
                 self.sleep(True)
             return
-        event = self.dispatch(Hlt(if_flag), record.before.rip)
+        event = self.dispatch(Hlt(if_flag), record.values_before[_RIP])
         record.exits = record.exits + (event,)
         if record.stop is None:
             record.stop = event.stop
@@ -286,7 +318,7 @@ class Stepper:
             self._vcpu.set_mp_state(int(state))
             self.asleep = asleep
 
-    def _wake(self, before: kvm_regs, pc: int) -> StepRecord:
+    def _wake(self, before: tuple[int, ...], pc: int) -> StepRecord:
         """The step of a vCPU asleep in ``hlt``: wait in ``KVM_RUN``, with
         interrupts let in, until KVM injects one (the step then ends after
         the handler's first instruction) or the machine stops the wait.
@@ -306,7 +338,7 @@ class Stepper:
             return self._watched(lambda: self._wait(before, pc))
         return self._wait(before, pc)
 
-    def _wait(self, before: kvm_regs, pc: int) -> StepRecord:
+    def _wait(self, before: tuple[int, ...], pc: int) -> StepRecord:
         runner = self.runner
         runner.set_guest_debug(self._letting_interrupts_in(self.arming.stepping_state))
         while True:
@@ -319,7 +351,7 @@ class Stepper:
         self.asleep = False   # KVM woke the vCPU (or it exited on the way)
         return self._step_slow(before, pc, runner.decode(reason))
 
-    def _slept_after(self, before: kvm_regs) -> bool:
+    def _slept_after(self, before: tuple[int, ...]) -> bool:
         """After a kick: did the instruction run (the registers moved) with
         no ``#DB`` reported? Then the step is over. kvm-pvm does that to an
         ``iret`` returning to the instruction after a ``hlt`` whose wait an
@@ -327,17 +359,17 @@ class Stepper:
         with nothing left to wake it. It is made runnable, as it would be on
         hardware, which does not go back to sleep after such an ``iret``."""
         vcpu = self._vcpu
-        if bytes(vcpu.get_regs()) == bytes(before):
+        if values_of(vcpu.get_regs()) == before:
             return False
         if vcpu.get_mp_state() == KvmMpState.KVM_MP_STATE_HALTED:
             vcpu.set_mp_state(int(KvmMpState.KVM_MP_STATE_RUNNABLE))
         return True
 
-    def _not_run(self, before: kvm_regs, pc: int, event: ExitEvent) -> StepRecord:
+    def _not_run(self, before: tuple[int, ...], pc: int, event: ExitEvent) -> StepRecord:
         """The record of a step a pause or the timeout ended before any
         instruction ran: the registers as they were, the machine's stop."""
         self.ran = False
-        return StepRecord(before, before, pc, pc, (event,), event.stop)
+        return StepRecord(before, before, pc, pc, (event,), event.stop, view=self.view)
 
     def dispatch(self, exit: VmExit, rip: int | None) -> ExitEvent:
         """Hand an exit met on the way to the machine: the bus, the stop
