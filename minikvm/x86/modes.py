@@ -36,11 +36,11 @@ for these small guests a crash that says "stop" is what we want.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from minikvm.memory import GuestMemory, GuestMemoryError
+from minikvm.record import FrozenRecord
 from minikvm.x86.flags import Cr0, Cr4, Efer, Rflags, SegmentType, SystemSegmentType
 from minikvm.x86.gdt import (
     FLAT_CODE32,
@@ -99,16 +99,22 @@ class ModeError(ValueError):
     """The CPU mode cannot be set up as asked (entry unreachable, RAM too small)."""
 
 
-@dataclass(frozen=True)
-class ModeSetup:
-    """What a setup function did: the mode, where the CPU starts, what it wrote."""
+class ModeSetup(FrozenRecord):
+    """What a setup function did: the mode, where the CPU starts, what it
+    wrote (a frozen record, :mod:`minikvm.record`)."""
 
+    __slots__ = ("mode", "entry", "stack_top", "gdt_addr", "gdt_limit", "page_tables")
     mode: CpuMode
     entry: int
     stack_top: int
-    gdt_addr: int | None = None
-    gdt_limit: int | None = None
-    page_tables: PageTables | None = None
+    gdt_addr: int | None
+    gdt_limit: int | None
+    page_tables: PageTables | None
+
+    def __init__(self, mode: CpuMode, entry: int, stack_top: int, gdt_addr: int | None = None,
+                 gdt_limit: int | None = None, page_tables: PageTables | None = None) -> None:
+        self._set(mode=mode, entry=entry, stack_top=stack_top, gdt_addr=gdt_addr,
+                  gdt_limit=gdt_limit, page_tables=page_tables)
 
 
 # Control-register values shared by the modes, with the reason for each bit.
