@@ -93,18 +93,18 @@ class Machine:
         # real-mode code; AMD and kvm-pvm accept and ignore them.
         self.vm.set_tss_addr(layout.KVM_TSS_ADDR)
         self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDR)
-        self.irqchip = irqchip
-        if irqchip:
-            self.vm.create_irqchip()
-            self.vm.create_pit2()
-
-        # RAM from 0, and above 4 GiB what does not fit below the board's hole.
+        # RAM from 0, and above 4 GiB what does not fit below the board's hole; before the
+        # irqchip, as a slot added after it waits ~6 ms for its SRCU grace period (kvm_main.c).
         self.memory = GuestMemory()
         for base, size in board.ram_regions(mem_size):
             self.memory.add_region(base, size)
         for region in self.memory.regions:
             self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size,
                                            region.host_address)
+        self.irqchip = irqchip
+        if irqchip:
+            self.vm.create_irqchip()
+            self.vm.create_pit2()
         # The CPUID the guest sees: everything KVM can virtualize, as QEMU's
         # "-cpu host" does. KVM's page walker also reads it (1 GiB pages,
         # physical address width), so our own walk asks the same table.
