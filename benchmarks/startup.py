@@ -71,11 +71,13 @@ SLOW_TEARDOWN = 0.005
 PHASES = r"""
 import sys, time
 t0 = time.perf_counter()
-from minikvm.cli import build_parser
+from minikvm.cli import build_parser, command, command_named
 from minikvm.cli.options import config_from_args
 from minikvm.machine import Machine
+command("run")
 t1 = time.perf_counter()
-args = build_parser().parse_args(["run", sys.argv[1]])
+argv = ["run", sys.argv[1]]
+args = build_parser(command_named(argv)).parse_args(argv)   # as minikvm.cli.main does
 machine = Machine.from_config(config_from_args(args), output=lambda data: None)
 t2 = time.perf_counter()
 stop = machine.run()
