@@ -29,9 +29,9 @@ Rules of this module:
   ``KvmMpState``) are built at import; the others -- ``KvmCap``,
   ``KvmGuestDbg``, ``KvmVcpuEventValid``, ``KvmMemFlag``, ``KvmSystemEvent``,
   ``KvmInternalError`` and their module-level ``KVM_*`` aliases -- where they
-  stand, in a function that the module's ``__getattr__`` (PEP 562) calls on
-  first use: ``uapi.KvmCap`` and ``from minikvm.kvm.uapi import KvmCap``
-  work as before. The two capabilities every machine asks for are plain
+  stand, in a function that the module's ``__getattr__`` (PEP 562,
+  :mod:`minikvm.kvm.lazy`) calls on first use: ``uapi.KvmCap`` and
+  ``from minikvm.kvm.uapi import KvmCap`` work as before. The two capabilities every machine asks for are plain
   numbers too (``KVM_CAP_SYNC_REGS``, ``KVM_CAP_MAX_VCPUS``).
 * ``tests/test_abi_conformance.py`` compiles a C program against the
   installed header and checks every size, offset and constant here. The
@@ -53,6 +53,8 @@ from ctypes import (
 )
 from enum import IntEnum, IntFlag
 from functools import lru_cache
+
+from minikvm.kvm.lazy import lazy_enums
 
 __all__ = [
     # structures
@@ -1409,33 +1411,11 @@ ALL_STRUCTS: tuple[type, ...] = (
 # Enumerations built on first use (PEP 562; see the module docstring)
 # ---------------------------------------------------------------------------
 
-_LAZY_ENUMS = {"KvmMemFlag": _kvm_mem_flag, "KvmVcpuEventValid": _kvm_vcpu_event_valid,
-               "KvmGuestDbg": _kvm_guest_dbg, "KvmSystemEvent": _kvm_system_event,
-               "KvmInternalError": _kvm_internal_error, "KvmCap": _kvm_cap}
-#: Module-level aliases of members (``KVM_GUESTDBG_ENABLE`` is
-#: ``KvmGuestDbg.KVM_GUESTDBG_ENABLE``): their prefix and their enum.
-_ALIAS_PREFIXES = (("KVM_GUESTDBG_", "KvmGuestDbg"), ("KVM_VCPUEVENT_VALID_", "KvmVcpuEventValid"),
-                   ("KVM_SYSTEM_EVENT_", "KvmSystemEvent"),
-                   ("KVM_INTERNAL_ERROR_", "KvmInternalError"))
-
-
-def __getattr__(name: str):
-    """Build a lazy enum (and bind it here) the first time it or one of its
-    aliases is asked for."""
-    if name in _LAZY_ENUMS:
-        cls = _LAZY_ENUMS[name]()
-        cls.__qualname__ = name        # as if defined here at the top (pickle finds it)
-        globals()[name] = cls
-        return cls
-    for prefix, enum_name in _ALIAS_PREFIXES:
-        if name.startswith(prefix):
-            member = getattr(__getattr__(enum_name) if enum_name not in globals()
-                             else globals()[enum_name], name, None)
-            if member is not None:
-                globals()[name] = member
-                return member
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_enums(
+    globals(),
+    {"KvmMemFlag": _kvm_mem_flag, "KvmVcpuEventValid": _kvm_vcpu_event_valid,
+     "KvmGuestDbg": _kvm_guest_dbg, "KvmSystemEvent": _kvm_system_event,
+     "KvmInternalError": _kvm_internal_error, "KvmCap": _kvm_cap},
+    # The module-level aliases of members: KVM_GUESTDBG_ENABLE is KvmGuestDbg.KVM_GUESTDBG_ENABLE.
+    (("KVM_GUESTDBG_", "KvmGuestDbg", ""), ("KVM_VCPUEVENT_VALID_", "KvmVcpuEventValid", ""),
+     ("KVM_SYSTEM_EVENT_", "KvmSystemEvent", ""), ("KVM_INTERNAL_ERROR_", "KvmInternalError", "")))
