@@ -6,7 +6,6 @@ Exercise: ``lessons/exercises/05_gdt.md``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from _common import Lesson, hexdump, run_lesson
@@ -173,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for present in (1, 0):
         with Machine() as machine:
             machine.load_flat(LOAD_DS, 0x1000, mode="protected")
-            descriptor = dataclasses.replace(FLAT_DATA, present=present)
+            descriptor = FLAT_DATA.replace(present=present)   # a copy, P changed
             machine.memory.write(GDT_ADDR + SEL_DATA, descriptor.to_bytes())
             stop = machine.run(timeout=5)
             outcomes[present] = stop

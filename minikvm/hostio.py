@@ -510,8 +510,17 @@ class RawStdin:
     def start_reader(self, host_input: HostInput,
                      on_input: Callable[[], None] | None = None,
                      poll_seconds: float = 0.05) -> None:
-        """Read in a daemon thread until exit or end of input, feeding ``host_input``."""
+        """Read in a daemon thread until exit or end of input, feeding ``host_input``.
+
+        What can be read at once is read here first: input already at its
+        end (``</dev/null``, a short file) then needs no thread, whose start
+        costs ``minikvm run`` a wait for the scheduler (``Thread.start``
+        returns once the thread runs: up to a few ms on a busy machine)."""
         if self._thread is not None or self.fd < 0:
+            return
+        if self.pump(host_input) and on_input is not None:
+            on_input()
+        if self.eof:
             return
         self._stop.clear()
         # A pipe whose other end stop_reader() writes: the thread's select()

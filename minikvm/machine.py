@@ -47,7 +47,7 @@ from minikvm.devices.uart import Uart16550
 from minikvm.hostio import HostInput, Receiver
 from minikvm.kvm.exits import VmExit
 from minikvm.kvm.system import DEFAULT_KVM_PATH, Kvm
-from minikvm.kvm.uapi import KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmCap
+from minikvm.kvm import uapi
 from minikvm.loaders import identify_guest
 from minikvm.loaders.flat import load_flat
 from minikvm.memory import GuestMemory
@@ -93,18 +93,18 @@ class Machine:
         # real-mode code; AMD and kvm-pvm accept and ignore them.
         self.vm.set_tss_addr(layout.KVM_TSS_ADDR)
         self.vm.set_identity_map_addr(layout.KVM_IDENTITY_MAP_ADDR)
-        self.irqchip = irqchip
-        if irqchip:
-            self.vm.create_irqchip()
-            self.vm.create_pit2()
-
-        # RAM from 0, and above 4 GiB what does not fit below the board's hole.
+        # RAM from 0, and above 4 GiB what does not fit below the board's hole; before the
+        # irqchip, as a slot added after it waits ~6 ms for its SRCU grace period (kvm_main.c).
         self.memory = GuestMemory()
         for base, size in board.ram_regions(mem_size):
             self.memory.add_region(base, size)
         for region in self.memory.regions:
             self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size,
                                            region.host_address)
+        self.irqchip = irqchip
+        if irqchip:
+            self.vm.create_irqchip()
+            self.vm.create_pit2()
         # The CPUID the guest sees: everything KVM can virtualize, as QEMU's
         # "-cpu host" does. KVM's page walker also reads it (1 GiB pages,
         # physical address width), so our own walk asks the same table.
@@ -114,13 +114,13 @@ class Machine:
         #: (KVM_CAP_SYNC_REGS): registers at an exit then cost no ioctl.
         self.sync_regs = 0
         if sync_regs:
-            self.sync_regs = (self.kvm.check_extension(KvmCap.KVM_CAP_SYNC_REGS)
-                              & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS))
+            self.sync_regs = (self.kvm.check_extension(uapi.KVM_CAP_SYNC_REGS)
+                              & (uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS))
         #: The vCPUs, by index (vCPU 0 boots the guest), and their runners.
         self.vcpus = []
         self.runners: list[VcpuRunner] = []
         if vcpus > 1:
-            check_vcpu_count(vcpus, self.kvm.check_extension(KvmCap.KVM_CAP_MAX_VCPUS))
+            check_vcpu_count(vcpus, self.kvm.check_extension(uapi.KVM_CAP_MAX_VCPUS))
         for index in range(vcpus):
             vcpu = self.vm.create_vcpu(index)
             # Each vCPU hears its own APIC id from CPUID (leaf 1, leaf 0xB),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import struct
-from dataclasses import dataclass, field
 from typing import NewType
 
 __all__ = [
@@ -45,15 +44,24 @@ class GuestMemoryError(Exception):
     """A guest-physical access that is out of bounds, partial or overflows."""
 
 
-@dataclass(eq=False)
 class MemoryRegion:
-    """One contiguous piece of guest RAM backed by one anonymous mapping."""
+    """One contiguous piece of guest RAM backed by one anonymous mapping.
 
-    guest_phys_addr: int
-    size: int
-    mapping: mmap.mmap = field(repr=False)
-    slot: int = 0
-    read_only: bool = False
+    A plain class rather than a dataclass (every command loads this module;
+    see :mod:`minikvm.record`): equal only to itself, as before.
+    """
+
+    def __init__(self, guest_phys_addr: int, size: int, mapping: mmap.mmap, slot: int = 0,
+                 read_only: bool = False) -> None:
+        self.guest_phys_addr = guest_phys_addr
+        self.size = size
+        self.mapping = mapping
+        self.slot = slot
+        self.read_only = read_only
+
+    def __repr__(self) -> str:
+        return (f"MemoryRegion(guest_phys_addr={self.guest_phys_addr!r}, size={self.size!r}, "
+                f"slot={self.slot!r}, read_only={self.read_only!r})")
 
     @property
     def end(self) -> int:

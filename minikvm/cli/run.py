@@ -39,7 +39,6 @@ import errno
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +47,7 @@ from minikvm.cli.options import (UsageError, add_gdb_option, add_run_options, co
 from minikvm.cli.snapshot_options import (GuestExits, add_snapshot_options,
                                           check_snapshot_options, save_snapshot_words)
 from minikvm.core.board import ExitStatus
+from minikvm.record import Record
 
 if TYPE_CHECKING:
     from minikvm.core.config import MachineConfig
@@ -80,15 +80,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_snapshot_options(parser)
 
 
-@dataclass
-class Outcome:
+class Outcome(Record):
     """How a run ended, for the process: its status, who decided it
     (``"guest"``, ``"debug-exit"`` or ``"vmm"``), and the line for stderr
-    (None for a status the guest decided)."""
+    (None for a status the guest decided). A record (:mod:`minikvm.record`)."""
 
+    __slots__ = ("status", "source", "line")
     status: int
     source: str
     line: str | None
+
+    def __init__(self, status: int, source: str, line: str | None) -> None:
+        self.status = status
+        self.source = source
+        self.line = line
 
 
 class _Ending:

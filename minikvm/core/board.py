@@ -17,8 +17,8 @@ tables, stacks) is :mod:`minikvm.x86.layout`.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
+from minikvm.record import FrozenRecord
 from minikvm.x86 import layout
 
 __all__ = [
@@ -129,8 +129,7 @@ ACPI_TABLES_BASE = 0xE0000
 
 # -- what the BIOS leaves behind (a Multiboot kernel's boot) ---------------------------
 
-@dataclass(frozen=True)
-class BiosHandover:
+class BiosHandover(FrozenRecord):
     """The interrupt hardware as a PC BIOS's POST leaves it for the boot
     loader -- and so for a Multiboot kernel QEMU's ``-kernel`` boots through
     SeaBIOS (src/hw/pic.c ``pic_setup``, src/hw/timer.c ``timer_setup``).
@@ -144,32 +143,53 @@ class BiosHandover:
     * A real-mode interrupt vector table at 0: the IRQ vectors go to
       handlers that acknowledge the PIC (EOI) and return, every other vector
       to a lone ``iret`` (at F000:FF53, where the IBM PC BIOS kept it).
+
+    A frozen record (:mod:`minikvm.record`).
     """
 
-    pic_master_base: int = 0x08
-    pic_slave_base: int = 0x70
-    pic_master_mask: int = 0xFA     # IRQ 0 (timer) and 2 (cascade) open
-    pic_slave_mask: int = 0xFF
-    pit_mode: int = 2
-    pit_count: int = 0              # 0 means 65536
-    #: Segment F000: the handlers' offsets (the PC BIOS ROM's 64 KiB).
-    handler_segment: int = 0xF000
-    iret_offset: int = 0xFF53
-    master_irq_offset: int = 0xFF40
-    slave_irq_offset: int = 0xFF48
+    __slots__ = ("pic_master_base", "pic_slave_base", "pic_master_mask", "pic_slave_mask",
+                 "pit_mode", "pit_count", "handler_segment", "iret_offset",
+                 "master_irq_offset", "slave_irq_offset")
+    pic_master_base: int
+    pic_slave_base: int
+    pic_master_mask: int
+    pic_slave_mask: int
+    pit_mode: int
+    pit_count: int
+    handler_segment: int
+    iret_offset: int
+    master_irq_offset: int
+    slave_irq_offset: int
+
+    def __init__(self, pic_master_base: int = 0x08, pic_slave_base: int = 0x70,
+                 pic_master_mask: int = 0xFA,      # IRQ 0 (timer) and 2 (cascade) open
+                 pic_slave_mask: int = 0xFF, pit_mode: int = 2,
+                 pit_count: int = 0,               # 0 means 65536
+                 # Segment F000: the handlers' offsets (the PC BIOS ROM's 64 KiB).
+                 handler_segment: int = 0xF000, iret_offset: int = 0xFF53,
+                 master_irq_offset: int = 0xFF40, slave_irq_offset: int = 0xFF48) -> None:
+        self._set(pic_master_base=pic_master_base, pic_slave_base=pic_slave_base,
+                  pic_master_mask=pic_master_mask, pic_slave_mask=pic_slave_mask,
+                  pit_mode=pit_mode, pit_count=pit_count, handler_segment=handler_segment,
+                  iret_offset=iret_offset, master_irq_offset=master_irq_offset,
+                  slave_irq_offset=slave_irq_offset)
 
 
 BIOS_HANDOVER = BiosHandover()
 
 
-@dataclass(frozen=True)
-class PortDevice:
-    """One fixed port-I/O device of the board: its window and its IRQ."""
+class PortDevice(FrozenRecord):
+    """One fixed port-I/O device of the board: its window and its IRQ (a
+    frozen record, :mod:`minikvm.record`)."""
 
+    __slots__ = ("name", "base", "size", "irq")
     name: str
     base: int
     size: int
-    irq: int | None = None
+    irq: int | None
+
+    def __init__(self, name: str, base: int, size: int, irq: int | None = None) -> None:
+        self._set(name=name, base=base, size=size, irq=irq)
 
     @property
     def end(self) -> int:
@@ -211,14 +231,17 @@ VIRTIO_MMIO_FIRST_IRQ = 5
 MAX_VIRTIO_DEVICES = 11
 
 
-@dataclass(frozen=True)
-class VirtioWindow:
-    """Where virtio-mmio device number ``index`` lives."""
+class VirtioWindow(FrozenRecord):
+    """Where virtio-mmio device number ``index`` lives (a frozen record)."""
 
+    __slots__ = ("index", "base", "size", "irq")
     index: int
     base: int
     size: int
     irq: int
+
+    def __init__(self, index: int, base: int, size: int, irq: int) -> None:
+        self._set(index=index, base=base, size=size, irq=irq)
 
 
 def virtio_window(index: int) -> VirtioWindow:

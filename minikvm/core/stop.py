@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from minikvm.core.board import ExitStatus
@@ -34,6 +33,7 @@ from minikvm.kvm.exits import (
     SystemEvent,
     VmExit,
 )
+from minikvm.record import FrozenRecord
 
 __all__ = [
     "CRASH_KINDS",
@@ -88,8 +88,7 @@ _CRASH = int(ExitStatus.GUEST_CRASH)
 _TIMEOUT = int(ExitStatus.TIMEOUT)
 
 
-@dataclass(frozen=True)
-class Stop:
+class Stop(FrozenRecord):
     """Where and why a vCPU stopped.
 
     ``status`` is the process exit status the stop maps to, or ``None`` when
@@ -98,19 +97,34 @@ class Stop:
     one did. A debugger stop also carries ``breakpoint`` or ``watchpoint``
     (with the watched bytes' ``old_value``/``new_value``) and ``steps``,
     the instructions single-stepped on the way.
+
+    A frozen record (:mod:`minikvm.record`): two stops are equal when all
+    but ``event``, ``breakpoint`` and ``watchpoint`` are, which ``repr``
+    leaves out too.
     """
 
+    __slots__ = ("kind", "status", "message", "rip", "vcpu", "event", "breakpoint",
+                 "watchpoint", "old_value", "new_value", "steps")
+    _uncompared = _unshown = frozenset({"event", "breakpoint", "watchpoint"})
     kind: StopKind
     status: int | None
     message: str
-    rip: int | None = None
-    vcpu: int = 0
-    event: Any = field(default=None, compare=False, repr=False)
-    breakpoint: Any = field(default=None, compare=False, repr=False)
-    watchpoint: Any = field(default=None, compare=False, repr=False)
-    old_value: int | None = None
-    new_value: int | None = None
-    steps: int = 0
+    rip: int | None
+    vcpu: int
+    event: Any
+    breakpoint: Any
+    watchpoint: Any
+    old_value: int | None
+    new_value: int | None
+    steps: int
+
+    def __init__(self, kind: StopKind, status: int | None, message: str, rip: int | None = None,
+                 vcpu: int = 0, event: Any = None, breakpoint: Any = None, watchpoint: Any = None,
+                 old_value: int | None = None, new_value: int | None = None,
+                 steps: int = 0) -> None:
+        self._set(kind=kind, status=status, message=message, rip=rip, vcpu=vcpu, event=event,
+                  breakpoint=breakpoint, watchpoint=watchpoint, old_value=old_value,
+                  new_value=new_value, steps=steps)
 
     @property
     def ended(self) -> bool:
@@ -129,13 +143,12 @@ class Stop:
 
     def but(self, **changes: Any) -> Stop:
         """A copy with some fields changed (``stop.but(steps=3)``)."""
-        return replace(self, **changes)
+        return self.replace(**changes)
 
     def __str__(self) -> str:
         return self.message
 
 
-@dataclass
 class Requests:
     """What was asked of a vCPU's run while it was inside ``KVM_RUN``.
 
@@ -146,10 +159,23 @@ class Requests:
     (with the in-kernel irqchip ``hlt`` never exits to the VMM).
     """
 
-    device_stop: Stop | None = None
-    timed_out: bool = False
-    pause: bool = False
-    halted: bool = False
+    def __init__(self, device_stop: Stop | None = None, timed_out: bool = False,
+                 pause: bool = False, halted: bool = False) -> None:
+        self.device_stop = device_stop
+        self.timed_out = timed_out
+        self.pause = pause
+        self.halted = halted
+
+    def __repr__(self) -> str:
+        return (f"Requests(device_stop={self.device_stop!r}, timed_out={self.timed_out!r}, "
+                f"pause={self.pause!r}, halted={self.halted!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Requests:
+            return NotImplemented
+        return vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 _PASS_THROUGH = (IoOut, IoIn, MmioRead, MmioWrite, Debug)

@@ -24,6 +24,15 @@ Rules of this module:
   ``kvm_cpuid2``) mirror only the header and name the array in
   ``_flexible_array_``; ``make_kvm_msrs(n)`` and friends build an instance
   with room for ``n`` entries.
+* Every command loads this module, and an enum costs ~25 us per member to
+  create (``KvmCap`` alone ~3 ms). The enums a run needs (``KvmExit``,
+  ``KvmMpState``) are built at import; the others -- ``KvmCap``,
+  ``KvmGuestDbg``, ``KvmVcpuEventValid``, ``KvmMemFlag``, ``KvmSystemEvent``,
+  ``KvmInternalError`` and their module-level ``KVM_*`` aliases -- where they
+  stand, in a function that the module's ``__getattr__`` (PEP 562,
+  :mod:`minikvm.kvm.lazy`) calls on first use: ``uapi.KvmCap`` and
+  ``from minikvm.kvm.uapi import KvmCap`` work as before. The two capabilities every machine asks for are plain
+  numbers too (``KVM_CAP_SYNC_REGS``, ``KVM_CAP_MAX_VCPUS``).
 * ``tests/test_abi_conformance.py`` compiles a C program against the
   installed header and checks every size, offset and constant here. The
   layouts follow the Linux 6.1 UAPI headers; where a later kernel renamed a
@@ -44,6 +53,8 @@ from ctypes import (
 )
 from enum import IntEnum, IntFlag
 from functools import lru_cache
+
+from minikvm.kvm.lazy import lazy_enums
 
 __all__ = [
     # structures
@@ -99,7 +110,7 @@ __all__ = [
     "KVM_MSR_EXIT_REASON_INVAL", "KVM_MSR_EXIT_REASON_UNKNOWN",
     "KVM_MSR_EXIT_REASON_FILTER",
     "KVM_PIO_PAGE_OFFSET", "KVM_COALESCED_MMIO_PAGE_OFFSET",
-    "KVM_MAX_XCRS",
+    "KVM_MAX_XCRS", "KVM_CAP_SYNC_REGS", "KVM_CAP_MAX_VCPUS",
 ]
 
 # ---------------------------------------------------------------------------
@@ -375,13 +386,15 @@ KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
 
 
-class KvmMemFlag(IntFlag):
-    """``kvm_userspace_memory_region.flags``."""
+def _kvm_mem_flag() -> type[IntFlag]:
+    class KvmMemFlag(IntFlag):
+        """``kvm_userspace_memory_region.flags``."""
 
-    #: Track guest writes; read them back with ``KVM_GET_DIRTY_LOG``.
-    KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
-    #: Guest writes to the slot become ``KVM_EXIT_MMIO`` writes (ROM, flash).
-    KVM_MEM_READONLY = 1 << 1
+        #: Track guest writes; read them back with ``KVM_GET_DIRTY_LOG``.
+        KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+        #: Guest writes to the slot become ``KVM_EXIT_MMIO`` writes (ROM, flash).
+        KVM_MEM_READONLY = 1 << 1
+    return KvmMemFlag
 
 
 class _kvm_dirty_log_bitmap(ctypes.Union):
@@ -714,23 +727,18 @@ class kvm_vcpu_events(ctypes.Structure):
     ]
 
 
-class KvmVcpuEventValid(IntFlag):
-    """``kvm_vcpu_events.flags``: which optional fields ``KVM_SET_VCPU_EVENTS`` applies."""
+def _kvm_vcpu_event_valid() -> type[IntFlag]:
+    class KvmVcpuEventValid(IntFlag):
+        """``kvm_vcpu_events.flags``: which optional fields ``KVM_SET_VCPU_EVENTS`` applies."""
 
-    KVM_VCPUEVENT_VALID_NMI_PENDING = 0x00000001
-    KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x00000002
-    KVM_VCPUEVENT_VALID_SHADOW = 0x00000004
-    KVM_VCPUEVENT_VALID_SMM = 0x00000008
-    KVM_VCPUEVENT_VALID_PAYLOAD = 0x00000010
-    KVM_VCPUEVENT_VALID_TRIPLE_FAULT = 0x00000020
+        KVM_VCPUEVENT_VALID_NMI_PENDING = 0x00000001
+        KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x00000002
+        KVM_VCPUEVENT_VALID_SHADOW = 0x00000004
+        KVM_VCPUEVENT_VALID_SMM = 0x00000008
+        KVM_VCPUEVENT_VALID_PAYLOAD = 0x00000010
+        KVM_VCPUEVENT_VALID_TRIPLE_FAULT = 0x00000020
+    return KvmVcpuEventValid
 
-
-KVM_VCPUEVENT_VALID_NMI_PENDING = KvmVcpuEventValid.KVM_VCPUEVENT_VALID_NMI_PENDING
-KVM_VCPUEVENT_VALID_SIPI_VECTOR = KvmVcpuEventValid.KVM_VCPUEVENT_VALID_SIPI_VECTOR
-KVM_VCPUEVENT_VALID_SHADOW = KvmVcpuEventValid.KVM_VCPUEVENT_VALID_SHADOW
-KVM_VCPUEVENT_VALID_SMM = KvmVcpuEventValid.KVM_VCPUEVENT_VALID_SMM
-KVM_VCPUEVENT_VALID_PAYLOAD = KvmVcpuEventValid.KVM_VCPUEVENT_VALID_PAYLOAD
-KVM_VCPUEVENT_VALID_TRIPLE_FAULT = KvmVcpuEventValid.KVM_VCPUEVENT_VALID_TRIPLE_FAULT
 
 KVM_X86_SHADOW_INT_MOV_SS = 0x01
 KVM_X86_SHADOW_INT_STI = 0x02
@@ -770,33 +778,26 @@ class kvm_guest_debug(ctypes.Structure):
     ]
 
 
-class KvmGuestDbg(IntFlag):
-    """``kvm_guest_debug.control`` bits. The low bits are generic, the
-    high ones x86's."""
+def _kvm_guest_dbg() -> type[IntFlag]:
+    class KvmGuestDbg(IntFlag):
+        """``kvm_guest_debug.control`` bits. The low bits are generic, the
+        high ones x86's."""
 
-    #: Debugging on; without it the other bits are ignored.
-    KVM_GUESTDBG_ENABLE = 0x00000001
-    #: Exit after every guest instruction (KVM sets RFLAGS.TF behind the guest's back).
-    KVM_GUESTDBG_SINGLESTEP = 0x00000002
-    #: ``int3`` (#BP) exits to us instead of reaching the guest's IDT.
-    KVM_GUESTDBG_USE_SW_BP = 0x00010000
-    #: Load ``arch.debugreg`` into DR0-DR7; their hits exit to us.
-    KVM_GUESTDBG_USE_HW_BP = 0x00020000
-    #: Deliver a #DB to the guest on entry.
-    KVM_GUESTDBG_INJECT_DB = 0x00040000
-    #: Deliver a #BP to the guest on entry.
-    KVM_GUESTDBG_INJECT_BP = 0x00080000
-    #: Keep interrupts blocked while single-stepping, so a step stays in the same code.
-    KVM_GUESTDBG_BLOCKIRQ = 0x00100000
-
-
-KVM_GUESTDBG_ENABLE = KvmGuestDbg.KVM_GUESTDBG_ENABLE
-KVM_GUESTDBG_SINGLESTEP = KvmGuestDbg.KVM_GUESTDBG_SINGLESTEP
-KVM_GUESTDBG_USE_SW_BP = KvmGuestDbg.KVM_GUESTDBG_USE_SW_BP
-KVM_GUESTDBG_USE_HW_BP = KvmGuestDbg.KVM_GUESTDBG_USE_HW_BP
-KVM_GUESTDBG_INJECT_DB = KvmGuestDbg.KVM_GUESTDBG_INJECT_DB
-KVM_GUESTDBG_INJECT_BP = KvmGuestDbg.KVM_GUESTDBG_INJECT_BP
-KVM_GUESTDBG_BLOCKIRQ = KvmGuestDbg.KVM_GUESTDBG_BLOCKIRQ
+        #: Debugging on; without it the other bits are ignored.
+        KVM_GUESTDBG_ENABLE = 0x00000001
+        #: Exit after every guest instruction (KVM sets RFLAGS.TF behind the guest's back).
+        KVM_GUESTDBG_SINGLESTEP = 0x00000002
+        #: ``int3`` (#BP) exits to us instead of reaching the guest's IDT.
+        KVM_GUESTDBG_USE_SW_BP = 0x00010000
+        #: Load ``arch.debugreg`` into DR0-DR7; their hits exit to us.
+        KVM_GUESTDBG_USE_HW_BP = 0x00020000
+        #: Deliver a #DB to the guest on entry.
+        KVM_GUESTDBG_INJECT_DB = 0x00040000
+        #: Deliver a #BP to the guest on entry.
+        KVM_GUESTDBG_INJECT_BP = 0x00080000
+        #: Keep interrupts blocked while single-stepping, so a step stays in the same code.
+        KVM_GUESTDBG_BLOCKIRQ = 0x00100000
+    return KvmGuestDbg
 
 
 # ---------------------------------------------------------------------------
@@ -889,6 +890,11 @@ KVM_SYNC_X86_REGS = 1 << 0
 KVM_SYNC_X86_SREGS = 1 << 1
 KVM_SYNC_X86_EVENTS = 1 << 2
 
+#: Two ``KvmCap`` members as plain numbers: ``Machine`` asks for them at every
+#: start, and ``KvmCap`` is built only on first use (see the module docstring).
+KVM_CAP_MAX_VCPUS = 66
+KVM_CAP_SYNC_REGS = 74
+
 
 # ---------------------------------------------------------------------------
 # kvm_run: the page shared between KVM and the VMM
@@ -942,42 +948,33 @@ KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
 
 
-class KvmSystemEvent(IntEnum):
-    """``kvm_run.system_event.type`` for ``KVM_EXIT_SYSTEM_EVENT``."""
+def _kvm_system_event() -> type[IntEnum]:
+    class KvmSystemEvent(IntEnum):
+        """``kvm_run.system_event.type`` for ``KVM_EXIT_SYSTEM_EVENT``."""
 
-    KVM_SYSTEM_EVENT_SHUTDOWN = 1
-    KVM_SYSTEM_EVENT_RESET = 2
-    KVM_SYSTEM_EVENT_CRASH = 3
-    KVM_SYSTEM_EVENT_WAKEUP = 4
-    KVM_SYSTEM_EVENT_SUSPEND = 5
-    KVM_SYSTEM_EVENT_SEV_TERM = 6
-
-
-KVM_SYSTEM_EVENT_SHUTDOWN = KvmSystemEvent.KVM_SYSTEM_EVENT_SHUTDOWN
-KVM_SYSTEM_EVENT_RESET = KvmSystemEvent.KVM_SYSTEM_EVENT_RESET
-KVM_SYSTEM_EVENT_CRASH = KvmSystemEvent.KVM_SYSTEM_EVENT_CRASH
-KVM_SYSTEM_EVENT_WAKEUP = KvmSystemEvent.KVM_SYSTEM_EVENT_WAKEUP
-KVM_SYSTEM_EVENT_SUSPEND = KvmSystemEvent.KVM_SYSTEM_EVENT_SUSPEND
-KVM_SYSTEM_EVENT_SEV_TERM = KvmSystemEvent.KVM_SYSTEM_EVENT_SEV_TERM
+        KVM_SYSTEM_EVENT_SHUTDOWN = 1
+        KVM_SYSTEM_EVENT_RESET = 2
+        KVM_SYSTEM_EVENT_CRASH = 3
+        KVM_SYSTEM_EVENT_WAKEUP = 4
+        KVM_SYSTEM_EVENT_SUSPEND = 5
+        KVM_SYSTEM_EVENT_SEV_TERM = 6
+    return KvmSystemEvent
 
 
-class KvmInternalError(IntEnum):
-    """``kvm_run.internal.suberror`` for ``KVM_EXIT_INTERNAL_ERROR``."""
+def _kvm_internal_error() -> type[IntEnum]:
+    class KvmInternalError(IntEnum):
+        """``kvm_run.internal.suberror`` for ``KVM_EXIT_INTERNAL_ERROR``."""
 
-    #: The instruction emulator met an instruction it cannot emulate.
-    KVM_INTERNAL_ERROR_EMULATION = 1
-    #: An exception occurred while delivering another one, in a way KVM cannot model.
-    KVM_INTERNAL_ERROR_SIMUL_EX = 2
-    #: A VM exit happened while an event was being delivered (e.g. a bad IDT).
-    KVM_INTERNAL_ERROR_DELIVERY_EV = 3
-    #: The hardware reported an exit reason KVM does not know.
-    KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4
+        #: The instruction emulator met an instruction it cannot emulate.
+        KVM_INTERNAL_ERROR_EMULATION = 1
+        #: An exception occurred while delivering another one, in a way KVM cannot model.
+        KVM_INTERNAL_ERROR_SIMUL_EX = 2
+        #: A VM exit happened while an event was being delivered (e.g. a bad IDT).
+        KVM_INTERNAL_ERROR_DELIVERY_EV = 3
+        #: The hardware reported an exit reason KVM does not know.
+        KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4
+    return KvmInternalError
 
-
-KVM_INTERNAL_ERROR_EMULATION = KvmInternalError.KVM_INTERNAL_ERROR_EMULATION
-KVM_INTERNAL_ERROR_SIMUL_EX = KvmInternalError.KVM_INTERNAL_ERROR_SIMUL_EX
-KVM_INTERNAL_ERROR_DELIVERY_EV = KvmInternalError.KVM_INTERNAL_ERROR_DELIVERY_EV
-KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = KvmInternalError.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON
 
 #: ``kvm_run.emulation_failure.flags``: ``insn_size``/``insn_bytes`` are valid.
 KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1 << 0
@@ -1255,130 +1252,132 @@ class kvm_run(ctypes.Structure):
 # Capabilities (KVM_CHECK_EXTENSION, KVM_ENABLE_CAP)
 # ---------------------------------------------------------------------------
 
-class KvmCap(IntEnum):
-    """``KVM_CHECK_EXTENSION`` arguments: does this kernel have feature X?
+def _kvm_cap() -> type[IntEnum]:
+    class KvmCap(IntEnum):
+        """``KVM_CHECK_EXTENSION`` arguments: does this kernel have feature X?
 
-    The answer is 0 for "no", and otherwise often a number (for
-    ``KVM_CAP_NR_MEMSLOTS`` the count of slots). Those for x86 and generic
-    features are listed; other architectures' are left out.
-    """
+        The answer is 0 for "no", and otherwise often a number (for
+        ``KVM_CAP_NR_MEMSLOTS`` the count of slots). Those for x86 and generic
+        features are listed; other architectures' are left out.
+        """
 
-    KVM_CAP_IRQCHIP = 0
-    KVM_CAP_HLT = 1
-    KVM_CAP_MMU_SHADOW_CACHE_CONTROL = 2
-    KVM_CAP_USER_MEMORY = 3
-    KVM_CAP_SET_TSS_ADDR = 4
-    KVM_CAP_VAPIC = 6
-    KVM_CAP_EXT_CPUID = 7
-    KVM_CAP_CLOCKSOURCE = 8
-    KVM_CAP_NR_VCPUS = 9
-    KVM_CAP_NR_MEMSLOTS = 10
-    KVM_CAP_PIT = 11
-    KVM_CAP_NOP_IO_DELAY = 12
-    KVM_CAP_PV_MMU = 13
-    KVM_CAP_MP_STATE = 14
-    KVM_CAP_COALESCED_MMIO = 15
-    KVM_CAP_SYNC_MMU = 16
-    KVM_CAP_IOMMU = 18
-    KVM_CAP_DESTROY_MEMORY_REGION_WORKS = 21
-    KVM_CAP_USER_NMI = 22
-    KVM_CAP_SET_GUEST_DEBUG = 23
-    KVM_CAP_REINJECT_CONTROL = 24
-    KVM_CAP_IRQ_ROUTING = 25
-    KVM_CAP_IRQ_INJECT_STATUS = 26
-    KVM_CAP_ASSIGN_DEV_IRQ = 29
-    KVM_CAP_JOIN_MEMORY_REGIONS_WORKS = 30
-    KVM_CAP_MCE = 31
-    KVM_CAP_IRQFD = 32
-    KVM_CAP_PIT2 = 33
-    KVM_CAP_SET_BOOT_CPU_ID = 34
-    KVM_CAP_PIT_STATE2 = 35
-    KVM_CAP_IOEVENTFD = 36
-    KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
-    KVM_CAP_XEN_HVM = 38
-    KVM_CAP_ADJUST_CLOCK = 39
-    KVM_CAP_INTERNAL_ERROR_DATA = 40
-    KVM_CAP_VCPU_EVENTS = 41
-    KVM_CAP_HYPERV = 44
-    KVM_CAP_HYPERV_VAPIC = 45
-    KVM_CAP_HYPERV_SPIN = 46
-    KVM_CAP_PCI_SEGMENT = 47
-    KVM_CAP_INTR_SHADOW = 49
-    KVM_CAP_DEBUGREGS = 50
-    KVM_CAP_X86_ROBUST_SINGLESTEP = 51
-    KVM_CAP_ENABLE_CAP = 54
-    KVM_CAP_XSAVE = 55
-    KVM_CAP_XCRS = 56
-    KVM_CAP_ASYNC_PF = 59
-    KVM_CAP_TSC_CONTROL = 60
-    KVM_CAP_GET_TSC_KHZ = 61
-    KVM_CAP_MAX_VCPUS = 66
-    KVM_CAP_ONE_REG = 70
-    KVM_CAP_TSC_DEADLINE_TIMER = 72
-    KVM_CAP_SYNC_REGS = 74
-    KVM_CAP_PCI_2_3 = 75
-    KVM_CAP_KVMCLOCK_CTRL = 76
-    KVM_CAP_SIGNAL_MSI = 77
-    KVM_CAP_READONLY_MEM = 81
-    KVM_CAP_IRQFD_RESAMPLE = 82
-    KVM_CAP_DEVICE_CTRL = 89
-    KVM_CAP_EXT_EMUL_CPUID = 95
-    KVM_CAP_HYPERV_TIME = 96
-    KVM_CAP_IOAPIC_POLARITY_IGNORED = 97
-    KVM_CAP_ENABLE_CAP_VM = 98
-    KVM_CAP_IOEVENTFD_NO_LENGTH = 100
-    KVM_CAP_VM_ATTRIBUTES = 101
-    KVM_CAP_CHECK_EXTENSION_VM = 105
-    KVM_CAP_DISABLE_QUIRKS = 116
-    KVM_CAP_X86_SMM = 117
-    KVM_CAP_MULTI_ADDRESS_SPACE = 118
-    KVM_CAP_GUEST_DEBUG_HW_BPS = 119
-    KVM_CAP_GUEST_DEBUG_HW_WPS = 120
-    KVM_CAP_SPLIT_IRQCHIP = 121
-    KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
-    KVM_CAP_HYPERV_SYNIC = 123
-    KVM_CAP_VCPU_ATTRIBUTES = 127
-    KVM_CAP_MAX_VCPU_ID = 128
-    KVM_CAP_X2APIC_API = 129
-    KVM_CAP_MSI_DEVID = 131
-    KVM_CAP_IMMEDIATE_EXIT = 136
-    KVM_CAP_X86_DISABLE_EXITS = 143
-    KVM_CAP_GET_MSR_FEATURES = 153
-    KVM_CAP_NESTED_STATE = 157
-    KVM_CAP_MSR_PLATFORM_INFO = 159
-    KVM_CAP_COALESCED_PIO = 162
-    KVM_CAP_EXCEPTION_PAYLOAD = 164
-    KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
-    KVM_CAP_PMU_EVENT_FILTER = 173
-    KVM_CAP_HALT_POLL = 182
-    KVM_CAP_ASYNC_PF_INT = 183
-    KVM_CAP_LAST_CPU = 184
-    KVM_CAP_SMALLER_MAXPHYADDR = 185
-    KVM_CAP_STEAL_TIME = 187
-    KVM_CAP_X86_USER_SPACE_MSR = 188
-    KVM_CAP_X86_MSR_FILTER = 189
-    KVM_CAP_ENFORCE_PV_FEATURE_CPUID = 190
-    KVM_CAP_SYS_HYPERV_CPUID = 191
-    KVM_CAP_DIRTY_LOG_RING = 192
-    KVM_CAP_X86_BUS_LOCK_EXIT = 193
-    KVM_CAP_SET_GUEST_DEBUG2 = 195
-    KVM_CAP_SGX_ATTRIBUTE = 196
-    KVM_CAP_HYPERV_ENFORCE_CPUID = 199
-    KVM_CAP_SREGS2 = 200
-    KVM_CAP_EXIT_HYPERCALL = 201
-    KVM_CAP_BINARY_STATS_FD = 203
-    KVM_CAP_EXIT_ON_EMULATION_FAILURE = 204
-    KVM_CAP_VM_GPA_BITS = 207
-    KVM_CAP_XSAVE2 = 208
-    KVM_CAP_SYS_ATTRIBUTES = 209
-    KVM_CAP_PMU_CAPABILITY = 212
-    KVM_CAP_DISABLE_QUIRKS2 = 213
-    KVM_CAP_VM_TSC_CONTROL = 214
-    KVM_CAP_SYSTEM_EVENT_DATA = 215
-    KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218
-    KVM_CAP_X86_NOTIFY_VMEXIT = 219
-    KVM_CAP_VM_DISABLE_NX_HUGE_PAGES = 220
-    KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 223
+        KVM_CAP_IRQCHIP = 0
+        KVM_CAP_HLT = 1
+        KVM_CAP_MMU_SHADOW_CACHE_CONTROL = 2
+        KVM_CAP_USER_MEMORY = 3
+        KVM_CAP_SET_TSS_ADDR = 4
+        KVM_CAP_VAPIC = 6
+        KVM_CAP_EXT_CPUID = 7
+        KVM_CAP_CLOCKSOURCE = 8
+        KVM_CAP_NR_VCPUS = 9
+        KVM_CAP_NR_MEMSLOTS = 10
+        KVM_CAP_PIT = 11
+        KVM_CAP_NOP_IO_DELAY = 12
+        KVM_CAP_PV_MMU = 13
+        KVM_CAP_MP_STATE = 14
+        KVM_CAP_COALESCED_MMIO = 15
+        KVM_CAP_SYNC_MMU = 16
+        KVM_CAP_IOMMU = 18
+        KVM_CAP_DESTROY_MEMORY_REGION_WORKS = 21
+        KVM_CAP_USER_NMI = 22
+        KVM_CAP_SET_GUEST_DEBUG = 23
+        KVM_CAP_REINJECT_CONTROL = 24
+        KVM_CAP_IRQ_ROUTING = 25
+        KVM_CAP_IRQ_INJECT_STATUS = 26
+        KVM_CAP_ASSIGN_DEV_IRQ = 29
+        KVM_CAP_JOIN_MEMORY_REGIONS_WORKS = 30
+        KVM_CAP_MCE = 31
+        KVM_CAP_IRQFD = 32
+        KVM_CAP_PIT2 = 33
+        KVM_CAP_SET_BOOT_CPU_ID = 34
+        KVM_CAP_PIT_STATE2 = 35
+        KVM_CAP_IOEVENTFD = 36
+        KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
+        KVM_CAP_XEN_HVM = 38
+        KVM_CAP_ADJUST_CLOCK = 39
+        KVM_CAP_INTERNAL_ERROR_DATA = 40
+        KVM_CAP_VCPU_EVENTS = 41
+        KVM_CAP_HYPERV = 44
+        KVM_CAP_HYPERV_VAPIC = 45
+        KVM_CAP_HYPERV_SPIN = 46
+        KVM_CAP_PCI_SEGMENT = 47
+        KVM_CAP_INTR_SHADOW = 49
+        KVM_CAP_DEBUGREGS = 50
+        KVM_CAP_X86_ROBUST_SINGLESTEP = 51
+        KVM_CAP_ENABLE_CAP = 54
+        KVM_CAP_XSAVE = 55
+        KVM_CAP_XCRS = 56
+        KVM_CAP_ASYNC_PF = 59
+        KVM_CAP_TSC_CONTROL = 60
+        KVM_CAP_GET_TSC_KHZ = 61
+        KVM_CAP_MAX_VCPUS = 66
+        KVM_CAP_ONE_REG = 70
+        KVM_CAP_TSC_DEADLINE_TIMER = 72
+        KVM_CAP_SYNC_REGS = 74
+        KVM_CAP_PCI_2_3 = 75
+        KVM_CAP_KVMCLOCK_CTRL = 76
+        KVM_CAP_SIGNAL_MSI = 77
+        KVM_CAP_READONLY_MEM = 81
+        KVM_CAP_IRQFD_RESAMPLE = 82
+        KVM_CAP_DEVICE_CTRL = 89
+        KVM_CAP_EXT_EMUL_CPUID = 95
+        KVM_CAP_HYPERV_TIME = 96
+        KVM_CAP_IOAPIC_POLARITY_IGNORED = 97
+        KVM_CAP_ENABLE_CAP_VM = 98
+        KVM_CAP_IOEVENTFD_NO_LENGTH = 100
+        KVM_CAP_VM_ATTRIBUTES = 101
+        KVM_CAP_CHECK_EXTENSION_VM = 105
+        KVM_CAP_DISABLE_QUIRKS = 116
+        KVM_CAP_X86_SMM = 117
+        KVM_CAP_MULTI_ADDRESS_SPACE = 118
+        KVM_CAP_GUEST_DEBUG_HW_BPS = 119
+        KVM_CAP_GUEST_DEBUG_HW_WPS = 120
+        KVM_CAP_SPLIT_IRQCHIP = 121
+        KVM_CAP_IOEVENTFD_ANY_LENGTH = 122
+        KVM_CAP_HYPERV_SYNIC = 123
+        KVM_CAP_VCPU_ATTRIBUTES = 127
+        KVM_CAP_MAX_VCPU_ID = 128
+        KVM_CAP_X2APIC_API = 129
+        KVM_CAP_MSI_DEVID = 131
+        KVM_CAP_IMMEDIATE_EXIT = 136
+        KVM_CAP_X86_DISABLE_EXITS = 143
+        KVM_CAP_GET_MSR_FEATURES = 153
+        KVM_CAP_NESTED_STATE = 157
+        KVM_CAP_MSR_PLATFORM_INFO = 159
+        KVM_CAP_COALESCED_PIO = 162
+        KVM_CAP_EXCEPTION_PAYLOAD = 164
+        KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 = 168
+        KVM_CAP_PMU_EVENT_FILTER = 173
+        KVM_CAP_HALT_POLL = 182
+        KVM_CAP_ASYNC_PF_INT = 183
+        KVM_CAP_LAST_CPU = 184
+        KVM_CAP_SMALLER_MAXPHYADDR = 185
+        KVM_CAP_STEAL_TIME = 187
+        KVM_CAP_X86_USER_SPACE_MSR = 188
+        KVM_CAP_X86_MSR_FILTER = 189
+        KVM_CAP_ENFORCE_PV_FEATURE_CPUID = 190
+        KVM_CAP_SYS_HYPERV_CPUID = 191
+        KVM_CAP_DIRTY_LOG_RING = 192
+        KVM_CAP_X86_BUS_LOCK_EXIT = 193
+        KVM_CAP_SET_GUEST_DEBUG2 = 195
+        KVM_CAP_SGX_ATTRIBUTE = 196
+        KVM_CAP_HYPERV_ENFORCE_CPUID = 199
+        KVM_CAP_SREGS2 = 200
+        KVM_CAP_EXIT_HYPERCALL = 201
+        KVM_CAP_BINARY_STATS_FD = 203
+        KVM_CAP_EXIT_ON_EMULATION_FAILURE = 204
+        KVM_CAP_VM_GPA_BITS = 207
+        KVM_CAP_XSAVE2 = 208
+        KVM_CAP_SYS_ATTRIBUTES = 209
+        KVM_CAP_PMU_CAPABILITY = 212
+        KVM_CAP_DISABLE_QUIRKS2 = 213
+        KVM_CAP_VM_TSC_CONTROL = 214
+        KVM_CAP_SYSTEM_EVENT_DATA = 215
+        KVM_CAP_X86_TRIPLE_FAULT_EVENT = 218
+        KVM_CAP_X86_NOTIFY_VMEXIT = 219
+        KVM_CAP_VM_DISABLE_NX_HUGE_PAGES = 220
+        KVM_CAP_DIRTY_LOG_RING_ACQ_REL = 223
+    return KvmCap
 
 
 # ---------------------------------------------------------------------------
@@ -1406,3 +1405,17 @@ ALL_STRUCTS: tuple[type, ...] = (
     kvm_run_emulation_failure, _kvm_run_system_event_u, kvm_run_system_event,
     kvm_run_eoi, kvm_run_msr, kvm_run_notify, kvm_run_exit, kvm_run_s, kvm_run,
 )
+
+
+# ---------------------------------------------------------------------------
+# Enumerations built on first use (PEP 562; see the module docstring)
+# ---------------------------------------------------------------------------
+
+__getattr__, __dir__ = lazy_enums(
+    globals(),
+    {"KvmMemFlag": _kvm_mem_flag, "KvmVcpuEventValid": _kvm_vcpu_event_valid,
+     "KvmGuestDbg": _kvm_guest_dbg, "KvmSystemEvent": _kvm_system_event,
+     "KvmInternalError": _kvm_internal_error, "KvmCap": _kvm_cap},
+    # The module-level aliases of members: KVM_GUESTDBG_ENABLE is KvmGuestDbg.KVM_GUESTDBG_ENABLE.
+    (("KVM_GUESTDBG_", "KvmGuestDbg", ""), ("KVM_VCPUEVENT_VALID_", "KvmVcpuEventValid", ""),
+     ("KVM_SYSTEM_EVENT_", "KvmSystemEvent", ""), ("KVM_INTERNAL_ERROR_", "KvmInternalError", "")))

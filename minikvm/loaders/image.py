@@ -7,9 +7,9 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 from minikvm.memory import GuestMemory
+from minikvm.record import FrozenRecord, Record
 from minikvm.x86.layout import VMM_RESERVED, MapEntry
 from minikvm.x86.modes import CpuMode
 
@@ -31,18 +31,26 @@ class LoaderError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
-@dataclass(frozen=True)
-class LoadedSegment:
+class LoadedSegment(FrozenRecord):
     """A piece of the image now in guest RAM: ``file_size`` bytes copied to
-    ``address``, then zeros up to ``mem_size`` (an ELF's BSS)."""
+    ``address``, then zeros up to ``mem_size`` (an ELF's BSS). A frozen
+    record (:mod:`minikvm.record`)."""
 
+    __slots__ = ("address", "file_size", "mem_size", "readable", "writable", "executable",
+                 "virtual")
     address: int                 # guest-physical
     file_size: int
     mem_size: int
-    readable: bool = True
-    writable: bool = True
-    executable: bool = True
-    virtual: int | None = None   # the address the program was linked for, if it says
+    readable: bool
+    writable: bool
+    executable: bool
+    virtual: int | None          # the address the program was linked for, if it says
+
+    def __init__(self, address: int, file_size: int, mem_size: int, readable: bool = True,
+                 writable: bool = True, executable: bool = True,
+                 virtual: int | None = None) -> None:
+        self._set(address=address, file_size=file_size, mem_size=mem_size, readable=readable,
+                  writable=writable, executable=executable, virtual=virtual)
 
     @property
     def end(self) -> int:
@@ -53,13 +61,16 @@ class LoadedSegment:
         return isinstance(addr, int) and self.address <= addr < self.end
 
 
-@dataclass(frozen=True)
-class Symbol:
-    """A named address from an image's symbol table."""
+class Symbol(FrozenRecord):
+    """A named address from an image's symbol table (a frozen record)."""
 
+    __slots__ = ("address", "size", "name")
     address: int
     size: int
     name: str
+
+    def __init__(self, address: int, size: int, name: str) -> None:
+        self._set(address=address, size=size, name=name)
 
 
 class SymbolTable:
@@ -118,16 +129,26 @@ class SymbolTable:
         return result
 
 
-@dataclass
-class LoadedImage:
-    """What a loader put into guest RAM and how to start it."""
+class LoadedImage(Record):
+    """What a loader put into guest RAM and how to start it (a record,
+    :mod:`minikvm.record`)."""
 
+    __slots__ = ("kind", "entry", "mode", "segments", "symbols", "source")
     kind: str                      # "flat", "elf32" or "elf64"
     entry: int                     # guest-physical address of the first instruction
     mode: CpuMode                  # the CPU mode the image expects
     segments: list[LoadedSegment]
-    symbols: SymbolTable = field(default_factory=SymbolTable)
-    source: str | None = None      # the file it came from, when it came from one
+    symbols: SymbolTable
+    source: str | None             # the file it came from, when it came from one
+
+    def __init__(self, kind: str, entry: int, mode: CpuMode, segments: list[LoadedSegment],
+                 symbols: SymbolTable | None = None, source: str | None = None) -> None:
+        self.kind = kind
+        self.entry = entry
+        self.mode = mode
+        self.segments = segments
+        self.symbols = SymbolTable() if symbols is None else symbols
+        self.source = source
 
     def symbol_at(self, addr: int) -> str | None:
         return self.symbols.symbol_at(addr)

@@ -49,12 +49,13 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from minikvm.loaders.image import (
     LoadedImage,
     LoadedSegment,
     LoaderError,
+    SymbolTable,
     check_placement,
     read_image,
 )
@@ -153,16 +154,31 @@ class MultibootModule:
     string: str
 
 
-@dataclass
 class MultibootImage(LoadedImage):
-    """A loaded Multiboot kernel: its image, plus what EAX and EBX must hold."""
+    """A loaded Multiboot kernel: its image, plus what EAX and EBX must hold
+    (a record: the fields of :class:`LoadedImage`, then these)."""
 
-    info_addr: int = INFO_ADDR
-    magic: int = BOOTLOADER_MAGIC
-    cmdline: str = ""
-    modules: list[MultibootModule] = field(default_factory=list)
-    memory_map: list[tuple[int, int, int]] = field(default_factory=list)  # base, length, type
-    header: MultibootHeader | None = None
+    __slots__ = ("info_addr", "magic", "cmdline", "modules", "memory_map", "header")
+    info_addr: int
+    magic: int
+    cmdline: str
+    modules: list[MultibootModule]
+    memory_map: list[tuple[int, int, int]]   # base, length, type
+    header: MultibootHeader | None
+
+    def __init__(self, kind: str, entry: int, mode: CpuMode, segments: list[LoadedSegment],
+                 symbols: SymbolTable | None = None, source: str | None = None,
+                 info_addr: int = INFO_ADDR, magic: int = BOOTLOADER_MAGIC, cmdline: str = "",
+                 modules: list[MultibootModule] | None = None,
+                 memory_map: list[tuple[int, int, int]] | None = None,
+                 header: MultibootHeader | None = None) -> None:
+        super().__init__(kind, entry, mode, segments, symbols, source)
+        self.info_addr = info_addr
+        self.magic = magic
+        self.cmdline = cmdline
+        self.modules = [] if modules is None else modules
+        self.memory_map = [] if memory_map is None else memory_map
+        self.header = header
 
 
 def kernel_cmdline(kernel_name: str, append: str | None) -> str:

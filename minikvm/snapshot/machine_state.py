@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from minikvm.core.board import ram_regions
@@ -227,7 +227,7 @@ def load_machine(path: str, *, kvm_path: str = "/dev/kvm", disks: Sequence[str] 
     except BaseException:
         machine.close()
         raise
-    return machine, replace(config, guest=meta.get("guest"))
+    return machine, config.replace(guest=meta.get("guest"))
 
 
 def _restore(machine: Machine, sections: list[Section], meta: dict[str, Any],

@@ -27,7 +27,7 @@ APIC id (tests/test_smp_guests.py probes both).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from minikvm.record import FrozenRecord
 
 __all__ = ["CPUID_PAGE1GB", "PagingFeatures", "apic_id_of", "paging_features", "with_apic_id"]
 
@@ -40,10 +40,16 @@ CPUID_PAGE1GB = 1 << 26
 DEFAULT_MAXPHYADDR = 36            # what KVM assumes without leaf 0x80000008
 
 
-@dataclass(frozen=True)
-class PagingFeatures:
+class PagingFeatures(FrozenRecord):
+    """What KVM's page walker takes from CPUID: 1 GiB pages, and the
+    physical address width (a frozen record, :mod:`minikvm.record`)."""
+
+    __slots__ = ("gbpages", "maxphyaddr")
     gbpages: bool
     maxphyaddr: int
+
+    def __init__(self, gbpages: bool, maxphyaddr: int) -> None:
+        self._set(gbpages=gbpages, maxphyaddr=maxphyaddr)
 
 
 def paging_features(cpuid) -> PagingFeatures:

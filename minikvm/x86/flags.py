@@ -10,11 +10,20 @@ the prefix the Linux headers use for them without ``X86_`` (``CR0_PE``,
 
 ``IntFlag`` values combine with ``|`` and print their names, which the
 debugger uses: ``flag_names(Cr0(0x80000011))`` is ``'PG|ET|PE'``.
+
+Every command loads this module, and an enum costs ~25-40 us per member to
+create. Those a start in real mode needs (``Cr0``, ``Rflags``,
+``SegmentType``, ``SystemSegmentType``) are built at import; ``Cr4``,
+``Efer`` and ``PageFlag`` -- where they stand, in a function -- on first use,
+with the ``CR4_``/``EFER_`` aliases (:mod:`minikvm.kvm.lazy`):
+``from minikvm.x86.flags import Cr4`` works as before.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum, IntFlag
+
+from minikvm.kvm.lazy import lazy_enums
 
 __all__ = [
     "Cr0", "Cr4", "Efer", "Rflags", "SegmentType", "SystemSegmentType", "PageFlag",
@@ -47,39 +56,43 @@ class Cr0(IntFlag):
     PG = 1 << 31   # paging: linear addresses go through the page tables at CR3
 
 
-class Cr4(IntFlag):
-    """CR4: extensions turned on one by one (SDM 2.5)."""
+def _cr4() -> type[IntFlag]:
+    class Cr4(IntFlag):
+        """CR4: extensions turned on one by one (SDM 2.5)."""
 
-    VME = 1 << 0          # virtual-8086 mode extensions
-    PVI = 1 << 1          # protected-mode virtual interrupts
-    TSD = 1 << 2          # time stamp disable: RDTSC only in ring 0
-    DE = 1 << 3           # debugging extensions: DR4/DR5 fault, I/O breakpoints
-    PSE = 1 << 4          # page size extension: 4 MiB pages in 32-bit paging (PDE.PS)
-    PAE = 1 << 5          # physical address extension: 64-bit entries; required by long mode
-    MCE = 1 << 6          # machine-check exception enable
-    PGE = 1 << 7          # page global enable: PTE.G entries survive a CR3 write
-    PCE = 1 << 8          # RDPMC allowed outside ring 0
-    OSFXSR = 1 << 9       # the OS saves SSE state with FXSAVE: SSE instructions allowed
-    OSXMMEXCPT = 1 << 10  # the OS handles #XM: unmasked SIMD FP errors raise #XM, not #UD
-    UMIP = 1 << 11        # SGDT/SIDT/SLDT/SMSW/STR only in ring 0
-    LA57 = 1 << 12        # 5-level paging (57-bit linear addresses)
-    VMXE = 1 << 13        # VMX enable (for a hypervisor inside the guest)
-    SMXE = 1 << 14        # safer mode extensions enable
-    FSGSBASE = 1 << 16    # RDFSBASE/WRFSBASE... instructions allowed
-    PCIDE = 1 << 17       # process-context identifiers in CR3 bits 11:0
-    OSXSAVE = 1 << 18     # XSAVE and XCR0 enabled (needed for AVX)
-    SMEP = 1 << 20        # supervisor-mode execution prevention
-    SMAP = 1 << 21        # supervisor-mode access prevention
-    PKE = 1 << 22         # protection keys for user pages
+        VME = 1 << 0          # virtual-8086 mode extensions
+        PVI = 1 << 1          # protected-mode virtual interrupts
+        TSD = 1 << 2          # time stamp disable: RDTSC only in ring 0
+        DE = 1 << 3           # debugging extensions: DR4/DR5 fault, I/O breakpoints
+        PSE = 1 << 4          # page size extension: 4 MiB pages in 32-bit paging (PDE.PS)
+        PAE = 1 << 5          # physical address extension: 64-bit entries; required by long mode
+        MCE = 1 << 6          # machine-check exception enable
+        PGE = 1 << 7          # page global enable: PTE.G entries survive a CR3 write
+        PCE = 1 << 8          # RDPMC allowed outside ring 0
+        OSFXSR = 1 << 9       # the OS saves SSE state with FXSAVE: SSE instructions allowed
+        OSXMMEXCPT = 1 << 10  # the OS handles #XM: unmasked SIMD FP errors raise #XM, not #UD
+        UMIP = 1 << 11        # SGDT/SIDT/SLDT/SMSW/STR only in ring 0
+        LA57 = 1 << 12        # 5-level paging (57-bit linear addresses)
+        VMXE = 1 << 13        # VMX enable (for a hypervisor inside the guest)
+        SMXE = 1 << 14        # safer mode extensions enable
+        FSGSBASE = 1 << 16    # RDFSBASE/WRFSBASE... instructions allowed
+        PCIDE = 1 << 17       # process-context identifiers in CR3 bits 11:0
+        OSXSAVE = 1 << 18     # XSAVE and XCR0 enabled (needed for AVX)
+        SMEP = 1 << 20        # supervisor-mode execution prevention
+        SMAP = 1 << 21        # supervisor-mode access prevention
+        PKE = 1 << 22         # protection keys for user pages
+    return Cr4
 
 
-class Efer(IntFlag):
-    """IA32_EFER, MSR 0xC000_0080: the extended feature enables (SDM 2.2.1)."""
+def _efer() -> type[IntFlag]:
+    class Efer(IntFlag):
+        """IA32_EFER, MSR 0xC000_0080: the extended feature enables (SDM 2.2.1)."""
 
-    SCE = 1 << 0     # SYSCALL/SYSRET enable
-    LME = 1 << 8     # long mode enable: long mode starts when CR0.PG is set with it
-    LMA = 1 << 10    # long mode active: read-only on hardware, set by the CPU (KVM wants it set)
-    NXE = 1 << 11    # no-execute enable: bit 63 of PAE/4-level entries means NX, not reserved
+        SCE = 1 << 0     # SYSCALL/SYSRET enable
+        LME = 1 << 8     # long mode enable: long mode starts when CR0.PG is set with it
+        LMA = 1 << 10    # long mode active: read-only on hardware, set by the CPU (KVM wants it set)
+        NXE = 1 << 11    # no-execute enable: bit 63 of PAE/4-level entries means NX, not reserved
+    return Efer
 
 
 class Rflags(IntFlag):
@@ -126,26 +139,28 @@ class SystemSegmentType(IntEnum):
     TSS_BUSY = 11        # 32-bit / 64-bit TSS, busy: what TR must hold to enter a guest
 
 
-class PageFlag(IntFlag):
-    """Bits of a paging-structure entry (SDM 4.3 tables 4-4..4-6, 4.5 tables 4-14..4-20).
+def _page_flag() -> type[IntFlag]:
+    class PageFlag(IntFlag):
+        """Bits of a paging-structure entry (SDM 4.3 tables 4-4..4-6, 4.5 tables 4-14..4-20).
 
-    The low bits mean the same at every level; PS turns a PDPT or PD entry
-    (or a 32-bit PDE) into a leaf that maps a large page. In a PT entry, bit 7
-    is PAT instead of PS. NX is bit 63 of 64-bit entries only, and only when
-    EFER.NXE is set (otherwise the bit is reserved).
-    """
+        The low bits mean the same at every level; PS turns a PDPT or PD entry
+        (or a 32-bit PDE) into a leaf that maps a large page. In a PT entry, bit 7
+        is PAT instead of PS. NX is bit 63 of 64-bit entries only, and only when
+        EFER.NXE is set (otherwise the bit is reserved).
+        """
 
-    PRESENT = 1 << 0     # the entry is used; if clear the rest is ignored (#PF)
-    RW = 1 << 1          # writable (if clear, writes fault; ring 0 too when CR0.WP)
-    USER = 1 << 2        # ring 3 may access (U/S); if clear, supervisor only
-    PWT = 1 << 3         # page-level write-through
-    PCD = 1 << 4         # page-level cache disable
-    ACCESSED = 1 << 5    # set by the CPU when it uses the entry for a translation
-    DIRTY = 1 << 6       # set by the CPU on a write through a leaf entry
-    PS = 1 << 7          # page size: this PDPT/PD entry maps a 1 GiB/2 MiB/4 MiB page
-    GLOBAL = 1 << 8      # leaf survives CR3 writes when CR4.PGE
-    PAT_LARGE = 1 << 12  # PAT bit of a large-page leaf (bit 7 there is PS)
-    NX = 1 << 63         # execute disable (64-bit entries, EFER.NXE)
+        PRESENT = 1 << 0     # the entry is used; if clear the rest is ignored (#PF)
+        RW = 1 << 1          # writable (if clear, writes fault; ring 0 too when CR0.WP)
+        USER = 1 << 2        # ring 3 may access (U/S); if clear, supervisor only
+        PWT = 1 << 3         # page-level write-through
+        PCD = 1 << 4         # page-level cache disable
+        ACCESSED = 1 << 5    # set by the CPU when it uses the entry for a translation
+        DIRTY = 1 << 6       # set by the CPU on a write through a leaf entry
+        PS = 1 << 7          # page size: this PDPT/PD entry maps a 1 GiB/2 MiB/4 MiB page
+        GLOBAL = 1 << 8      # leaf survives CR3 writes when CR4.PGE
+        PAT_LARGE = 1 << 12  # PAT bit of a large-page leaf (bit 7 there is PS)
+        NX = 1 << 63         # execute disable (64-bit entries, EFER.NXE)
+    return PageFlag
 
 
 def flag_names(value: IntFlag) -> str:
@@ -185,17 +200,18 @@ CR0_PE, CR0_MP, CR0_EM, CR0_TS = Cr0.PE, Cr0.MP, Cr0.EM, Cr0.TS
 CR0_ET, CR0_NE, CR0_WP, CR0_AM = Cr0.ET, Cr0.NE, Cr0.WP, Cr0.AM
 CR0_NW, CR0_CD, CR0_PG = Cr0.NW, Cr0.CD, Cr0.PG
 
-CR4_VME, CR4_PVI, CR4_TSD, CR4_DE = Cr4.VME, Cr4.PVI, Cr4.TSD, Cr4.DE
-CR4_PSE, CR4_PAE, CR4_MCE, CR4_PGE = Cr4.PSE, Cr4.PAE, Cr4.MCE, Cr4.PGE
-CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_UMIP = Cr4.PCE, Cr4.OSFXSR, Cr4.OSXMMEXCPT, Cr4.UMIP
-CR4_LA57, CR4_VMXE, CR4_SMXE, CR4_FSGSBASE = Cr4.LA57, Cr4.VMXE, Cr4.SMXE, Cr4.FSGSBASE
-CR4_PCIDE, CR4_OSXSAVE, CR4_SMEP, CR4_SMAP, CR4_PKE = (
-    Cr4.PCIDE, Cr4.OSXSAVE, Cr4.SMEP, Cr4.SMAP, Cr4.PKE)
-
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = Efer.SCE, Efer.LME, Efer.LMA, Efer.NXE
+# (CR4_* and EFER_* come with their enum, on first use: ``__getattr__`` below.)
 
 RFLAGS_CF, RFLAGS_FIXED, RFLAGS_PF, RFLAGS_AF = Rflags.CF, Rflags.FIXED, Rflags.PF, Rflags.AF
 RFLAGS_ZF, RFLAGS_SF, RFLAGS_TF, RFLAGS_IF = Rflags.ZF, Rflags.SF, Rflags.TF, Rflags.IF
 RFLAGS_DF, RFLAGS_OF, RFLAGS_IOPL, RFLAGS_NT = Rflags.DF, Rflags.OF, Rflags.IOPL, Rflags.NT
 RFLAGS_RF, RFLAGS_VM, RFLAGS_AC, RFLAGS_VIF = Rflags.RF, Rflags.VM, Rflags.AC, Rflags.VIF
 RFLAGS_VIP, RFLAGS_ID = Rflags.VIP, Rflags.ID
+
+
+# ---------------------------------------------------------------------------
+# Enumerations built on first use (PEP 562; see the module docstring)
+# ---------------------------------------------------------------------------
+
+__getattr__, __dir__ = lazy_enums(globals(), {"Cr4": _cr4, "Efer": _efer, "PageFlag": _page_flag},
+                                  (("CR4_", "Cr4", "CR4_"), ("EFER_", "Efer", "EFER_")))

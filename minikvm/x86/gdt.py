@@ -22,10 +22,10 @@ Descriptor layout (SDM figure 3-8)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from minikvm.memory import GuestMemory
+from minikvm.record import FrozenRecord
 from minikvm.x86.flags import SegmentType, flag_names
 from minikvm.x86.layout import GDT_ADDR, GDT_END, SEL_CODE32, SEL_CODE64, SEL_DATA
 
@@ -44,28 +44,34 @@ __all__ = [
 _LIMIT_MAX = (1 << 20) - 1
 
 
-@dataclass(frozen=True)
-class SegmentDescriptor:
+class SegmentDescriptor(FrozenRecord):
     """One code or data segment descriptor, field by field.
 
     ``limit`` is the 20-bit field as stored; with ``g=1`` it counts 4 KiB
     units, so the byte limit (:attr:`byte_limit`, what ``kvm_segment.limit``
     holds) is ``limit * 4096 + 4095``. The one-bit fields are 0 or 1, as in
-    ``kvm_segment``.
+    ``kvm_segment``. A frozen record (:mod:`minikvm.record`).
     """
 
-    base: int = 0
-    limit: int = 0
-    type: int = 0
-    s: int = 1        # 1: code or data segment; 0: system segment (TSS, LDT, gates)
-    dpl: int = 0      # descriptor privilege level (ring 0..3)
-    present: int = 1  # loading a not-present descriptor raises #NP
-    avl: int = 0      # available to software
-    l: int = 0        # 64-bit code segment (IA-32e mode only)
-    db: int = 0       # code: 32-bit default operands; data/stack: 32-bit SP, 4 GiB bound
-    g: int = 0        # granularity: the limit counts 4 KiB pages
+    __slots__ = ("base", "limit", "type", "s", "dpl", "present", "avl", "l", "db", "g")
+    base: int
+    limit: int
+    type: int
+    s: int        # 1: code or data segment; 0: system segment (TSS, LDT, gates)
+    dpl: int      # descriptor privilege level (ring 0..3)
+    present: int  # loading a not-present descriptor raises #NP
+    avl: int      # available to software
+    l: int        # 64-bit code segment (IA-32e mode only)
+    db: int       # code: 32-bit default operands; data/stack: 32-bit SP, 4 GiB bound
+    g: int        # granularity: the limit counts 4 KiB pages
 
-    def __post_init__(self) -> None:
+    def __init__(self, base: int = 0, limit: int = 0, type: int = 0, s: int = 1, dpl: int = 0,
+                 present: int = 1, avl: int = 0, l: int = 0, db: int = 0, g: int = 0) -> None:
+        self._set(base=base, limit=limit, type=type, s=s, dpl=dpl, present=present, avl=avl,
+                  l=l, db=db, g=g)
+        self._check()
+
+    def _check(self) -> None:
         if not 0 <= self.base < 1 << 32:
             raise ValueError(f"descriptor base {self.base:#x} does not fit in 32 bits")
         if not 0 <= self.limit <= _LIMIT_MAX:

@@ -46,7 +46,7 @@ virtio windows and of RAM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from minikvm.record import FrozenRecord
 
 __all__ = [
     "RAM_BASE",
@@ -127,14 +127,18 @@ KVM_TSS_ADDR = 0xFFFB_D000
 KVM_TSS_SIZE = 3 * 4 * KiB
 
 
-@dataclass(frozen=True)
-class MapEntry:
-    """One range of the memory map: ``[start, end)``, a short name and why."""
+class MapEntry(FrozenRecord):
+    """One range of the memory map: ``[start, end)``, a short name and why
+    (a frozen record, :mod:`minikvm.record`)."""
 
+    __slots__ = ("start", "end", "name", "description")
     start: int
     end: int
     name: str
     description: str
+
+    def __init__(self, start: int, end: int, name: str, description: str) -> None:
+        self._set(start=start, end=end, name=name, description=description)
 
     def __contains__(self, addr: object) -> bool:
         return isinstance(addr, int) and self.start <= addr < self.end

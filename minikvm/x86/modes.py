@@ -36,12 +36,13 @@ for these small guests a crash that says "stop" is what we want.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from minikvm.memory import GuestMemory, GuestMemoryError
-from minikvm.x86.flags import Cr0, Cr4, Efer, Rflags, SegmentType, SystemSegmentType
+from minikvm.record import FrozenRecord
+from minikvm.x86 import flags
+from minikvm.x86.flags import Cr0, Rflags, SegmentType, SystemSegmentType
 from minikvm.x86.gdt import (
     FLAT_CODE32,
     FLAT_CODE64,
@@ -99,16 +100,22 @@ class ModeError(ValueError):
     """The CPU mode cannot be set up as asked (entry unreachable, RAM too small)."""
 
 
-@dataclass(frozen=True)
-class ModeSetup:
-    """What a setup function did: the mode, where the CPU starts, what it wrote."""
+class ModeSetup(FrozenRecord):
+    """What a setup function did: the mode, where the CPU starts, what it
+    wrote (a frozen record, :mod:`minikvm.record`)."""
 
+    __slots__ = ("mode", "entry", "stack_top", "gdt_addr", "gdt_limit", "page_tables")
     mode: CpuMode
     entry: int
     stack_top: int
-    gdt_addr: int | None = None
-    gdt_limit: int | None = None
-    page_tables: PageTables | None = None
+    gdt_addr: int | None
+    gdt_limit: int | None
+    page_tables: PageTables | None
+
+    def __init__(self, mode: CpuMode, entry: int, stack_top: int, gdt_addr: int | None = None,
+                 gdt_limit: int | None = None, page_tables: PageTables | None = None) -> None:
+        self._set(mode=mode, entry=entry, stack_top=stack_top, gdt_addr=gdt_addr,
+                  gdt_limit=gdt_limit, page_tables=page_tables)
 
 
 # Control-register values shared by the modes, with the reason for each bit.
@@ -123,10 +130,16 @@ _CR0_REAL = Cr0.ET
 _CR0_PROTECTED = Cr0.PE | Cr0.MP | Cr0.ET | Cr0.NE
 # PG: translate through CR3. WP: read-only pages are read-only for ring 0 too.
 _CR0_PAGED = _CR0_PROTECTED | Cr0.PG | Cr0.WP
-# OSFXSR and OSXMMEXCPT: the "OS" saves SSE state and handles SIMD faults, so
-# SSE instructions run instead of raising #UD. x86-64 compilers use SSE for
-# floating point and to copy memory; the guests here need no OS to allow it.
-_CR4_SSE = Cr4.OSFXSR | Cr4.OSXMMEXCPT
+
+
+def _cr4_sse() -> int:
+    """OSFXSR and OSXMMEXCPT: the "OS" saves SSE state and handles SIMD faults,
+    so SSE instructions run instead of raising #UD. x86-64 compilers use SSE
+    for floating point and to copy memory; the guests here need no OS to allow
+    it. (CR4, like EFER, is ``flags.Cr4``: built when first used, which a
+    real-mode start never does.)"""
+    return flags.Cr4.OSFXSR | flags.Cr4.OSXMMEXCPT
+
 
 _REAL_MODE_LIMIT = 1 << 20  # real mode reaches 1 MiB (plus the HMA; not used here)
 _IVT_LIMIT = 256 * 4 - 1     # 256 real-mode vectors of 4 bytes
@@ -244,7 +257,7 @@ def setup_protected_mode(memory: GuestMemory, sregs: Any, regs: Any, entry: int,
 
     sregs.cr0 = _CR0_PROTECTED
     sregs.cr3 = 0
-    sregs.cr4 = _CR4_SSE
+    sregs.cr4 = _cr4_sse()
     sregs.efer = 0
     _start(regs, entry, stack_top)
     return ModeSetup(CpuMode.PROTECTED, entry, stack_top, GDT_ADDR, limit)
@@ -279,7 +292,7 @@ def setup_paged_mode(memory: GuestMemory, sregs: Any, regs: Any, entry: int, *,
     _no_idt(sregs)
 
     sregs.cr3 = tables.root          # the page directory (PCD, PWT clear: cached)
-    sregs.cr4 = _CR4_SSE | (Cr4.PSE if large_pages else 0)
+    sregs.cr4 = _cr4_sse() | (flags.Cr4.PSE if large_pages else 0)
     sregs.efer = 0
     sregs.cr0 = _CR0_PAGED
     _start(regs, entry, stack_top)
@@ -315,8 +328,9 @@ def setup_long_mode(memory: GuestMemory, sregs: Any, regs: Any, entry: int, *,
     _no_idt(sregs)
 
     sregs.cr3 = tables.root          # the PML4
-    sregs.cr4 = Cr4.PAE | _CR4_SSE   # PAE: 64-bit entries, required by long mode
-    sregs.efer = Efer.LME | Efer.LMA | (Efer.NXE if nxe else 0)
+    sregs.cr4 = flags.Cr4.PAE | _cr4_sse()   # PAE: 64-bit entries, required by long mode
+    efer = flags.Efer
+    sregs.efer = efer.LME | efer.LMA | (efer.NXE if nxe else 0)
     sregs.cr0 = _CR0_PAGED
     _start(regs, entry, stack_top)
     return ModeSetup(CpuMode.LONG, entry, stack_top, GDT_ADDR, limit, tables)
@@ -350,7 +364,7 @@ def cpu_mode_of(sregs: Any) -> CpuMode:
     cr0, efer = int(sregs.cr0), int(sregs.efer)
     if not cr0 & Cr0.PE:
         return CpuMode.REAL
-    if efer & Efer.LMA:
+    if efer & flags.Efer.LMA:
         return CpuMode.LONG
     if cr0 & Cr0.PG:
         return CpuMode.PAGED
@@ -366,6 +380,6 @@ def code_bitness(sregs: Any, rflags: int | None = None) -> int:
     """
     if not int(sregs.cr0) & Cr0.PE or (rflags is not None and rflags & Rflags.VM):
         return 16
-    if int(sregs.efer) & Efer.LMA and sregs.cs.l:
+    if int(sregs.efer) & flags.Efer.LMA and sregs.cs.l:
         return 64
     return 32 if sregs.cs.db else 16
