@@ -51,63 +51,64 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
     page = runner.vcpu.page
     page_size = len(page)
     serial_input = machine.serial_input
-    run_reason = runner.run_reason
     handle = machine.handle_exit
+    decode = runner.decode
+    index = runner.index
     limit = None if max_exits is None else machine.exit_count + max_exits
     checks = limit is not None or until is not None
     # Whether the listeners read words, worked out again when they change.
     heard: list = []
     words = False
-    while True:
-        # Nobody listening: no event is made, so no clock is read (an
-        # ExitEvent of another exit, made then, only carries the stop here).
-        # A listener added while the vCPU is in such a run gets its first
-        # event with the times of an earlier run.
-        reason = run_reason(True) if listeners else run_reason(False)
-        if reason == _KVM_EXIT_IO:
-            direction, size, port, count, offset = read_io(page)
+    # Nobody listening: no event is made, so no clock is read (an ExitEvent
+    # of another exit, made then, only carries the stop here). A listener
+    # added while the vCPU is in such a run gets its first event with the
+    # times of an earlier run.
+    exits = runner.exits(listeners)
+    try:
+        for reason, direction, size, port, count, offset in exits:
             # KVM chooses size and data offset, but a size of 0 or a slice
             # out of the page would be silently wrong here: decode_exit
             # checks both (and makes such an exit Unknown).
-            fast = count == 1 and 0 < size and offset + size <= page_size
-        else:
-            fast = False
-        if not fast:
-            stop = handle(runner.decode(reason), runner, explain=wants_words(listeners),
-                          capture_rip=bool(listeners)).stop
-        elif listeners:
-            if listeners != heard:
-                heard = listeners.copy()
-                words = wants_words(heard)
-            stop = pio_event(machine, runner, page, direction, size, port, offset,
-                             words, True).stop
-        else:
-            with lock:
-                if serial_input.waiting:
-                    machine.deliver_host_input()
-                # One byte (the commonest: a console, port 0x80) is read and
-                # written by index, without a slice object.
-                if direction == KVM_EXIT_IO_OUT:
-                    pio.write_value(port, size, page[offset] if size == 1 else int.from_bytes(
-                        page[offset:offset + size], "little"))
-                elif size == 1:
-                    page[offset] = pio.read_value(port, 1)
-                else:
-                    page[offset:offset + size] = pio.read_value(
-                        port, size).to_bytes(size, "little")
-                machine.exit_count += 1
-                # A device's stop request is rare: looked at, taken only when there.
-                stop = machine.device_stop
-                if stop is not None:
-                    machine.device_stop = None
-                    stop = stop.but(vcpu=runner.index)
-        if stop is not None:
-            return stop  # type: ignore[return-value]
-        if checks:
-            if limit is not None and machine.exit_count >= limit:
-                return _limit_stop(runner, max_exits)
-            if until is not None and until():
-                return _until_stop(runner)
+            if (reason != _KVM_EXIT_IO or count != 1 or size == 0
+                    or offset + size > page_size):
+                stop = handle(decode(reason), runner, explain=wants_words(listeners),
+                              capture_rip=bool(listeners)).stop
+            elif listeners:
+                if listeners != heard:
+                    heard = listeners.copy()
+                    words = wants_words(heard)
+                stop = pio_event(machine, runner, page, direction, size, port, offset,
+                                 words, True).stop
+            else:
+                with lock:
+                    if serial_input.waiting:
+                        machine.deliver_host_input()
+                    # One byte (the commonest: a console, port 0x80) is read
+                    # and written by index, without a slice object.
+                    if direction == KVM_EXIT_IO_OUT:
+                        pio.write_value(port, size, page[offset] if size == 1 else int.from_bytes(
+                            page[offset:offset + size], "little"))
+                    elif size == 1:
+                        page[offset] = pio.read_value(port, 1)
+                    else:
+                        page[offset:offset + size] = pio.read_value(
+                            port, size).to_bytes(size, "little")
+                    machine.exit_count += 1
+                    # A device's stop request is rare: looked at, taken only when there.
+                    stop = machine.device_stop
+                    if stop is not None:
+                        machine.device_stop = None
+                        stop = stop.but(vcpu=index)
+            if stop is not None:
+                return stop  # type: ignore[return-value]
+            if checks:
+                if limit is not None and machine.exit_count >= limit:
+                    return _limit_stop(runner, max_exits)
+                if until is not None and until():
+                    return _until_stop(runner)
+    finally:
+        exits.close()
+    raise AssertionError("VcpuRunner.exits() ended")  # it runs until closed
 
 
 def next_event(machine: Machine, runner: VcpuRunner, explain: bool,
