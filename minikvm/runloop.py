@@ -19,7 +19,8 @@ from minikvm.core.events import ExitEvent, describe_exit, wants_words
 from minikvm.core.runner import VcpuRunner
 from minikvm.core.stop import Stop, StopKind
 from minikvm.kvm.exits import IoIn, IoOut, read_io
-from minikvm.kvm.uapi import KVM_EXIT_IO_OUT, KvmExit
+from minikvm.kvm.uapi import KVM_EXIT_IO_OUT, KVM_SYNC_X86_REGS, KvmExit
+from minikvm.kvm.vcpu import SYNC_RIP, SYNC_RIP_OFFSET
 
 if TYPE_CHECKING:
     from minikvm.machine import Machine
@@ -80,7 +81,9 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
                 stop = pio_event(machine, runner, page, direction, size, port, offset,
                                  words, True).stop
             else:
-                with lock:
+                # acquire/release rather than ``with``: ~0.1 µs less per exit.
+                lock.acquire()
+                try:
                     if serial_input.waiting:
                         machine.deliver_host_input()
                     # One byte (the commonest: a console, port 0x80) is read
@@ -99,6 +102,8 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
                     if stop is not None:
                         machine.device_stop = None
                         stop = stop.but(vcpu=index)
+                finally:
+                    lock.release()
             if stop is not None:
                 return stop  # type: ignore[return-value]
             if checks:
@@ -158,10 +163,18 @@ def pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction:
             access = machine.pio.read(port, size, explain)
             buffer[:] = access.value.to_bytes(size, "little")
         machine.exit_count += 1
+        if capture_rip:
+            # Vcpu.get_rip() without its two calls: the synced copy when the
+            # device access left it current, else what the runner reads.
+            vcpu = runner.vcpu
+            rip = (SYNC_RIP.unpack_from(page, SYNC_RIP_OFFSET)[0]
+                   if vcpu.synced and vcpu.sync_mask & KVM_SYNC_X86_REGS else runner.rip())
+        else:
+            rip = None
         returned = runner.returned
+        # Positional: a dataclass's __init__ takes them faster than keywords.
         event = ExitEvent(machine.exit_count, returned, returned - runner.started, exit,
-                          access, 1, rip=runner.rip() if capture_rip else None,
-                          vcpu=runner.index)
+                          access, 1, None, "", rip, runner.index)
         device_stop = machine.device_stop
         if device_stop is not None:   # decide_stop: I/O goes on unless a device asked
             machine.device_stop = None

@@ -57,7 +57,7 @@ from minikvm.kvm.uapi import (
 if TYPE_CHECKING:
     from minikvm.kvm.vm import Vm
 
-__all__ = ["KICK_SIGNAL", "Vcpu", "install_kick_handler"]
+__all__ = ["KICK_SIGNAL", "SYNC_RIP", "SYNC_RIP_OFFSET", "Vcpu", "install_kick_handler"]
 
 _KVM_RUN = ioctls.KVM_RUN
 
@@ -71,8 +71,10 @@ _EXIT_REASON_OFFSET = kvm_run.exit_reason.offset
 #: Where KVM_CAP_SYNC_REGS leaves the registers in the run page.
 _SYNC_REGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.regs.offset
 _SYNC_SREGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.sregs.offset
-_SYNC_RIP = struct.Struct("<Q")
-_SYNC_RIP_OFFSET = _SYNC_REGS_OFFSET + kvm_regs.rip.offset
+#: RIP in the synced registers: what :meth:`Vcpu.get_rip` reads when
+#: :attr:`Vcpu.synced` (and the machine's run loop, without the call).
+SYNC_RIP = struct.Struct("<Q")
+SYNC_RIP_OFFSET = _SYNC_REGS_OFFSET + kvm_regs.rip.offset
 
 
 def _ignore_kick(signum: int, frame: object) -> None:
@@ -256,7 +258,7 @@ class Vcpu(KvmFd):
     def get_rip(self) -> int:
         """RIP alone: eight bytes of the run page when synced, else ``KVM_GET_REGS``."""
         if self.synced and self.sync_mask & KVM_SYNC_X86_REGS:
-            return _SYNC_RIP.unpack_from(self._view, _SYNC_RIP_OFFSET)[0]
+            return SYNC_RIP.unpack_from(self._view, SYNC_RIP_OFFSET)[0]
         return self.get_regs().rip
 
     def set_regs(self, regs: kvm_regs) -> None:
