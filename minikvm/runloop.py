@@ -25,7 +25,7 @@ from minikvm.kvm.vcpu import SYNC_RIP, SYNC_RIP_OFFSET
 if TYPE_CHECKING:
     from minikvm.machine import Machine
 
-__all__ = ["next_event", "pio_event", "run_all", "run_vcpu"]
+__all__ = ["guest_kicks", "next_event", "pio_event", "run_all", "run_vcpu"]
 
 _KVM_EXIT_IO = int(KvmExit.KVM_EXIT_IO)
 #: The data of every one-byte ``out``, made once: an exit object for the
@@ -55,7 +55,10 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
     handle = machine.handle_exit
     decode = runner.decode
     index = runner.index
-    limit = None if max_exits is None else machine.exit_count + max_exits
+    # max_exits counts the guest's exits: the machine's count, less the
+    # kicks of every vCPU (an Interrupted exit is the VMM's doing).
+    runners = machine.runners
+    limit = None if max_exits is None else machine.exit_count - guest_kicks(runners) + max_exits
     checks = limit is not None or until is not None
     # Whether the listeners read words, worked out again when they change.
     heard: list = []
@@ -107,7 +110,7 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
             if stop is not None:
                 return stop  # type: ignore[return-value]
             if checks:
-                if limit is not None and machine.exit_count >= limit:
+                if limit is not None and machine.exit_count - guest_kicks(runners) >= limit:
                     return _limit_stop(runner, max_exits)
                 if until is not None and until():
                     return _until_stop(runner)
@@ -184,6 +187,14 @@ def pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction:
         for listener in machine.listeners:
             listener(event)
     return event
+
+
+def guest_kicks(runners: list[VcpuRunner]) -> int:
+    """The kicks (``KVM_EXIT_INTR``) ``runners`` handed to their run loops so
+    far: what the machine's exit count holds beyond the guest's own exits."""
+    if len(runners) == 1:
+        return runners[0].kicks
+    return sum(runner.kicks for runner in runners)
 
 
 def _limit_stop(runner: VcpuRunner, max_exits: int | None) -> Stop:

@@ -86,6 +86,10 @@ class VcpuRunner:
         #: short by the halt check itself (the watchdog looks at the rest).
         self.runs = 0
         self.halt_checks = 0
+        #: Exits of :meth:`exits` that were no exit of the guest's: a
+        #: ``KVM_RUN`` cut short by a signal (``KVM_EXIT_INTR``: the VMM's
+        #: kicks). ``Machine.run(max_exits=)`` leaves them out of its count.
+        self.kicks = 0
         #: When the last ``KVM_RUN`` started and returned (time.monotonic).
         self.started = 0.0
         self.returned = 0.0
@@ -190,6 +194,7 @@ class VcpuRunner:
                     except KvmError as err:
                         self._woken(err)
                         continue
+                    self.kicks += 1   # run_failed() returned KVM_EXIT_INTR
                 else:
                     fields = unpack(page, EXIT_AND_IO_OFFSET)
                 if timed:
