@@ -57,7 +57,7 @@ from minikvm.kvm.uapi import (
 if TYPE_CHECKING:
     from minikvm.kvm.vm import Vm
 
-__all__ = ["KICK_SIGNAL", "SYNC_RIP", "SYNC_RIP_OFFSET", "Vcpu", "install_kick_handler"]
+__all__ = ["KICK_SIGNAL", "SYNC_RIP_INDEX", "Vcpu", "install_kick_handler"]
 
 _KVM_RUN = ioctls.KVM_RUN
 
@@ -71,10 +71,11 @@ _EXIT_REASON_OFFSET = kvm_run.exit_reason.offset
 #: Where KVM_CAP_SYNC_REGS leaves the registers in the run page.
 _SYNC_REGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.regs.offset
 _SYNC_SREGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.sregs.offset
-#: RIP in the synced registers: what :meth:`Vcpu.get_rip` reads when
-#: :attr:`Vcpu.synced` (and the machine's run loop, without the call).
-SYNC_RIP = struct.Struct("<Q")
-SYNC_RIP_OFFSET = _SYNC_REGS_OFFSET + kvm_regs.rip.offset
+#: RIP in the synced registers, as an index into :attr:`Vcpu.qwords`: what
+#: :meth:`Vcpu.get_rip` reads when :attr:`Vcpu.synced` (and the machine's
+#: run loop, without the call). The registers are 8-byte aligned in the page.
+SYNC_RIP_INDEX, _misaligned = divmod(_SYNC_REGS_OFFSET + kvm_regs.rip.offset, 8)
+assert not _misaligned
 
 
 def _ignore_kick(signum: int, frame: object) -> None:
@@ -108,6 +109,10 @@ class Vcpu(KvmFd):
         self._page = mmap.mmap(fd, mmap_size, flags=mmap.MAP_SHARED,
                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self._view = memoryview(self._page)
+        #: The run page as native 64-bit words: ``qwords[SYNC_RIP_INDEX]`` is
+        #: the synced RIP, one index with no call or tuple (host byte order,
+        #: as KVM stores it).
+        self.qwords = self._view.cast("Q")
         #: The shared ``kvm_run`` structure, a ctypes view of the mapping.
         self.run_page = kvm_run.from_buffer(self._page)
         self._thread_id: int | None = None
@@ -258,7 +263,7 @@ class Vcpu(KvmFd):
     def get_rip(self) -> int:
         """RIP alone: eight bytes of the run page when synced, else ``KVM_GET_REGS``."""
         if self.synced and self.sync_mask & KVM_SYNC_X86_REGS:
-            return SYNC_RIP.unpack_from(self._view, SYNC_RIP_OFFSET)[0]
+            return self.qwords[SYNC_RIP_INDEX]
         return self.get_regs().rip
 
     def set_regs(self, regs: kvm_regs) -> None:
@@ -429,6 +434,7 @@ class Vcpu(KvmFd):
         if self.fd >= 0:
             try:
                 del self.run_page
+                self.qwords.release()
                 self._view.release()
                 self._page.close()
             except (AttributeError, BufferError, ValueError):
