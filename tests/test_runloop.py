@@ -40,3 +40,27 @@ def test_guest_exits_stops_after_the_guests_exits_without_a_listener(guests):
         stop = machine.run(timeout=30, until=counted.reached)
         assert stop.kind is StopKind.PAUSED and counted.count == 7
         assert machine.pio.unclaimed_count == 7 and machine.listeners == []
+
+
+def test_a_run_nested_in_an_exit_handler_leaves_the_loop_kickable(guests):
+    """A device that runs the vCPU from its handler (ACPI S3 completes the
+    sleeping ``out`` with ``VcpuRunner.finish()``) must hand the vCPU's
+    thread back to the run loop: the guest then spins without exits, and
+    only the watchdog's signal can end the run at the timeout."""
+    from minikvm.core.runner import Job
+    from minikvm.devices.base import Device
+
+    class Finisher(Device):
+        name = "finisher"
+
+        def write(self, offset: int, size: int, value: int) -> None:
+            machine.runner.finish()
+
+    code = bytes([0xB0, 0x01, 0xE6, 0x80,   # mov al, 1; out 0x80, al
+                  0xFA, 0xEB, 0xFE])        # cli; jmp $
+    with Machine() as machine:
+        machine.add_pio_device(0x80, 1, Finisher())
+        machine.load_flat(code, 0x1000)
+        job = Job(lambda: machine.run(timeout=0.2), "test-run")
+        assert job.wait(10), "the watchdog's kick did not reach the vCPU's thread"
+        assert job.result().kind is StopKind.TIMEOUT
