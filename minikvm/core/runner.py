@@ -3,7 +3,9 @@
 Each vCPU has one :class:`VcpuRunner`. It owns everything about *running*
 that vCPU, whoever asked for the run (the machine, the debugger, the TUI):
 
-* ``KVM_RUN`` itself (:meth:`VcpuRunner.run`), and the completion run with
+* ``KVM_RUN`` itself (:meth:`VcpuRunner.run`, :meth:`~VcpuRunner.run_reason`,
+  and :meth:`~VcpuRunner.exits`, the machine's run loop, which enters the
+  guest exit after exit with the least Python per exit), and the completion run with
   ``immediate_exit`` set that lets KVM finish an I/O instruction without
   entering the guest again (:meth:`VcpuRunner.finish`);
 * the guest-debug state (``KVM_SET_GUEST_DEBUG``), issued only when it
