@@ -163,7 +163,8 @@ class VcpuRunner:
             raise err
         self.runs += 1
 
-    def exits(self, timed: Sized = ()) -> Generator[tuple[int, int, int, int, int, int], None, None]:
+    def exits(self, timed: Sized = ()
+              ) -> Generator[tuple[int, int, int, int, int, int], None, None]:
         """``KVM_RUN`` again and again, on the calling thread: after each
         exit, ``(reason, direction, size, port, count, data_offset)`` read
         from the run page in one unpack (:data:`~minikvm.kvm.exits.EXIT_AND_IO`;
