@@ -248,8 +248,12 @@ class Bus:
         if mapping is _NOT_CACHED:
             mapping = self.find(address)
         if mapping is None:
-            access = Access(self.space, address, size, False, (1 << (8 * size)) - 1)
-            self._record_unclaimed(access, explain)
+            value = (1 << (8 * size)) - 1
+            access = Access(self.space, address, size, False, value)
+            self.unclaimed_count += 1
+            self._unclaimed.append((address, size, False, value))
+            if explain:
+                self._describe_unclaimed(access)
             return access
         offset = address - mapping.base
         device = mapping.device
@@ -268,7 +272,10 @@ class Bus:
             mapping = self.find(address)
         if mapping is None:
             access = Access(self.space, address, size, True, value)
-            self._record_unclaimed(access, explain)
+            self.unclaimed_count += 1
+            self._unclaimed.append((address, size, True, value))
+            if explain:
+                self._describe_unclaimed(access)
             return access
         offset = address - mapping.base
         device = mapping.device
@@ -279,16 +286,13 @@ class Bus:
             access.description = device.describe(offset, size, True, value)
         return access
 
-    def _record_unclaimed(self, access: Access, explain: bool) -> None:
-        self.unclaimed_count += 1
-        self._unclaimed.append((access.address, access.size, access.is_write, access.value))
-        if explain:
-            what = "port" if self.space == "pio" else "address"
-            if access.is_write:
-                access.description = (
-                    f"no device at {what} {access.address:#x}: write of {access.value:#x} dropped"
-                )
-            else:
-                access.description = (
-                    f"no device at {what} {access.address:#x}: read floats to {access.value:#x}"
-                )
+    def _describe_unclaimed(self, access: Access) -> None:
+        what = "port" if self.space == "pio" else "address"
+        if access.is_write:
+            access.description = (
+                f"no device at {what} {access.address:#x}: write of {access.value:#x} dropped"
+            )
+        else:
+            access.description = (
+                f"no device at {what} {access.address:#x}: read floats to {access.value:#x}"
+            )

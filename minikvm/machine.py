@@ -392,13 +392,12 @@ class Machine:
     def run(self, timeout: float | None = None, max_exits: int | None = None,
             until: Callable[[], bool] | None = None) -> Stop:
         """Run until the guest stops, ``timeout`` seconds pass, ``pause()``,
-        ``max_exits`` exits, or ``until()`` (checked after each exit) is true.
-
-        A guest that loops without exiting is still stopped at the timeout:
-        the watchdog kicks the vCPU out of ``KVM_RUN`` (see :meth:`Vcpu.kick`).
-        With several vCPUs each runs on its own thread (vCPU 0 on the
-        caller's); a stop that ends the guest on any of them ends all, and
-        ``max_exits`` counts the exits of all of them.
+        ``max_exits`` exits of the guest (the VMM's kicks do not count), or
+        ``until()`` (checked after each exit) is true. A guest that loops
+        without exiting is still stopped at the timeout: the watchdog kicks
+        the vCPU out of ``KVM_RUN`` (see :meth:`Vcpu.kick`). With several
+        vCPUs each runs on its own thread (vCPU 0 on the caller's); a stop
+        that ends the guest on any of them ends all; ``max_exits`` counts all.
         """
         for runner in self.runners:
             runner.set_guest_debug()   # a free run: no debugger traps

@@ -3,7 +3,9 @@
 Each vCPU has one :class:`VcpuRunner`. It owns everything about *running*
 that vCPU, whoever asked for the run (the machine, the debugger, the TUI):
 
-* ``KVM_RUN`` itself (:meth:`VcpuRunner.run`), and the completion run with
+* ``KVM_RUN`` itself (:meth:`VcpuRunner.run`, :meth:`~VcpuRunner.run_reason`,
+  and :meth:`~VcpuRunner.exits`, the machine's run loop, which enters the
+  guest exit after exit with the least Python per exit), and the completion run with
   ``immediate_exit`` set that lets KVM finish an I/O instruction without
   entering the guest again (:meth:`VcpuRunner.finish`);
 * the guest-debug state (``KVM_SET_GUEST_DEBUG``), issued only when it
@@ -36,12 +38,12 @@ from __future__ import annotations
 import errno
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Sized
 from typing import Any
 
 from minikvm.core.stop import Requests
 from minikvm.kvm.errors import KvmError
-from minikvm.kvm.exits import Interrupted, VmExit
+from minikvm.kvm.exits import EXIT_AND_IO, EXIT_AND_IO_OFFSET, Interrupted, VmExit
 from minikvm.kvm.uapi import KvmExit, KvmMpState
 from minikvm.kvm.vcpu import Vcpu
 
@@ -86,6 +88,10 @@ class VcpuRunner:
         #: short by the halt check itself (the watchdog looks at the rest).
         self.runs = 0
         self.halt_checks = 0
+        #: Exits of :meth:`exits` that were no exit of the guest's: a
+        #: ``KVM_RUN`` cut short by a signal (``KVM_EXIT_INTR``: the VMM's
+        #: kicks). ``Machine.run(max_exits=)`` leaves them out of its count.
+        self.kicks = 0
         #: When the last ``KVM_RUN`` started and returned (time.monotonic).
         self.started = 0.0
         self.returned = 0.0
@@ -106,38 +112,27 @@ class VcpuRunner:
 
     def run(self) -> VmExit:
         """``KVM_RUN`` once: enter the guest until its next exit."""
-        self.started = time.monotonic()
+        self.started = _now()
         while True:
             try:
                 exit = self.vcpu.run()
             except KvmError as err:
-                if err.errno != errno.EAGAIN:   # see run_reason: an AP woke up
-                    raise
-                self.runs += 1
+                self._woken(err)
                 continue
-            self.returned = time.monotonic()
+            self.returned = _now()
             self.runs += 1
             return exit
 
     def run_reason(self, timed: bool = True) -> int:
         """``KVM_RUN`` once, leaving the exit undecoded in the run page: the
-        raw ``KVM_EXIT_*`` reason (``KVM_EXIT_INTR`` for a kick). The
-        machine's fast path reads the few bytes it needs itself and asks
+        raw ``KVM_EXIT_*`` reason (``KVM_EXIT_INTR`` for a kick). A caller
+        that looks at a few bytes of the exit reads them itself and asks
         :meth:`decode` for a typed exit only when it needs one.
-
-        A parked AP (``KVM_MP_STATE_UNINITIALIZED``) sleeps inside
-        ``KVM_RUN``; when an INIT wakes it, KVM takes the INIT and returns
-        ``EAGAIN`` instead of an exit (kvm_arch_vcpu_ioctl_run,
-        arch/x86/kvm/x86.c): "run me again". That is no exit for the VMM,
-        so the runner enters again at once; it counts as activity (the
-        vCPU's state changed), which keeps the halt check honest.
 
         ``timed=False`` leaves :attr:`started` and :attr:`returned` at the
         times of the last timed run. They are only read into an
         :class:`~minikvm.core.events.ExitEvent` for a listener (``time``,
-        ``guest_time``); while nobody listens the run loop builds no event
-        for the commonest exit, and the events of the others only carry
-        the stop back to it. That saves two clock reads per exit (each a
+        ``guest_time``); that saves two clock reads per exit (each a
         ~0.1 µs vDSO call in a tight loop, several times that after
         ``KVM_RUN`` has left the caches cold).
         """
@@ -147,14 +142,70 @@ class VcpuRunner:
             try:
                 reason = self.vcpu.run_reason()
             except KvmError as err:
-                if err.errno != errno.EAGAIN:
-                    raise
-                self.runs += 1
+                self._woken(err)
                 continue
             if timed:
                 self.returned = _now()
             self.runs += 1
             return reason
+
+    def _woken(self, err: KvmError) -> None:
+        """``KVM_RUN`` failed with ``err``: raise it, unless it is ``EAGAIN``.
+
+        A parked AP (``KVM_MP_STATE_UNINITIALIZED``) sleeps inside
+        ``KVM_RUN``; when an INIT wakes it, KVM takes the INIT and returns
+        ``EAGAIN`` instead of an exit (kvm_arch_vcpu_ioctl_run,
+        arch/x86/kvm/x86.c): "run me again". That is no exit for the VMM,
+        so every way of running here enters again at once; it counts as
+        activity (the vCPU's state changed), which keeps the halt check
+        honest."""
+        if err.errno != errno.EAGAIN:
+            raise err
+        self.runs += 1
+
+    def exits(self, timed: Sized = ()
+              ) -> Generator[tuple[int, int, int, int, int, int], None, None]:
+        """``KVM_RUN`` again and again, on the calling thread: after each
+        exit, ``(reason, direction, size, port, count, data_offset)`` read
+        from the run page in one unpack (:data:`~minikvm.kvm.exits.EXIT_AND_IO`;
+        the last five mean something only for ``KVM_EXIT_IO``). The rest of
+        the exit stays in the page until the loop asks for the next one:
+        :meth:`decode` types it. ``KVM_EXIT_INTR`` is a kick.
+
+        The machine's run loop: what :meth:`run_reason` does per exit, done
+        once per loop where it can be (the thread that :meth:`Vcpu.kick`
+        signals, the bound calls). :attr:`started` and :attr:`returned` are
+        read while ``timed`` (the machine's listeners) is not empty.
+        Close the generator when the loop ends.
+        """
+        vcpu = self.vcpu
+        enter = vcpu.entry()
+        page = vcpu.page
+        unpack = EXIT_AND_IO.unpack_from
+        synced = vcpu.sync_mask != 0
+        holder = vcpu.hold_thread()
+        try:
+            while True:
+                if timed:
+                    self.started = _now()
+                vcpu.synced = False
+                result = enter()
+                vcpu.synced = synced
+                if result < 0:
+                    try:
+                        fields = (vcpu.run_failed(), 0, 0, 0, 0, 0)
+                    except KvmError as err:
+                        self._woken(err)
+                        continue
+                    self.kicks += 1   # run_failed() returned KVM_EXIT_INTR
+                else:
+                    fields = unpack(page, EXIT_AND_IO_OFFSET)
+                if timed:
+                    self.returned = _now()
+                self.runs += 1
+                yield fields
+        finally:
+            vcpu.release_thread(holder)
 
     def decode(self, reason: int) -> VmExit:
         """The exit of the last :meth:`run_reason` (which returned ``reason``), typed."""

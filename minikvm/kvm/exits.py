@@ -23,6 +23,7 @@ __all__ = [
     "Debug", "ExceptionExit", "FailEntry", "Hlt", "Hypercall", "InternalError",
     "Interrupted", "IoIn", "IoOut", "IrqWindowOpen", "MmioRead", "MmioWrite",
     "Shutdown", "SystemEvent", "Unknown", "VmExit", "decode_exit", "read_io",
+    "EXIT_AND_IO", "EXIT_AND_IO_OFFSET",
 ]
 
 #: ``struct kvm_run.io`` (direction, size, port, count, data_offset) as bytes
@@ -35,6 +36,17 @@ def read_io(page: memoryview) -> tuple[int, int, int, int, int]:
     """``(direction, size, port, count, data_offset)`` of the I/O exit in
     ``page``; direction is ``KVM_EXIT_IO_OUT`` (1) or ``KVM_EXIT_IO_IN`` (0)."""
     return _IO_FIELDS.unpack_from(page, _IO_OFFSET)
+
+
+#: ``exit_reason`` and the ``io`` member of the exit union in one go, for
+#: the run loop: ``(reason, direction, size, port, count, data_offset)``.
+#: Between them sit ``ready_for_interrupt_injection``, ``if_flag``,
+#: ``flags``, ``cr8`` and ``apic_base`` (skipped). For an exit other than
+#: ``KVM_EXIT_IO`` the last five are bytes of another union member: noise.
+EXIT_AND_IO = struct.Struct(
+    f"<I{_IO_OFFSET - kvm_run.exit_reason.offset - 4}x{_IO_FIELDS.format[1:]}")
+#: Where :data:`EXIT_AND_IO` starts in the run page.
+EXIT_AND_IO_OFFSET = kvm_run.exit_reason.offset
 
 _SYSTEM_EVENT_NAMES = {1: "shutdown", 2: "reset", 3: "crash", 4: "wakeup", 5: "suspend", 6: "SEV termination"}
 
