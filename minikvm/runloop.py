@@ -51,7 +51,7 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
     pio = machine.pio
     page = runner.vcpu.page
     page_size = len(page)
-    serial_input = machine.serial_input
+    queued = machine.serial_input.queued   # host input waiting (a bytearray)
     handle = machine.handle_exit
     decode = runner.decode
     index = runner.index
@@ -88,7 +88,7 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
                 # (the lock's __enter__ parses acquire's arguments).
                 lock.acquire()
                 try:
-                    if serial_input.waiting:
+                    if queued:
                         machine.deliver_host_input()
                     # One byte (the commonest: a console, port 0x80) is read
                     # and written by index, without a slice object.
@@ -152,7 +152,7 @@ def pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction:
     lock = machine.lock
     lock.acquire()   # not ``with``: see run_vcpu
     try:
-        if machine.serial_input.waiting:
+        if machine.serial_input.queued:
             machine.deliver_host_input()
         if direction == KVM_EXIT_IO_OUT:
             if size == 1:

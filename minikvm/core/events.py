@@ -9,8 +9,6 @@ vCPU it came from, and one sentence (:func:`describe_exit`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from minikvm.bus import Access, Bus
 from minikvm.core.stop import StopKind
 from minikvm.kvm.exits import (
@@ -27,30 +25,51 @@ from minikvm.kvm.exits import (
     SystemEvent,
     VmExit,
 )
+from minikvm.record import Record
 
 __all__ = ["ExitEvent", "describe_exit", "dispatch_exit", "wants_words"]
 
 
-@dataclass(slots=True)
-class ExitEvent:
+class ExitEvent(Record):
     """One VM exit and what it meant.
 
     ``access`` is the bus access an I/O or MMIO exit turned into (device,
     register, value, description); ``stop`` is set when this exit ended the
     run. ``guest_time`` is how long the guest ran before exiting (seconds).
     ``vcpu`` is the index of the vCPU that exited.
+
+    A :class:`~minikvm.record.Record` rather than a dataclass: the run loop
+    makes one per exit while someone listens, and every command imports
+    this module (a dataclass here alone pulls in ``dataclasses`` and
+    ``inspect``: ~15 ms of each start, benchmarks/README.md).
     """
 
+    __slots__ = ("seq", "time", "guest_time", "exit", "access", "accesses", "stop",
+                 "description", "rip", "vcpu")
     seq: int
     time: float
     guest_time: float
     exit: VmExit
-    access: Access | None = None
-    accesses: int = 1
-    stop: object = None
-    description: str = ""
-    rip: int | None = None
-    vcpu: int = 0
+    access: Access | None
+    accesses: int
+    stop: object
+    description: str
+    rip: int | None
+    vcpu: int
+
+    def __init__(self, seq: int, time: float, guest_time: float, exit: VmExit,
+                 access: Access | None = None, accesses: int = 1, stop: object = None,
+                 description: str = "", rip: int | None = None, vcpu: int = 0) -> None:
+        self.seq = seq
+        self.time = time
+        self.guest_time = guest_time
+        self.exit = exit
+        self.access = access
+        self.accesses = accesses
+        self.stop = stop
+        self.description = description
+        self.rip = rip
+        self.vcpu = vcpu
 
     @property
     def reason(self) -> str:
