@@ -12,7 +12,9 @@ device claims, then halts; each write is one VM exit. We time, interleaved
       at every exit; nobody reads them);
   (d) ``Machine.run()`` with one listener that receives every event with
       its RIP (``ExitEvent.rip``) and says it reads no words
-      (``words = False``): the events without descriptions;
+      (``words = False``): the events without descriptions, whose exit
+      and bus access are made only if read (``core.events.PioEvent``:
+      this listener reads neither);
   (dw) (d) with a listener that reads the words of every exit, as the
       trace and the TUI do (a sentence per exit, made while it happens);
   (e) the C loop reading RIP from the synced registers at every exit;

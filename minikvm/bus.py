@@ -217,9 +217,13 @@ class Bus:
         self._cache[address] = found
         return found
 
-    def write_value(self, address: int, size: int, value: int) -> None:
+    def write_value(self, address: int, size: int, value: int) -> Mapping | None:
         """A write without the :class:`Access` record: what a VMM does when
-        nobody listens (the machine's fast path). Same effect as :meth:`write`."""
+        nobody listens (the machine's fast path). Same effect as :meth:`write`.
+
+        Returns the mapping the write went to (None: unclaimed): with the
+        arguments, what the record needs, should someone ask for it later
+        (:class:`~minikvm.core.events.PioEvent`)."""
         mapping = self._cache.get(address, _NOT_CACHED)
         if mapping is _NOT_CACHED:
             mapping = self.find(address)
@@ -229,9 +233,15 @@ class Bus:
             self._unclaimed.append((address, size, True, value))
         else:
             mapping.device.write(address - mapping.base, size, value)
+        return mapping
 
     def read_value(self, address: int, size: int) -> int:
         """A read without the :class:`Access` record (see :meth:`write_value`)."""
+        return self.read_mapped(address, size)[1]
+
+    def read_mapped(self, address: int, size: int) -> tuple[Mapping | None, int]:
+        """A read without the :class:`Access` record: the mapping it went to
+        (None: unclaimed) and the value read (see :meth:`write_value`)."""
         mapping = self._cache.get(address, _NOT_CACHED)
         if mapping is _NOT_CACHED:
             mapping = self.find(address)
@@ -239,8 +249,8 @@ class Bus:
             value = (1 << (8 * size)) - 1
             self.unclaimed_count += 1
             self._unclaimed.append((address, size, False, value))
-            return value
-        return mapping.device.read(address - mapping.base, size) & ((1 << (8 * size)) - 1)
+            return None, value
+        return mapping, mapping.device.read(address - mapping.base, size) & ((1 << (8 * size)) - 1)
 
     def read(self, address: int, size: int, explain: bool = False) -> Access:
         """Perform a read; ``explain`` also asks the device for words."""

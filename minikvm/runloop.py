@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from minikvm.core.events import ExitEvent, describe_exit, wants_words
+from minikvm.core.events import ExitEvent, PioEvent, describe_exit, wants_words
 from minikvm.core.runner import VcpuRunner
 from minikvm.core.stop import Stop, StopKind
 from minikvm.kvm.exits import IoIn, IoOut, read_io
@@ -96,10 +96,10 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
                         pio.write_value(port, size, page[offset] if size == 1 else int.from_bytes(
                             page[offset:offset + size], "little"))
                     elif size == 1:
-                        page[offset] = pio.read_value(port, 1)
+                        page[offset] = pio.read_mapped(port, 1)[1]
                     else:
-                        page[offset:offset + size] = pio.read_value(
-                            port, size).to_bytes(size, "little")
+                        page[offset:offset + size] = pio.read_mapped(
+                            port, size)[1].to_bytes(size, "little")
                     machine.exit_count += 1
                     # A device's stop request is rare: looked at, taken only when there.
                     stop = machine.device_stop
@@ -147,27 +147,38 @@ def pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction:
 
     The words are made here, before the next exit, because a device
     describes its state *now* (a UART's "LSR read: data ready" is wrong
-    once the guest has read the byte).
+    once the guest has read the byte). Without words the event is a
+    :class:`PioEvent`: its exit and access are made from what the bus
+    returned when a listener first reads them, and a listener that reads
+    only ``rip`` pays for neither.
     """
     lock = machine.lock
     lock.acquire()   # not ``with``: see run_vcpu
     try:
         if machine.serial_input.queued:
             machine.deliver_host_input()
+        pio = machine.pio
+        # With words, the records are made now (the words speak of them);
+        # without, what makes them is kept for a PioEvent.
         if direction == KVM_EXIT_IO_OUT:
-            if size == 1:
-                value = page[offset]
-                data = _ONE_BYTE[value]
+            value = page[offset] if size == 1 else int.from_bytes(page[offset:offset + size],
+                                                                  "little")
+            if explain:
+                exit: IoOut | IoIn = IoOut(port, size, 1, _ONE_BYTE[value] if size == 1
+                                           else value.to_bytes(size, "little"))
+                access = pio.write(port, size, value, True)
             else:
-                data = bytes(page[offset:offset + size])
-                value = int.from_bytes(data, "little")
-            exit: IoOut | IoIn = IoOut(port, size, 1, data)
-            access = machine.pio.write(port, size, value, explain)
+                buffer = None
+                mapping = pio.write_value(port, size, value)
         else:
             buffer = page[offset:offset + size]
-            exit = IoIn(port, size, 1, buffer)
-            access = machine.pio.read(port, size, explain)
-            buffer[:] = access.value.to_bytes(size, "little")
+            if explain:
+                exit = IoIn(port, size, 1, buffer)
+                access = pio.read(port, size, True)
+                value = access.value
+            else:
+                mapping, value = pio.read_mapped(port, size)
+            buffer[:] = value.to_bytes(size, "little")
         machine.exit_count += 1
         if capture_rip:
             # Vcpu.get_rip() without its two calls: the synced copy when the
@@ -178,9 +189,16 @@ def pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction:
         else:
             rip = None
         returned = runner.returned
-        # Positional: a dataclass's __init__ takes them faster than keywords.
-        event = ExitEvent(machine.exit_count, returned, returned - runner.started, exit,
-                          access, 1, None, "", rip, runner.index)
+        if explain:
+            # Positional: faster than keywords.
+            event: ExitEvent = ExitEvent(machine.exit_count, returned, returned - runner.started,
+                                         exit, access, 1, None, "", rip, runner.index)
+        else:
+            # Nobody reads words: the exit and the access are made when a
+            # listener first reads them, if one does (PioEvent).
+            event = PioEvent(machine.exit_count, returned, returned - runner.started, rip,
+                             runner.index, (buffer is None, port, size, buffer, pio, mapping,
+                                            value))
         device_stop = machine.device_stop
         if device_stop is not None:   # decide_stop: I/O goes on unless a device asked
             machine.device_stop = None

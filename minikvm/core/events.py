@@ -9,7 +9,7 @@ vCPU it came from, and one sentence (:func:`describe_exit`).
 
 from __future__ import annotations
 
-from minikvm.bus import Access, Bus
+from minikvm.bus import Access, Bus, Mapping
 from minikvm.core.stop import StopKind
 from minikvm.kvm.exits import (
     Debug,
@@ -27,7 +27,7 @@ from minikvm.kvm.exits import (
 )
 from minikvm.record import Record
 
-__all__ = ["ExitEvent", "describe_exit", "dispatch_exit", "wants_words"]
+__all__ = ["ExitEvent", "PioEvent", "describe_exit", "dispatch_exit", "wants_words"]
 
 
 class ExitEvent(Record):
@@ -96,6 +96,102 @@ class ExitEvent(Record):
     @property
     def value(self) -> int | None:
         return self.access.value if self.access is not None else None
+
+
+#: The slots of :class:`ExitEvent` that :class:`PioEvent` fills on first read.
+_EXIT_SLOT = ExitEvent.exit
+_ACCESS_SLOT = ExitEvent.access
+
+
+class PioEvent(ExitEvent):
+    """The :class:`ExitEvent` of a single ``in``/``out`` whose ``exit`` and
+    ``access`` are made when a listener first reads them.
+
+    The run loop makes one per exit while someone listens; a listener
+    that reads only ``rip`` or ``seq`` (a counter, a profiler) would
+    otherwise pay for two records it never looks at. ``_io`` keeps what
+    they are made from: ``(is_write, port, size, buffer, bus, mapping,
+    value)`` -- the bus the access went over, the mapping it went to
+    (None: unclaimed) and the value written or read, as
+    :meth:`Bus.write_value <minikvm.bus.Bus.write_value>` and
+    :meth:`~minikvm.bus.Bus.read_mapped` returned them; ``buffer`` is the
+    view of the run page an ``in`` was completed through (None for an
+    ``out``: its bytes are ``value``'s).
+
+    Nothing else tells it from the eager event: each is made once and
+    kept (a property here shadows the slot of :class:`ExitEvent`, which
+    then holds the record), it shows and compares as the
+    :class:`ExitEvent` it stands for, and :meth:`replace` gives one. Only
+    events without words are lazy: words describe a device as it is when
+    the exit happens (see :func:`~minikvm.runloop.pio_event`).
+    """
+
+    __slots__ = ("_io",)
+    _io: tuple[bool, int, int, memoryview | None, Bus, Mapping | None, int]
+
+    def __init__(self, seq: int, time: float, guest_time: float, rip: int | None, vcpu: int,
+                 io: tuple[bool, int, int, memoryview | None, Bus, Mapping | None, int]) -> None:
+        self.seq = seq
+        self.time = time
+        self.guest_time = guest_time
+        self.accesses = 1
+        self.stop = None
+        self.description = ""
+        self.rip = rip
+        self.vcpu = vcpu
+        self._io = io
+
+    @property   # type: ignore[override]
+    def exit(self) -> VmExit:
+        try:
+            return _EXIT_SLOT.__get__(self)
+        except AttributeError:   # not made yet
+            pass
+        is_write, port, size, buffer, _, _, value = self._io
+        exit: VmExit = (IoOut(port, size, 1, value.to_bytes(size, "little")) if is_write
+                        else IoIn(port, size, 1, buffer))   # type: ignore[arg-type]
+        _EXIT_SLOT.__set__(self, exit)
+        return exit
+
+    @exit.setter
+    def exit(self, exit: VmExit) -> None:
+        _EXIT_SLOT.__set__(self, exit)
+
+    @property   # type: ignore[override]
+    def access(self) -> Access | None:
+        try:
+            return _ACCESS_SLOT.__get__(self)
+        except AttributeError:
+            pass
+        is_write, port, size, _, bus, mapping, value = self._io
+        # What Bus.write/read make, without words (a PioEvent has none).
+        if mapping is None:
+            access = Access(bus.space, port, size, is_write, value)
+        else:
+            access = Access(bus.space, port, size, is_write, value, mapping.device,
+                            port - mapping.base)
+        _ACCESS_SLOT.__set__(self, access)
+        return access
+
+    @access.setter
+    def access(self, access: Access | None) -> None:
+        _ACCESS_SLOT.__set__(self, access)
+
+    def eager(self) -> ExitEvent:
+        """The :class:`ExitEvent` with the same fields."""
+        return ExitEvent(self.seq, self.time, self.guest_time, self.exit, self.access,
+                         self.accesses, self.stop, self.description, self.rip, self.vcpu)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PioEvent):
+            other = other.eager()
+        return self.eager().__eq__(other)
+
+    def __repr__(self) -> str:
+        return repr(self.eager())
+
+    def replace(self, **changes: object) -> ExitEvent:  # type: ignore[override]
+        return self.eager().replace(**changes)
 
 
 def wants_words(listeners: list) -> bool:
