@@ -18,6 +18,7 @@ import struct
 from typing import ClassVar
 
 from minikvm.kvm.uapi import KVM_EXIT_IO_OUT, KvmExit, kvm_run, kvm_run_exit
+from minikvm.record import Record
 
 __all__ = [
     "Debug", "ExceptionExit", "FailEntry", "Hlt", "Hypercall", "InternalError",
@@ -51,34 +52,19 @@ EXIT_AND_IO_OFFSET = kvm_run.exit_reason.offset
 _SYSTEM_EVENT_NAMES = {1: "shutdown", 2: "reset", 3: "crash", 4: "wakeup", 5: "suspend", 6: "SEV termination"}
 
 
-class VmExit:
+class VmExit(Record):
     """Base of all exits. ``reason`` is the kernel's ``KVM_EXIT_*`` value.
 
-    The exits are plain records, written out as classes with ``__slots__``
-    and an ``__init__`` rather than as dataclasses: every command imports
-    this module, and a dataclass costs ~0.5 ms to create (its ``__init__``,
-    ``__repr__`` and ``__eq__`` are compiled from source at import), ~7 ms
-    for these fifteen. ``__repr__`` and ``__eq__`` are the dataclass ones,
-    written once here from the fields in ``__slots__``; like a dataclass
-    with ``eq``, an exit is not hashable.
+    The exits are plain records (:class:`~minikvm.record.Record`: fields in
+    ``__slots__``, an ``__init__`` written out, ``repr`` and ``==`` as a
+    dataclass's, not hashable) rather than dataclasses: every command
+    imports this module, and a dataclass costs ~0.5 ms to create (its
+    ``__init__``, ``__repr__`` and ``__eq__`` are compiled from source at
+    import), ~7 ms for these fifteen.
     """
 
     __slots__ = ()
     reason: ClassVar[int] = KvmExit.KVM_EXIT_UNKNOWN
-    #: Fields left out of ``repr``: views of the run page, whose bytes the
-    #: next ``KVM_RUN`` reuses.
-    _hidden: ClassVar[tuple[str, ...]] = ()
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__
-                          if name not in self._hidden)
-        return f"{type(self).__name__}({shown})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
 
     @property
     def reason_name(self) -> str:
@@ -118,7 +104,9 @@ class IoIn(VmExit):
 
     reason: ClassVar[int] = KvmExit.KVM_EXIT_IO
     __slots__ = ("port", "size", "count", "buffer")
-    _hidden = ("buffer",)
+    #: Left out of ``repr``: a view of the run page, whose bytes the next
+    #: ``KVM_RUN`` reuses.
+    _unshown = frozenset({"buffer"})
 
     def __init__(self, port: int, size: int, count: int, buffer: memoryview) -> None:
         self.port = port
@@ -144,7 +132,9 @@ class MmioRead(VmExit):
 
     reason: ClassVar[int] = KvmExit.KVM_EXIT_MMIO
     __slots__ = ("address", "length", "buffer")
-    _hidden = ("buffer",)
+    #: Left out of ``repr``: a view of the run page, whose bytes the next
+    #: ``KVM_RUN`` reuses.
+    _unshown = frozenset({"buffer"})
 
     def __init__(self, address: int, length: int, buffer: memoryview) -> None:
         self.address = address
