@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from minikvm.record import Record
+
 __all__ = ["Access", "Bus", "BusDevice", "BusError", "Mapping", "UnclaimedAccess", "all_ones"]
 
 #: Addresses whose lookup the bus remembers (a guest that sweeps MMIO
@@ -90,11 +92,13 @@ class Mapping(NamedTuple):
         return self.base + self.size
 
 
-class Access:
+class Access(Record):
     """One access that went over a bus, with its meaning when asked for.
 
     Made for every exit someone listens to; ``register`` and
     ``description`` are filled in afterwards when words are asked for.
+    A :class:`~minikvm.record.Record`: ``repr`` and ``==`` from its fields,
+    not hashable.
     """
 
     __slots__ = ("space", "address", "size", "is_write", "value", "device", "offset",
@@ -112,17 +116,6 @@ class Access:
         self.offset = offset
         self.register = register
         self.description = description
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"Access({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not Access:
-            return NotImplemented
-        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]
 
     @property
     def claimed(self) -> bool:

@@ -61,7 +61,9 @@ def test_the_bus_imports_nothing_from_the_devices_above_it():
     imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
     imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                  for alias in node.names]
-    assert not [name for name in imported if name and name.startswith("minikvm")]
+    # minikvm.record imports nothing of minikvm (a leaf, as the standard library is).
+    assert not [name for name in imported
+                if name and name.startswith("minikvm") and name != "minikvm.record"]
 
 
 class Plain:
