@@ -519,13 +519,20 @@ class RawStdin:
                      poll_seconds: float = 0.05) -> None:
         """Read in a daemon thread until exit or end of input, feeding ``host_input``.
 
-        What can be read at once is read here first: input already at its
-        end (``</dev/null``, a short file) then needs no thread, whose start
+        What can be read at once is read here first, until nothing more is
+        there or ``host_input`` is full: input that reaches its end so
+        (``</dev/null``, a short file) then needs no thread, whose start
         costs ``minikvm run`` a wait for the scheduler (``Thread.start``
         returns once the thread runs: up to a few ms on a busy machine)."""
         if self._thread is not None or self.fd < 0:
             return
-        if self.pump(host_input) and on_input is not None:
+        taken = 0
+        while True:   # ends: each round takes bytes into a bounded queue, or stops
+            count = self.pump(host_input)
+            if not count:
+                break
+            taken += count
+        if taken and on_input is not None:
             on_input()
         if self.eof:
             return

@@ -64,3 +64,35 @@ def test_a_run_nested_in_an_exit_handler_leaves_the_loop_kickable(guests):
         job = Job(lambda: machine.run(timeout=0.2), "test-run")
         assert job.wait(10), "the watchdog's kick did not reach the vCPU's thread"
         assert job.result().kind is StopKind.TIMEOUT
+
+
+def test_a_timeout_that_lands_in_an_exit_handler_survives_its_completion_run(guests):
+    """The timeout's kick arrives while a device handles an exit, and the
+    handler then completes the instruction itself (``finish()``, as ACPI S3
+    does after its sleep): that run must not use the kick up. The watchdog
+    kicks only once for a timeout, and without the irqchip nothing else
+    would ever end a guest that spins without exits."""
+    import time
+
+    from minikvm.core.runner import Job
+    from minikvm.devices.base import Device
+
+    class SlowFinisher(Device):
+        name = "slow-finisher"
+
+        def write(self, offset: int, size: int, value: int) -> None:
+            time.sleep(0.15)             # the run's timeout (0.05 s) fires meanwhile
+            machine.runner.finish()
+
+    code = bytes([0xB0, 0x01, 0xE6, 0x80,   # mov al, 1; out 0x80, al
+                  0xFA, 0xEB, 0xFE])        # cli; jmp $
+    with Machine(irqchip=False) as machine:
+        machine.add_pio_device(0x80, 1, SlowFinisher())
+        machine.load_flat(code, 0x1000)
+        job = Job(lambda: machine.run(timeout=0.05), "test-run")
+        try:
+            assert job.wait(5), "the timeout was swallowed by the handler's completion run"
+        finally:
+            machine.pause()              # frees the thread if the assertion failed
+            job.wait(5)
+        assert job.result().kind is StopKind.TIMEOUT

@@ -55,3 +55,30 @@ def test_an_enum_built_on_first_use_is_the_module_s_own_and_pickles():
     assert uapi.KVM_CAP_SYNC_REGS == KvmCap.KVM_CAP_SYNC_REGS
     assert uapi.KVM_CAP_MAX_VCPUS == KvmCap.KVM_CAP_MAX_VCPUS
     assert not hasattr(flags, "CR4_NO_SUCH_BIT") and not hasattr(uapi, "KvmNoSuchEnum")
+
+
+RACE = """
+import sys, threading
+sys.setswitchinterval(1e-6)
+from minikvm.kvm import uapi
+barrier = threading.Barrier(8)
+seen = []
+def first_use():
+    barrier.wait()
+    seen.append(uapi.KvmCap)
+threads = [threading.Thread(target=first_use) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(len({id(cls) for cls in seen}), all(cls is uapi.KvmCap for cls in seen))
+"""
+
+
+def test_threads_using_a_lazy_enum_first_at_once_all_get_the_module_s_one():
+    """Built on first use must not mean built once per thread: members of
+    a second class would fail ``isinstance`` against the module's."""
+    result = subprocess.run([sys.executable, "-c", RACE], capture_output=True, text=True,
+                            timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "True"]

@@ -218,12 +218,12 @@ class VcpuRunner:
         MMIO instruction (stores the value of an ``in``, advances RIP) and
         returns at once without running the guest on (Documentation/virt/
         kvm/api.rst, "immediate_exit"). Returns what KVM reported: usually
-        ``Interrupted``; a single-step ``Debug`` when stepping."""
-        self.vcpu.immediate_exit = True
-        try:
+        ``Interrupted``; a single-step ``Debug`` when stepping. A kick meant
+        for the run loop (a timeout, a pause) that arrives before or during
+        it stays pending for the loop (:meth:`Vcpu.immediate
+        <minikvm.kvm.vcpu.Vcpu.immediate>`)."""
+        with self.vcpu.immediate():
             return self.run()
-        finally:
-            self.vcpu.immediate_exit = False
 
     def set_guest_debug(self, state: tuple[int, tuple[int, ...]] = _NO_DEBUG) -> None:
         """``KVM_SET_GUEST_DEBUG`` with ``state`` = (control, DR0-DR7), issued

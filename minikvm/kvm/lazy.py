@@ -34,13 +34,13 @@ def lazy_enums(namespace: dict[str, Any], builders: dict[str, Callable[[], type]
         if name in builders:
             cls = builders[name]()
             cls.__qualname__ = name        # as if defined at the top (pickle finds it)
-            namespace[name] = cls
-            return cls
+            # Two threads asking at once may each build one; the first bound
+            # is the module's for both (dict.setdefault is atomic in CPython).
+            return namespace.setdefault(name, cls)
         for prefix, enum_name, strip in aliases:
             if name.startswith(prefix) and name in namespace["__all__"]:
                 cls = namespace[enum_name] if enum_name in namespace else __getattr__(enum_name)
-                namespace[name] = member = cls[name.removeprefix(strip)]
-                return member
+                return namespace.setdefault(name, cls[name.removeprefix(strip)])
         raise AttributeError(f"module {namespace['__name__']!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:

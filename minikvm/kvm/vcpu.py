@@ -21,7 +21,8 @@ import mmap
 import signal
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -117,6 +118,8 @@ class Vcpu(KvmFd):
         self.run_page = kvm_run.from_buffer(self._page)
         self._thread_id: int | None = None
         self._kick_lock = threading.Lock()
+        #: How many times :meth:`kick` was called (see :meth:`immediate`).
+        self.kicks_sent = 0
         #: Register sets KVM copies into the run page at every exit
         #: (KVM_CAP_SYNC_REGS), and whether the copy there is current.
         self.sync_mask = 0
@@ -175,8 +178,9 @@ class Vcpu(KvmFd):
         """The calling thread runs this vCPU from now on until
         :meth:`release_thread`, between ioctls included: :meth:`kick` then
         signals it. A signal that lands outside ``KVM_RUN`` is harmless:
-        ``immediate_exit``, set first, ends the next ``KVM_RUN`` at once,
-        and the blocking calls a device makes meanwhile (``os.write``,
+        ``immediate_exit``, set first, ends the next ``KVM_RUN`` at once (a
+        completion run an exit handler makes meanwhile leaves it set for the
+        loop: :meth:`immediate`), and the blocking calls a device makes meanwhile (``os.write``,
         ``time.sleep``, a lock) are retried by Python after ``EINTR``
         (PEP 475). Returns the holder before, for :meth:`release_thread`."""
         previous = self._thread_id
@@ -216,6 +220,7 @@ class Vcpu(KvmFd):
         free-running guest and how a timeout stops a runaway one.
         """
         with self._kick_lock:
+            self.kicks_sent += 1
             self.run_page.immediate_exit = 1
             thread_id = self._thread_id
             if (thread_id is not None and thread_id != threading.get_ident()
@@ -224,6 +229,28 @@ class Vcpu(KvmFd):
                     signal.pthread_kill(thread_id, KICK_SIGNAL)
                 except (ProcessLookupError, OSError):
                     pass
+
+    @contextmanager
+    def immediate(self) -> Iterator[None]:
+        """``immediate_exit`` set for the runs inside the ``with``: each
+        completes the pending I/O or MMIO instruction and returns at once
+        (what :meth:`VcpuRunner.finish
+        <minikvm.core.runner.VcpuRunner.finish>` does). A :meth:`kick` that
+        came before the ``with`` and was not yet seen by a run, or that comes
+        during it, is not used up by these runs: ``immediate_exit`` stays set
+        afterwards, so the next run returns at once and its ``Interrupted``
+        carries the kick's request (a timeout, a pause) to whoever loops --
+        an exit handler that completes an instruction itself (ACPI S3) must
+        not swallow the run's timeout."""
+        with self._kick_lock:
+            pending = self.run_page.immediate_exit
+            sent = self.kicks_sent
+            self.run_page.immediate_exit = 1
+        try:
+            yield
+        finally:
+            with self._kick_lock:
+                self.run_page.immediate_exit = 1 if pending or self.kicks_sent != sent else 0
 
     @property
     def immediate_exit(self) -> bool:
