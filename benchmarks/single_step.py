@@ -199,16 +199,16 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
                 fd, request = vcpu.fd, ioctls.KVM_RUN
                 for _ in range(steps):
                     raw_ioctl(fd, request, 0)
-            elif rung == "run_step":
-                run_step = debugger.runner.run_step
+            elif rung == "run_reason":
+                run_reason = debugger.runner.run_reason
                 for _ in range(steps):
-                    run_step()
+                    run_reason()
             elif rung == "unpack":
-                run_step, page = debugger.runner.run_step, vcpu.page
+                run_reason, page = debugger.runner.run_reason, vcpu.page
                 pc_dr6, pc_offset = stepper._DEBUG_PC_DR6, stepper._DEBUG_PC_DR6_OFFSET
                 regs, regs_offset = stepper._SYNCED_REGS, stepper._SYNCED_REGS_OFFSET
                 for _ in range(steps):
-                    run_step()
+                    run_reason()
                     pc_dr6.unpack_from(page, pc_offset)
                     regs.unpack_from(page, regs_offset)
             elif rung == "stepper":
@@ -228,7 +228,7 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
 
 RUNGS = {
     "ioctl": "ctypes ioctl(KVM_RUN) alone: the floor of any Python loop",
-    "run_step": "+ VcpuRunner.run_step() (clocks, counts, exit reason)",
+    "run_reason": "+ VcpuRunner.run_reason() (clocks, counts, exit reason)",
     "unpack": "+ pc, DR6 and the 18 synced registers unpacked",
     "stepper": "Stepper.step() (+ StepRecord, view, hlt check via TLB)",
     "debugger": "Debugger.step_instruction() (+ watchpoint check)",

@@ -123,29 +123,22 @@ class VcpuRunner:
             self.runs += 1
             return exit
 
-    def run_reason(self, timed: bool = True) -> int:
+    def run_reason(self) -> int:
         """``KVM_RUN`` once, leaving the exit undecoded in the run page: the
         raw ``KVM_EXIT_*`` reason (``KVM_EXIT_INTR`` for a kick). A caller
         that looks at a few bytes of the exit reads them itself and asks
-        :meth:`decode` for a typed exit only when it needs one.
-
-        ``timed=False`` leaves :attr:`started` and :attr:`returned` at the
-        times of the last timed run. They are only read into an
-        :class:`~minikvm.core.events.ExitEvent` for a listener (``time``,
-        ``guest_time``); that saves two clock reads per exit (each a
-        ~0.1 µs vDSO call in a tight loop, several times that after
-        ``KVM_RUN`` has left the caches cold).
-        """
-        if timed:
-            self.started = _now()
+        :meth:`decode` for a typed exit only when it needs one: the
+        debugger's stepper, once per guest instruction. ``EAGAIN`` (an INIT
+        woke the vCPU, no exit: :meth:`_woken`) enters again -- in a loop,
+        not by recursion: another vCPU may send INIT after INIT."""
+        self.started = _now()
         while True:
             try:
                 reason = self.vcpu.run_reason()
             except KvmError as err:
                 self._woken(err)
                 continue
-            if timed:
-                self.returned = _now()
+            self.returned = _now()
             self.runs += 1
             return reason
 
@@ -342,29 +335,6 @@ class VcpuRunner:
             return self.vcpu.get_rip()
         except Exception:  # noqa: BLE001 - a report must not fail
             return None
-
-    # -- single-step fast path (step4) ---------------------------------------
-
-    def run_step(self) -> int:
-        """:meth:`run_reason` as the debugger's stepper calls it, once per
-        guest instruction: the same ``KVM_RUN``, both clock reads and the
-        :attr:`runs` count, written out flat. The layers of
-        :meth:`run_reason` (its retry loop, the ``timed`` switch) measured
-        ~0.8 µs a step after a ``KVM_RUN`` (benchmarks/single_step.py), a
-        tenth of what a step costs in Python. ``EAGAIN`` (an INIT woke the
-        vCPU, no exit) is left to :meth:`run_reason`, which enters again."""
-        self.started = _now()
-        try:
-            reason = self.vcpu.run_reason()
-        except KvmError as err:
-            if err.errno != errno.EAGAIN:
-                raise
-            self.runs += 1
-            return self.run_reason()
-        self.returned = _now()
-        self.runs += 1
-        return reason
-
 
 class Job:
     """A piece of vCPU work running on its own thread; its result or error.

@@ -7,7 +7,7 @@ linear address of the instruction after (Documentation/virt/kvm/api.rst,
 "KVM_SET_GUEST_DEBUG" and ``kvm_run.debug``). One ``KVM_RUN`` and the
 registers per instruction: that is the hot loop of every stepping run, and
 :meth:`Stepper.step` does little else unless the step met an exit. After
-:meth:`VcpuRunner.run_step` it reads the debug exit's ``pc`` and DR6 straight
+:meth:`VcpuRunner.run_reason` it reads the debug exit's ``pc`` and DR6 straight
 from the run page (no exit object), and the 18 registers that
 ``KVM_CAP_SYNC_REGS`` left there as a tuple of ints (one ``unpack_from``: no
 ioctl, no ``kvm_regs``); the :class:`StepRecord` keeps the tuples before and
@@ -186,7 +186,7 @@ class Stepper:
                 return self._watched(self.step)
         if state is not runner.guest_debug:
             runner.set_guest_debug(state)
-        reason = runner.run_step()
+        reason = runner.run_reason()
         synced = self._vcpu.sync_mask
         if reason == _KVM_EXIT_DEBUG and synced & _SYNC_REGS:
             page = self._page
