@@ -33,7 +33,7 @@ from minikvm.kvm.exits import (
     SystemEvent,
     VmExit,
 )
-from minikvm.record import FrozenRecord
+from minikvm.record import FrozenRecord, Record
 
 __all__ = [
     "CRASH_KINDS",
@@ -149,7 +149,7 @@ class Stop(FrozenRecord):
         return self.message
 
 
-class Requests:
+class Requests(Record):
     """What was asked of a vCPU's run while it was inside ``KVM_RUN``.
 
     ``device_stop``: a device's wish to end the run (the debug-exit port, an
@@ -159,23 +159,14 @@ class Requests:
     (with the in-kernel irqchip ``hlt`` never exits to the VMM).
     """
 
+    __slots__ = ("device_stop", "timed_out", "pause", "halted")
+
     def __init__(self, device_stop: Stop | None = None, timed_out: bool = False,
                  pause: bool = False, halted: bool = False) -> None:
         self.device_stop = device_stop
         self.timed_out = timed_out
         self.pause = pause
         self.halted = halted
-
-    def __repr__(self) -> str:
-        return (f"Requests(device_stop={self.device_stop!r}, timed_out={self.timed_out!r}, "
-                f"pause={self.pause!r}, halted={self.halted!r})")
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not Requests:
-            return NotImplemented
-        return vars(self) == vars(other)
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 _PASS_THROUGH = (IoOut, IoIn, MmioRead, MmioWrite, Debug)
