@@ -14,7 +14,15 @@ Each round starts, in this order, one process of each:
 and, for information,
   (m0)  (m) with no ``.pyc`` to be found (``PYTHONPYCACHEPREFIX`` set to an
         empty directory): what this environment's PYTHONDONTWRITEBYTECODE=1
-        costs when nobody compiled the package.
+        costs when nobody compiled the package;
+  (c-r) a study of the kernel's cost, not what minikvm does: (c) with the
+        PIT's tick reinjection turned off right after ``KVM_CREATE_PIT2``
+        (``startup.c reinject-off``). Closing a VM whose PIT reinjects waits
+        for two SRCU grace periods back to back, the second a normal one of
+        a few jiffies (``startup.c`` says why, with the kernel files); with
+        reinjection off the close is short and the ``KVM_REINJECT_CONTROL``
+        ioctl waits instead. minikvm keeps reinjection on: the PIT's default,
+        and QEMU's (``lost_tick_policy=delay``).
 
 Per process we take wall time (spawn to ``wait4``), CPU time and peak RSS
 (``wait4``'s rusage of the child), and for (m) and (c) the *tail*: from the
@@ -116,12 +124,17 @@ def spawn(spawner: Path, argv: list[str], env: dict[str, str], terminal: bool = 
                   result.stdout, b"\n".join(lines[:-1]), status)
 
 
+def reported(sample: Sample, name: str) -> float:
+    """The seconds the C program reported on its ``NAME_ns N`` line."""
+    for line in sample.stderr.decode(errors="replace").splitlines():
+        if line.startswith(f"{name}_ns "):
+            return int(line.split()[1]) / 1e9
+    raise RuntimeError(f"the C program did not report {name}: {sample.stderr!r}")
+
+
 def teardown_of(sample: Sample) -> float:
     """The seconds the C program reported for closing its VM."""
-    for line in sample.stderr.decode(errors="replace").splitlines():
-        if line.startswith("teardown_ns "):
-            return int(line.split()[1]) / 1e9
-    raise RuntimeError(f"the C program did not report its teardown: {sample.stderr!r}")
+    return reported(sample, "teardown")
 
 
 def check(name: str, sample: Sample) -> Sample:
@@ -138,14 +151,16 @@ def spread(seconds: list[float]) -> str:
     """Median, min and max of teardown times, and how many were slow.
 
     The kernel's VM teardown is bimodal here (both in the C program and in
-    minikvm, with the same ioctls in the same order): ``kvm_destroy_vm``
-    ends with ``srcu_barrier(&kvm->srcu)`` (virt/kvm/kvm_main.c, since
-    ``kvm_io_bus_register_dev`` frees the bus it replaces with ``call_srcu``
-    instead of waiting), and when callbacks are still queued on the VM's
-    SRCU it waits for a normal, not expedited, grace period: a few jiffies,
-    ~13-17 ms at HZ=250 (seen with ``perf record -e sched:sched_switch -g``).
-    Otherwise the close takes ~1 ms. The count of slow closes says more
-    than a median."""
+    minikvm, with the same ioctls in the same order): it is fast (~1 ms)
+    unless it waits for a normal, not expedited, SRCU grace period, a few
+    jiffies (~13-17 ms at HZ=250). Two such waits are known (kernel 6.18):
+    freeing the PIT removes its IRQ notifiers with two
+    ``synchronize_srcu(&kvm->irq_srcu)`` back to back, and SRCU expedites
+    only the first (row (c-r) and ``startup.c`` study it); and
+    ``kvm_destroy_vm`` ends with ``srcu_barrier(&kvm->srcu)``
+    (virt/kvm/kvm_main.c), which waits for the ``call_srcu`` that
+    ``kvm_io_bus_register_dev`` queued to free each replaced bus. The count
+    of slow ones says more than a median."""
     slow = sum(1 for value in seconds if value > SLOW_TEARDOWN)
     return (f"median {median(seconds) * 1e3:.1f} ms (min {min(seconds) * 1e3:.1f}, "
             f"max {max(seconds) * 1e3:.1f}); {slow} of {len(seconds)} over "
@@ -174,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             "c": ([str(binary), str(GUEST)], env, False),
             "mt": (minikvm_run, env, True),
             "m0": (minikvm_run, cold_env, False),
+            "cr": ([str(binary), str(GUEST), "reinject-off"], env, False),
         }
         samples: dict[str, list[Sample]] = {key: [] for key in variants}
         for _ in range(args.repeat):
@@ -186,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"start-up: {args.repeat} interleaved rounds (median); {load_average()}")
     labels = {"py": "(py) python3 -c pass", "m": "(m)  minikvm run hello.bin",
               "c": "(c)  C, same guest", "mt": "(mt) (m), stdin a terminal",
-              "m0": "(m0) (m) without .pyc files"}
+              "m0": "(m0) (m) without .pyc files",
+              "cr": "(c-r) (c), PIT reinjection off"}
     for key, label in labels.items():
         rows = samples[key]
         tail = [s.tail for s in rows if s.tail is not None]
@@ -197,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     teardowns = [teardown_of(s) for s in samples["c"]]
     teardown = median(teardowns)
     print(f"  kernel VM teardown (C, close of vCPU/VM fds): {spread(teardowns)}")
+    study = samples["cr"]
+    print("  (c-r), a study of the kernel's cost, not what minikvm does (it keeps the PIT's\n"
+          "  reinjection on, as QEMU does): with reinjection turned off after KVM_CREATE_PIT2,\n"
+          f"    teardown {spread([teardown_of(s) for s in study])}\n"
+          f"    KVM_REINJECT_CONTROL {spread([reported(s, 'reinject') for s in study])}")
     m, py, c = samples["m"], samples["py"], samples["c"]
     wall_m, cpu_m = median(s.wall for s in m), median(s.cpu for s in m)
     print(f"(m)/(py)   CPU {cpu_m / median(s.cpu for s in py):5.2f}  "

@@ -97,6 +97,10 @@ def test_startup_c_program_runs_the_guest_and_reports_its_teardown():
     assert startup.teardown_of(sample) > 0
     assert sample.tail is not None and 0 < sample.tail < sample.wall
     assert 0 < sample.rss_mib < 8                   # the spawner's own RSS does not leak in
+    study = startup.spawn(spawner, [str(binary), str(startup.GUEST), "reinject-off"],
+                          dict(os.environ))
+    assert study.status == 0 and study.output == startup.EXPECTED
+    assert startup.reported(study, "reinject") > 0 and startup.teardown_of(study) > 0
 
 
 @pytest.mark.slow
