@@ -48,13 +48,22 @@ as an interactive shell does (``minikvm run`` then reads the keyboard).
 
 Targets: (m) wall <= 120 ms, (m) RSS <= 20 MiB, (m) tail <= 5 ms.
 
-    python benchmarks/startup.py [--repeat R]
+**Where the process sleeps** (``--where N``, needs ``perf`` and root): N
+runs each of (c), (c-r) and (m) under ``perf record -a -e
+sched:sched_switch -g``; every sleep of the process over 0.2 ms is put
+down to the kernel code it slept in (:func:`where_it_slept`), e.g. the
+PIT's IRQ-mask notifier at the close. Sleeps are longer on a loaded machine
+(the wake-up waits for a CPU); how many runs slept where says more.
+
+    python benchmarks/startup.py [--repeat R] [--phases] [--where N]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -167,12 +176,83 @@ def spread(seconds: list[float]) -> str:
             f"{SLOW_TEARDOWN * 1e3:.0f} ms")
 
 
+def where_it_slept(stack: list[str]) -> str:
+    """The kernel code a sleep was in, from the functions on its stack
+    (innermost first, as ``perf script`` prints them), in the words of the
+    kernel files: ``close:`` when it was closing the VM (``kvm_vm_release``).
+
+    ``kvm_unregister_irq_mask_notifier`` (arch/x86/kvm/irq_comm.c) ends by
+    calling ``synchronize_srcu``, a tail call: its own frame is gone, and
+    ``__synchronize_srcu`` sits right under ``kvm_pit_set_reinject``."""
+    phase = "close: " if "kvm_vm_release" in stack else ""
+    if "srcu_barrier" in stack:
+        return phase + "srcu_barrier(&kvm->srcu): call_srcu of replaced I/O buses (kvm_main.c)"
+    if "__synchronize_srcu" in stack:
+        caller = stack[stack.index("__synchronize_srcu") + 1:][:1] or ["?"]
+        named = {"kvm_pit_set_reinject": "PIT IRQ-mask notifier (irq_comm.c)",
+                 "kvm_unregister_irq_ack_notifier": "PIT IRQ-ack notifier (eventfd.c)"}
+        return f"{phase}synchronize_srcu: {named.get(caller[0], caller[0])}"
+    if "kvm_vcpu_block" in stack:
+        return "guest halted in KVM_RUN (until the 1 ms quiet timer)"
+    kvm = [name for name in stack if name.startswith("kvm_")]
+    return phase + (kvm[0] if kvm else "elsewhere (page faults, pipes, threads)")
+
+
+def sleeps(perf_script: str, pid: int) -> list[tuple[float, str]]:
+    """Each sleep of thread ``pid`` in the text of ``perf script`` over a
+    system-wide ``sched:sched_switch -g`` record: (seconds from its switch
+    out in state D or S to its next switch in, :func:`where_it_slept`)."""
+    events = []
+    for block in perf_script.split("\n\n"):
+        lines = block.strip().splitlines()
+        match = re.search(r"\s(\d+\.\d+): sched:sched_switch: .*prev_pid=(\d+) .*"
+                          r"prev_state=(\S+) ==> .*next_pid=(\d+)", lines[0]) if lines else None
+        if match:
+            stack = [line.split()[1].split("+")[0] for line in lines[1:] if len(line.split()) > 1]
+            events.append((float(match[1]), int(match[2]), match[3], int(match[4]), stack))
+    events.sort(key=lambda event: event[0])
+    found = []
+    for i, (time, prev, state, _, stack) in enumerate(events):
+        if prev == pid and state[:1] in ("D", "S"):
+            back = next((e[0] for e in events[i + 1:] if e[3] == pid), None)
+            if back is not None:
+                found.append((back - time, where_it_slept(stack)))
+    return found
+
+
+def where(commands: dict[str, list[str]], runs: int, env: dict[str, str]) -> None:
+    """Run each command ``runs`` times under ``perf record -a``; print its
+    sleeps over 0.2 ms by place: how many, median, min-max."""
+    with tempfile.TemporaryDirectory() as scratch:
+        data, pidfile = f"{scratch}/perf.data", f"{scratch}/pid"
+        for label, command in commands.items():
+            found: dict[str, list[float]] = {}
+            for _ in range(runs):
+                # the shell writes its pid, then becomes the command (same pid)
+                script = f"echo $$ > {pidfile}; exec " + " ".join(map(shlex.quote, command))
+                subprocess.run(["perf", "record", "-q", "-a", "-o", data, "-e",
+                                "sched:sched_switch", "-g", "--", "sh", "-c", script], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+                text = subprocess.run(["perf", "script", "-i", data], capture_output=True,
+                                      text=True, check=True).stdout
+                for seconds, place in sleeps(text, int(Path(pidfile).read_text())):
+                    if seconds > 0.0002:
+                        found.setdefault(place, []).append(seconds * 1e3)
+            print(f"{label}: sleeps over 0.2 ms in {runs} runs (how many, median, min-max ms)")
+            for place, values in sorted(found.items()):
+                print(f"  {len(values):3d} {median(values):6.1f} {min(values):5.1f}-"
+                      f"{max(values):5.1f}  {place}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--phases", action="store_true",
                         help="also time the phases inside one minikvm run (import, set-up, "
                              "run, close)")
+    parser.add_argument("--where", type=int, default=0, metavar="N",
+                        help="then run (c), (c-r) and (m) N times each under perf (root) and "
+                             "say where in the kernel each process slept")
     args = parser.parse_args(argv)
     subprocess.run(["make", "-s", "-C", str(ROOT / "guests")], check=True)
     binary = build_c("startup")
@@ -246,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(names):
             print(f"  {name:<24} {median(p[i] for p in phases) * 1e3:6.1f} ms")
         print(f"  close, all runs: {spread([p[3] for p in phases])}")
+    if args.where:
+        where({"(c)": [str(binary), str(GUEST)],
+               "(c-r)": [str(binary), str(GUEST), "reinject-off"],
+               "(m)": minikvm_run}, args.where, env)
     print(load_average())
     return 0
 

@@ -103,6 +103,35 @@ def test_startup_c_program_runs_the_guest_and_reports_its_teardown():
     assert startup.reported(study, "reinject") > 0 and startup.teardown_of(study) > 0
 
 
+#: Two events of ``perf script`` over ``perf record -a -e sched:sched_switch -g``
+#: (each header is one line; the backslashes join them here): pid 7 sleeps at
+#: the close of its VM in the PIT's mask notifier, pid 9 runs, and 7 is
+#: switched back in 16 ms later.
+PERF_SCRIPT = """\
+startup  7 [001] 100.000000: sched:sched_switch: prev_comm=startup prev_pid=7 prev_prio=120 \
+prev_state=D ==> next_comm=kworker/1:0 next_pid=9 next_prio=120
+\tffffffff82265908 __schedule+0x628 ([kernel.kallsyms])
+\tffffffff8140cd97 __synchronize_srcu+0xd7 ([kernel.kallsyms])
+\tffffffff812f1111 kvm_pit_set_reinject+0x61 ([kernel.kallsyms])
+\tffffffff812f2444 kvm_free_pit+0x44 ([kernel.kallsyms])
+\tffffffff81284f00 kvm_destroy_vm+0x30 ([kernel.kallsyms])
+\tffffffff81285000 kvm_vm_release+0x20 ([kernel.kallsyms])
+
+kworker/1:0  9 [001] 100.016000: sched:sched_switch: prev_comm=kworker/1:0 prev_pid=9 \
+prev_prio=120 prev_state=I ==> next_comm=startup next_pid=7 next_prio=120
+\tffffffff82265908 __schedule+0x628 ([kernel.kallsyms])
+"""
+
+
+def test_a_sleep_is_put_down_to_the_kernel_code_it_slept_in():
+    (seconds, place), = startup.sleeps(PERF_SCRIPT, 7)
+    assert seconds == pytest.approx(0.016)
+    assert place == "close: synchronize_srcu: PIT IRQ-mask notifier (irq_comm.c)"
+    assert startup.sleeps(PERF_SCRIPT, 9) == []     # 9 never slept
+    assert startup.where_it_slept(["__schedule", "kvm_vcpu_block", "kvm_vcpu_halt"]).startswith(
+        "guest halted")
+
+
 @pytest.mark.slow
 def test_startup_benchmark_runs(capsys):
     assert startup.main(["--repeat", "1"]) == 0
