@@ -18,8 +18,8 @@ and, for information,
   (c-r) a study of the kernel's cost, not what minikvm does: (c) with the
         PIT's tick reinjection turned off right after ``KVM_CREATE_PIT2``
         (``startup.c reinject-off``). Closing a VM whose PIT reinjects waits
-        for two SRCU grace periods back to back, the second a normal one of
-        a few jiffies (``startup.c`` says why, with the kernel files); with
+        for two SRCU grace periods back to back, the second often a normal
+        one of a few jiffies (``startup.c`` says why, with the kernel files); with
         reinjection off the close is short and the ``KVM_REINJECT_CONTROL``
         ioctl waits instead. minikvm keeps reinjection on: the PIT's default,
         and QEMU's (``lost_tick_policy=delay``).
@@ -53,7 +53,7 @@ runs each of (c), (c-r) and (m) under ``perf record -a -e
 sched:sched_switch -g``; every sleep of the process over 0.2 ms is put
 down to the kernel code it slept in (:func:`where_it_slept`), e.g. the
 PIT's IRQ-mask notifier at the close. Sleeps are longer on a loaded machine
-(the wake-up waits for a CPU); how many runs slept where says more.
+(the wake-up waits for a CPU); how many sleeps, and where, say more.
 
     python benchmarks/startup.py [--repeat R] [--phases] [--where N]
 """
@@ -165,10 +165,11 @@ def spread(seconds: list[float]) -> str:
     jiffies (~13-17 ms at HZ=250). Two such waits are known (kernel 6.18):
     freeing the PIT removes its IRQ notifiers with two
     ``synchronize_srcu(&kvm->irq_srcu)`` back to back, and SRCU expedites
-    only the first (row (c-r) and ``startup.c`` study it); and
-    ``kvm_destroy_vm`` ends with ``srcu_barrier(&kvm->srcu)``
-    (virt/kvm/kvm_main.c), which waits for the ``call_srcu`` that
-    ``kvm_io_bus_register_dev`` queued to free each replaced bus. The count
+    only the first (row (c-r) and ``startup.c`` study it; ``--where`` finds
+    it at the close); and ``kvm_destroy_vm`` ends with
+    ``srcu_barrier(&kvm->srcu)`` (virt/kvm/kvm_main.c), which waits for the
+    ``call_srcu`` that ``kvm_io_bus_register_dev`` queued to free each
+    replaced bus (seen in round 5, in no ``--where`` run since). The count
     of slow ones says more than a median."""
     slow = sum(1 for value in seconds if value > SLOW_TEARDOWN)
     return (f"median {median(seconds) * 1e3:.1f} ms (min {min(seconds) * 1e3:.1f}, "
