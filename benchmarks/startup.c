@@ -26,8 +26,8 @@
  * (kvm_unregister_irq_mask_notifier, arch/x86/kvm/irq_comm.c), and each
  * ends with synchronize_srcu(&kvm->irq_srcu). SRCU expedites a grace period
  * it believes idle, but not one asked for within exp_holdoff (25 us) of the
- * previous one's end (kernel/rcu/srcutree.c), so the second waits a normal
- * grace period, a few jiffies. With reinjection already off at the close,
+ * previous one's end (kernel/rcu/srcutree.c), so the second often waits a
+ * normal grace period, a few jiffies. With reinjection already off at the close,
  * that pair of waits moves into the REINJECT_CONTROL ioctl instead.
  * Reinjection on is the PIT's default and what QEMU's kvm-pit does with its
  * default lost_tick_policy=delay (hw/i386/kvm/i8254.c), and minikvm keeps it.
