@@ -223,18 +223,16 @@ class Bus:
         Returns the mapping the write went to (None: unclaimed): with the
         arguments, what the record needs, should someone ask for it later
         (:class:`~minikvm.core.events.PioEvent`)."""
-        mapping = self._cache.get(address, _NOT_CACHED)
-        # Unclaimed and looked up before (a probing guest's port 0x80) is
-        # tested first: one comparison, then the record.
-        if mapping is not None:
-            if mapping is _NOT_CACHED:
-                mapping = self.find(address)
-            if mapping is not None:
-                mapping.device.write(address - mapping.base, size, value & _MASKS[size])
-                return mapping
-        self.unclaimed_count += 1
-        self._unclaimed.append((address, size, True, value & _MASKS[size]))
-        return None
+        try:
+            mapping = self._cache[address]   # a subscript: cheaper than get() here
+        except KeyError:
+            mapping = self.find(address)
+        if mapping is None:
+            self.unclaimed_count += 1
+            self._unclaimed.append((address, size, True, value & _MASKS[size]))
+            return None
+        mapping.device.write(address - mapping.base, size, value & _MASKS[size])
+        return mapping
 
     def read_value(self, address: int, size: int) -> int:
         """A read without the :class:`Access` record (see :meth:`write_value`)."""
@@ -243,8 +241,9 @@ class Bus:
     def read_mapped(self, address: int, size: int) -> tuple[Mapping | None, int]:
         """A read without the :class:`Access` record: the mapping it went to
         (None: unclaimed) and the value read (see :meth:`write_value`)."""
-        mapping = self._cache.get(address, _NOT_CACHED)
-        if mapping is _NOT_CACHED:
+        try:
+            mapping = self._cache[address]
+        except KeyError:
             mapping = self.find(address)
         if mapping is None:
             value = _MASKS[size]   # a floating bus: all ones
