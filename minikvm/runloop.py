@@ -178,13 +178,20 @@ def pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction:
     returned when a listener first reads them, and a listener that reads
     only ``rip`` pays for neither.
     """
-    lock = machine.lock
-    lock.acquire()
+    devices = machine.lock
+    mutex = devices.mutex
+    # DeviceLock.acquire inline (the debugger's free run comes here for
+    # every exit): while no run loop owns the devices, the mutex is all.
+    mutex.acquire()
     try:
+        if devices.owner is None:
+            return held_pio_event(machine, runner, page, direction, size, port, offset,
+                                  explain, capture_rip)
+    finally:
+        mutex.release()
+    with devices:   # a run loop owns them: announce, wait for it (core/devicelock.py)
         return held_pio_event(machine, runner, page, direction, size, port, offset, explain,
                               capture_rip)
-    finally:
-        lock.release()
 
 
 def held_pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction: int,
