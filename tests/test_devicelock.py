@@ -162,3 +162,15 @@ def test_a_thread_at_a_device_while_the_guest_runs_loses_no_update(guests):
         assert stop.kind is StopKind.HALT
         assert bumps[0] > 0 and tally.count == 500 + bumps[0]
         assert machine.lock.owner is None and machine.lock.wanted == 0
+
+
+def test_sharing_from_the_owners_own_thread_does_not_wait_for_itself():
+    """A loop started from inside the owner's device work (busy) shares the
+    devices at once instead of waiting for its own thread."""
+    lock = DeviceLock()
+    assert lock.own()
+    lock.busy = True
+    lock.share()
+    assert lock.wanted == 1
+    lock.unshare()
+    lock.disown()

@@ -135,7 +135,10 @@ class DeviceLock:
             self.wanted += 1
         # Only after the wish is visible: an owner busy now started its
         # exit's device work before it could see the wish, and finishes it.
-        while self.busy:
+        # (On the owner's own thread -- a loop run from inside its device
+        # work -- there is nobody to wait for.)
+        me = threading.get_ident()
+        while self.busy and self.owner != me:
             time.sleep(_POLL)
 
     def _withdraw(self) -> None:
