@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from minikvm.core.events import ExitEvent, PioEvent, describe_exit, wants_words
+from minikvm.core.events import ExitEvent, describe_exit, lazy_pio_event, wants_words
 from minikvm.core.runner import VcpuRunner
 from minikvm.core.stop import Stop, StopKind
 from minikvm.kvm.exits import IoIn, IoOut, read_io
@@ -240,9 +240,9 @@ def held_pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direc
     else:
         # Nobody reads words: the exit and the access are made when a
         # listener first reads them, if one does (PioEvent).
-        event = PioEvent(machine.exit_count, returned, returned - runner.started, rip,
-                         runner.index, (buffer is None, port, size, buffer, pio, mapping,
-                                        value))
+        event = lazy_pio_event(machine.exit_count, returned, returned - runner.started, rip,
+                               runner.index, (buffer is None, port, size, buffer, pio, mapping,
+                                              value))
     device_stop = machine.device_stop
     if device_stop is not None:   # decide_stop: I/O goes on unless a device asked
         machine.device_stop = None
