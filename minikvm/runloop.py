@@ -131,7 +131,7 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
                     else:
                         devices.busy = False
             if stop is not None:
-                return stop
+                return stop  # type: ignore[return-value]
             if checks:
                 if limit is not None and machine.exit_count - guest_kicks(runners) >= limit:
                     return _limit_stop(runner, max_exits)
