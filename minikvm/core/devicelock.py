@@ -9,8 +9,9 @@ makes the commonest case cheap.
 A machine with one vCPU has one run loop, and while nobody else is at the
 devices it takes no lock at all: a ``threading.Lock`` taken and given back
 around every exit was ~860 of the ~9,500 user-space instructions of an exit
-(callgrind, ``benchmarks/exit_latency.py``'s guest). That loop is the
-*owner* (:meth:`DeviceLock.own`). Every other thread still takes the mutex,
+(callgrind, ``benchmarks/exit_latency.py``'s guest; the handshake below
+costs about half of that, and touches no lock's memory after ``KVM_RUN``
+left the caches cold). That loop is the *owner* (:meth:`DeviceLock.own`). Every other thread still takes the mutex,
 and announces itself first; the owner looks for announcements before each
 exit's device work and, when there is one, takes the mutex too.
 
