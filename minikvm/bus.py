@@ -32,6 +32,11 @@ _LOOKUP_CACHE_LIMIT = 4096
 #: is a cached answer: nobody decodes that address).
 _NOT_CACHED = object()
 
+#: ``all_ones(size)`` for the sizes of an access (1-8 bytes; KVM reports no
+#: others), by index: a look-up instead of a shift and a subtraction on the
+#: fast paths.
+_MASKS = tuple((1 << (8 * size)) - 1 for size in range(9))
+
 
 def all_ones(size: int) -> int:
     """What a read of ``size`` bytes returns from a floating bus: every bit set.
@@ -212,20 +217,21 @@ class Bus:
 
     def write_value(self, address: int, size: int, value: int) -> Mapping | None:
         """A write without the :class:`Access` record: what a VMM does when
-        nobody listens (the machine's fast path). Same effect as :meth:`write`.
+        nobody listens (the machine's fast path). Same effect as :meth:`write`;
+        ``size`` is 1-8 bytes, as KVM reports accesses.
 
         Returns the mapping the write went to (None: unclaimed): with the
         arguments, what the record needs, should someone ask for it later
         (:class:`~minikvm.core.events.PioEvent`)."""
-        mapping = self._cache.get(address, _NOT_CACHED)
-        if mapping is _NOT_CACHED:
+        try:
+            mapping = self._cache[address]   # a subscript: cheaper than get() here
+        except KeyError:
             mapping = self.find(address)
-        value &= (1 << (8 * size)) - 1
         if mapping is None:
             self.unclaimed_count += 1
-            self._unclaimed.append((address, size, True, value))
-        else:
-            mapping.device.write(address - mapping.base, size, value)
+            self._unclaimed.append((address, size, True, value & _MASKS[size]))
+            return None
+        mapping.device.write(address - mapping.base, size, value & _MASKS[size])
         return mapping
 
     def read_value(self, address: int, size: int) -> int:
@@ -235,15 +241,16 @@ class Bus:
     def read_mapped(self, address: int, size: int) -> tuple[Mapping | None, int]:
         """A read without the :class:`Access` record: the mapping it went to
         (None: unclaimed) and the value read (see :meth:`write_value`)."""
-        mapping = self._cache.get(address, _NOT_CACHED)
-        if mapping is _NOT_CACHED:
+        try:
+            mapping = self._cache[address]
+        except KeyError:
             mapping = self.find(address)
         if mapping is None:
-            value = (1 << (8 * size)) - 1
+            value = _MASKS[size]   # a floating bus: all ones
             self.unclaimed_count += 1
             self._unclaimed.append((address, size, False, value))
             return None, value
-        return mapping, mapping.device.read(address - mapping.base, size) & ((1 << (8 * size)) - 1)
+        return mapping, mapping.device.read(address - mapping.base, size) & _MASKS[size]
 
     def read(self, address: int, size: int, explain: bool = False) -> Access:
         """Perform a read; ``explain`` also asks the device for words."""

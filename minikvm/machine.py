@@ -18,12 +18,12 @@ Several vCPUs share the devices under one rule: everything the machine does
 with an exit -- host input, the bus access, the device's stop request, the
 decision, the listeners -- happens under :attr:`Machine.lock`. Devices are
 therefore only ever touched by one thread at a time, and a listener sees
-events in one order.
+events in one order. (The run loop of a single vCPU owns the lock and skips
+its mutex while no other thread has asked for it: :mod:`minikvm.core.devicelock`.)
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from minikvm.bus import Bus
 from minikvm.core import acpi, board
 from minikvm.core.config import MachineConfig, VirtioSpec, check_vcpu_count
+from minikvm.core.devicelock import DeviceLock
 from minikvm.core.events import ExitEvent, describe_exit, dispatch_exit
 from minikvm.core.firmware import hand_over
 from minikvm.core.irq import KvmIrqLine
@@ -130,8 +131,9 @@ class Machine:
             self.vcpus.append(vcpu)
             self.runners.append(VcpuRunner(vcpu, index, halt_check=irqchip))
 
-        #: Held for everything done with one exit (see the module docstring).
-        self.lock = threading.Lock()
+        #: Held for everything done with one exit (see the module docstring;
+        #: the run loop of one vCPU owns it: core/devicelock.py).
+        self.lock = DeviceLock()
         self.pio = Bus("pio")
         self.mmio = Bus("mmio")
         self.debugcon = DebugCon(output)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from minikvm.core.events import ExitEvent, PioEvent, describe_exit, wants_words
+from minikvm.core.events import ExitEvent, describe_exit, lazy_pio_event, wants_words
 from minikvm.core.runner import VcpuRunner
 from minikvm.core.stop import Stop, StopKind
 from minikvm.kvm.exits import IoIn, IoOut, read_io
@@ -44,10 +44,12 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
     :func:`pio_event` builds the same event :meth:`Machine.handle_exit`
     would, without decoding the page through ctypes. Both follow the rules
     of :meth:`Machine.handle_exit` (host input first, the lock, a device's
-    stop request), which handles every other exit.
+    stop request), which handles every other exit. With one vCPU the loop
+    owns the lock (:meth:`DeviceLock.own
+    <minikvm.core.devicelock.DeviceLock.own>`): no mutex per exit while no
+    other thread asks for the devices.
     """
     listeners = machine.listeners
-    lock = machine.lock
     pio = machine.pio
     page = runner.vcpu.page
     page_size = len(page)
@@ -67,6 +69,13 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
     # of another exit, made then, only carries the stop here). A listener
     # added while the vCPU is in such a run gets its first event with the
     # times of an earlier run.
+    # One vCPU: this loop owns the devices (no mutex while nobody else
+    # wants them); a loop of several vCPUs' shares them with the owner.
+    devices = machine.lock
+    mutex = devices.mutex
+    owner = devices.own()
+    if not owner:
+        devices.share()
     exits = runner.exits(listeners)
     try:
         for reason, direction, size, port, count, offset in exits:
@@ -77,37 +86,50 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
                     or offset + size > page_size):
                 stop = handle(decode(reason), runner, explain=wants_words(listeners),
                               capture_rip=bool(listeners)).stop
-            elif listeners:
-                if listeners != heard:
-                    heard = listeners.copy()
-                    words = wants_words(heard)
-                stop = pio_event(machine, runner, page, direction, size, port, offset,
-                                 words, True).stop
             else:
-                # acquire/release rather than ``with``: ~0.1 µs less per exit
-                # (the lock's __enter__ parses acquire's arguments).
-                lock.acquire()
+                # The devices: this loop's own while nobody else wants them
+                # (it owns them: core/devicelock.py), else under the mutex.
+                # busy first, then the look at wanted: Dekker's order.
+                if owner:
+                    devices.busy = True
+                    shared = devices.wanted
+                    if shared:
+                        devices.busy = False
+                else:
+                    shared = 1
+                if shared:
+                    mutex.acquire()   # not ``with``: ~0.1 µs less per exit
                 try:
-                    if queued:
-                        machine.deliver_host_input()
-                    # One byte (the commonest: a console, port 0x80) is read
-                    # and written by index, without a slice object.
-                    if direction == KVM_EXIT_IO_OUT:
-                        pio.write_value(port, size, page[offset] if size == 1 else int.from_bytes(
-                            page[offset:offset + size], "little"))
-                    elif size == 1:
-                        page[offset] = pio.read_mapped(port, 1)[1]
+                    if listeners:
+                        if listeners != heard:
+                            heard = listeners.copy()
+                            words = wants_words(heard)
+                        stop = held_pio_event(machine, runner, page, direction, size, port,
+                                              offset, words, True).stop
                     else:
-                        page[offset:offset + size] = pio.read_mapped(
-                            port, size)[1].to_bytes(size, "little")
-                    machine.exit_count += 1
-                    # A device's stop request is rare: looked at, taken only when there.
-                    stop = machine.device_stop
-                    if stop is not None:
-                        machine.device_stop = None
-                        stop = stop.but(vcpu=index)
+                        if queued:
+                            machine.deliver_host_input()
+                        # One byte (the commonest: a console, port 0x80) is read
+                        # and written by index, without a slice object.
+                        if direction == KVM_EXIT_IO_OUT:
+                            pio.write_value(port, size, page[offset] if size == 1 else
+                                            int.from_bytes(page[offset:offset + size], "little"))
+                        elif size == 1:
+                            page[offset] = pio.read_mapped(port, 1)[1]
+                        else:
+                            page[offset:offset + size] = pio.read_mapped(
+                                port, size)[1].to_bytes(size, "little")
+                        machine.exit_count += 1
+                        # A device's stop request is rare: looked at, taken only when there.
+                        stop = machine.device_stop
+                        if stop is not None:
+                            machine.device_stop = None
+                            stop = stop.but(vcpu=index)
                 finally:
-                    lock.release()
+                    if shared:
+                        mutex.release()
+                    else:
+                        devices.busy = False
             if stop is not None:
                 return stop  # type: ignore[return-value]
             if checks:
@@ -117,6 +139,10 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
                     return _until_stop(runner)
     finally:
         exits.close()
+        if owner:
+            devices.disown()
+        else:
+            devices.unshare()
     raise AssertionError("VcpuRunner.exits() ended")  # it runs until closed
 
 
@@ -152,63 +178,79 @@ def pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction:
     returned when a listener first reads them, and a listener that reads
     only ``rip`` pays for neither.
     """
-    lock = machine.lock
-    lock.acquire()   # not ``with``: see run_vcpu
+    devices = machine.lock
+    mutex = devices.mutex
+    # DeviceLock.acquire inline (the debugger's free run comes here for
+    # every exit): while no run loop owns the devices, the mutex is all.
+    mutex.acquire()
     try:
-        if machine.serial_input.queued:
-            machine.deliver_host_input()
-        pio = machine.pio
-        # With words, the records are made now (the words speak of them);
-        # without, what makes them is kept for a PioEvent.
-        if direction == KVM_EXIT_IO_OUT:
-            value = page[offset] if size == 1 else int.from_bytes(page[offset:offset + size],
-                                                                  "little")
-            if explain:
-                exit: IoOut | IoIn = IoOut(port, size, 1, _ONE_BYTE[value] if size == 1
-                                           else value.to_bytes(size, "little"))
-                access = pio.write(port, size, value, True)
-            else:
-                buffer = None
-                mapping = pio.write_value(port, size, value)
-        else:
-            buffer = page[offset:offset + size]
-            if explain:
-                exit = IoIn(port, size, 1, buffer)
-                access = pio.read(port, size, True)
-                value = access.value
-            else:
-                mapping, value = pio.read_mapped(port, size)
-            buffer[:] = value.to_bytes(size, "little")
-        machine.exit_count += 1
-        if capture_rip:
-            # Vcpu.get_rip() without its two calls: the synced copy when the
-            # device access left it current, else what the runner reads.
-            vcpu = runner.vcpu
-            rip = (vcpu.qwords[SYNC_RIP_INDEX] if vcpu.synced and vcpu.sync_mask & KVM_SYNC_X86_REGS
-                   else runner.rip())
-        else:
-            rip = None
-        returned = runner.returned
-        if explain:
-            # Positional: faster than keywords.
-            event: ExitEvent = ExitEvent(machine.exit_count, returned, returned - runner.started,
-                                         exit, access, 1, None, "", rip, runner.index)
-        else:
-            # Nobody reads words: the exit and the access are made when a
-            # listener first reads them, if one does (PioEvent).
-            event = PioEvent(machine.exit_count, returned, returned - runner.started, rip,
-                             runner.index, (buffer is None, port, size, buffer, pio, mapping,
-                                            value))
-        device_stop = machine.device_stop
-        if device_stop is not None:   # decide_stop: I/O goes on unless a device asked
-            machine.device_stop = None
-            event.stop = device_stop.but(vcpu=runner.index)
-        if explain:
-            event.description = describe_exit(exit, access, 1, event.stop)
-        for listener in machine.listeners:
-            listener(event)
+        if devices.owner is None:
+            return held_pio_event(machine, runner, page, direction, size, port, offset,
+                                  explain, capture_rip)
     finally:
-        lock.release()
+        mutex.release()
+    with devices:   # a run loop owns them: announce, wait for it (core/devicelock.py)
+        return held_pio_event(machine, runner, page, direction, size, port, offset, explain,
+                              capture_rip)
+
+
+def held_pio_event(machine: Machine, runner: VcpuRunner, page: memoryview, direction: int,
+                   size: int, port: int, offset: int, explain: bool,
+                   capture_rip: bool) -> ExitEvent:
+    """:func:`pio_event` for a caller that holds the devices (``Machine.lock``,
+    or the run loop that owns them: :func:`run_vcpu`)."""
+    if machine.serial_input.queued:
+        machine.deliver_host_input()
+    pio = machine.pio
+    # With words, the records are made now (the words speak of them);
+    # without, what makes them is kept for a PioEvent.
+    if direction == KVM_EXIT_IO_OUT:
+        value = page[offset] if size == 1 else int.from_bytes(page[offset:offset + size],
+                                                              "little")
+        if explain:
+            exit: IoOut | IoIn = IoOut(port, size, 1, _ONE_BYTE[value] if size == 1
+                                       else value.to_bytes(size, "little"))
+            access = pio.write(port, size, value, True)
+        else:
+            buffer = None
+            mapping = pio.write_value(port, size, value)
+    else:
+        buffer = page[offset:offset + size]
+        if explain:
+            exit = IoIn(port, size, 1, buffer)
+            access = pio.read(port, size, True)
+            value = access.value
+        else:
+            mapping, value = pio.read_mapped(port, size)
+        buffer[:] = value.to_bytes(size, "little")
+    machine.exit_count += 1
+    if capture_rip:
+        # Vcpu.get_rip() without its two calls: the synced copy when the
+        # device access left it current, else what the runner reads.
+        vcpu = runner.vcpu
+        rip = (vcpu.qwords[SYNC_RIP_INDEX] if vcpu.synced and vcpu.sync_mask & KVM_SYNC_X86_REGS
+               else runner.rip())
+    else:
+        rip = None
+    returned = runner.returned
+    if explain:
+        # Positional: faster than keywords.
+        event: ExitEvent = ExitEvent(machine.exit_count, returned, returned - runner.started,
+                                     exit, access, 1, None, "", rip, runner.index)
+    else:
+        # Nobody reads words: the exit and the access are made when a
+        # listener first reads them, if one does (PioEvent).
+        event = lazy_pio_event(machine.exit_count, returned, returned - runner.started, rip,
+                               runner.index, (buffer is None, port, size, buffer, pio, mapping,
+                                              value))
+    device_stop = machine.device_stop
+    if device_stop is not None:   # decide_stop: I/O goes on unless a device asked
+        machine.device_stop = None
+        event.stop = device_stop.but(vcpu=runner.index)
+    if explain:
+        event.description = describe_exit(exit, access, 1, event.stop)
+    for listener in machine.listeners:
+        listener(event)
     return event
 
 

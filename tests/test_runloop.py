@@ -96,3 +96,20 @@ def test_a_timeout_that_lands_in_an_exit_handler_survives_its_completion_run(gue
             machine.pause()              # frees the thread if the assertion failed
             job.wait(5)
         assert job.result().kind is StopKind.TIMEOUT
+
+
+def test_a_kvm_run_that_fails_raises_its_errno_out_of_the_run_loop(guests):
+    """A ``KVM_RUN`` that fails other than by a kick (EINTR) or an INIT
+    (EAGAIN) ends ``Machine.run`` with a ``KvmError`` naming the ioctl and
+    its errno: here EINVAL, for a register set KVM does not know asked for
+    in ``kvm_valid_regs`` (kvm_arch_vcpu_ioctl_run, arch/x86/kvm/x86.c)."""
+    import errno
+
+    from minikvm.kvm.errors import KvmError
+
+    with _portloop(guests, 100) as machine:
+        machine.vcpu.run_page.kvm_valid_regs = 1 << 10
+        with pytest.raises(KvmError, match="KVM_RUN") as raised:
+            machine.run(timeout=30)
+        assert raised.value.errno == errno.EINVAL
+        assert machine.exit_count == 0 and machine.lock.owner is None

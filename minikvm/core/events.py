@@ -27,7 +27,8 @@ from minikvm.kvm.exits import (
 )
 from minikvm.record import Record
 
-__all__ = ["ExitEvent", "PioEvent", "describe_exit", "dispatch_exit", "wants_words"]
+__all__ = ["ExitEvent", "PioEvent", "describe_exit", "dispatch_exit", "lazy_pio_event",
+           "wants_words"]
 
 
 class ExitEvent(Record):
@@ -107,7 +108,8 @@ class PioEvent(ExitEvent):
     """The :class:`ExitEvent` of a single ``in``/``out`` whose ``exit`` and
     ``access`` are made when a listener first reads them.
 
-    The run loop makes one per exit while someone listens; a listener
+    The run loop makes one per exit while someone listens
+    (:func:`lazy_pio_event`); a listener
     that reads only ``rip`` or ``seq`` (a counter, a profiler) would
     otherwise pay for two records it never looks at. ``_io`` keeps what
     they are made from: ``(is_write, port, size, buffer, bus, mapping,
@@ -128,18 +130,6 @@ class PioEvent(ExitEvent):
 
     __slots__ = ("_io",)
     _io: tuple[bool, int, int, memoryview | None, Bus, Mapping | None, int]
-
-    def __init__(self, seq: int, time: float, guest_time: float, rip: int | None, vcpu: int,
-                 io: tuple[bool, int, int, memoryview | None, Bus, Mapping | None, int]) -> None:
-        self.seq = seq
-        self.time = time
-        self.guest_time = guest_time
-        self.accesses = 1
-        self.stop = None
-        self.description = ""
-        self.rip = rip
-        self.vcpu = vcpu
-        self._io = io
 
     @property   # type: ignore[override]
     def exit(self) -> VmExit:
@@ -192,6 +182,30 @@ class PioEvent(ExitEvent):
 
     def replace(self, **changes: object) -> ExitEvent:  # type: ignore[override]
         return self.eager().replace(**changes)
+
+
+_new = object.__new__
+
+
+def lazy_pio_event(seq: int, time: float, guest_time: float, rip: int | None, vcpu: int,
+                   io: tuple[bool, int, int, memoryview | None, Bus, Mapping | None, int]
+                   ) -> PioEvent:
+    """The :class:`PioEvent` of ``io``, made without a class call: a class
+    with an ``__init__`` written in Python is called through C
+    (``type_call``, then a fresh interpreter frame); these stores are the
+    least an event can cost. (``PioEvent(...)`` is the eager
+    :class:`ExitEvent`'s constructor.)"""
+    event = _new(PioEvent)
+    event.seq = seq
+    event.time = time
+    event.guest_time = guest_time
+    event.accesses = 1
+    event.stop = None
+    event.description = ""
+    event.rip = rip
+    event.vcpu = vcpu
+    event._io = io
+    return event
 
 
 def wants_words(listeners: list) -> bool:

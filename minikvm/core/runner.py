@@ -182,16 +182,18 @@ class VcpuRunner:
                 if timed:
                     self.started = _now()
                 vcpu.synced = False
-                result = enter()
-                vcpu.synced = synced
-                if result < 0:
+                try:
+                    enter()
+                except OSError as failed:
+                    vcpu.synced = synced
                     try:
-                        fields = (vcpu.run_failed(), 0, 0, 0, 0, 0)
+                        fields = (vcpu.run_failed(failed.errno), 0, 0, 0, 0, 0)
                     except KvmError as err:
                         self._woken(err)
                         continue
                     self.kicks += 1   # run_failed() returned KVM_EXIT_INTR
                 else:
+                    vcpu.synced = synced
                     fields = unpack(page, EXIT_AND_IO_OFFSET)
                 if timed:
                     self.returned = _now()
