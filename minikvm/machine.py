@@ -25,7 +25,6 @@ its mutex while no other thread has asked for it: :mod:`minikvm.core.devicelock`
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from minikvm.bus import Bus
@@ -56,6 +55,10 @@ from minikvm.x86 import layout, modes
 from minikvm.x86.cpuid import paging_features, with_apic_id
 
 if TYPE_CHECKING:
+    # Only in annotations: pathlib (with urllib.parse and ipaddress) is
+    # ~8 ms of a start where nothing else loads it (issue 12).
+    from pathlib import Path
+
     from minikvm.devices.virtio.mmio import VirtioMmioTransport
 
 __all__ = [

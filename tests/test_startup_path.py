@@ -42,6 +42,26 @@ def test_the_run_path_creates_no_dataclass_and_no_rarely_used_enum():
     assert enums_built == []
 
 
+UNUSED_STDLIB = """
+import sys
+from minikvm.cli import build_parser, command
+command("run")
+build_parser("run").parse_args(["run", "guest.bin"])
+import minikvm.machine
+print(sorted(name for name in ("pathlib", "urllib.parse", "ipaddress") if name in sys.modules))
+"""
+
+
+def test_the_run_path_does_not_import_pathlib():
+    """``pathlib`` (which brings ``urllib.parse`` and ``ipaddress``) costs ~8 ms
+    where nothing else at start-up loads it; the machine names ``Path`` only
+    in annotations. Run without ``site`` (-S), whose ``.pth`` files may load it."""
+    result = subprocess.run([sys.executable, "-S", "-c", UNUSED_STDLIB], capture_output=True,
+                            text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
 def test_an_enum_built_on_first_use_is_the_module_s_own_and_pickles():
     from minikvm.kvm import uapi
     from minikvm.kvm.uapi import KVM_GUESTDBG_SINGLESTEP, KvmCap
