@@ -37,12 +37,23 @@ Not covered: steps that exit to the VMM on the way (``out``, MMIO), which
 go through the machine's full exit handling; watchpoints (a step then also
 reads memory); ``cont`` with breakpoints that need stepping.
 
+``--instructions`` counts instead of timing: each rung of the breakdown
+runs under ``valgrind --tool=callgrind`` for 2,000 and for 12,000 steps,
+and the difference of the two totals over 10,000 is what one step costs in
+user-space instructions (start-up and the kernel's side cancel out). The
+count is the same on a busy machine, so an A/B of a change needs no quiet
+one; ``callgrind_annotate`` on the files it leaves in benchmarks/build says
+where the instructions go.
+
     python benchmarks/single_step.py [--steps N] [--repeat R] [--breakdown]
+    python benchmarks/single_step.py --instructions
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import struct
 import subprocess
 import sys
@@ -236,6 +247,45 @@ RUNGS = {
 }
 
 
+#: Steps of the two runs of ``--instructions``: what the second runs more,
+#: over the difference, is one step.
+INSTRUCTION_RUNS = (2_000, 12_000)
+
+
+def callgrind_total(out_file: Path) -> int:
+    """The instruction total a callgrind output file ends with."""
+    match = re.search(r"^(?:summary|totals): (\d+)", out_file.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"{out_file}: no instruction total")
+    return int(match.group(1))
+
+
+def instructions(blockirq: bool) -> int:
+    """``--instructions``: user-space instructions per step of each rung, on calls64."""
+    print(f"instructions per step, calls64 (callgrind, steps {INSTRUCTION_RUNS[1]} minus "
+          f"{INSTRUCTION_RUNS[0]}):")
+    env = dict(os.environ, PYTHONHASHSEED="0")   # the same dictionaries every run
+    previous = None
+    for rung, label in RUNGS.items():
+        totals = []
+        for steps in INSTRUCTION_RUNS:
+            out_file = BUILD / f"single_step.callgrind.{rung}.{steps}"
+            command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
+                       sys.executable, __file__, "--rung", rung, "--steps", str(steps),
+                       "--blockirq", str(int(blockirq))]
+            try:
+                subprocess.run(command, check=True, capture_output=True, env=env)
+            except FileNotFoundError:
+                print("single_step: --instructions needs valgrind", file=sys.stderr)
+                return 2
+            totals.append(callgrind_total(out_file))
+        per_step = (totals[1] - totals[0]) // (INSTRUCTION_RUNS[1] - INSTRUCTION_RUNS[0])
+        step = "" if previous is None else f"  step {per_step - previous:+7,d}"
+        print(f"  {label:<58} {per_step:7,d}{step}")
+        previous = per_step
+    return 0
+
+
 def breakdown(name: str, guest: Path, binary: Path, steps: int, repeat: int,
               blockirq: bool) -> None:
     """Where the time of (a) goes: each rung adds one layer, against (c)."""
@@ -275,9 +325,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true",
                         help="also build the stepping loop up layer by layer (on calls64) "
                              "to show where the time goes")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count user-space instructions per step of each breakdown rung "
+                             "under valgrind's callgrind instead of timing")
+    parser.add_argument("--rung", choices=sorted(RUNGS), help=argparse.SUPPRESS)
+    parser.add_argument("--blockirq", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     guests, binary = build()
+    if args.rung is not None:   # one run of --instructions, under callgrind
+        ladder_loop(guests["calls64"], args.steps, args.rung, bool(args.blockirq))
+        return 0
     blockirq = probe_debug_support().block_irq
+    if args.instructions:
+        return instructions(blockirq)
     print(f"single-step: {args.steps} steps per run, {args.repeat} interleaved rounds "
           f"(median), BLOCKIRQ {'on' if blockirq else 'off'}; {load_average()}")
     for name in args.guest or GUESTS:

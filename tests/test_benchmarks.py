@@ -74,6 +74,17 @@ def test_single_step_breakdown_runs(stepping, capsys):
     assert "record.changed" in capsys.readouterr().out
 
 
+
+def test_single_step_instructions_reads_callgrinds_total_and_runs_one_rung(stepping, tmp_path):
+    out_file = tmp_path / "callgrind.out"
+    out_file.write_text("version: 1\nevents: Ir\nfl=x.c\nfn=f\n1 5\ntotals: 123456\n")
+    assert single_step.callgrind_total(out_file) == 123456
+    out_file.write_text("events: Ir\n")
+    with pytest.raises(RuntimeError, match="no instruction total"):
+        single_step.callgrind_total(out_file)
+    # what --instructions runs under callgrind, twice per rung
+    assert single_step.main(["--rung", "changed", "--steps", "20", "--blockirq", "1"]) == 0
+
 def test_exit_latency_loops_see_the_same_exits():
     binary = exit_latency.build()
     exits = 300

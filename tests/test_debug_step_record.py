@@ -51,3 +51,15 @@ def test_values_and_kvm_regs_convert_both_ways(values):
     regs = regs_from_values(values)
     assert values_of(regs) == values
     assert RegisterSnapshot.capture(regs) == RegisterSnapshot(*values)
+
+
+@settings(max_examples=25, deadline=None)
+@given(before=registers, after=registers, same=st.sets(st.sampled_from(range(18))))
+def test_changed_is_every_register_that_differs_in_register_order(before, after, same):
+    after = tuple(before[i] if i in same else value for i, value in enumerate(after))
+    expected = tuple(name for name, old, new in zip(NAMES, before, after) if old != new)
+    for record in (stepped_record(before, after, 0x1000, 0x1001, None),  # type: ignore[arg-type]
+                   StepRecord(regs_from_values(before), after, 0x1000, 0x1001),
+                   StepRecord(before, regs_from_values(after), 0x1000, 0x1001)):
+        assert type(record.changed) is tuple
+        assert record.changed == expected

@@ -169,9 +169,13 @@ class Stepper:
     def step(self) -> StepRecord:
         """Execute exactly one guest instruction and say what it did."""
         view = self.view
-        before, pc = view.values_and_pc()
-        self.ran = True
         runner = self.runner
+        last = view.last_step
+        if last is not None and last[0] == runner.runs:
+            _, before, pc = last   # the stop the last plain step made
+        else:
+            before, pc = view.values_and_pc()
+        self.ran = True
         if runner.halt_check_pending:
             # A halt check whose kick a completion run (``finish``) took:
             # forget it, or the watchdog would never kick this vCPU again.
