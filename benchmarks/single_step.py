@@ -29,9 +29,10 @@ Both sides must end on the same RIP, RAX and RDX (they stepped the same
 instructions) and (a) and (c) must count the same number of changed
 registers over the run. Target: (a)/(c) <= 1.3 on calls64.
 
-``--breakdown`` builds the loop up layer by layer on calls64 (the ctypes
-ioctl alone, then the binding, the registers, the stepper, the debugger,
-``changed``) and prints what each layer adds: where the time goes.
+``--breakdown`` builds the loop up layer by layer on calls64 (the
+``fcntl.ioctl`` of ``KVM_RUN`` alone, the call the binding makes, then
+the binding, the registers, the stepper, the debugger, ``changed``) and
+prints what each layer adds: where the time goes.
 
 Not covered: steps that exit to the VMM on the way (``out``, MMIO), which
 go through the machine's full exit handling; watchpoints (a step then also
@@ -52,6 +53,7 @@ where the instructions go.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import struct
@@ -199,7 +201,6 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
     """One rung of ``--breakdown``: the stepping loop built up piece by piece."""
     from minikvm.debug import stepper
     from minikvm.kvm import ioctls
-    from minikvm.kvm.fd import raw_ioctl
 
     with _machine(guest) as machine:
         debugger = Debugger(machine)
@@ -207,9 +208,10 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
         vcpu = machine.vcpu
         with Clock() as clock:
             if rung == "ioctl":
-                fd, request = vcpu.fd, ioctls.KVM_RUN
+                # The call Vcpu.run_reason makes (fcntl.ioctl, no argument).
+                fd, request, run = vcpu.fd, int(ioctls.KVM_RUN), fcntl.ioctl
                 for _ in range(steps):
-                    raw_ioctl(fd, request, 0)
+                    run(fd, request)
             elif rung == "run_reason":
                 run_reason = debugger.runner.run_reason
                 for _ in range(steps):
@@ -238,7 +240,7 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
 
 
 RUNGS = {
-    "ioctl": "ctypes ioctl(KVM_RUN) alone: the floor of any Python loop",
+    "ioctl": "fcntl.ioctl(KVM_RUN) alone: the floor of any Python loop",
     "run_reason": "+ VcpuRunner.run_reason() (clocks, counts, exit reason)",
     "unpack": "+ pc, DR6 and the 18 synced registers unpacked",
     "stepper": "Stepper.step() (+ StepRecord, view, hlt check via TLB)",

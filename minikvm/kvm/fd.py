@@ -16,23 +16,12 @@ import os
 from minikvm.kvm.errors import KvmError
 from minikvm.kvm.ioctls import ioctl_name
 
-__all__ = ["KvmFd", "ioctl", "raw_ioctl"]
+__all__ = ["KvmFd", "ioctl"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl
 _ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 _ioctl.restype = ctypes.c_int
-#: libc's ioctl itself, for the one hot caller (``KVM_RUN``) that checks errno
-#: itself; a second function object *without* ``argtypes``: ctypes then
-#: passes the three Python ints as C ints without calling a converter per
-#: argument, ~0.4 µs less per call on kvm-pvm (0.7 instead of 1.1 µs for a
-#: failing call in a tight loop). Only for requests that fit in an int
-#: (``_IO``: ``KVM_RUN`` is 0xae80; the kernel takes ``unsigned int cmd``)
-#: and an int argument: libffi widens it to the whole register, so
-#: ``KVM_RUN``'s 0 arrives as 0 (it refuses anything else: kvm_vcpu_ioctl,
-#: virt/kvm/kvm_main.c).
-raw_ioctl = _libc["ioctl"]
-raw_ioctl.restype = ctypes.c_int
 _BY_REFERENCE = (ctypes.Structure, ctypes.Array, ctypes.Union, ctypes._SimpleCData)
 
 
