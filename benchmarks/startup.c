@@ -23,9 +23,10 @@
  * turns reinjection off if it is on (kvm_pit_set_reinject): that removes the
  * PIT's IRQ-ack notifier (kvm_unregister_irq_ack_notifier,
  * virt/kvm/eventfd.c) and its IRQ-mask notifier
- * (kvm_unregister_irq_mask_notifier, arch/x86/kvm/irq_comm.c), and each
- * ends with synchronize_srcu(&kvm->irq_srcu). SRCU expedites a grace period
- * it believes idle, but not one asked for within exp_holdoff (25 us) of the
+ * (kvm_unregister_irq_mask_notifier, arch/x86/kvm/ioapic.c in 6.18, moved
+ * there from irq_comm.c in 2025), and each ends with
+ * synchronize_srcu(&kvm->irq_srcu). SRCU expedites a grace period it believes
+ * idle, but not one asked for within exp_holdoff (25 us) of the
  * previous one's end (kernel/rcu/srcutree.c), so the second often waits a
  * normal grace period, a few jiffies. With reinjection already off at the close,
  * that pair of waits moves into the REINJECT_CONTROL ioctl instead.

@@ -182,15 +182,16 @@ def where_it_slept(stack: list[str]) -> str:
     (innermost first, as ``perf script`` prints them), in the words of the
     kernel files: ``close:`` when it was closing the VM (``kvm_vm_release``).
 
-    ``kvm_unregister_irq_mask_notifier`` (arch/x86/kvm/irq_comm.c) ends by
-    calling ``synchronize_srcu``, a tail call: its own frame is gone, and
+    ``kvm_unregister_irq_mask_notifier`` (arch/x86/kvm/ioapic.c in 6.18,
+    moved there from irq_comm.c in 2025) ends by calling
+    ``synchronize_srcu``, a tail call: its own frame is gone, and
     ``__synchronize_srcu`` sits right under ``kvm_pit_set_reinject``."""
     phase = "close: " if "kvm_vm_release" in stack else ""
     if "srcu_barrier" in stack:
         return phase + "srcu_barrier(&kvm->srcu): call_srcu of replaced I/O buses (kvm_main.c)"
     if "__synchronize_srcu" in stack:
         caller = stack[stack.index("__synchronize_srcu") + 1:][:1] or ["?"]
-        named = {"kvm_pit_set_reinject": "PIT IRQ-mask notifier (irq_comm.c)",
+        named = {"kvm_pit_set_reinject": "PIT IRQ-mask notifier (ioapic.c)",
                  "kvm_unregister_irq_ack_notifier": "PIT IRQ-ack notifier (eventfd.c)"}
         return f"{phase}synchronize_srcu: {named.get(caller[0], caller[0])}"
     if "kvm_vcpu_block" in stack:

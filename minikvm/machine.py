@@ -165,7 +165,8 @@ class Machine:
         #: the last device added that takes host input (a virtio console).
         self.input_target: Receiver = self.uart
 
-        #: Called with every ExitEvent (the tracer, the TUI), under the lock.
+        #: Called with every ExitEvent (the tracer, the TUI), under the lock
+        #: (which is not re-entrant: a listener must not take it again).
         self.listeners: list[Callable[[ExitEvent], None]] = []
         self.exit_count = 0
         self.image = None

@@ -25,7 +25,7 @@ from minikvm.kvm.vcpu import SYNC_RIP_INDEX
 if TYPE_CHECKING:
     from minikvm.machine import Machine
 
-__all__ = ["guest_kicks", "next_event", "pio_event", "run_all", "run_vcpu"]
+__all__ = ["guest_kicks", "held_pio_event", "next_event", "pio_event", "run_all", "run_vcpu"]
 
 _KVM_EXIT_IO = int(KvmExit.KVM_EXIT_IO)
 #: The data of every one-byte ``out``, made once: an exit object for the
@@ -73,11 +73,15 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
     # wants them); a loop of several vCPUs' shares them with the owner.
     devices = machine.lock
     mutex = devices.mutex
-    owner = devices.own()
-    if not owner:
-        devices.share()
+    owner = sharing = False
     exits = runner.exits(listeners)
     try:
+        # Inside the try: a signal handler that raises while share() waits
+        # must not leave the devices announced for ever.
+        owner = devices.own()
+        if not owner:
+            devices.share()
+            sharing = True
         for reason, direction, size, port, count, offset in exits:
             # KVM chooses size and data offset, but a size of 0 or a slice
             # out of the page would be silently wrong here: decode_exit
@@ -141,7 +145,7 @@ def run_vcpu(machine: Machine, runner: VcpuRunner, max_exits: int | None,
         exits.close()
         if owner:
             devices.disown()
-        else:
+        elif sharing:
             devices.unshare()
     raise AssertionError("VcpuRunner.exits() ended")  # it runs until closed
 

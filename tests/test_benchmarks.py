@@ -137,7 +137,7 @@ prev_prio=120 prev_state=I ==> next_comm=startup next_pid=7 next_prio=120
 def test_a_sleep_is_put_down_to_the_kernel_code_it_slept_in():
     (seconds, place), = startup.sleeps(PERF_SCRIPT, 7)
     assert seconds == pytest.approx(0.016)
-    assert place == "close: synchronize_srcu: PIT IRQ-mask notifier (irq_comm.c)"
+    assert place == "close: synchronize_srcu: PIT IRQ-mask notifier (ioapic.c)"
     assert startup.sleeps(PERF_SCRIPT, 9) == []     # 9 never slept
     assert startup.where_it_slept(["__schedule", "kvm_vcpu_block", "kvm_vcpu_halt"]).startswith(
         "guest halted")

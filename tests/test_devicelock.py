@@ -4,6 +4,8 @@ no other thread's access ever overlaps one of its own."""
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import time
 
@@ -123,13 +125,13 @@ def test_another_thread_waits_while_the_owner_is_busy():
         with lock:
             entered.set()
 
-    thread = threading.Thread(target=other)
+    thread = threading.Thread(target=other, daemon=True)
     thread.start()
     assert not entered.wait(0.05)          # announced, waiting for the owner
     assert lock.wanted == 1
     lock.busy = False
     assert entered.wait(5)
-    thread.join()
+    thread.join(5)
     assert lock.wanted == 0
     lock.disown()
 
@@ -168,9 +170,113 @@ def test_sharing_from_the_owners_own_thread_does_not_wait_for_itself():
     """A loop started from inside the owner's device work (busy) shares the
     devices at once instead of waiting for its own thread."""
     lock = DeviceLock()
+    done = threading.Event()
+
+    def owner() -> None:
+        assert lock.own()
+        lock.busy = True
+        lock.share()
+        assert lock.wanted == 1
+        lock.unshare()
+        lock.disown()
+        done.set()
+
+    thread = threading.Thread(target=owner, daemon=True)   # a hang fails, not hangs
+    thread.start()
+    assert done.wait(5), "the owner waited for itself"
+
+
+def test_the_lock_taken_inside_the_owners_own_device_work_is_refused():
+    """Not re-entrant, as before: on the owner's fast path (no mutex held)
+    it would work alone and hang the day another thread wants the devices,
+    so it is refused every time."""
+    lock = DeviceLock()
     assert lock.own()
     lock.busy = True
-    lock.share()
-    assert lock.wanted == 1
-    lock.unshare()
+    with pytest.raises(RuntimeError, match="not re-entrant"):
+        lock.acquire()
+    lock.busy = False
+    with lock:                      # between two exits: allowed
+        pass
     lock.disown()
+    assert not lock.mutex.locked() and lock.wanted == 0
+
+
+@pytest.mark.kvm
+def test_a_listener_that_takes_the_machine_lock_is_an_error_not_a_hang(guests):
+    with Machine() as machine:
+        machine.load_flat(guests / "portloop.bin", 0x1000)
+        machine.memory.write_u32(PORTLOOP_COUNT, 5)
+
+        def listener(event) -> None:
+            with machine.lock:
+                pass
+
+        machine.listeners.append(listener)
+        raised: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                machine.run(timeout=30)
+            except BaseException as err:   # noqa: BLE001 -- what the run raised is the result
+                raised.append(err)
+
+        # On a thread of its own, so that a hang (the lock taken anyway,
+        # while the halt watchdog wants it) fails the test instead.
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(20)
+        assert not thread.is_alive(), "the run hung"
+        assert len(raised) == 1 and isinstance(raised[0], RuntimeError)
+        assert "not re-entrant" in str(raised[0])
+        assert machine.lock.owner is None and not machine.lock.busy
+        assert not machine.lock.mutex.locked()
+
+
+def test_a_wait_interrupted_by_a_signal_leaves_nothing_taken():
+    """A signal handler that raises while a thread waits for a busy owner
+    (Ctrl-C, SIGTERM): the mutex is free and the wish withdrawn, or the
+    owner's next exit would wait for ever."""
+    lock = DeviceLock()
+    owned = threading.Event()
+    release = threading.Event()
+
+    def owner() -> None:
+        assert lock.own()
+        lock.busy = True
+        owned.set()
+        release.wait(10)
+        lock.busy = False
+        lock.disown()
+
+    thread = threading.Thread(target=owner, daemon=True)
+    thread.start()
+    assert owned.wait(5)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupted):
+            with lock:              # the main thread waits: the owner is busy
+                pytest.fail("entered while the owner was busy")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        release.set()
+        thread.join(5)
+    assert not lock.mutex.locked() and lock.wanted == 0
+    with lock:
+        pass
+
+
+def test_a_python_without_the_gil_gets_no_owner_and_takes_the_mutex(monkeypatch):
+    """Dekker's order rests on the GIL; free-threaded, every loop locks."""
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    lock = DeviceLock()
+    assert not lock.own() and lock.owner is None

@@ -11,9 +11,12 @@ devices it takes no lock at all: a ``threading.Lock`` taken and given back
 around every exit was ~860 of the ~9,500 user-space instructions of an exit
 (callgrind, ``benchmarks/exit_latency.py``'s guest; the handshake below
 costs about half of that, and touches no lock's memory after ``KVM_RUN``
-left the caches cold). That loop is the *owner* (:meth:`DeviceLock.own`). Every other thread still takes the mutex,
-and announces itself first; the owner looks for announcements before each
-exit's device work and, when there is one, takes the mutex too.
+left the caches cold). That loop is the *owner* (:meth:`DeviceLock.own`).
+Every other thread still takes the mutex, and announces itself first; the
+owner looks for announcements before each exit's device work and, when
+there is one, takes the mutex too. (With several vCPUs one loop becomes the
+owner and the others announce themselves for their whole run, so all take
+the mutex: the fast path is for the one-vCPU machine.)
 
 Announcement and look form Dekker's handshake (Dijkstra, "Cooperating
 sequential processes", 1965): the owner *first* says it is busy, *then*
@@ -23,20 +26,41 @@ four steps at least one side sees the other: the owner sees the wish and
 takes the mutex, or the other thread sees the owner busy and waits for it
 to finish. The steps are Python attribute stores and loads, which CPython's
 global interpreter lock orders one after the other across threads (a thread
-switch hands the GIL over through a mutex: a full memory barrier); a
-free-threaded Python would need atomics here.
+switch hands the GIL over through a mutex: a full memory barrier). A
+free-threaded Python (3.13t without the GIL) gives no such order -- a load
+may pass an earlier store to another address -- so there :meth:`DeviceLock.own`
+refuses and every loop takes the mutex.
+
+The rule that was always there stays: the lock is not re-entrant. A listener
+or a device that takes ``machine.lock`` while its run loop is at the devices
+is an error: on the owner's fast path it is refused at once
+(``RuntimeError``) rather than hanging only on the day another thread
+happens to want the devices too.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
 __all__ = ["DeviceLock"]
 
 #: How long a thread that wants the devices sleeps between two looks at a
-#: busy owner (the owner is busy for one exit's device work: microseconds).
-_POLL = 0.0001
+#: busy owner: first 0.1 ms (the owner is busy for one exit's device work,
+#: microseconds), doubling up to 5 ms when the work blocks (ACPI S3 sleeps in
+#: a port write; a console write may wait for a full pipe), so that a waiting
+#: thread does not spin on the CPU the guest needs.
+_POLL_FIRST = 0.0001
+_POLL_MOST = 0.005
+
+
+def _gil_orders_threads() -> bool:
+    """Whether attribute stores and loads of different threads happen in
+    one order: true with the global interpreter lock (every CPython before
+    3.13, and 3.13+ unless built and run free-threaded)."""
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    return is_gil_enabled is None or bool(is_gil_enabled())
 
 
 class DeviceLock:
@@ -68,13 +92,25 @@ class DeviceLock:
     def acquire(self) -> None:
         """Take the devices: the mutex, and if a run loop owns them (on
         another thread) the announcement it looks for, then wait until it
-        is not busy. The owner's own thread just takes the mutex (it is
-        never busy while it does)."""
+        is not busy. The owner's own thread just takes the mutex -- unless
+        it is busy at the devices right now (a listener or a device taking
+        the lock inside the loop's device work): ``RuntimeError``, since the
+        lock is not re-entrant."""
+        me = threading.get_ident()
+        if self.busy and self.owner == me:
+            raise RuntimeError("Machine.lock is not re-entrant: taken inside the run loop's "
+                               "own device work (from a listener or a device)")
         self.mutex.acquire()
-        owner = self.owner   # read while holding the mutex: see own()
-        if owner is not None and owner != threading.get_ident():
-            self._announce()
-            self._announced = True
+        try:
+            owner = self.owner   # read while holding the mutex: see own()
+            if owner is not None and owner != me:
+                self._announce()
+                self._announced = True
+        except BaseException:
+            # Interrupted while waiting (a signal handler raised): nothing
+            # may stay taken, or the owner's next exit would wait for ever.
+            self.mutex.release()
+            raise
 
     def release(self) -> None:
         """Give the devices back."""
@@ -116,12 +152,18 @@ class DeviceLock:
         setting :attr:`owner`: whoever holds it is done before the first
         exit without it, and whoever takes it later reads :attr:`owner`
         (while holding it, :meth:`acquire`) and announces."""
+        if not _gil_orders_threads():
+            return False
         with self._guard:
             if self.owner is not None:
                 return False
             self.owner = threading.get_ident()
-        with self.mutex:
-            pass
+        try:
+            with self.mutex:
+                pass
+        except BaseException:   # interrupted while waiting: not the owner after all
+            self.owner = None
+            raise
         return True
 
     def disown(self) -> None:
@@ -139,8 +181,14 @@ class DeviceLock:
         # (On the owner's own thread -- a loop run from inside its device
         # work -- there is nobody to wait for.)
         me = threading.get_ident()
-        while self.busy and self.owner != me:
-            time.sleep(_POLL)
+        pause = _POLL_FIRST
+        try:
+            while self.busy and self.owner != me:
+                time.sleep(pause)
+                pause = min(pause * 2, _POLL_MOST)
+        except BaseException:
+            self._withdraw()
+            raise
 
     def _withdraw(self) -> None:
         with self._guard:

@@ -71,6 +71,12 @@ _KVM_RUN = int(ioctls.KVM_RUN)
 #: exits costs 3,500 user-space instructions per exit through ctypes and
 #: 1,600 through fcntl (callgrind). (An integer argument would be tried as
 #: a buffer first, twice, each failure an exception: leave it out.)
+#: CPython's Modules/fcntlmodule.c has no EINTR retry loop for ioctl (PEP 475
+#: retries fcntl, flock and lockf only), and the ``OSError`` is made by
+#: ``PyErr_SetFromErrno`` (Python/errors.c), which on EINTR first runs the
+#: pending Python signal handlers: on the main thread a handler runs *inside*
+#: this call, and one that raises (``hostio.TerminationSignals``, Ctrl-C)
+#: comes out of ``KVM_RUN`` in the OSError's place.
 _run_ioctl = fcntl.ioctl
 
 #: The signal used to get a vCPU thread out of ``KVM_RUN``.
