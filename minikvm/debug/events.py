@@ -11,8 +11,6 @@ build and inspect them without a VM.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import compress
-from operator import ne as _ne
 from typing import TYPE_CHECKING
 
 from minikvm.core.events import ExitEvent
@@ -33,8 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["ExitFilter", "StepRecord", "stepped_record"]
 
 _RIP = REG_INDEX["rip"]
-#: Register names in ``kvm_regs`` order: what ``changed`` is made of.
-_REG_FIELDS = tuple(REG_INDEX)
 
 
 @dataclass(frozen=True)
@@ -163,16 +159,41 @@ class StepRecord:
         """Registers whose value the instruction changed (RIP nearly always),
         in ``kvm_regs`` order.
 
-        :func:`~minikvm.debug.inspect.changed_in_values` written out here:
-        the TUI and the trace read it after every step, and the call it
-        saves is ~10% of its cost (callgrind, benchmarks/single_step.py).
-        A record made from ``kvm_regs`` has no tuples yet: ``map`` then
-        refuses the None, and the properties make them."""
+        The TUI and the trace read it after every step, so it is written
+        out, one comparison per register, instead of
+        :func:`~minikvm.debug.inspect.changed_in_values`'s
+        ``compress(names, map(ne, before, after))``: on CPython 3.11 each
+        ``!=`` here is a few bytecodes, specialised for the small ints most
+        registers hold, where ``map`` calls ``operator.ne`` eighteen times;
+        half the instructions (callgrind, benchmarks/single_step.py). The
+        order of the lines is ``struct kvm_regs``' (``GPR_NAMES``, then RIP
+        and RFLAGS); tests/test_debug_step_record.py holds it to
+        ``changed_in_values``. A record made from ``kvm_regs`` has no tuples
+        yet: indexing the None raises, and the properties make them."""
+        b, a = self._values_before, self._values_after
+        names: tuple[str, ...] = ()
         try:
-            return tuple(compress(_REG_FIELDS, map(_ne, self._values_before,
-                                                   self._values_after)))
+            if b[0] != a[0]: names += ("rax",)
+            if b[1] != a[1]: names += ("rbx",)
+            if b[2] != a[2]: names += ("rcx",)
+            if b[3] != a[3]: names += ("rdx",)
+            if b[4] != a[4]: names += ("rsi",)
+            if b[5] != a[5]: names += ("rdi",)
+            if b[6] != a[6]: names += ("rsp",)
+            if b[7] != a[7]: names += ("rbp",)
+            if b[8] != a[8]: names += ("r8",)
+            if b[9] != a[9]: names += ("r9",)
+            if b[10] != a[10]: names += ("r10",)
+            if b[11] != a[11]: names += ("r11",)
+            if b[12] != a[12]: names += ("r12",)
+            if b[13] != a[13]: names += ("r13",)
+            if b[14] != a[14]: names += ("r14",)
+            if b[15] != a[15]: names += ("r15",)
+            if b[16] != a[16]: names += ("rip",)
+            if b[17] != a[17]: names += ("rflags",)
         except TypeError:
             return changed_in_values(self.values_before, self.values_after)
+        return names
 
     @property
     def registers(self) -> RegisterSnapshot:
