@@ -410,7 +410,8 @@ class GuestView:
         control registers of this stop -- the stepper right after its
         ``KVM_RUN``, with ``KVM_SYNC_X86_SREGS`` on: no checks, no calls
         before the look-up. It leaves the translation it used in
-        :attr:`Tlb.last`, where the stepper looks first (:meth:`last_byte`)."""
+        :attr:`Tlb.last`, where the stepper looks first (debug/stepper.py:
+        the same comparisons, written out there after every one-byte step)."""
         control = _SYNCED_CONTROL.unpack_from(self._run_page, _SYNCED_CONTROL_OFFSET)
         page = address >> _PAGE_SHIFT
         tlb = self.tlb
@@ -424,21 +425,6 @@ class GuestView:
             if entry is None:
                 return None
             last = tlb.last = (control, page, entry[1], entry[2] - (page << _PAGE_SHIFT))
-        try:
-            return last[2][last[3] + address]
-        except (IndexError, ValueError):   # the RAM was closed meanwhile
-            return None
-
-    def last_byte(self, address: int) -> int | None:
-        """The byte at linear ``address`` if :attr:`Tlb.last` holds its page
-        for the control registers in the run page now, else None (ask
-        :meth:`synced_byte`). What the stepper's hlt check does after each
-        one-byte step, written out there (a call costs about as much as the
-        check); this copy is the one the tests hold to :meth:`synced_byte`."""
-        last = self.tlb.last
-        if (last is None or last[1] != address >> _PAGE_SHIFT
-                or last[0] != _SYNCED_CONTROL.unpack_from(self._run_page, _SYNCED_CONTROL_OFFSET)):
-            return None
         try:
             return last[2][last[3] + address]
         except (IndexError, ValueError):   # the RAM was closed meanwhile

@@ -239,7 +239,8 @@ class Stepper:
                 if new_pc - pc == 1 and self.check_hlt:
                     # Nothing touched the vCPU since its run: with the sregs
                     # synced, the run page holds this stop's CR0-EFER.
-                    # view.last_byte(pc) written out, then synced_byte.
+                    # The common case of view.synced_byte(pc) written out: the
+                    # page and CR0-EFER of the translation it used last.
                     last = view.tlb.last
                     if (synced & _SYNC_SREGS and last is not None and last[1] == pc >> 12
                             and last[0] == _CONTROL.unpack_from(page, _CONTROL_OFFSET)):
