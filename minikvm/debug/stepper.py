@@ -82,6 +82,7 @@ from minikvm.debug.events import StepRecord
 from minikvm.debug.guestview import GuestView
 from minikvm.debug.guestview import _SYNCED_CONTROL as _CONTROL
 from minikvm.debug.guestview import _SYNCED_CONTROL_OFFSET as _CONTROL_OFFSET
+from minikvm.debug.guestview import _PAGE_SHIFT
 from minikvm.debug.inspect import REG_INDEX, values_of
 from minikvm.debug.probe import DebugSupport
 from minikvm.kvm.exits import Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, VmExit
@@ -242,7 +243,7 @@ class Stepper:
                     # The common case of view.synced_byte(pc) written out: the
                     # page and CR0-EFER of the translation it used last.
                     last = view.tlb.last
-                    if (synced & _SYNC_SREGS and last is not None and last[1] == pc >> 12
+                    if (synced & _SYNC_SREGS and last is not None and last[1] == pc >> _PAGE_SHIFT
                             and last[0] == _CONTROL.unpack_from(page, _CONTROL_OFFSET)):
                         try:
                             byte = last[2][last[3] + pc]
