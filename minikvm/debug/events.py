@@ -160,37 +160,42 @@ class StepRecord:
         in ``kvm_regs`` order.
 
         The TUI and the trace read it after every step, so it is written
-        out, one comparison per register, instead of
+        out: the two tuples unpacked into one name per register (``rax``
+        before, ``rax_`` after), then one ``!=`` per register, instead of
         :func:`~minikvm.debug.inspect.changed_in_values`'s
-        ``compress(names, map(ne, before, after))``: on CPython 3.11 each
+        ``compress(names, map(ne, before, after))``. On CPython 3.11 each
         ``!=`` here is a few bytecodes, specialised for the small ints most
-        registers hold, where ``map`` calls ``operator.ne`` eighteen times;
-        half the instructions (callgrind, benchmarks/single_step.py). The
-        order of the lines is ``struct kvm_regs``' (``GPR_NAMES``, then RIP
-        and RFLAGS); tests/test_debug_step_record.py holds it to
-        ``changed_in_values``. A record made from ``kvm_regs`` has no tuples
-        yet: indexing the None raises, and the properties make them."""
-        b, a = self._values_before, self._values_after
+        registers hold, where ``map`` calls ``operator.ne`` eighteen times:
+        4,400 instructions instead of 9,100 (callgrind,
+        benchmarks/single_step.py). The order of the names is ``struct
+        kvm_regs``' (``GPR_NAMES``, then RIP and RFLAGS);
+        tests/test_debug_step_record.py holds it to ``changed_in_values``.
+        A record made from ``kvm_regs`` has no tuples yet: unpacking the None
+        raises, and the properties make them."""
         names: tuple[str, ...] = ()
         try:
-            if b[0] != a[0]: names += ("rax",)
-            if b[1] != a[1]: names += ("rbx",)
-            if b[2] != a[2]: names += ("rcx",)
-            if b[3] != a[3]: names += ("rdx",)
-            if b[4] != a[4]: names += ("rsi",)
-            if b[5] != a[5]: names += ("rdi",)
-            if b[6] != a[6]: names += ("rsp",)
-            if b[7] != a[7]: names += ("rbp",)
-            if b[8] != a[8]: names += ("r8",)
-            if b[9] != a[9]: names += ("r9",)
-            if b[10] != a[10]: names += ("r10",)
-            if b[11] != a[11]: names += ("r11",)
-            if b[12] != a[12]: names += ("r12",)
-            if b[13] != a[13]: names += ("r13",)
-            if b[14] != a[14]: names += ("r14",)
-            if b[15] != a[15]: names += ("r15",)
-            if b[16] != a[16]: names += ("rip",)
-            if b[17] != a[17]: names += ("rflags",)
+            (rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8, r9, r10, r11, r12, r13, r14, r15,
+             rip, rflags) = self._values_before
+            (rax_, rbx_, rcx_, rdx_, rsi_, rdi_, rsp_, rbp_, r8_, r9_, r10_, r11_, r12_, r13_,
+             r14_, r15_, rip_, rflags_) = self._values_after
+            if rax != rax_: names += ("rax",)
+            if rbx != rbx_: names += ("rbx",)
+            if rcx != rcx_: names += ("rcx",)
+            if rdx != rdx_: names += ("rdx",)
+            if rsi != rsi_: names += ("rsi",)
+            if rdi != rdi_: names += ("rdi",)
+            if rsp != rsp_: names += ("rsp",)
+            if rbp != rbp_: names += ("rbp",)
+            if r8 != r8_: names += ("r8",)
+            if r9 != r9_: names += ("r9",)
+            if r10 != r10_: names += ("r10",)
+            if r11 != r11_: names += ("r11",)
+            if r12 != r12_: names += ("r12",)
+            if r13 != r13_: names += ("r13",)
+            if r14 != r14_: names += ("r14",)
+            if r15 != r15_: names += ("r15",)
+            if rip != rip_: names += ("rip",)
+            if rflags != rflags_: names += ("rflags",)
         except TypeError:
             return changed_in_values(self.values_before, self.values_after)
         return names
