@@ -244,7 +244,7 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
 RUNGS = {
     "ioctl": "fcntl.ioctl(KVM_RUN) alone: the floor of any Python loop",
     "run_reason": "+ VcpuRunner.run_reason() (clock, counts, exit reason)",
-    "unpack": "+ pc, DR6 and the 18 synced registers unpacked",
+    "unpack": "+ pc and DR6 (two words), the 18 synced registers",
     "stepper": "Stepper.step() (+ StepRecord, view, hlt check via TLB)",
     "debugger": "Debugger.step_instruction() (+ watchpoint check)",
     "changed": "+ record.changed",
