@@ -215,14 +215,16 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
             elif rung == "run_reason":
                 run_reason = debugger.runner.run_reason
                 for _ in range(steps):
-                    run_reason()
+                    run_reason(())   # as the stepper calls it while nobody listens
             elif rung == "unpack":
-                run_reason, page = debugger.runner.run_reason, vcpu.page
-                pc_dr6, pc_offset = stepper._DEBUG_PC_DR6, stepper._DEBUG_PC_DR6_OFFSET
+                # What the stepper reads after its run (untimed: nobody listens).
+                run_reason, page, qwords = debugger.runner.run_reason, vcpu.page, vcpu.qwords
+                pc_index, dr6_index = stepper._PC_INDEX, stepper._DR6_INDEX
                 regs, regs_offset = stepper._SYNCED_REGS, stepper._SYNCED_REGS_OFFSET
                 for _ in range(steps):
-                    run_reason()
-                    pc_dr6.unpack_from(page, pc_offset)
+                    run_reason(())
+                    qwords[dr6_index]
+                    qwords[pc_index]
                     regs.unpack_from(page, regs_offset)
             elif rung == "stepper":
                 step = debugger.stepper.step
@@ -241,8 +243,8 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
 
 RUNGS = {
     "ioctl": "fcntl.ioctl(KVM_RUN) alone: the floor of any Python loop",
-    "run_reason": "+ VcpuRunner.run_reason() (clocks, counts, exit reason)",
-    "unpack": "+ pc, DR6 and the 18 synced registers unpacked",
+    "run_reason": "+ VcpuRunner.run_reason() (clock, counts, exit reason)",
+    "unpack": "+ pc and DR6 (two words), the 18 synced registers",
     "stepper": "Stepper.step() (+ StepRecord, view, hlt check via TLB)",
     "debugger": "Debugger.step_instruction() (+ watchpoint check)",
     "changed": "+ record.changed",

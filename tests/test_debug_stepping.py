@@ -16,6 +16,7 @@ import pytest
 
 from minikvm.core.board import ExitStatus
 from minikvm.debug.debugger import Debugger, ExitFilter
+from minikvm.debug.events import StepRecord
 from minikvm.debug.disasm import disassemble
 from minikvm.guestbuild import assemble, tools_available
 from minikvm.machine import Machine, StopKind
@@ -343,3 +344,60 @@ def test_an_exit_met_during_a_step_has_the_time_of_its_own_kvm_run(session):
     assert [event.reason for event in record.exits] == ["IO_OUT"]
     event = events[-1]
     assert before <= event.time - event.guest_time <= event.time <= time.monotonic()
+
+
+# -- the hot path: a plain step made in place (debug/stepper.py) ---------------------------------
+
+
+def as_seen(record: StepRecord) -> tuple:
+    """Everything a reader of a step record can look at."""
+    return (bytes(record.before), bytes(record.after), record.old_rip, record.new_rip,
+            record.changed, record.registers, record.values_before, record.values_after,
+            record.pc, record.new_pc, record.exits, record.stop, record.hit)
+
+
+def test_a_plain_step_record_reads_as_the_one_init_makes(nops):
+    machine, debugger = nops
+    record = debugger.step_instruction()                # the first nop: the hot path
+    made = StepRecord(record.values_before, record.values_after, record.pc, record.new_pc,
+                      view=debugger.view)
+    assert as_seen(record) == as_seen(made)
+    assert record.changed == ("rip",) and record.new_pc == record.pc + 1 == 0x1001
+    assert record.after is debugger.view.regs()         # one structure for the stop, as before
+    assert debugger.view.values() is record.values_after
+
+
+def test_a_translation_remembered_for_another_cr3_is_not_used_for_the_hlt_check(nops):
+    """As if the guest had switched address spaces since the last one-byte
+    step: the translation the TLB used last says the code page is a page
+    of nops, but for another CR3. The hlt is found all the same."""
+    machine, debugger = nops
+    view = debugger.view
+    debugger.step_instruction()
+    assert debugger.step_instruction().stop is None    # the second nop: tlb.last is the code page
+    control, page, _, _ = view.tlb.last
+    cr0, cr3, cr4, efer = control
+    machine.memory.write(FORGED_FRAME, b"\x90" * 0x1000)
+    region = machine.memory.region_at(FORGED_FRAME)
+    base = FORGED_FRAME - region.guest_phys_addr - (page << 12)
+    view.tlb.entries.clear()
+    view.tlb.last = ((cr0, cr3 ^ 0x1000, cr4, efer), page, region.mapping, base)
+    record = debugger.step_instruction()                # the hlt at 0x1002
+    assert record.old_rip == 0x1002
+    assert record.stop is not None and record.stop.kind is StopKind.HALT
+
+
+def test_an_exit_met_during_a_step_nobody_listens_to_has_the_time_of_its_own_run(session):
+    """Without a listener a step reads no clock after its run; an exit met
+    on the way is stamped when the step finds it, inside its own run."""
+    machine, debugger, output = session
+    assert machine.listeners == []
+    out_rip = debugger.address_of("after_out") - 2
+    while debugger.rip != out_rip:
+        debugger.step_instruction()
+    before = time.monotonic()
+    record = debugger.step_instruction()                # out 0xe9: an exit inside the step
+    after = time.monotonic()
+    (event,) = record.exits
+    assert event.reason == "IO_OUT"
+    assert before <= event.time - event.guest_time <= event.time <= after

@@ -123,14 +123,20 @@ class VcpuRunner:
             self.runs += 1
             return exit
 
-    def run_reason(self) -> int:
+    def run_reason(self, timed: object = True) -> int:
         """``KVM_RUN`` once, leaving the exit undecoded in the run page: the
         raw ``KVM_EXIT_*`` reason (``KVM_EXIT_INTR`` for a kick). A caller
         that looks at a few bytes of the exit reads them itself and asks
         :meth:`decode` for a typed exit only when it needs one: the
         debugger's stepper, once per guest instruction. ``EAGAIN`` (an INIT
         woke the vCPU, no exit: :meth:`_woken`) enters again -- in a loop,
-        not by recursion: another vCPU may send INIT after INIT."""
+        not by recursion: another vCPU may send INIT after INIT.
+
+        With ``timed`` false :attr:`returned` is left as it was: for the
+        stepper while nobody listens, which makes no event of a plain step
+        and stamps :attr:`returned` itself when the step met an exit
+        (:meth:`stamp`). :attr:`started` is always read: the time an exit's
+        guest run began is known only before it."""
         self.started = _now()
         while True:
             try:
@@ -138,9 +144,15 @@ class VcpuRunner:
             except KvmError as err:
                 self._woken(err)
                 continue
-            self.returned = _now()
+            if timed:
+                self.returned = _now()
             self.runs += 1
             return reason
+
+    def stamp(self) -> None:
+        """The last ``KVM_RUN`` returned about now: for a caller of
+        ``run_reason(timed=False)`` that found an exit it hands on."""
+        self.returned = _now()
 
     def _woken(self, err: KvmError) -> None:
         """``KVM_RUN`` failed with ``err``: raise it, unless it is ``EAGAIN``.

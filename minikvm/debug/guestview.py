@@ -164,9 +164,11 @@ class Tlb:
         #: the frame in that mapping): the byte read needs no region search.
         self.entries: dict[tuple[int, int, int], tuple] = {}
         #: The last translation :meth:`GuestView.synced_byte` used, as
-        #: ((CR0, CR3, CR4, EFER), linear page number, entry): a stepper
-        #: stays on one page of code for many steps, and comparing four
-        #: registers is cheaper than building the key and looking it up.
+        #: ((CR0, CR3, CR4, EFER), linear page number, RAM mapping, base):
+        #: the byte at linear address ``a`` of that page is
+        #: ``mapping[base + a]``. A stepper stays on one page of code for
+        #: many steps, and comparing four registers is cheaper than
+        #: building the key and looking it up.
         self.last: tuple | None = None
         self.hits = 0
         self.misses = 0
@@ -407,23 +409,24 @@ class GuestView:
         """:meth:`cached_byte` for a caller that knows the run page holds the
         control registers of this stop -- the stepper right after its
         ``KVM_RUN``, with ``KVM_SYNC_X86_SREGS`` on: no checks, no calls
-        before the look-up (it runs after every one-byte step)."""
+        before the look-up. It leaves the translation it used in
+        :attr:`Tlb.last`, where the stepper looks first (debug/stepper.py:
+        the same comparisons, written out there after every one-byte step)."""
         control = _SYNCED_CONTROL.unpack_from(self._run_page, _SYNCED_CONTROL_OFFSET)
         page = address >> _PAGE_SHIFT
         tlb = self.tlb
         last = tlb.last
         if last is not None and last[1] == page and last[0] == control:
             tlb.hits += 1
-            entry = last[2]
         else:
             cr0, cr3, cr4, efer = control
             entry = self._tlb_entry((cr3, (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING)
                                      | (efer & _EFER_PAGING) << 32, page), address)
             if entry is None:
                 return None
-            tlb.last = (control, page, entry)
+            last = tlb.last = (control, page, entry[1], entry[2] - (page << _PAGE_SHIFT))
         try:
-            return entry[1][entry[2] + (address & _OFFSET_MASK)]
+            return last[2][last[3] + address]
         except (IndexError, ValueError):   # the RAM was closed meanwhile
             return None
 

@@ -18,7 +18,13 @@ Why so frugal: on kvm-pvm every ``KVM_RUN`` comes back to caches and TLBs
 the nested hypervisor has cooled, and each object or function a step then
 touches costs several times what it costs in a tight loop
 (benchmarks/README.md, "Where the time goes"). A plain step is one run,
-two unpacks, one record and, after a one-byte step, one dictionary look-up.
+two words and one unpack of the run page, one record and, after a one-byte
+step, one comparison of CR0-EFER with the last translation's. On CPython
+3.11 a call of a Python function costs ~700 instructions here, as much as
+the few stores it would make, so what a plain step does to the view and the
+record is written out in :meth:`Stepper.step` (each line says what it
+stands for; tests/test_debug_stepping.py, "the hot path", holds them to
+it), and no clock is read after the run while nobody listens.
 
 An instruction may exit to the VMM *before* its ``#DB``: an ``out`` or an
 MMIO access exits first, and KVM completes the instruction only at the next
@@ -35,10 +41,11 @@ irqchip a ``hlt`` never exits at all (the vCPU waits inside KVM). So after a
 one-byte step the stepper looks whether the byte was ``hlt`` (0xF4) and
 hands the machine the HLT exit it stands for. That look is on the hot path
 (push, pop, nop, ``cld`` are one byte), so it reads the byte through the
-view's TLB (:meth:`GuestView.cached_byte`: a dictionary look-up, CR3 and the
-paging mode read from the run page), and walks the page tables afresh only
-when the cached frame does hold 0xF4, so a stale entry never invents a
-``hlt``.
+view's TLB: the translation it used last (:attr:`Tlb.last`) while the step
+stays on that page and CR0, CR3, CR4 and EFER in the run page are those it
+was made for, else :meth:`GuestView.synced_byte` (a dictionary look-up), and
+walks the page tables afresh only when the cached frame does hold 0xF4, so
+a stale entry never invents a ``hlt``.
 
 **Interrupts and ``hlt``.** A step keeps interrupts out
 (``KVM_GUESTDBG_BLOCKIRQ``: ``inject_pending_event`` in arch/x86/kvm/x86.c
@@ -71,8 +78,11 @@ from minikvm.core.runner import Watchdog
 from minikvm.core.stop import Stop, StopKind
 from minikvm.debug.arming import Arming
 from minikvm.debug.breakpoints import DR6_BS
-from minikvm.debug.events import StepRecord, stepped_record
+from minikvm.debug.events import StepRecord
 from minikvm.debug.guestview import GuestView
+from minikvm.debug.guestview import _SYNCED_CONTROL as _CONTROL
+from minikvm.debug.guestview import _SYNCED_CONTROL_OFFSET as _CONTROL_OFFSET
+from minikvm.debug.guestview import _PAGE_SHIFT
 from minikvm.debug.inspect import REG_INDEX, values_of
 from minikvm.debug.probe import DebugSupport
 from minikvm.kvm.exits import Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, VmExit
@@ -116,17 +126,20 @@ _RIP = REG_INDEX["rip"]
 _RFLAGS = REG_INDEX["rflags"]
 _SYNC_REGS = int(KVM_SYNC_X86_REGS)
 _SYNC_SREGS = int(KVM_SYNC_X86_SREGS)
+_new = object.__new__
 
 
-#: ``kvm_run.debug.arch.pc`` and ``.dr6``, read in one go from the run page.
-_DEBUG_PC_DR6 = struct.Struct(
-    f"<Q{kvm_debug_exit_arch.dr6.offset - kvm_debug_exit_arch.pc.offset - 8}xQ")
-_DEBUG_PC_DR6_OFFSET = (kvm_run.debug.offset + kvm_run_debug.arch.offset
-                        + kvm_debug_exit_arch.pc.offset)
+#: ``kvm_run.debug.arch.pc`` and ``.dr6`` as indexes into the run page as
+#: 64-bit words (:attr:`Vcpu.qwords`): two indexes cost less than an
+#: ``unpack_from`` of both (callgrind, benchmarks/single_step.py). Both
+#: fields are 8-byte aligned in the page (include/uapi/linux/kvm.h).
+_PC_OFFSET = kvm_run.debug.offset + kvm_run_debug.arch.offset + kvm_debug_exit_arch.pc.offset
+_DR6_OFFSET = kvm_run.debug.offset + kvm_run_debug.arch.offset + kvm_debug_exit_arch.dr6.offset
+assert _PC_OFFSET % 8 == 0 and _DR6_OFFSET % 8 == 0
+_PC_INDEX = _PC_OFFSET // 8
+_DR6_INDEX = _DR6_OFFSET // 8
 #: The 18 registers ``KVM_CAP_SYNC_REGS`` leaves in ``kvm_run.s.regs.regs``,
-#: read as values (no ``kvm_regs`` copy). One ``unpack_from`` over both
-#: ranges, skipping the bytes between, measured slower than these two: it
-#: then needs a slice to part the registers from pc and DR6.
+#: read as values (no ``kvm_regs`` copy) in one ``unpack_from``.
 _SYNCED_REGS = struct.Struct(f"<{ctypes.sizeof(kvm_regs) // 8}Q")
 _SYNCED_REGS_OFFSET = kvm_run.s.offset + kvm_run_s.regs.offset + kvm_sync_regs.regs.offset
 
@@ -162,7 +175,11 @@ class Stepper:
         #: Did the last step move host input into a device outside an exit?
         self.fed_input = False
         self._vcpu = self.runner.vcpu
+        #: The machine's listeners (the list itself): a step reads the clock
+        #: after its run only while someone listens.
+        self._listeners = machine.listeners
         self._page = self._vcpu.page
+        self._qwords = self._vcpu.qwords
         self._blocking: tuple[int, tuple[int, ...]] | None = None
         self._open: tuple[int, tuple[int, ...]] = (0, (0,) * 8)
 
@@ -190,23 +207,57 @@ class Stepper:
                 return self._watched(self.step)
         if state is not runner.guest_debug:
             runner.set_guest_debug(state)
-        reason = runner.run_reason()
+        # No clock after the run while nobody listens: a plain step makes no
+        # event; one that met an exit stamps its return time below.
+        timed = self._listeners
+        reason = runner.run_reason(timed)
         synced = self._vcpu.sync_mask
         if reason == _KVM_EXIT_DEBUG and synced & _SYNC_REGS:
             page = self._page
-            new_pc, dr6 = _DEBUG_PC_DR6.unpack_from(page, _DEBUG_PC_DR6_OFFSET)
-            if dr6 & _DR6_BS_OR_B == DR6_BS:
+            qwords = self._qwords
+            if qwords[_DR6_INDEX] & _DR6_BS_OR_B == DR6_BS:
+                new_pc = qwords[_PC_INDEX]
                 after = _SYNCED_REGS.unpack_from(page, _SYNCED_REGS_OFFSET)
-                view.stepped_values(after, new_pc)
+                # view.stepped_values(after, new_pc) and stepped_record(before,
+                # after, pc, new_pc, view) written out: each call would cost
+                # ~700 instructions, as much as what it does (callgrind,
+                # benchmarks/single_step.py --instructions).
+                runs = runner.runs
+                view._regs = None   # first, as stepped_values does
+                view._values = after
+                view._regs_at = view._pc_at = runs
+                view._pc = new_pc
+                view.last_step = (runs, after, new_pc)
                 self.steps += 1
-                record = stepped_record(before, after, pc, new_pc, view)
+                record = _new(StepRecord)
+                record._values_before = before
+                record._values_after = after
+                record._before = record._after = record.stop = record.debug = record.hit = None
+                record.pc = pc
+                record.new_pc = new_pc
+                record.exits = ()
+                record._view = view
                 if new_pc - pc == 1 and self.check_hlt:
                     # Nothing touched the vCPU since its run: with the sregs
                     # synced, the run page holds this stop's CR0-EFER.
-                    byte = view.synced_byte(pc) if synced & _SYNC_SREGS else view.cached_byte(pc)
+                    # The common case of view.synced_byte(pc) written out: the
+                    # page and CR0-EFER of the translation it used last.
+                    last = view.tlb.last
+                    if (synced & _SYNC_SREGS and last is not None and last[1] == pc >> _PAGE_SHIFT
+                            and last[0] == _CONTROL.unpack_from(page, _CONTROL_OFFSET)):
+                        try:
+                            byte = last[2][last[3] + pc]
+                        except (IndexError, ValueError):   # the RAM was closed meanwhile
+                            byte = None
+                    elif synced & _SYNC_SREGS:
+                        byte = view.synced_byte(pc)
+                    else:
+                        byte = view.cached_byte(pc)
                     if byte == HLT_OPCODE:
                         self._stepped_hlt(record)
                 return record
+        if not timed:
+            runner.stamp()
         return self._step_slow(before, pc, runner.decode(reason))
 
     def _step_slow(self, before: tuple[int, ...], pc: int, exit: VmExit) -> StepRecord:
