@@ -3,10 +3,13 @@ debug registers and ``int3`` armed, until something is worth stopping for.
 
 This is the loop under the TUI's "continue" and a GDB client's ``c``: it runs
 once per VM exit, possibly for millions of exits, so it does on each only
-what a stop needs to be noticed. The exit is run and handled by the machine
-(:func:`~minikvm.runloop.next_event`: the bus, the listeners, the machine's
-own stop rules, a single ``in``/``out`` straight from the run page); the
-loop then asks three questions, cheapest first: did the guest or a device
+what a stop needs to be noticed. It enters ``KVM_RUN`` through the runner's
+own loop (:meth:`VcpuRunner.exits <minikvm.core.runner.VcpuRunner.exits>`,
+as :meth:`Machine.run` does: the vCPU's thread held once for the whole run,
+the exit reason and the I/O fields in one read), and the exit is handled by
+the machine (:func:`~minikvm.runloop.pio_event` for a single ``in``/``out``,
+straight from the run page; :meth:`Machine.handle_exit` for the rest: the
+bus, the listeners, the machine's own stop rules); the loop then asks three questions, cheapest first: did the guest or a device
 end the run (``event.stop``), was it a ``#DB``/``#BP`` of ours
 (``KVM_EXIT_DEBUG``), and does the caller's ``until`` match it. A pause or
 the end of the time is asked for from another thread by setting a flag on
@@ -27,7 +30,8 @@ from minikvm.core.events import ExitEvent
 from minikvm.core.stop import Stop, StopKind
 from minikvm.debug.breakpoints import Breakpoint, Watchpoint, dr6_slots
 from minikvm.kvm.exits import Debug
-from minikvm.runloop import next_event
+from minikvm.kvm.uapi import KvmExit
+from minikvm.runloop import pio_event
 
 if TYPE_CHECKING:
     from minikvm.debug.debugger import Debugger
@@ -37,6 +41,11 @@ __all__ = ["run_free"]
 #: The exception vector of ``int3`` (#BP); a single step or a debug
 #: register reports #DB, vector 1 (SDM vol. 3A, 6.3.1).
 _BP_VECTOR = 3
+_KVM_EXIT_IO = int(KvmExit.KVM_EXIT_IO)
+#: The runner's loop reads the clock around every run while this is not
+#: empty: the events of a free run always carry their times (a stop shows
+#: its exit's), listeners or not.
+_TIMED = (True,)
 
 
 def run_free(debugger: Debugger, until: Callable[[ExitEvent], bool] | None,
@@ -51,23 +60,43 @@ def run_free(debugger: Debugger, until: Callable[[ExitEvent], bool] | None,
     runner.set_guest_debug(arming.running_state())
     machine, stops = debugger.machine, debugger.stops
     listeners = machine.listeners
-    while True:
-        # Stops.control answers None unless one of these two flags is set.
-        if runner.pause_requested or runner.timed_out:
-            stop = stops.control(steps)
-            if stop is not None:
-                return stop
-        event = next_event(machine, runner, True, bool(listeners))
-        exit = event.exit
-        if event.stop is None and type(exit) is not Debug and (until is None
-                                                                  or not until(event)):
-            continue
-        if type(exit) is Debug:
-            return _on_debug(debugger, exit, event, steps)
-        debugger.stepper.complete(exit)
-        if event.stop is not None:
-            return stops.guest_stopped(event.stop, event, steps)
-        return stops.exit_matched(event, steps)
+    handle, decode = machine.handle_exit, runner.decode
+    page = runner.vcpu.page
+    page_size = len(page)
+    # Stops.control answers None unless one of these two flags is set.
+    if runner.pause_requested or runner.timed_out:
+        stop = stops.control(steps)
+        if stop is not None:
+            return stop
+    exits = runner.exits(_TIMED)
+    try:
+        for reason, direction, size, port, count, offset in exits:
+            # As next_event (runloop.py), on the fields the loop read.
+            if (reason == _KVM_EXIT_IO and count == 1 and size != 0
+                    and offset + size <= page_size):
+                event = pio_event(machine, runner, page, direction, size, port, offset, True,
+                                  bool(listeners))
+            else:
+                event = handle(decode(reason), runner, explain=True,
+                               capture_rip=bool(listeners))
+            if event.stop is not None or type(event.exit) is Debug or (
+                    until is not None and until(event)):
+                break
+            if runner.pause_requested or runner.timed_out:
+                stop = stops.control(steps)
+                if stop is not None:
+                    return stop
+    finally:
+        # The thread's hold ends before anything below runs KVM_RUN again
+        # (completing an in/out: Stepper.complete).
+        exits.close()
+    exit = event.exit
+    if type(exit) is Debug:
+        return _on_debug(debugger, exit, event, steps)
+    debugger.stepper.complete(exit)
+    if event.stop is not None:
+        return stops.guest_stopped(event.stop, event, steps)
+    return stops.exit_matched(event, steps)
 
 
 def _on_debug(debugger: Debugger, exit: Debug, event: ExitEvent, steps: int) -> Stop:
