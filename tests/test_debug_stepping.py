@@ -183,7 +183,6 @@ def test_set_registers_changes_what_the_guest_runs(session):
     assert record.old_rip == start + 5 and record.after.rbx == 7
 
 
-
 def test_a_step_after_set_registers_starts_from_the_registers_set(session):
     """The stepper starts a step from the stop the last step made
     (GuestView.last_step) only while nothing changed the registers since."""
@@ -194,6 +193,7 @@ def test_a_step_after_set_registers_starts_from_the_registers_set(session):
     record = debugger.step_instruction()
     assert (record.old_rip, record.before.rax, record.after.rax) == (start, 0, 5)
     assert record.changed == ("rax", "rip")
+
 
 def _patch_count(machine, debugger, passes):
     machine.memory.write_u64(debugger.address_of("count"), passes)
