@@ -401,3 +401,38 @@ def test_an_exit_met_during_a_step_nobody_listens_to_has_the_time_of_its_own_run
     (event,) = record.exits
     assert event.reason == "IO_OUT"
     assert before <= event.time - event.guest_time <= event.time <= after
+
+
+def test_a_hlt_stepped_with_nobody_listening_makes_an_event_of_its_own_time():
+    """The plain step reads no clock after its run while nobody listens; the
+    HLT exit the stepper makes of a stepped ``hlt`` still gets the time of
+    that run (not the one before it)."""
+    with Machine() as machine:
+        machine.load_flat(bytes.fromhex("9090fa" "f4"), 0x1000)   # nop; nop; cli; hlt
+        debugger = Debugger(machine)
+        for _ in range(3):
+            debugger.step_instruction()
+        record = debugger.step_instruction()
+        assert record.stop is not None and record.stop.kind is StopKind.HALT
+        event = record.exits[-1]
+        assert event.time >= event.guest_time >= 0
+
+
+def test_a_pause_after_an_in_shows_it_completed():
+    """A pause lands, more often than not, right after an ``in`` the device
+    answered; the stop must show it done (AL stored, RIP past it), as every
+    other stop at an I/O exit does: the next step is the instruction after."""
+    code = bytes.fromhex("bafd03" "31c0" "ec" "ebf8")   # mov dx,0x3fd; xor ax,ax; in al,dx; jmp
+    in_al_dx = 0x1005
+    with Machine() as machine:
+        machine.load_flat(code, 0x1000)
+        debugger = Debugger(machine)
+        for _ in range(8):
+            timer = threading.Timer(0.01, debugger.pause)
+            timer.start()
+            stop = debugger.cont(timeout=20)
+            timer.join()
+            assert stop.kind is StopKind.PAUSED
+            record = debugger.step_instruction()
+            if record.old_rip == in_al_dx:   # paused before it ran: the step runs it
+                assert record.exits, "the in had been answered but not completed"

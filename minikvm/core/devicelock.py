@@ -33,9 +33,10 @@ refuses and every loop takes the mutex.
 
 The rule that was always there stays: the lock is not re-entrant. A listener
 or a device that takes ``machine.lock`` while its run loop is at the devices
-is an error: on the owner's fast path it is refused at once
-(``RuntimeError``) rather than hanging only on the day another thread
-happens to want the devices too.
+is an error. On the owner's fast path (no mutex held) it would work alone and
+hang only on the day another thread wants the devices too, so there it is
+refused at once (``RuntimeError``); everywhere else the mutex is held and it
+hangs at once, as any non-re-entrant lock does.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class DeviceLock:
         try:
             owner = self.owner   # read while holding the mutex: see own()
             if owner is not None and owner != me:
-                self._announce()
+                self._announce()   # withdraws itself if interrupted
                 self._announced = True
         except BaseException:
             # Interrupted while waiting (a signal handler raised): nothing
@@ -174,6 +175,9 @@ class DeviceLock:
     # -- the handshake ----------------------------------------------------------
 
     def _announce(self) -> None:
+        """Say this thread wants the devices, then wait for a busy owner.
+        Interrupted (a signal handler raised), it withdraws the wish
+        itself: no ``wanted`` is left behind to slow every later exit."""
         with self._guard:
             self.wanted += 1
         # Only after the wish is visible: an owner busy now started its

@@ -212,10 +212,11 @@ class StepRecord:
 
 def stepped_record(before: tuple[int, ...], after: tuple[int, ...], pc: int, new_pc: int,
                    view: GuestView) -> StepRecord:
-    """The record of a plain step (no exit, the registers as tuples): what
-    the stepper's hot path makes. It makes it in place, without a call to
+    """The record of a plain step (no exit, the registers as tuples), made
+    the plain way: the reference the tests hold the stepper to. The stepper's
+    hot path does not call this; it fills a record in place without
     ``__init__`` (debug/stepper.py: a class call and its keyword and type
     checks measured ~2 µs a step after a ``KVM_RUN``, a call of this
-    function ~700 instructions); tests/test_debug_step_record.py holds
-    both to the record ``__init__`` makes."""
+    function ~700 instructions), and
+    ``test_a_plain_step_record_reads_as_the_one_init_makes`` compares the two."""
     return StepRecord(before, after, pc, new_pc, view=view)

@@ -6,14 +6,16 @@ once per VM exit, possibly for millions of exits, so it does on each only
 what a stop needs to be noticed. It enters ``KVM_RUN`` through the runner's
 own loop (:meth:`VcpuRunner.exits <minikvm.core.runner.VcpuRunner.exits>`,
 as :meth:`Machine.run` does: the vCPU's thread held once for the whole run,
-the exit reason and the I/O fields in one read), and the exit is handled by
-the machine (:func:`~minikvm.runloop.pio_event` for a single ``in``/``out``,
+the exit reason and the I/O fields in one read), and the machine handles the
+exit (:func:`~minikvm.runloop.pio_event` for a single ``in``/``out``,
 straight from the run page; :meth:`Machine.handle_exit` for the rest: the
-bus, the listeners, the machine's own stop rules); the loop then asks three questions, cheapest first: did the guest or a device
-end the run (``event.stop``), was it a ``#DB``/``#BP`` of ours
-(``KVM_EXIT_DEBUG``), and does the caller's ``until`` match it. A pause or
-the end of the time is asked for from another thread by setting a flag on
-the runner; only when one is set does :meth:`Stops.control` build the stop.
+bus, the listeners, the machine's own stop rules). The loop then asks three
+questions, cheapest first: did the guest or a device end the run
+(``event.stop``), was it a ``#DB``/``#BP`` of ours (``KVM_EXIT_DEBUG``), and
+does the caller's ``until`` match it. A pause or the end of the time is
+asked for from another thread by setting a flag on the runner; only when one
+is set does :meth:`Stops.control` build the stop -- after KVM has completed
+an ``in``/``out`` the device already answered, as at every other stop.
 
 A ``#DB`` or ``#BP`` is told apart by what KVM reports with it
 (``kvm_run.debug.arch``, Documentation/virt/kvm/api.rst): the exception
@@ -63,33 +65,42 @@ def run_free(debugger: Debugger, until: Callable[[ExitEvent], bool] | None,
     handle, decode = machine.handle_exit, runner.decode
     page = runner.vcpu.page
     page_size = len(page)
-    # Stops.control answers None unless one of these two flags is set.
-    if runner.pause_requested or runner.timed_out:
-        stop = stops.control(steps)
-        if stop is not None:
-            return stop
-    exits = runner.exits(_TIMED)
-    try:
-        for reason, direction, size, port, count, offset in exits:
-            # As next_event (runloop.py), on the fields the loop read.
-            if (reason == _KVM_EXIT_IO and count == 1 and size != 0
-                    and offset + size <= page_size):
-                event = pio_event(machine, runner, page, direction, size, port, offset, True,
-                                  bool(listeners))
+    while True:
+        # Stops.control answers None unless one of these two flags is set.
+        if runner.pause_requested or runner.timed_out:
+            stop = stops.control(steps)
+            if stop is not None:
+                return stop
+        controlled = False
+        exits = runner.exits(_TIMED)
+        try:
+            for reason, direction, size, port, count, offset in exits:
+                # As next_event (runloop.py), on the fields the loop read.
+                if (reason == _KVM_EXIT_IO and count == 1 and size != 0
+                        and offset + size <= page_size):
+                    event = pio_event(machine, runner, page, direction, size, port, offset,
+                                      True, bool(listeners))
+                else:
+                    event = handle(decode(reason), runner, explain=True,
+                                   capture_rip=bool(listeners))
+                if event.stop is not None or type(event.exit) is Debug or (
+                        until is not None and until(event)):
+                    break
+                if runner.pause_requested or runner.timed_out:
+                    controlled = True
+                    break
             else:
-                event = handle(decode(reason), runner, explain=True,
-                               capture_rip=bool(listeners))
-            if event.stop is not None or type(event.exit) is Debug or (
-                    until is not None and until(event)):
-                break
-            if runner.pause_requested or runner.timed_out:
-                stop = stops.control(steps)
-                if stop is not None:
-                    return stop
-    finally:
-        # The thread's hold ends before anything below runs KVM_RUN again
-        # (completing an in/out: Stepper.complete).
-        exits.close()
+                raise AssertionError("VcpuRunner.exits() ended")   # it runs until closed
+        finally:
+            # The thread's hold ends before anything below runs KVM_RUN again
+            # (completing an in/out: Stepper.complete).
+            exits.close()
+        if not controlled:
+            break
+        # A pause or timeout right after an in/out the device answered: KVM
+        # has not stored the value or moved RIP yet (that happens on the next
+        # KVM_RUN); complete it, so the stop shows the registers after it.
+        debugger.stepper.complete(event.exit)
     exit = event.exit
     if type(exit) is Debug:
         return _on_debug(debugger, exit, event, steps)

@@ -245,6 +245,7 @@ class Stepper:
                     last = view.tlb.last
                     if (synced & _SYNC_SREGS and last is not None and last[1] == pc >> _PAGE_SHIFT
                             and last[0] == _CONTROL.unpack_from(page, _CONTROL_OFFSET)):
+                        view.tlb.hits += 1
                         try:
                             byte = last[2][last[3] + pc]
                         except (IndexError, ValueError):   # the RAM was closed meanwhile
@@ -322,6 +323,10 @@ class Stepper:
             if self.wake_hlts:
                 self.sleep(True)
             return
+        if not self._listeners:
+            # A plain step nobody listens to left the run's return time
+            # unread (run_reason(timed)); the event made here needs it.
+            self.runner.stamp()
         event = self.dispatch(Hlt(if_flag), record.values_before[_RIP])
         record.exits = record.exits + (event,)
         if record.stop is None:
