@@ -243,15 +243,19 @@ def test_the_paging_context_from_the_run_page_equals_get_sregs(machine):
     assert mode & Cr0.PG and mode >> 32 & Efer.LMA     # the VMM's long mode
 
 
-def test_another_cr3_is_another_tlb_context(machine):
-    allocator = PageTableAllocator(machine.memory, TABLES, TABLES + 0x10000)
+def _view_of_high(machine, first: bytes) -> GuestView:
+    """HIGH mapped to FIRST_FRAME, which holds ``first``; SECOND_FRAME
+    holds b"B" for _run_on_a_second_address_space. A fresh view."""
+    map_4k(machine, HIGH, FIRST_FRAME, PageTableAllocator(machine.memory, TABLES, TABLES + 0x10000))
+    machine.memory.write(FIRST_FRAME, first)
+    machine.memory.write(SECOND_FRAME, b"B")
+    return GuestView(machine)
+
+
+def _run_on_a_second_address_space(machine) -> None:
+    """Load a CR3 whose tables are the same but map HIGH to SECOND_FRAME,
+    and let the guest run one exit on them."""
     memory = machine.memory
-    map_4k(machine, HIGH, FIRST_FRAME, allocator)
-    memory.write(FIRST_FRAME, b"A")
-    memory.write(SECOND_FRAME, b"B")
-    view = GuestView(machine)
-    assert view.cached_byte(HIGH) == ord("A")
-    # A second address space: the same tables but HIGH mapped elsewhere.
     sregs = machine.vcpu.get_sregs()
     other_root = TABLES + 0x20000
     memory.write(other_root, memory.read(sregs.cr3, PAGE_4K))
@@ -261,6 +265,12 @@ def test_another_cr3_is_another_tlb_context(machine):
     sregs.cr3 = other_root
     machine.vcpu.set_sregs(sregs)
     machine.step()                                      # the guest runs on the new tables
+
+
+def test_another_cr3_is_another_tlb_context(machine):
+    view = _view_of_high(machine, b"A")
+    assert view.cached_byte(HIGH) == ord("A")
+    _run_on_a_second_address_space(machine)
     assert view.cached_byte(HIGH) == ord("B")           # a miss: no flush was needed
     assert len(view.tlb) == 2
 
@@ -269,27 +279,14 @@ def test_synced_byte_answers_as_cached_byte_and_its_last_translation_follows_cr3
     """The stepper's look-up right after a run: the same bytes, the same
     counts, and the translation it remembers is dropped by a flush and
     not used for another address space."""
-    allocator = PageTableAllocator(machine.memory, TABLES, TABLES + 0x10000)
-    memory = machine.memory
-    map_4k(machine, HIGH, FIRST_FRAME, allocator)
-    memory.write(FIRST_FRAME, b"AZ")
-    memory.write(SECOND_FRAME, b"B")
-    view = GuestView(machine)
+    view = _view_of_high(machine, b"AZ")
     machine.step()
     assert [view.synced_byte(HIGH), view.synced_byte(HIGH + 1)] == [ord("A"), ord("Z")]
     assert (view.tlb.misses, view.tlb.hits) == (1, 1)
     assert view.cached_byte(HIGH) == ord("A") and view.tlb.misses == 1
     view.tlb.flush()
     assert view.synced_byte(HIGH) == ord("A") and view.tlb.misses == 2
-    sregs = machine.vcpu.get_sregs()
-    other_root = TABLES + 0x20000
-    memory.write(other_root, memory.read(sregs.cr3, PAGE_4K))
-    memory.write_u64(other_root + 8, 0)
-    map_page(memory, other_root, HIGH, SECOND_FRAME, PAGE_4K, RW,
-             PageTableAllocator(memory, TABLES + 0x21000, TABLES + 0x30000))
-    sregs.cr3 = other_root
-    machine.vcpu.set_sregs(sregs)
-    machine.step()
+    _run_on_a_second_address_space(machine)
     assert view.synced_byte(HIGH) == ord("B")           # not the remembered frame
     assert view.tlb.misses == 3
 
