@@ -21,6 +21,7 @@ process start), CPU and wall; :class:`Rounds` collects them per variant.
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import time
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ROOT", "BUILD", "Clock", "Rounds", "Timing", "build_c", "load_average",
+__all__ = ["ROOT", "BUILD", "Clock", "Rounds", "Spread", "Timing", "build_c", "load_average",
            "print_ratio", "ratio_line"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +39,22 @@ BUILD = ROOT / "benchmarks" / "build"
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds of process CPU time and of wall time, per unit of work."""
+    """Seconds of process CPU time and of wall time, per unit of work, and
+    where known the part of ``cpu`` spent in the kernel (``system``).
+
+    ``system`` is what ``getrusage`` reports as system time. Linux measures
+    the sum of user and system time exactly but splits it by sampling at the
+    scheduler tick (``cputime_adjust``, kernel/sched/cputime.c): over a
+    run of a second or so, a few hundred samples -- a fair estimate, not a
+    measurement, and so only medians of it are printed."""
 
     cpu: float
     wall: float
+    system: float | None = None
 
     def per(self, units: int) -> Timing:
-        return Timing(self.cpu / units, self.wall / units)
+        return Timing(self.cpu / units, self.wall / units,
+                      None if self.system is None else self.system / units)
 
 
 class Clock:
@@ -61,12 +71,29 @@ class Clock:
     timing: Timing
 
     def __enter__(self) -> Clock:
+        self._system = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         self._cpu = time.process_time()
         self._wall = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.timing = Timing(time.process_time() - self._cpu, time.perf_counter() - self._wall)
+        cpu, wall = time.process_time() - self._cpu, time.perf_counter() - self._wall
+        system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - self._system
+        self.timing = Timing(cpu, wall, system)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Quartiles of the round-by-round CPU ratios (:meth:`Rounds.spread`)."""
+
+    low: float
+    median: float
+    high: float
+    rounds: int
+
+    def __str__(self) -> str:
+        return (f"per round {self.median:4.2f} "
+                f"(quartiles {self.low:4.2f}-{self.high:4.2f} of {self.rounds})")
 
 
 @dataclass
@@ -80,13 +107,27 @@ class Rounds:
 
     def median(self, key: str) -> Timing:
         values = self.results[key]
+        systems = [t.system for t in values]
         return Timing(statistics.median(t.cpu for t in values),
-                      statistics.median(t.wall for t in values))
+                      statistics.median(t.wall for t in values),
+                      None if None in systems else statistics.median(systems))
 
     def ratio(self, key: str, baseline: str) -> Timing:
         """Median of ``key`` over median of ``baseline``, CPU and wall."""
         a, b = self.median(key), self.median(baseline)
         return Timing(a.cpu / b.cpu, a.wall / b.wall)
+
+    def spread(self, key: str, baseline: str) -> Spread:
+        """The CPU ratio of ``key`` to ``baseline`` round by round: each
+        round's pair ran a few seconds apart, so a slow spell of the host
+        that lasts less than a round moves the pair together, where the
+        medians of :meth:`ratio` may take their values from different
+        rounds. Its quartiles say how firm the ratio of medians is."""
+        ratios = sorted(a.cpu / b.cpu for a, b in zip(self.results[key], self.results[baseline]))
+        if len(ratios) < 2:
+            return Spread(ratios[0], ratios[0], ratios[0], len(ratios))
+        low, median, high = statistics.quantiles(ratios, n=4, method="inclusive")
+        return Spread(low, median, high, len(ratios))
 
     def run(self, repeat: int, variants: dict[str, Callable[[], Timing]]) -> None:
         """``repeat`` rounds, each running every variant once, in order."""
@@ -95,19 +136,26 @@ class Rounds:
                 self.add(key, variant())
 
 
-def ratio_line(what: str, ratio: Timing, target: float | None) -> str:
-    """``(b)/(c)  CPU 1.21  wall 1.18  target <= 1.25: met``"""
+def ratio_line(what: str, ratio: Timing, target: float | None,
+               spread: Spread | None = None) -> str:
+    """``(b)/(c)  CPU 1.21  wall 1.18  target <= 1.25: met``, and with
+    ``spread`` the CPU ratio round by round after it. The verdict is the
+    ratio of the medians'; the quartiles say how firm it is (a target met
+    while the upper quartile is over it is met only just)."""
     line = f"{what:<10} CPU {ratio.cpu:5.2f}  wall {ratio.wall:5.2f}"
     if target is not None:
         met = "met" if ratio.cpu <= target and ratio.wall <= target else (
             "met on CPU only" if ratio.cpu <= target else
             "met on wall only" if ratio.wall <= target else "MISSED")
         line += f"  target <= {target}: {met}"
+    if spread is not None:
+        line += f"  [CPU {spread}]"
     return line
 
 
-def print_ratio(what: str, ratio: Timing, target: float | None = None) -> None:
-    print(ratio_line(what, ratio, target))
+def print_ratio(what: str, ratio: Timing, target: float | None = None,
+                spread: Spread | None = None) -> None:
+    print(ratio_line(what, ratio, target, spread))
 
 
 def load_average() -> str:

@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
               f"wall {median.wall * 1e6:6.2f} us/exit")
     print_ratio("(a)/(c)", rounds.ratio("a", "c"))
     for (key, baseline), target in TARGETS.items():
-        print_ratio(f"({key})/({baseline})", rounds.ratio(key, baseline), target)
-    print_ratio("(dw)/(e)", rounds.ratio("dw", "e"))
+        print_ratio(f"({key})/({baseline})", rounds.ratio(key, baseline), target,
+                    rounds.spread(key, baseline))
+    print_ratio("(dw)/(e)", rounds.ratio("dw", "e"), spread=rounds.spread("dw", "e"))
     print_ratio("(d)/(b)", rounds.ratio("d", "b"))
     print_ratio("(c)/(c0)", rounds.ratio("c", "c0"))
     print(load_average())

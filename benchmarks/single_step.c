@@ -20,9 +20,16 @@
  * layouts) to a file, and this program loads it. One untimed step first (the
  * Python loop makes one too, to issue KVM_SET_GUEST_DEBUG), then STEPS timed.
  *
- * usage: single_step STATE_FILE STEPS BLOCKIRQ(0|1) SYNC(0|1)
+ * A study, not a baseline: with TOUCH_KB the loop also reads and writes one
+ * byte in every 64-byte cache line of a TOUCH_KB buffer before each KVM_RUN,
+ * as a stand-in for the memory an interpreter touches between two steps; it
+ * shows how the kernel's part of a step grows with that footprint
+ * (single_step.py --footprint).
+ *
+ * usage: single_step STATE_FILE STEPS BLOCKIRQ(0|1) SYNC(0|1) [TOUCH_KB]
  * state file: u64 memory size, struct kvm_regs, struct kvm_sregs, memory.
  * prints: steps wall_ns cpu_ns final_rip final_rax final_rdx changed_total hlt_checks
+ *         system_ns (the kernel's part of cpu_ns, getrusage's estimate)
  */
 #include <fcntl.h>
 #include <linux/kvm.h>
@@ -32,6 +39,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,6 +66,14 @@ static long long ns_of(clockid_t clock)
     struct timespec t;
     clock_gettime(clock, &t);
     return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+/* System time so far (the kernel samples the user/system split at its tick). */
+static long long system_ns(void)
+{
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_stime.tv_sec * 1000000000LL + usage.ru_stime.tv_usec * 1000LL;
 }
 
 static int read_u64(uint64_t phys, uint64_t *value)
@@ -101,13 +117,21 @@ static int64_t translate(const struct kvm_sregs *s, uint64_t linear)
 
 int main(int argc, char **argv)
 {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s STATE STEPS BLOCKIRQ SYNC\n", argv[0]);
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: %s STATE STEPS BLOCKIRQ SYNC [TOUCH_KB]\n", argv[0]);
         return 2;
     }
     unsigned long steps = strtoul(argv[2], NULL, 0);
     int blockirq = atoi(argv[3]);
     int sync = atoi(argv[4]);
+    unsigned long touch = argc == 6 ? strtoul(argv[5], NULL, 0) * 1024 : 0;
+    if (touch > (64ul << 20)) { fprintf(stderr, "TOUCH_KB: at most 65536\n"); return 2; }
+    volatile uint8_t *footprint = NULL;
+    if (touch) {
+        footprint = malloc(touch);
+        if (!footprint) die("malloc");
+        memset((void *)footprint, 0, touch);
+    }
 
     FILE *f = fopen(argv[1], "rb");
     if (!f) die(argv[1]);
@@ -148,10 +172,16 @@ int main(int argc, char **argv)
     if (ioctl(vcpu, KVM_SET_GUEST_DEBUG, &debug) < 0) die("KVM_SET_GUEST_DEBUG");
 
     unsigned long changed_total = 0, hlt_checks = 0;
-    long long wall0 = 0, cpu0 = 0;
+    long long wall0 = 0, cpu0 = 0, system0 = 0;
     for (unsigned long i = 0; i <= steps; i++) {
-        if (i == 1) { wall0 = ns_of(CLOCK_MONOTONIC); cpu0 = ns_of(CLOCK_PROCESS_CPUTIME_ID); }
+        if (i == 1) {
+            wall0 = ns_of(CLOCK_MONOTONIC);
+            cpu0 = ns_of(CLOCK_PROCESS_CPUTIME_ID);
+            system0 = system_ns();
+        }
         uint64_t pc = regs.rip; /* 64-bit code: the linear address is RIP */
+        for (unsigned long line = 0; line < touch; line += 64)
+            footprint[line]++;
         if (ioctl(vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
         if (run->exit_reason != KVM_EXIT_DEBUG || !(run->debug.arch.dr6 & DR6_BS)) {
             fprintf(stderr, "step %lu: unexpected exit %u\n", i, run->exit_reason);
@@ -179,9 +209,10 @@ int main(int argc, char **argv)
         }
     }
     long long wall = ns_of(CLOCK_MONOTONIC) - wall0, cpu = ns_of(CLOCK_PROCESS_CPUTIME_ID) - cpu0;
+    long long system = system_ns() - system0;
     if (!sync && ioctl(vcpu, KVM_GET_REGS, &regs) < 0) die("KVM_GET_REGS");
-    printf("%lu %lld %lld %llu %llu %llu %lu %lu\n", steps, wall, cpu,
+    printf("%lu %lld %lld %llu %llu %llu %lu %lu %lld\n", steps, wall, cpu,
            (unsigned long long)regs.rip, (unsigned long long)regs.rax,
-           (unsigned long long)regs.rdx, changed_total, hlt_checks);
+           (unsigned long long)regs.rdx, changed_total, hlt_checks, system);
     return 0;
 }

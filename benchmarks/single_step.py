@@ -38,6 +38,12 @@ Not covered: steps that exit to the VMM on the way (``out``, MMIO), which
 go through the machine's full exit handling; watchpoints (a step then also
 reads memory); ``cont`` with breakpoints that need stepping.
 
+Each CPU figure is split into user and kernel time (``getrusage``'s
+system time, which Linux samples at the tick: a fair estimate over a run
+of 50,000 steps, coarse over a short one). Both sides make one ioctl per
+step, yet the Python loops spend more of it in the kernel: ``--footprint``
+shows why, with the C loop made to touch 0-256 KiB before each step.
+
 ``--instructions`` counts instead of timing: each rung of the breakdown
 runs under ``valgrind --tool=callgrind`` for 2,000 and for 12,000 steps,
 and the difference of the two totals over 10,000 is what one step costs in
@@ -46,7 +52,7 @@ count is the same on a busy machine, so an A/B of a change needs no quiet
 one; ``callgrind_annotate`` on the files it leaves in benchmarks/build says
 where the instructions go.
 
-    python benchmarks/single_step.py [--steps N] [--repeat R] [--breakdown]
+    python benchmarks/single_step.py [--steps N] [--repeat R] [--breakdown] [--footprint]
     python benchmarks/single_step.py --instructions
 """
 
@@ -158,12 +164,16 @@ def bare_loop(guest: Path, steps: int, blockirq: bool) -> tuple[Timing, Final]:
 
 
 def c_loop(binary: Path, state: Path, steps: int, blockirq: bool,
-           sync: bool = True) -> tuple[Timing, Final]:
-    """(c), or (c0) with ``sync`` False."""
-    out = subprocess.run([str(binary), str(state), str(steps), str(int(blockirq)),
-                          str(int(sync))], check=True, capture_output=True, text=True).stdout
-    _, wall, cpu, rip, rax, rdx, changed, _checks = (int(word) for word in out.split())
-    return Timing(cpu / 1e9, wall / 1e9).per(steps), (rip, rax, rdx, changed if sync else None)
+           sync: bool = True, touch_kb: int = 0) -> tuple[Timing, Final]:
+    """(c), or (c0) with ``sync`` False; with ``touch_kb`` the footprint
+    study (``--footprint``)."""
+    command = [str(binary), str(state), str(steps), str(int(blockirq)), str(int(sync))]
+    if touch_kb:
+        command.append(str(touch_kb))
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    _, wall, cpu, rip, rax, rdx, changed, _checks, system = (int(word) for word in out.split())
+    return (Timing(cpu / 1e9, wall / 1e9, system / 1e9).per(steps),
+            (rip, rax, rdx, changed if sync else None))
 
 
 def bench_guest(name: str, guest: Path, binary: Path, steps: int, repeat: int,
@@ -302,13 +312,55 @@ def breakdown(name: str, guest: Path, binary: Path, steps: int, repeat: int,
     rounds.run(repeat, variants)
     c = rounds.median("c")
     print(f"\nwhere the time goes, {name} (median CPU per step; ratio to (c) "
-          f"{c.cpu * 1e6:.2f} us):")
+          f"{c.cpu * 1e6:.2f} us, {_split(c)}):")
     previous = None
     for rung, label in RUNGS.items():
         median = rounds.median(rung)
         step = "" if previous is None else f"  step {1e6 * (median.cpu - previous.cpu):+6.2f} us"
-        print(f"  {label:<58} CPU {median.cpu * 1e6:6.2f} us  x{median.cpu / c.cpu:4.2f}{step}")
+        print(f"  {label:<58} CPU {median.cpu * 1e6:6.2f} us  x{median.cpu / c.cpu:4.2f}{step}"
+              f"  {_split(median)}")
         previous = median
+
+
+def _split(timing: Timing) -> str:
+    """``user 3.96 + kernel 10.07``: the CPU time of a step by where it was
+    spent (the kernel's part is sampled: :class:`~benchmarks.common.Timing`).
+    The Python loops make the same one ioctl per step as C, yet their
+    kernel part is larger: what they do in user space between two
+    ``KVM_RUN`` leaves the caches colder for the kernel's next entry."""
+    if timing.system is None:
+        return ""
+    user = max(timing.cpu - timing.system, 0.0)   # the two clocks are read apart
+    return f"user {user * 1e6:5.2f} + kernel {timing.system * 1e6:5.2f}"
+
+
+#: Footprints of ``--footprint``: KiB the C loop touches before each step.
+FOOTPRINTS = (0, 16, 64, 256)
+
+
+def footprint(name: str, guest: Path, binary: Path, steps: int, repeat: int,
+              blockirq: bool) -> None:
+    """``--footprint``: why instructions are not the whole story. The C loop
+    (c), made to touch one byte in each cache line of a buffer before every
+    ``KVM_RUN``, against (a) and (a0): the kernel's part of a step grows
+    with what user space touched in between (the caches the kernel's next
+    entry finds colder), so a Python loop pays in the kernel too, and a
+    cut in its instructions buys less than their own time."""
+    state = BUILD / f"single_step-{name}.state"
+    write_state(guest, state)
+    variants = {f"c+{kb}": (lambda kb=kb: c_loop(binary, state, steps, blockirq,
+                                                   touch_kb=kb)[0])
+                for kb in FOOTPRINTS}
+    variants["a"] = lambda: debugger_loop(guest, steps)[0]
+    variants["a0"] = lambda: debugger_loop(guest, steps, changed=False)[0]
+    rounds = Rounds()
+    rounds.run(repeat, variants)
+    print(f"\nfootprint study, {name} (median per step; the kernel's part sampled):")
+    for key in variants:
+        label = (f"(c) touching {key[2:]} KiB before each step" if key.startswith("c+")
+                 else LABELS[key])
+        median = rounds.median(key)
+        print(f"  {label:<48} CPU {median.cpu * 1e6:6.2f} us  {_split(median)}")
 
 
 LABELS = {
@@ -332,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instructions", action="store_true",
                         help="count user-space instructions per step of each breakdown rung "
                              "under valgrind's callgrind instead of timing")
+    parser.add_argument("--footprint", action="store_true",
+                        help="also run the footprint study: the C loop touching 0-256 KiB "
+                             "between steps, its kernel time against (a)'s")
     parser.add_argument("--rung", choices=sorted(RUNGS), help=argparse.SUPPRESS)
     parser.add_argument("--blockirq", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -350,12 +405,15 @@ def main(argv: list[str] | None = None) -> int:
         for key, label in LABELS.items():
             median = rounds.median(key)
             print(f"  {label:<48} CPU {median.cpu * 1e6:6.2f} us/step  "
-                  f"wall {median.wall * 1e6:6.2f} us/step")
-        print_ratio("  (a)/(c)", rounds.ratio("a", "c"), TARGET if name == "calls64" else None)
-        print_ratio("  (a0)/(c)", rounds.ratio("a0", "c"))
+                  f"wall {median.wall * 1e6:6.2f} us/step  {_split(median)}")
+        print_ratio("  (a)/(c)", rounds.ratio("a", "c"), TARGET if name == "calls64" else None,
+                    rounds.spread("a", "c"))
+        print_ratio("  (a0)/(c)", rounds.ratio("a0", "c"), spread=rounds.spread("a0", "c"))
         print_ratio("  (b)/(c)", rounds.ratio("b", "c"))
     if args.breakdown:
         breakdown("calls64", guests["calls64"], binary, args.steps, args.repeat, blockirq)
+    if args.footprint:
+        footprint("calls64", guests["calls64"], binary, args.steps, args.repeat, blockirq)
     print(f"\n{load_average()}")
     return 0
 

@@ -39,6 +39,20 @@ def test_rounds_take_medians_and_ratios():
     assert ratio_line("(a)/(c)", Timing(1.2, 1.4), 1.3).endswith("met on CPU only")
 
 
+def test_spread_pairs_the_rounds_ratios_not_the_medians():
+    # a's rounds: 1, 4, 9; c's: 1, 2, 3. The medians' ratio is 4/2 = 2; round
+    # by round the ratios are 1, 2 and 3: median 2, quartiles 1.5 and 2.5.
+    rounds = Rounds()
+    for a, c in ((1, 1), (4, 2), (9, 3)):
+        rounds.add("a", Timing(a, a))
+        rounds.add("c", Timing(c, c))
+    spread = rounds.spread("a", "c")
+    assert (spread.low, spread.median, spread.high, spread.rounds) == (1.5, 2, 2.5, 3)
+    line = ratio_line("(a)/(c)", rounds.ratio("a", "c"), 2.5, spread)
+    assert "target <= 2.5: met" in line
+    assert line.endswith("[CPU per round 2.00 (quartiles 1.50-2.50 of 3)]")
+
+
 @pytest.mark.parametrize("name", ["calls64", "loop64"])
 def test_single_step_python_and_c_step_the_same_instructions(stepping, tmp_path, name):
     guests, binary, blockirq = stepping
@@ -52,6 +66,16 @@ def test_single_step_python_and_c_step_the_same_instructions(stepping, tmp_path,
     assert python == c                              # RIP, RAX, RDX and the changed count
     assert python[:3] == c_old[:3] == bare[:3]
     assert python[3] > steps                        # RIP changes at every step, more besides
+
+
+def test_single_step_c_loop_steps_the_same_while_touching_memory(stepping, tmp_path):
+    guests, binary, blockirq = stepping
+    state = tmp_path / "state"
+    single_step.write_state(guests["calls64"], state)
+    plain, final = single_step.c_loop(binary, state, 200, blockirq)
+    touching, touched_final = single_step.c_loop(binary, state, 200, blockirq, touch_kb=16)
+    assert touched_final == final                   # the footprint study steps the same code
+    assert touching.system is not None and plain.system is not None
 
 
 def test_calls64_mixes_one_byte_and_long_instructions(stepping):
