@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from minikvm.kvm.system import Kvm
 
-__all__ = ["RELIED_ON", "add_arguments", "info_rows", "print_info", "run"]
+__all__ = ["RELIED_ON", "add_arguments", "halt_detection", "info_rows", "print_info", "run"]
 
 HELP = "what this host's KVM offers"
 
@@ -32,6 +32,8 @@ RELIED_ON: tuple[tuple[str, str], ...] = (
     ("KVM_CAP_EXT_CPUID", "choosing the CPUID the guest sees"),
     ("KVM_CAP_NR_MEMSLOTS", "number of memory slots"),
     ("KVM_CAP_MAX_VCPUS", "largest number of vCPUs per VM"),
+    ("KVM_CAP_BINARY_STATS_FD", "halt detection: a vCPU's 'blocking' statistic, read while it "
+                                "runs, shows that it sleeps in hlt (see 'halt detection')"),
     ("KVM_CAP_SYNC_REGS", "registers at every exit in the run page: regs (1) and sregs (2) "
                           "are read there instead of KVM_GET_REGS/KVM_GET_SREGS; without it, "
                           "the ioctls"),
@@ -67,7 +69,26 @@ def info_rows(kvm: Kvm) -> list[tuple[str, str, str]]:
         value = kvm.check_extension(cap) if cap is not None else 0
         shown = "no" if value <= 0 else ("yes" if value == 1 else f"yes ({value})")
         rows.append((name, shown, why))
+    rows.append(("halt detection", halt_detection(kvm),
+                 "how soon a guest's 'cli; hlt' ends a run when the irqchip is in the kernel"))
     return rows
+
+
+def halt_detection(kvm: Kvm) -> str:
+    """How the watchdog sees a vCPU asleep in ``hlt`` on this host: at its
+    next wake-up through the vCPU's ``blocking`` statistic, or after a quiet spell
+    (core/runner.py, ``Watchdog``). Asks a throwaway vCPU."""
+    from minikvm.kvm.errors import KvmError
+
+    try:
+        with kvm.create_vm() as vm, vm.create_vcpu(0) as vcpu:
+            found = vcpu.stats().reader("blocking") is not None
+    except (KvmError, OSError, ValueError):
+        found = False
+    if found:
+        return ("within 1 ms of the last exit: the vCPU's 'blocking' statistic "
+                "(KVM_GET_STATS_FD)")
+    return "1-2 ms after the last exit (a quiet spell): no 'blocking' statistic here"
 
 
 def print_info(kvm_path: str, console: Console | None = None) -> int:

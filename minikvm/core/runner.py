@@ -14,9 +14,10 @@ that vCPU, whoever asked for the run (the machine, the debugger, the TUI):
   time given, the end of the whole machine (:meth:`VcpuRunner.kick`);
 * the halt check. With the in-kernel irqchip a ``hlt`` waits inside
   ``KVM_RUN`` and never exits to us. When a vCPU has been quiet for a
-  while, the :class:`Watchdog` kicks it out and the runner asks KVM
-  (``KVM_GET_MP_STATE``, RFLAGS.IF) whether it sleeps with interrupts off:
-  then nothing can wake it, and the run is over.
+  while, or KVM's ``blocking`` statistic shows it asleep after its last
+  exit (:meth:`VcpuRunner.blocking_reader`), the :class:`Watchdog` kicks it
+  out and the runner asks KVM (``KVM_GET_MP_STATE``, RFLAGS.IF) whether it
+  sleeps with interrupts off: then nothing can wake it, and the run is over.
 
 One :class:`Watchdog` thread per run serves both the timeout and the halt
 check for every vCPU of that run.
@@ -55,7 +56,8 @@ __all__ = ["HALT_CHECK_FIRST", "HALT_CHECK_INTERVAL", "PARKED_STATES", "HaltGrou
 #: good (irqchip only). While it keeps running without exits (a compute loop)
 #: the wait doubles up to HALT_CHECK_INTERVAL, so a busy guest pays a few
 #: dozen kicks a second at most, and a guest that just did ``cli; hlt`` is
-#: seen within a millisecond or two.
+#: seen within a millisecond or two -- within one, where KVM's ``blocking``
+#: statistic shows the vCPU asleep (see :class:`Watchdog`).
 HALT_CHECK_FIRST = 0.001
 HALT_CHECK_INTERVAL = 0.05
 _RFLAGS_IF = 1 << 9
@@ -107,6 +109,9 @@ class VcpuRunner:
         #: The vCPUs of the current run that must all be done before it ends
         #: (set by the run's Watchdog; None: this vCPU alone decides).
         self.group: HaltGroup | None = None
+        # Opened here, while the vCPU is not running: KVM_GET_STATS_FD, like
+        # every vCPU ioctl, waits for the vCPU's mutex, which KVM_RUN holds.
+        self._blocking = self._find_blocking() if halt_check else None
 
     # -- running ------------------------------------------------------------
 
@@ -281,6 +286,21 @@ class VcpuRunner:
         self.timed_out = False
         self.halt_check_pending = False
         self.group = group
+
+    def blocking_reader(self) -> Callable[[], int] | None:
+        """KVM's ``blocking`` statistic of this vCPU as a callable: 1 while
+        it sleeps inside ``KVM_RUN`` (a ``hlt`` the in-kernel LAPIC handles,
+        an AP waiting for its SIPI), else 0; readable from the watchdog's
+        thread while the vCPU runs (minikvm/kvm/stats.py). None where the
+        runner does no halt checks, or the kernel has no binary statistics
+        or no such statistic: the halt check then waits for a quiet spell."""
+        return self._blocking
+
+    def _find_blocking(self) -> Callable[[], int] | None:
+        try:
+            return self.vcpu.stats().reader("blocking")
+        except (KvmError, OSError, ValueError):   # no stats fd; a malformed one
+            return None
 
     @property
     def activity(self) -> int:
@@ -461,6 +481,18 @@ class Watchdog:
     ``first`` seconds of quiet, then after twice as long each time the vCPU
     turned out to be busy, up to ``interval`` -- and at ``timeout`` seconds
     it times every runner out.
+
+    Where KVM offers the vCPU's ``blocking`` statistic
+    (:meth:`VcpuRunner.blocking_reader`), the first check after the vCPU's
+    last exit need not wait for the quiet spell: a wake-up that finds the
+    vCPU asleep inside ``KVM_RUN`` kicks it at once. The watchdog wakes
+    every ``first`` seconds while the vCPU keeps making exits, so a guest
+    that ends in ``cli; hlt`` is seen within one such period of its last
+    exit instead of one to two. A vCPU that is computing is never asleep
+    there and gets no more kicks than before. One that makes exits and
+    sleeps in ``sti; hlt`` between them (waiting for its timer or its UART)
+    would be found asleep at wake-up after wake-up and kicked for nothing,
+    so this early check is made at most once per ``interval``.
     """
 
     def __init__(self, runners: Iterable[VcpuRunner], timeout: float | None = None,
@@ -471,6 +503,8 @@ class Watchdog:
         self.first = min(first, interval)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Times the thread woke up to look at its vCPUs (or the deadline).
+        self.wakeups = 0
         #: The run ends on a halt only when all of its vCPUs are done.
         self.group = HaltGroup(self.runners)
         for runner in self.runners:
@@ -489,6 +523,9 @@ class Watchdog:
         seen = [runner.runs - runner.halt_checks for runner in watched]
         quiet_since = [now] * len(watched)
         wait_for = [self.first] * len(watched)
+        first = self.first
+        blocking = [runner.blocking_reader() for runner in watched]
+        early_at = [now - self.interval] * len(watched)   # the last early check
         while True:
             now = time.monotonic()
             wake = [quiet_since[i] + wait_for[i] for i in range(len(watched))]
@@ -497,6 +534,7 @@ class Watchdog:
             delay = max(0.0, min(wake) - now) if wake else self.interval
             if self._done.wait(delay):
                 return
+            self.wakeups += 1
             now = time.monotonic()
             if self.deadline is not None and now >= self.deadline:
                 for runner in self.runners:
@@ -508,8 +546,19 @@ class Watchdog:
                 if activity != seen[i]:
                     seen[i] = activity
                     quiet_since[i] = now
-                    wait_for[i] = self.first
-                elif now - quiet_since[i] >= wait_for[i] and not runner.halt_check_pending:
+                    wait_for[i] = first
+                if runner.halt_check_pending:
+                    continue
+                # Quiet for long enough; or, before the first check since its
+                # last exit, asleep inside KVM_RUN right now (an early check,
+                # at most one per interval).
+                due = now - quiet_since[i] >= wait_for[i]
+                asleep = blocking[i]
+                if (not due and wait_for[i] == first and asleep is not None
+                        and now - early_at[i] >= self.interval and asleep()):
+                    early_at[i] = now
+                    due = True
+                if due:
                     runner.check_halt()
                     quiet_since[i] = now
                     wait_for[i] = min(wait_for[i] * 2, self.interval)

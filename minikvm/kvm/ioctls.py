@@ -82,7 +82,7 @@ __all__ = [
     "KVM_NMI", "KVM_SET_GUEST_DEBUG", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS",
     "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_SET_TSC_KHZ", "KVM_GET_TSC_KHZ",
     "KVM_KVMCLOCK_CTRL", "KVM_SMI", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XSAVE2",
-    "KVM_GET_XCRS", "KVM_SET_XCRS",
+    "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_STATS_FD",
 ]
 
 # ---------------------------------------------------------------------------
@@ -217,6 +217,9 @@ KVM_SET_XSAVE = _IOW(KVMIO, 0xA5, kvm_xsave)
 KVM_GET_XCRS = _IOR(KVMIO, 0xA6, kvm_xcrs)
 KVM_SET_XCRS = _IOW(KVMIO, 0xA7, kvm_xcrs)
 KVM_GET_XSAVE2 = _IOR(KVMIO, 0xCF, kvm_xsave)
+# Binary statistics (KVM_CAP_BINARY_STATS_FD): returns a new fd to read them
+# from (minikvm/kvm/stats.py). Accepted by VM fds too.
+KVM_GET_STATS_FD = _IO(KVMIO, 0xCE)
 
 # ---------------------------------------------------------------------------
 # Tables by file descriptor
@@ -291,6 +294,7 @@ VCPU_IOCTLS: dict[str, int] = {
     "KVM_GET_XSAVE2": KVM_GET_XSAVE2,
     "KVM_GET_XCRS": KVM_GET_XCRS,
     "KVM_SET_XCRS": KVM_SET_XCRS,
+    "KVM_GET_STATS_FD": KVM_GET_STATS_FD,
 }
 
 #: Every ioctl above, by name.

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import (
+    c_int16,
     c_int32,
     c_int64,
     c_uint8,
@@ -73,7 +74,7 @@ __all__ = [
     "kvm_run_io", "kvm_run_debug", "kvm_run_mmio", "kvm_run_hypercall",
     "kvm_run_tpr_access", "kvm_run_internal", "kvm_run_emulation_failure",
     "kvm_run_system_event", "kvm_run_eoi", "kvm_run_msr", "kvm_run_notify",
-    "kvm_run_s", "kvm_xsave", "kvm_xcr", "kvm_xcrs",
+    "kvm_run_s", "kvm_xsave", "kvm_xcr", "kvm_xcrs", "kvm_stats_header", "kvm_stats_desc",
     "ALL_STRUCTS",
     # variable-length structures
     "make_kvm_msrs", "make_kvm_msr_list", "make_kvm_cpuid2", "make_kvm_xsave",
@@ -851,6 +852,39 @@ class kvm_xcrs(ctypes.Structure):
     ]
 
 
+class kvm_stats_header(ctypes.Structure):
+    """The start of a binary statistics file (``KVM_GET_STATS_FD``): where
+    its id string, descriptors and data lie, as byte offsets into the file,
+    how many statistics it has and how many bytes each name takes
+    (Documentation/virt/kvm/api.rst, "KVM_GET_STATS_FD"). ``flags`` is 0."""
+
+    _fields_ = [
+        ("flags", c_uint32),
+        ("name_size", c_uint32),
+        ("num_desc", c_uint32),
+        ("id_offset", c_uint32),
+        ("desc_offset", c_uint32),
+        ("data_offset", c_uint32),
+    ]
+
+
+class kvm_stats_desc(ctypes.Structure):
+    """One statistic of a binary statistics file: ``flags`` holds its type
+    (counter, instant value, peak, histogram), unit and base, ``exponent``
+    the power of that base its values carry, ``size`` how many u64 values
+    it has, ``offset`` where they start in the data block. Its name follows
+    it in the file, ``name_size`` bytes (a flexible array in C, left out
+    here: ``sizeof`` is the fixed part's)."""
+
+    _fields_ = [
+        ("flags", c_uint32),
+        ("exponent", c_int16),
+        ("size", c_uint16),
+        ("offset", c_uint32),
+        ("bucket_size", c_uint32),
+    ]
+
+
 class kvm_enable_cap(ctypes.Structure):
     """``KVM_ENABLE_CAP``: turn on capability ``cap`` with up to four arguments."""
 
@@ -1399,6 +1433,7 @@ ALL_STRUCTS: tuple[type, ...] = (
     kvm_vcpu_events_smi, kvm_vcpu_events_triple_fault, kvm_vcpu_events,
     kvm_debug_exit_arch, kvm_guest_debug_arch, kvm_guest_debug,
     kvm_enable_cap, kvm_clock_data, kvm_sync_regs, kvm_xsave, kvm_xcr, kvm_xcrs,
+    kvm_stats_header, kvm_stats_desc,
     kvm_run_hw, kvm_run_fail_entry, kvm_run_ex, kvm_run_io, kvm_run_debug,
     kvm_run_mmio, kvm_run_hypercall, kvm_run_tpr_access, kvm_run_internal,
     _kvm_run_emulation_failure_insn, _kvm_run_emulation_failure_u,

@@ -38,6 +38,7 @@ from minikvm.kvm.uapi import (
     kvm_sync_regs,
 )
 from minikvm.kvm.fd import KvmFd
+from minikvm.kvm.stats import KvmStats
 from minikvm.kvm.uapi import (
     kvm_debugregs,
     kvm_fpu,
@@ -145,6 +146,7 @@ class Vcpu(KvmFd):
         #: included: kvm_arch_vcpu_ioctl_run, arch/x86/kvm/x86.c), cleared
         #: while it runs and by anything that sets registers.
         self.synced = False
+        self._stats: KvmStats | None = None
         install_kick_handler()
 
     # -- running -----------------------------------------------------------
@@ -449,6 +451,17 @@ class Vcpu(KvmFd):
         self._ioctl(ioctls.KVM_GET_MP_STATE, state)
         return state.mp_state
 
+    def stats(self) -> KvmStats:
+        """The vCPU's binary statistics (``KVM_GET_STATS_FD``:
+        minikvm/kvm/stats.py), opened on first use and closed with the vCPU.
+        Unlike every ioctl here they can be read from another thread while
+        the vCPU is inside ``KVM_RUN``. Raises :class:`KvmError` where the
+        kernel has none (``KVM_CAP_BINARY_STATS_FD``, Linux 5.14)."""
+        stats = self._stats
+        if stats is None:
+            stats = self._stats = KvmStats(self._ioctl(ioctls.KVM_GET_STATS_FD))
+        return stats
+
     def interrupt(self, vector: int) -> None:
         """``KVM_INTERRUPT``: inject an external interrupt (no in-kernel irqchip only)."""
         self._ioctl(ioctls.KVM_INTERRUPT, kvm_interrupt(irq=vector))
@@ -475,6 +488,9 @@ class Vcpu(KvmFd):
         return translation
 
     def close(self) -> None:
+        stats, self._stats = getattr(self, "_stats", None), None
+        if stats is not None:
+            stats.close()
         if self.fd >= 0:
             try:
                 del self.run_page
