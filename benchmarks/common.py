@@ -45,8 +45,12 @@ class Timing:
     ``system`` is what ``getrusage`` reports as system time. Linux measures
     the sum of user and system time exactly but splits it by sampling at the
     scheduler tick (``cputime_adjust``, kernel/sched/cputime.c): over a
-    run of a second or so, a few hundred samples -- a fair estimate, not a
-    measurement, and so only medians of it are printed."""
+    run of a second or so, a few hundred samples -- an estimate, not a
+    measurement (and the split is kept monotonic across the process's life,
+    which can bias a short stretch's share), so only medians are printed.
+    A tick that finds the task running the guest is counted as *user* time
+    (``account_guest_time``, the same file): the rest of ``cpu`` is user
+    space and guest together."""
 
     cpu: float
     wall: float
@@ -123,7 +127,10 @@ class Rounds:
         that lasts less than a round moves the pair together, where the
         medians of :meth:`ratio` may take their values from different
         rounds. Its quartiles say how firm the ratio of medians is."""
-        ratios = sorted(a.cpu / b.cpu for a, b in zip(self.results[key], self.results[baseline]))
+        ratios = sorted(a.cpu / b.cpu for a, b in zip(self.results[key], self.results[baseline],
+                                                        strict=True))
+        if not ratios:
+            raise ValueError(f"no rounds of {key} and {baseline} to pair")
         if len(ratios) < 2:
             return Spread(ratios[0], ratios[0], ratios[0], len(ratios))
         low, median, high = statistics.quantiles(ratios, n=4, method="inclusive")

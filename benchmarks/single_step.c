@@ -124,8 +124,9 @@ int main(int argc, char **argv)
     unsigned long steps = strtoul(argv[2], NULL, 0);
     int blockirq = atoi(argv[3]);
     int sync = atoi(argv[4]);
-    unsigned long touch = argc == 6 ? strtoul(argv[5], NULL, 0) * 1024 : 0;
-    if (touch > (64ul << 20)) { fprintf(stderr, "TOUCH_KB: at most 65536\n"); return 2; }
+    unsigned long touch_kb = argc == 6 ? strtoul(argv[5], NULL, 0) : 0;
+    if (touch_kb > 65536) { fprintf(stderr, "TOUCH_KB: at most 65536\n"); return 2; }
+    unsigned long touch = touch_kb * 1024;
     volatile uint8_t *footprint = NULL;
     if (touch) {
         footprint = malloc(touch);

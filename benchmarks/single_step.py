@@ -38,11 +38,15 @@ Not covered: steps that exit to the VMM on the way (``out``, MMIO), which
 go through the machine's full exit handling; watchpoints (a step then also
 reads memory); ``cont`` with breakpoints that need stepping.
 
-Each CPU figure is split into user and kernel time (``getrusage``'s
-system time, which Linux samples at the tick: a fair estimate over a run
-of 50,000 steps, coarse over a short one). Both sides make one ioctl per
-step, yet the Python loops spend more of it in the kernel: ``--footprint``
-shows why, with the C loop made to touch 0-256 KiB before each step.
+Each CPU figure is split into user+guest and kernel time (``getrusage``'s
+system time, which Linux samples at the tick, counting the guest's own
+instructions as user time: an estimate over a run of 50,000 steps, coarse
+over a short one). Both sides make one ioctl per step, yet the Python loops
+spend more of it in the kernel; ``--footprint`` makes the C loop touch
+0-256 KiB of data before each step, and its kernel part grows the same way
+-- consistent with the Python loop's work leaving the caches colder for the
+kernel's next entry, though an interpreter's footprint is also code (the
+instruction cache, branch predictors), which a data sweep does not mimic.
 
 ``--instructions`` counts instead of timing: each rung of the breakdown
 runs under ``valgrind --tool=callgrind`` for 2,000 and for 12,000 steps,
@@ -323,15 +327,16 @@ def breakdown(name: str, guest: Path, binary: Path, steps: int, repeat: int,
 
 
 def _split(timing: Timing) -> str:
-    """``user 3.96 + kernel 10.07``: the CPU time of a step by where it was
-    spent (the kernel's part is sampled: :class:`~benchmarks.common.Timing`).
-    The Python loops make the same one ioctl per step as C, yet their
-    kernel part is larger: what they do in user space between two
-    ``KVM_RUN`` leaves the caches colder for the kernel's next entry."""
+    """``user+guest 3.96 + kernel 10.07``: the CPU time of a step by where
+    it was spent, sampled (:class:`~benchmarks.common.Timing`: the guest's
+    own instructions are counted with user space). Both sides run the same
+    guest instructions, so the difference of the first parts is the Python
+    side's user space; and though both make one ioctl per step, the Python
+    loops' kernel part is larger (``--footprint``)."""
     if timing.system is None:
         return ""
     user = max(timing.cpu - timing.system, 0.0)   # the two clocks are read apart
-    return f"user {user * 1e6:5.2f} + kernel {timing.system * 1e6:5.2f}"
+    return f"user+guest {user * 1e6:5.2f} + kernel {timing.system * 1e6:5.2f}"
 
 
 #: Footprints of ``--footprint``: KiB the C loop touches before each step.
@@ -340,12 +345,13 @@ FOOTPRINTS = (0, 16, 64, 256)
 
 def footprint(name: str, guest: Path, binary: Path, steps: int, repeat: int,
               blockirq: bool) -> None:
-    """``--footprint``: why instructions are not the whole story. The C loop
-    (c), made to touch one byte in each cache line of a buffer before every
-    ``KVM_RUN``, against (a) and (a0): the kernel's part of a step grows
-    with what user space touched in between (the caches the kernel's next
-    entry finds colder), so a Python loop pays in the kernel too, and a
-    cut in its instructions buys less than their own time."""
+    """``--footprint``: why instructions may not be the whole story. The C
+    loop (c), made to touch one byte in each cache line of a buffer before
+    every ``KVM_RUN``, against (a) and (a0): if the kernel's part of a step
+    grows with what user space touched in between (the caches the kernel's
+    next entry finds colder), a Python loop pays in the kernel too, and a
+    cut in its instructions buys less than their own time. A data sweep
+    only stands in for an interpreter, whose footprint is code as well."""
     state = BUILD / f"single_step-{name}.state"
     write_state(guest, state)
     variants = {f"c+{kb}": (lambda kb=kb: c_loop(binary, state, steps, blockirq,

@@ -10,6 +10,7 @@ of changed registers, same RIPs) -- so a benchmark cannot rot unnoticed.
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -75,7 +76,17 @@ def test_single_step_c_loop_steps_the_same_while_touching_memory(stepping, tmp_p
     plain, final = single_step.c_loop(binary, state, 200, blockirq)
     touching, touched_final = single_step.c_loop(binary, state, 200, blockirq, touch_kb=16)
     assert touched_final == final                   # the footprint study steps the same code
-    assert touching.system is not None and plain.system is not None
+    with pytest.raises(subprocess.CalledProcessError):
+        single_step.c_loop(binary, state, 200, blockirq, touch_kb=65537)   # over 64 MiB
+
+
+def test_spread_refuses_rounds_that_do_not_pair():
+    rounds = Rounds()
+    rounds.add("a", Timing(1, 1))
+    rounds.add("a", Timing(2, 2))
+    rounds.add("c", Timing(1, 1))
+    with pytest.raises(ValueError):
+        rounds.spread("a", "c")
 
 
 def test_calls64_mixes_one_byte_and_long_instructions(stepping):

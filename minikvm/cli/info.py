@@ -86,9 +86,10 @@ def halt_detection(kvm: Kvm) -> str:
     except (KvmError, OSError, ValueError):
         found = False
     if found:
-        return ("within 1 ms of the last exit: the vCPU's 'blocking' statistic "
-                "(KVM_GET_STATS_FD)")
-    return "1-2 ms after the last exit (a quiet spell): no 'blocking' statistic here"
+        return ("usually within 1 ms of the guest's last exit: the vCPU's 'blocking' "
+                "statistic (KVM_GET_STATS_FD); else as without it")
+    return ("after 1-2 ms without exits (up to 50 ms after a long computation): "
+            "no 'blocking' statistic here")
 
 
 def print_info(kvm_path: str, console: Console | None = None) -> int:

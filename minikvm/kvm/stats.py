@@ -107,13 +107,26 @@ class KvmStats(KvmFd):
     def reader(self, name: str) -> Callable[[], int] | None:
         """A callable returning the statistic ``name`` (its first value) on
         each call: one ``pread``, nothing looked up. None if this kernel
-        does not offer it. Not to be called after :meth:`close`."""
+        does not offer it, or it has no value to read (one trial read is
+        made here). After :meth:`close` the callable returns 0 without
+        reading: the fd number may belong to another file by then. A read
+        that fails raises :class:`OSError` or :class:`StatsError`."""
         place = self._places.get(name)
-        if place is None:
+        if place is None or place[1] < 1:
             return None
-        fd, at, pread, unpack = self.fd, self.data_offset + place[0], os.pread, _U64.unpack
+        at, pread = self.data_offset + place[0], os.pread
 
         def read() -> int:
-            return unpack(pread(fd, 8, at))[0]
+            fd = self.fd
+            if fd < 0:
+                return 0
+            data = pread(fd, 8, at)
+            if len(data) != 8:
+                raise StatsError(f"{name}: {len(data)} bytes read at offset {at}, not 8")
+            return _U64.unpack(data)[0]
 
+        try:
+            read()
+        except (OSError, StatsError):
+            return None
         return read

@@ -453,12 +453,18 @@ class Vcpu(KvmFd):
 
     def stats(self) -> KvmStats:
         """The vCPU's binary statistics (``KVM_GET_STATS_FD``:
-        minikvm/kvm/stats.py), opened on first use and closed with the vCPU.
-        Unlike every ioctl here they can be read from another thread while
-        the vCPU is inside ``KVM_RUN``. Raises :class:`KvmError` where the
-        kernel has none (``KVM_CAP_BINARY_STATS_FD``, Linux 5.14)."""
+        minikvm/kvm/stats.py), opened on first use (again if someone closed
+        them) and closed with the vCPU. Once open they can be read from
+        another thread while the vCPU is inside ``KVM_RUN``, which no ioctl
+        here can do; but opening them *is* an ioctl on the vCPU fd, which
+        waits for the vCPU's mutex like every other (``kvm_vcpu_ioctl``,
+        virt/kvm/kvm_main.c): open them while the vCPU is not running (the
+        runner does, when it is made). The fd holds a reference to the VM
+        (``kvm_vcpu_ioctl_get_stats_fd``): a leaked one keeps the whole VM
+        alive. Raises :class:`KvmError` where the kernel has none
+        (``KVM_CAP_BINARY_STATS_FD``, Linux 5.14)."""
         stats = self._stats
-        if stats is None:
+        if stats is None or stats.fd < 0:
             stats = self._stats = KvmStats(self._ioctl(ioctls.KVM_GET_STATS_FD))
         return stats
 
