@@ -10,6 +10,7 @@ render, and hold the same checkpoints).
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from minikvm.cli import main as minikvm_main
 from minikvm.debug.history import Entry, word_diff
+from minikvm.kvm.uapi import KvmCap
 from minikvm.lessons import (
     EXERCISES,
     LESSONS,
@@ -51,6 +53,26 @@ def checkpoints(text: str) -> list[str]:
     return [line.rstrip() for line in text.splitlines() if line.startswith("CHECKPOINT ")]
 
 
+def _kernel_has_blocking() -> bool:
+    """Whether this kernel offers a vCPU's binary statistics with ``blocking``
+    (Linux 5.16): what lesson 14 and its exercise need."""
+    from minikvm.kvm.system import Kvm
+
+    with Kvm() as kvm:
+        if kvm.check_extension(KvmCap.KVM_CAP_BINARY_STATS_FD) <= 0:
+            return False
+        with kvm.create_vm() as vm, vm.create_vcpu(0) as vcpu:
+            return "blocking" in vcpu.stats().names
+
+
+def skip_without_what_it_needs(number: str) -> None:
+    """Lesson 14 says so and ends early on a kernel without binary statistics
+    (lessons/README.md): its reference output and exercise are those of a
+    kernel that has them."""
+    if number == "14" and not _kernel_has_blocking():
+        pytest.skip("this kernel has no binary statistics with 'blocking' (Linux 5.16)")
+
+
 # -- the lesson files ---------------------------------------------------------------------
 
 
@@ -60,13 +82,13 @@ def test_every_lesson_has_a_script_and_reference_output():
         assert (lessons_dir() / "expected" / f"{lesson.number}.txt").is_file(), lesson.number
 
 
-def test_lessons_are_numbered_01_to_13_in_order():
-    assert LESSON_IDS == [f"{n:02d}" for n in range(1, 14)]
+def test_lessons_are_numbered_01_to_14_in_order():
+    assert LESSON_IDS == [f"{n:02d}" for n in range(1, 15)]
 
 
 def test_every_exercise_has_a_task_a_starter_and_a_solution():
     assert [lesson.number for lesson in EXERCISE_LESSONS] == list(EXERCISES)
-    assert list(EXERCISES) == [f"{n:02d}" for n in range(3, 14)]
+    assert list(EXERCISES) == [f"{n:02d}" for n in range(3, 15)]
     for lesson in EXERCISE_LESSONS:
         assert lesson.task.is_file(), lesson.task
         assert lesson.starter_path.is_file(), lesson.starter_path
@@ -88,6 +110,7 @@ def test_the_lessons_readme_names_every_lesson_and_its_command():
 @pytest.mark.kvm
 @pytest.mark.parametrize("number", slow_except(LESSON_IDS, "01"))
 def test_lesson_quiet_output_matches_its_reference(number):
+    skip_without_what_it_needs(number)
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     result = run_lesson(lesson, "--quiet")
     assert result.returncode == 0, result.stderr
@@ -103,6 +126,7 @@ def test_lesson_quiet_output_matches_its_reference(number):
 @pytest.mark.slow
 @pytest.mark.parametrize("number", LESSON_IDS)
 def test_lesson_narration_runs_and_holds_the_same_checkpoints(number):
+    skip_without_what_it_needs(number)
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     result = run_lesson(lesson)
     assert result.returncode == 0, result.stderr
@@ -142,6 +166,7 @@ def verdict_text(verdict: Verdict) -> str:
 @pytest.mark.kvm
 @pytest.mark.parametrize("number", slow_only(EXERCISES, "09", "10", "11", "12", "13"))
 def test_reference_solution_passes(number):
+    skip_without_what_it_needs(number)
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, lesson.solution_path)
     assert verdict.passed, verdict_text(verdict)
@@ -160,6 +185,7 @@ STARTER_SAYS = {
     "11": "increments were overwritten",
     "12": "Every '#' in the data ends the packet there",
     "13": "your undo wrote nothing back: the store was not undone",
+    "14": "returned None, but this vCPU's statistics file has 'exits'",
 }
 
 #: A plausible wrong answer for each exercise, and what the checker must say about it.
@@ -174,12 +200,14 @@ MISTAKE_SAYS = {
     "11": "spin_unlock must store 0",
     "12": "the escape byte itself must be escaped too",
     "13": "RIP is 0x100f; before the instruction it was 0x100d",
+    "14": "You used desc_offset as the data offset",
 }
 
 
 @pytest.mark.kvm
 @pytest.mark.parametrize("number", slow_only(EXERCISES, "08", "09", "10", "11", "12"))
 def test_unchanged_starting_file_is_turned_away_with_the_reason(number):
+    skip_without_what_it_needs(number)
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, lesson.starter_path)
     assert not verdict.passed
@@ -189,6 +217,7 @@ def test_unchanged_starting_file_is_turned_away_with_the_reason(number):
 @pytest.mark.kvm
 @pytest.mark.parametrize("number", slow_only(sorted(MISTAKE_SAYS), "08", "09", "10", "11", "12"))
 def test_plausible_mistake_is_turned_away_with_the_reason(number):
+    skip_without_what_it_needs(number)
     lesson = next(lesson for lesson in LESSONS if lesson.number == number)
     verdict = check_exercise(number, MISTAKES / lesson.starter)
     assert not verdict.passed
@@ -341,3 +370,92 @@ def test_an_undo_that_puts_a_non_number_in_a_register_is_told_so(tmp_path):
     verdict = check_exercise("13", source)
     assert not verdict.passed
     assert "regs['rax'] is 'before'" in verdict.message and "64 bits" in verdict.message
+
+
+# -- lesson and exercise 14: KVM's binary statistics --------------------------------------------
+
+#: Lines of the reference solution of exercise 14, and a wrong version of
+#: each that the checker must name.
+STATS_MISTAKES = [
+    ("return data_offset + offset, size", "return offset, size",
+     "is the descriptor's offset field as it stands"),
+    ("return data_offset + offset, size", "return data_offset + offset, 8 * size",
+     "That is its size in bytes"),
+    ("return data_offset + offset, size", "return data_offset + 8 * (start // stride), size",
+     "if every statistic had one value"),
+    ("return data_offset + offset, size", "return data_offset + offset, 1",
+     "one per bucket for a histogram"),
+    ("stride = DESC.size + name_size", "stride = DESC.size",
+     "returned None, but this vCPU's statistics file has 'exits'"),
+    ('padded.split(b"\\0", 1)[0].decode() == name',
+     'padded.split(b"\\0", 1)[0].decode().startswith(name)',
+     "there is no statistic 'exit': only 'exits' begins that way"),
+]
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize(("right", "wrong", "said"), STATS_MISTAKES,
+                         ids=["no data_offset", "bytes", "one value each", "histogram of 1",
+                              "stride without the name", "prefix"])
+def test_a_find_stat_that_goes_wrong_is_told_how(tmp_path, right, wrong, said):
+    skip_without_what_it_needs("14")
+    solution = (lessons_dir() / "exercises" / "solutions" / "14_stats.py").read_text()
+    assert solution.count(right) == 1
+    source = tmp_path / "14_stats.py"
+    source.write_text(solution.replace(right, wrong))
+    verdict = check_exercise("14", source)
+    assert not verdict.passed
+    assert said in verdict_text(verdict)
+
+
+@pytest.mark.kvm
+def test_a_find_stat_that_closes_its_fd_is_still_judged_by_its_answers(tmp_path):
+    skip_without_what_it_needs("14")
+    solution = (lessons_dir() / "exercises" / "solutions" / "14_stats.py").read_text()
+    source = tmp_path / "14_stats.py"
+    source.write_text(solution.replace("    return None\n", "    os.close(fd)\n    return None\n"))
+    verdict = check_exercise("14", source)
+    assert verdict.passed, verdict_text(verdict)
+
+
+def _lesson_module(number: str, monkeypatch):
+    """A lesson script imported as a module (its folder on sys.path, for _common)."""
+    lesson = next(lesson for lesson in LESSONS if lesson.number == number)
+    monkeypatch.syspath_prepend(str(lessons_dir()))
+    spec = importlib.util.spec_from_file_location(f"lesson_{number}", lesson.script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)   # dataclasses look it up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.kvm
+def test_lesson_14_on_a_kernel_without_binary_statistics_says_so_and_ends_cleanly(
+        monkeypatch, capsys):
+    from minikvm.kvm.system import Kvm
+
+    module = _lesson_module("14", monkeypatch)
+    answer = Kvm.check_extension
+
+    def without_statistics(kvm, cap):
+        return 0 if cap == KvmCap.KVM_CAP_BINARY_STATS_FD else answer(kvm, cap)
+
+    monkeypatch.setattr(Kvm, "check_extension", without_statistics)
+    assert module.main(["--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    section_1 = (lessons_dir() / "expected" / "14.txt").read_text().splitlines()[:3]
+    assert lines == section_1 + [
+        "CHECKPOINT binary statistics on this kernel: none (KVM_CAP_BINARY_STATS_FD 0)"]
+
+
+@pytest.mark.kvm
+def test_exercise_14_on_a_kernel_without_binary_statistics_is_the_hosts_problem(monkeypatch):
+    from minikvm.kvm.errors import KvmUnavailableError
+    from minikvm.kvm.system import Kvm
+
+    answer = Kvm.check_extension
+    monkeypatch.setattr(Kvm, "check_extension", lambda kvm, cap: 0
+                        if cap == KvmCap.KVM_CAP_BINARY_STATS_FD else answer(kvm, cap))
+    solution = lessons_dir() / "exercises" / "solutions" / "14_stats.py"
+    with pytest.raises(KvmUnavailableError, match="KVM_GET_STATS_FD"):
+        check_exercise("14", solution)

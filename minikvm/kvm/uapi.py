@@ -112,6 +112,12 @@ __all__ = [
     "KVM_MSR_EXIT_REASON_FILTER",
     "KVM_PIO_PAGE_OFFSET", "KVM_COALESCED_MMIO_PAGE_OFFSET",
     "KVM_MAX_XCRS", "KVM_CAP_SYNC_REGS", "KVM_CAP_MAX_VCPUS",
+    "KVM_STATS_TYPE_SHIFT", "KVM_STATS_TYPE_MASK", "KVM_STATS_TYPE_CUMULATIVE",
+    "KVM_STATS_TYPE_INSTANT", "KVM_STATS_TYPE_PEAK", "KVM_STATS_TYPE_LINEAR_HIST",
+    "KVM_STATS_TYPE_LOG_HIST", "KVM_STATS_UNIT_SHIFT", "KVM_STATS_UNIT_MASK",
+    "KVM_STATS_UNIT_NONE", "KVM_STATS_UNIT_BYTES", "KVM_STATS_UNIT_SECONDS",
+    "KVM_STATS_UNIT_CYCLES", "KVM_STATS_UNIT_BOOLEAN", "KVM_STATS_BASE_SHIFT",
+    "KVM_STATS_BASE_MASK", "KVM_STATS_BASE_POW10", "KVM_STATS_BASE_POW2",
 ]
 
 # ---------------------------------------------------------------------------
@@ -883,6 +889,31 @@ class kvm_stats_desc(ctypes.Structure):
         ("offset", c_uint32),
         ("bucket_size", c_uint32),
     ]
+
+
+# ``kvm_stats_desc.flags``: three 4-bit fields (Documentation/virt/kvm/api.rst,
+# "KVM_GET_STATS_FD"). Bits 0-3, the type: how the value behaves over time.
+KVM_STATS_TYPE_SHIFT = 0
+KVM_STATS_TYPE_MASK = 0xF << KVM_STATS_TYPE_SHIFT
+KVM_STATS_TYPE_CUMULATIVE = 0x0 << KVM_STATS_TYPE_SHIFT   # only grows: a count of events
+KVM_STATS_TYPE_INSTANT = 0x1 << KVM_STATS_TYPE_SHIFT      # the value now, up or down
+KVM_STATS_TYPE_PEAK = 0x2 << KVM_STATS_TYPE_SHIFT         # the largest value seen so far
+KVM_STATS_TYPE_LINEAR_HIST = 0x3 << KVM_STATS_TYPE_SHIFT  # ``size`` buckets of ``bucket_size``
+KVM_STATS_TYPE_LOG_HIST = 0x4 << KVM_STATS_TYPE_SHIFT     # ``size`` buckets, each twice as wide
+# Bits 4-7, the unit of the values.
+KVM_STATS_UNIT_SHIFT = 4
+KVM_STATS_UNIT_MASK = 0xF << KVM_STATS_UNIT_SHIFT
+KVM_STATS_UNIT_NONE = 0x0 << KVM_STATS_UNIT_SHIFT         # a plain number
+KVM_STATS_UNIT_BYTES = 0x1 << KVM_STATS_UNIT_SHIFT
+KVM_STATS_UNIT_SECONDS = 0x2 << KVM_STATS_UNIT_SHIFT
+KVM_STATS_UNIT_CYCLES = 0x3 << KVM_STATS_UNIT_SHIFT
+KVM_STATS_UNIT_BOOLEAN = 0x4 << KVM_STATS_UNIT_SHIFT      # always 0 or 1
+# Bits 8-11, the base that ``exponent`` raises: the unit times base ** exponent
+# (SECONDS, POW10, -9: nanoseconds).
+KVM_STATS_BASE_SHIFT = 8
+KVM_STATS_BASE_MASK = 0xF << KVM_STATS_BASE_SHIFT
+KVM_STATS_BASE_POW10 = 0x0 << KVM_STATS_BASE_SHIFT
+KVM_STATS_BASE_POW2 = 0x1 << KVM_STATS_BASE_SHIFT
 
 
 class kvm_enable_cap(ctypes.Structure):

@@ -1,7 +1,7 @@
 """The lessons' catalog and the checker of their exercises.
 
 The lessons are scripts in the source tree's ``lessons/`` folder (``python
-lessons/03_port_io.py``); lessons 03 to 13 end with an exercise,
+lessons/03_port_io.py``); lessons 03 to 14 end with an exercise,
 ``lessons/exercises/NN_*.md``, and a starting file the learner copies and
 changes. ``minikvm lesson check NN`` (the command is :mod:`minikvm.cli.lesson`)
 builds the learner's version, runs it on a real machine (or calls it, for
@@ -20,6 +20,8 @@ the machine's own state (registers, device state, what the guest printed).
 * :mod:`~minikvm.lessons.checks_gdb` -- exercise 12 (a gdb remote packet);
 * :mod:`~minikvm.lessons.checks_reverse` -- exercise 13 (undoing a recorded
   instruction);
+* :mod:`~minikvm.lessons.checks_stats` -- exercise 14 (finding a statistic in
+  KVM's binary statistics file);
 * :mod:`~minikvm.lessons.learner` -- importing, building and running the
   learner's code as an untrusted guest;
 * :mod:`~minikvm.lessons.verdict` -- the :class:`Verdict` and its words.

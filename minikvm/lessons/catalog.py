@@ -67,9 +67,11 @@ LESSONS: tuple[LessonInfo, ...] = (
     LessonInfo("12", "gdb", "Debugging a guest with gdb: the remote protocol", "12_rsp.py"),
     LessonInfo("13", "snapshots", "What a VM is made of: snapshots and time travel",
                "13_undo.py"),
+    LessonInfo("14", "stats", "Watching a vCPU without stopping it: KVM's binary statistics",
+               "14_stats.py"),
 )
 
-#: Exercise numbers, in order (lessons 03 to 13 end with one).
+#: Exercise numbers, in order (lessons 03 to 14 end with one).
 EXERCISES: tuple[str, ...] = tuple(lesson.number for lesson in LESSONS if lesson.starter)
 
 

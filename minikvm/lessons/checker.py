@@ -2,8 +2,9 @@
 
 The checks themselves live by exercise group (:mod:`~minikvm.lessons.checks_cpu`,
 :mod:`~minikvm.lessons.checks_devices`, :mod:`~minikvm.lessons.checks_smp`,
-:mod:`~minikvm.lessons.checks_gdb`, :mod:`~minikvm.lessons.checks_reverse`).
-This module picks the check for a lesson number, gives it a fresh temporary folder to build in, and turns what
+:mod:`~minikvm.lessons.checks_gdb`, :mod:`~minikvm.lessons.checks_reverse`,
+:mod:`~minikvm.lessons.checks_stats`). This module picks the check for a
+lesson number, gives it a fresh temporary folder to build in, and turns what
 the learner's file can make go wrong on the way -- a build error, a file the
 loader refuses, an ioctl KVM rejects -- into a :class:`Verdict`. Only KVM
 being unavailable is not the learner's doing, and goes up to the caller.
@@ -21,6 +22,7 @@ from minikvm.lessons.checks_devices import check_08, check_09, check_10
 from minikvm.lessons.checks_gdb import check_12
 from minikvm.lessons.checks_reverse import check_13
 from minikvm.lessons.checks_smp import check_11
+from minikvm.lessons.checks_stats import check_14
 from minikvm.lessons.verdict import Verdict, not_yet
 
 __all__ = ["CHECKS", "check_exercise"]
@@ -38,6 +40,7 @@ CHECKS: dict[str, Callable[[Path, Path], Verdict]] = {
     "11": check_11,
     "12": check_12,
     "13": check_13,
+    "14": check_14,
 }
 
 

@@ -1,0 +1,33 @@
+"""Exercise 14, starting point: find a statistic in KVM's binary statistics file.
+
+KVM_GET_STATS_FD on a vCPU gives a read-only file: a header, an id string,
+one descriptor per statistic (16 bytes of fields, then the name padded with
+NULs to name_size bytes), and the data -- the values themselves. The checker
+opens a fresh vCPU's file and calls ``find_stat(fd, name)`` for every
+statistic it offers and for two names it does not, and compares each answer
+with where KVM put the values. The task (14_stats.md).
+Check with:  minikvm lesson check 14
+"""
+
+import os
+import struct
+
+#: struct kvm_stats_header: flags, name_size, num_desc, id_offset, desc_offset, data_offset
+HEADER = struct.Struct("<6I")
+#: struct kvm_stats_desc without its name: flags, exponent, size, offset, bucket_size
+DESC = struct.Struct("<IhHII")
+
+
+def find_stat(fd: int, name: str) -> tuple[int, int] | None:
+    """Where the statistic ``name`` lies in the statistics file ``fd``:
+    (the byte offset of its first value in the file, its number of u64
+    values), or None when the file has no statistic of that name.
+
+    Read with ``os.pread(fd, size, offset)``: the file cannot seek.
+    """
+    flags, name_size, num_desc, id_offset, desc_offset, data_offset = HEADER.unpack(
+        os.pread(fd, HEADER.size, 0))
+    # TODO: walk the num_desc descriptors, which begin at desc_offset. Each one is
+    # DESC.size bytes of fields and then its name, name_size bytes padded with NULs.
+    # When the name is ``name``, return where its values are and how many there are.
+    return None

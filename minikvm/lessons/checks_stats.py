@@ -1,0 +1,277 @@
+"""The check of exercise 14: find a statistic in KVM's binary statistics file, by hand.
+
+``KVM_GET_STATS_FD`` on a vCPU gives a read-only file: a header, an id
+string, one descriptor per statistic (its fixed fields, then its name padded
+with NULs to ``name_size`` bytes) and the data, the values themselves
+(Documentation/virt/kvm/api.rst, "KVM_GET_STATS_FD"; the reading side is
+``kvm_stats_read``, virt/kvm/binary_stats.c). The learner writes
+``find_stat(fd, name)``: where in that file the statistic's first value
+lies, and how many values it has -- what :class:`~minikvm.kvm.stats.KvmStats`
+works out once per fd so that the watchdog can read ``blocking`` with one
+``pread``.
+
+The check asks a fresh vCPU's file for every statistic it offers, a name it
+does not offer and a name that is only the start of one, each with a new fd,
+and compares with the descriptors read here (:func:`read_descriptors`, which
+the check first confirms against ``KvmStats``). A wrong answer is named by
+what it most likely is: the offset inside the data block, the descriptors'
+offset taken for the data's, another statistic's place, bytes for values.
+
+The guests here are shared with lesson 14.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from minikvm.lessons.learner import learner_function, their_error
+from minikvm.lessons.verdict import Verdict, not_yet, passed
+
+__all__ = ["CODE_ADDR", "ENDS", "PRINTED", "SLEEPS", "StatDesc", "check_14",
+           "open_stats_fd", "read_descriptors"]
+
+#: Where the guests are loaded and start, in real mode.
+CODE_ADDR = 0x1000
+#: Three port exits: ``mov al, 'K'; out 0xe9, al`` and the same for 'V'
+#: and 'M' (the debug console prints them). Hand-assembled.
+_PRINT = bytes.fromhex("b04be6e9" "b056e6e9" "b04de6e9")
+PRINTED = b"KVM"
+#: ... then ``sti; hlt``: asleep, waiting for an interrupt that never comes.
+SLEEPS = _PRINT + b"\xfb\xf4"
+#: ... then ``cli; hlt``: asleep for good.
+ENDS = _PRINT + b"\xfa\xf4"
+#: A name no kernel gives a statistic.
+_NO_SUCH = "no_such_statistic"
+
+
+@dataclass(frozen=True)
+class StatDesc:
+    """One descriptor of a statistics file (``struct kvm_stats_desc`` and
+    its name), and where it was found."""
+
+    name: str
+    flags: int
+    exponent: int
+    #: How many u64 values the statistic has (more than one: a histogram).
+    size: int
+    #: Where its first value lies, in bytes from the start of the data block.
+    offset: int
+    bucket_size: int
+    #: Its place among the descriptors, and its own position in the file.
+    index: int
+    at: int
+
+
+def open_stats_fd(vcpu: Any) -> int:
+    """A new statistics fd of ``vcpu`` (``KVM_GET_STATS_FD``), for the caller to close."""
+    from minikvm.kvm import ioctls
+    from minikvm.kvm.fd import ioctl
+
+    return ioctl(vcpu.fd, ioctls.KVM_GET_STATS_FD)
+
+
+def read_descriptors(fd: int) -> tuple[Any, list[StatDesc]]:
+    """The header of the statistics file ``fd`` (a ``kvm_stats_header``)
+    and all of its descriptors, every field kept: what a table of the
+    statistics needs, where ``KvmStats`` keeps only each one's place."""
+    from minikvm.kvm.uapi import kvm_stats_desc, kvm_stats_header
+
+    header = kvm_stats_header.from_buffer_copy(_exactly(fd, ctypes.sizeof(kvm_stats_header), 0))
+    stride = ctypes.sizeof(kvm_stats_desc) + header.name_size
+    found = []
+    for index in range(header.num_desc):
+        at = header.desc_offset + index * stride
+        raw = _exactly(fd, stride, at)
+        desc = kvm_stats_desc.from_buffer_copy(raw)
+        name = raw[ctypes.sizeof(kvm_stats_desc):].split(b"\0", 1)[0].decode("ascii", "replace")
+        found.append(StatDesc(name, desc.flags, desc.exponent, desc.size, desc.offset,
+                              desc.bucket_size, index, at))
+    return header, found
+
+
+def _exactly(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise ValueError(f"the statistics file ended early: {len(data)} of {size} bytes "
+                         f"at offset {offset}")
+    return data
+
+
+# -- the check -------------------------------------------------------------------------------
+
+def _questions(descs: list[StatDesc]) -> list[str]:
+    """The names to ask, in order: the two the lesson reads, a histogram,
+    every other one in the kernel's order, then two that are not there."""
+    names = [desc.name for desc in descs]
+    first = [name for name in ("exits", "blocking") if name in names]
+    histograms = [desc.name for desc in descs if desc.size > 1]
+    if histograms:
+        first.append("halt_poll_success_hist" if "halt_poll_success_hist" in histograms
+                     else histograms[0])
+    rest = [name for name in names if name not in first]
+    # A name that is only the start of one ("exit"): a lookup must compare whole names.
+    prefix = next((name[:-1] for name in first + names
+                   if len(name) > 1 and name[:-1] not in names), None)
+    return first + rest + [_NO_SUCH] + ([prefix] if prefix else [])
+
+
+def _header_words(header: Any) -> str:
+    return (f"This file's header: name_size {header.name_size}, num_desc {header.num_desc}, "
+            f"id_offset {header.id_offset}, desc_offset {header.desc_offset}, data_offset "
+            f"{header.data_offset}.")
+
+
+def _desc_words(desc: StatDesc) -> str:
+    return (f"Descriptor {desc.index} ({desc.name!r}) lies at byte {desc.at}: size "
+            f"{desc.size}, offset {desc.offset}.")
+
+
+def _wrong_place(offset: int, desc: StatDesc, header: Any, descs: list[StatDesc]) -> str:
+    """Why ``offset`` is not where ``desc``'s values begin, as best it can be guessed."""
+    right = header.data_offset + desc.offset
+    if offset == desc.offset:
+        return (f"{offset} is the descriptor's offset field as it stands: it counts from the "
+                f"start of the data block, and the data block begins at data_offset "
+                f"({header.data_offset}) in the file. Add it.")
+    if offset == header.desc_offset + desc.offset:
+        return (f"You used desc_offset as the data offset: desc_offset ({header.desc_offset}) "
+                f"is where the descriptors begin; the values begin at data_offset "
+                f"({header.data_offset}).")
+    if offset == desc.at:
+        return ("That is where the descriptor itself lies; the values it describes are in the "
+                "data block, at data_offset + its offset field.")
+    if offset == header.data_offset + 8 * desc.index and desc.index * 8 != desc.offset:
+        return ("That is where the value would be if every statistic had one value; but a "
+                "histogram has `size` values, so the places of those after it move on. Use the "
+                "descriptor's offset field.")
+    other = next((d for d in descs if header.data_offset + d.offset == offset), None)
+    if other is not None:
+        return (f"That is where {other.name!r} begins (descriptor {other.index}), not "
+                f"{desc.name!r} (descriptor {desc.index}): the fields you used belong to another "
+                f"descriptor than the name you matched. Each descriptor takes 16 + name_size "
+                f"= {16 + header.name_size} bytes: its fixed fields, then its name.")
+    return (f"Its first value is at data_offset ({header.data_offset}) + the descriptor's "
+            f"offset field ({desc.offset}) = {right}.")
+
+
+def _judge(name: str, answer: object, header: Any, descs: list[StatDesc]) -> Verdict | None:
+    """None when ``answer`` is right for ``name``; else what is wrong, in words."""
+    asked = f"find_stat(fd, {name!r}) returned {answer!r}"
+    desc = next((d for d in descs if d.name == name), None)
+    if desc is None:
+        if answer is None:
+            return None
+        longer = [d.name for d in descs if d.name.startswith(name)]
+        if longer:
+            return not_yet(f"{asked}, but there is no statistic {name!r}: only {longer[0]!r} "
+                           "begins that way. Compare whole names (the NULs after a name "
+                           "stripped), not the start of one.")
+        return not_yet(f"{asked}, but this vCPU has no statistic of that name: then the "
+                       "answer is None.")
+    if answer is None:
+        return not_yet(f"{asked}, but this vCPU's statistics file has {name!r}: descriptor "
+                       f"{desc.index} of {len(descs)}.",
+                       "Walk the descriptors from desc_offset: each takes 16 bytes of fields "
+                       "and then its name, padded with NULs to name_size bytes -- 16 + "
+                       f"{header.name_size} = {16 + header.name_size} here. Compare the name "
+                       "without its NULs.", _header_words(header))
+    if (not isinstance(answer, tuple) or len(answer) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in answer)):
+        return not_yet(f"{asked}: the answer must be a tuple of two ints (the byte offset "
+                       "of the first value in the file, the number of values), or None.")
+    offset, count = answer
+    right = header.data_offset + desc.offset
+    if offset != right:
+        return not_yet(f"{asked}, but the first value of {name!r} lies at byte {right} of "
+                       "the file.",
+                       _wrong_place(offset, desc, header, descs), _header_words(header),
+                       _desc_words(desc))
+    if count != desc.size:
+        if count == 8 * desc.size:
+            why = ("That is its size in bytes; the answer counts values (u64s): the "
+                   "descriptor's size field.")
+        else:
+            why = ("The descriptor's size field says how many u64 values the statistic has: "
+                   "one for a counter, one per bucket for a histogram.")
+        return not_yet(f"{asked}: the place is right, but {name!r} has {desc.size} "
+                       f"value{'s' if desc.size != 1 else ''}.", why, _desc_words(desc))
+    return None
+
+
+def _confirm_reference(stats: Any, fd: int, header: Any, descs: list[StatDesc]) -> None:
+    """The descriptors read here name what ``KvmStats`` names, and its
+    reads agree with the places they give (the vCPU is stopped: its values
+    hold still); else the check itself is wrong, not the learner."""
+    if [desc.name for desc in descs] != stats.names:
+        raise RuntimeError("the checker's descriptors and KvmStats disagree on the names")
+    for desc in descs:
+        value = int.from_bytes(_exactly(fd, 8, header.data_offset + desc.offset), "little")
+        if value != stats.read(desc.name):
+            raise RuntimeError(f"the checker and KvmStats read {desc.name!r} differently")
+
+
+def check_14(path: Path, work: Path) -> Verdict:
+    """find_stat(fd, name): every statistic of a fresh vCPU where KVM put it."""
+    from minikvm.kvm.errors import KvmUnavailableError
+    from minikvm.kvm.uapi import KvmCap
+    from minikvm.machine import Machine
+
+    find_stat, problem = learner_function(path, "find_stat")
+    if problem is not None:
+        return problem
+    with Machine() as machine:
+        if machine.kvm.check_extension(KvmCap.KVM_CAP_BINARY_STATS_FD) <= 0:
+            raise KvmUnavailableError("exercise 14 reads KVM's binary statistics "
+                                      "(KVM_GET_STATS_FD, Linux 5.14 and later), and this "
+                                      "kernel has none")
+        stats = machine.vcpu.stats()
+        fd = open_stats_fd(machine.vcpu)
+        try:
+            header, descs = read_descriptors(fd)
+            _confirm_reference(stats, fd, header, descs)
+        finally:
+            os.close(fd)
+        answers: dict[str, Any] = {}
+        for name in _questions(descs):
+            fd = open_stats_fd(machine.vcpu)
+            try:
+                answers[name] = find_stat(fd, name)
+            except Exception as err:  # noqa: BLE001 - the learner's code may raise anything
+                return not_yet(f"find_stat(fd, {name!r}) raised {their_error(err, path)}.",
+                               _header_words(header))
+            finally:
+                try:
+                    os.close(fd)
+                except OSError:       # the learner closed it: no harm done
+                    pass
+            wrong = _judge(name, answers[name], header, descs)
+            if wrong is not None:
+                return wrong
+        details = []
+        histogram = next((d for d in descs if d.size > 1 and d.name in answers), None)
+        if histogram is not None:
+            details.append(f"{histogram.name!r} is a histogram: {histogram.size} values from "
+                           f"byte {answers[histogram.name][0]}.")
+        if "exits" in answers:
+            machine.load_flat(ENDS, CODE_ADDR)
+            stop = machine.run(timeout=10)
+            fd = open_stats_fd(machine.vcpu)
+            try:
+                seen = int.from_bytes(os.pread(fd, 8, answers["exits"][0]), "little")
+            finally:
+                os.close(fd)
+            details.append(f"Then a guest printed {PRINTED.decode()!r} with three `out`s and "
+                           f"halted ({stop.kind.name}); 8 bytes read at your offset of 'exits' "
+                           f"gave {seen}: every VM exit KVM counted, the `out`s and the `hlt` "
+                           f"among them (KvmStats.read('exits') says {stats.read('exits')}).")
+    missing = [name for name in answers if name not in stats.names]
+    return passed(f"Your find_stat() found all {len(descs)} statistics of a fresh vCPU where "
+                  f"KVM put them, and None for {' and '.join(map(repr, missing))}.",
+                  *details,
+                  "That is the walk minikvm's KvmStats makes once per fd; after it, reading a "
+                  "statistic is one pread at a fixed place -- which is how the watchdog reads "
+                  "'blocking' while the vCPU is inside KVM_RUN.")
