@@ -45,7 +45,8 @@ from minikvm.kvm.uapi import (
     kvm_stats_desc,
     kvm_stats_header,
 )
-from minikvm.lessons.checks_stats import CODE_ADDR, ENDS, PRINTED, SLEEPS, read_descriptors
+from minikvm.kvm.stats import read_layout
+from minikvm.lessons.checks_stats import CODE_ADDR, ENDS, PRINTED, SLEEPS
 from minikvm.machine import Machine
 
 #: The by-hand layouts: six u32 (the header); u32, s16, u16, u32, u32 (a
@@ -295,12 +296,12 @@ def _read_the_file(lesson: Lesson, vcpu, fd: int) -> bool:
         `size` is how many u64 values the statistic has, and `offset` where the first one lies
         -- counted from the start of the **data block**, which begins at `data_offset`.
 
-        minikvm's `read_descriptors` (minikvm/lessons/checks_stats.py) makes that read for each
+        minikvm's `read_layout` (minikvm/kvm/stats.py, what `KvmStats` uses) makes that read for each
         of the `num_desc` descriptors. Then the whole data block in one `pread`, and every
         statistic of this vCPU -- narration only: the list differs between kernels, and
         between KVM flavours (this host's KVM is described by `minikvm info`):
     """)
-    _, descs = read_descriptors(fd)
+    _, descs = read_layout(fd)
     values = sum(desc.size for desc in descs)
     data = os.pread(fd, 8 * values, data_offset)
     rows = []
@@ -398,7 +399,7 @@ def watching(lesson: Lesson) -> None:
         machine.load_flat(SLEEPS, CODE_ADDR)
         fd = ioctl(vcpu.fd, ioctls.KVM_GET_STATS_FD)
         try:
-            header, descs = read_descriptors(fd)
+            header, descs = read_layout(fd)
             place = {desc.name: header.data_offset + desc.offset for desc in descs}
 
             def read(name: str) -> int:

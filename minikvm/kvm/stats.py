@@ -40,11 +40,12 @@ import ctypes
 import os
 import struct
 from collections.abc import Callable
+from typing import NamedTuple
 
 from minikvm.kvm.fd import KvmFd
 from minikvm.kvm.uapi import kvm_stats_desc, kvm_stats_header
 
-__all__ = ["KvmStats", "StatsError"]
+__all__ = ["KvmStats", "StatDescriptor", "StatsError", "read_layout"]
 
 #: Bounds on what a header may claim before we allocate for it (the kernel
 #: has ~50 vCPU statistics with names of 48 bytes; ``KVM_STATS_NAME_SIZE``).
@@ -59,40 +60,76 @@ class StatsError(ValueError):
     """The statistics file does not look as its header says."""
 
 
+class StatDescriptor(NamedTuple):
+    """One descriptor of a statistics file (``struct kvm_stats_desc`` and the
+    name after it), and where it was found. (A named tuple, not a dataclass:
+    this module is on ``minikvm run``'s path, which imports no
+    ``dataclasses``: tests/test_startup_path.py.)"""
+
+    name: str
+    #: Type, unit and base (``KVM_STATS_TYPE_*``, ``KVM_STATS_UNIT_*``,
+    #: ``KVM_STATS_BASE_*`` in minikvm/kvm/uapi.py) and the base's exponent.
+    flags: int
+    exponent: int
+    #: How many u64 values the statistic has (more than one: a histogram).
+    size: int
+    #: Where its first value lies, in bytes from the start of the data block.
+    offset: int
+    bucket_size: int
+    #: Its place among the descriptors, and its own position in the file.
+    index: int
+    at: int
+
+
+def read_layout(fd: int) -> tuple[kvm_stats_header, list[StatDescriptor]]:
+    """The header of the statistics file ``fd`` and all of its descriptors,
+    read with ``pread`` (the file has no position to keep). A header that
+    claims more than :data:`MAX_STATS` statistics or names of 0 or more than
+    :data:`MAX_NAME_SIZE` bytes, or a file that ends early, is a
+    :class:`StatsError`: the sizes come from the kernel, but nothing is
+    allocated on a number read from a file without a bound."""
+    header = kvm_stats_header.from_buffer_copy(_pread_exactly(fd, _HEADER_SIZE, 0))
+    if header.num_desc > MAX_STATS or not 0 < header.name_size <= MAX_NAME_SIZE:
+        raise StatsError(f"a header claiming {header.num_desc} statistics with names "
+                         f"of {header.name_size} bytes")
+    stride = _DESC_SIZE + header.name_size
+    block = _pread_exactly(fd, stride * header.num_desc, header.desc_offset)
+    found = []
+    for index, start in enumerate(range(0, len(block), stride)):
+        desc = kvm_stats_desc.from_buffer_copy(block, start)
+        raw = block[start + _DESC_SIZE:start + stride]
+        name = raw.split(b"\0", 1)[0].decode("ascii", "replace")
+        found.append(StatDescriptor(name, desc.flags, desc.exponent, desc.size, desc.offset,
+                                    desc.bucket_size, index, header.desc_offset + start))
+    return header, found
+
+
+def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise StatsError(f"{size} bytes at offset {offset} asked, {len(data)} read")
+    return data
+
+
 class KvmStats(KvmFd):
     """The binary statistics fd of a VM or vCPU (``KVM_GET_STATS_FD``).
 
     ``fd`` is the new fd the ioctl returned; this object owns it. The
-    layout is read here: :attr:`names` lists the statistics, :meth:`read`
+    layout is read here (:func:`read_layout`: :attr:`header`,
+    :attr:`descriptors`): :attr:`names` lists the statistics, :meth:`read`
     reads one, :meth:`reader` makes a cheap callable for one read often.
     """
 
     def __init__(self, fd: int) -> None:
         super().__init__(fd)
         try:
-            header = kvm_stats_header.from_buffer_copy(self._pread(_HEADER_SIZE, 0))
-            if header.num_desc > MAX_STATS or not 0 < header.name_size <= MAX_NAME_SIZE:
-                raise StatsError(f"a header claiming {header.num_desc} statistics with names "
-                                 f"of {header.name_size} bytes")
-            stride = _DESC_SIZE + header.name_size
-            block = self._pread(stride * header.num_desc, header.desc_offset)
-            self.data_offset = header.data_offset
-            #: Each statistic's place in the data and its number of u64 values.
-            self._places: dict[str, tuple[int, int]] = {}
-            for start in range(0, len(block), stride):
-                desc = kvm_stats_desc.from_buffer_copy(block, start)
-                raw = block[start + _DESC_SIZE:start + stride]
-                name = raw.split(b"\0", 1)[0].decode("ascii", "replace")
-                self._places[name] = (desc.offset, desc.size)
+            self.header, self.descriptors = read_layout(fd)
         except BaseException:
             self.close()
             raise
-
-    def _pread(self, size: int, offset: int) -> bytes:
-        data = os.pread(self.fd, size, offset)
-        if len(data) != size:
-            raise StatsError(f"{size} bytes at offset {offset} asked, {len(data)} read")
-        return data
+        self.data_offset = self.header.data_offset
+        #: Each statistic's place in the data and its number of u64 values.
+        self._places = {desc.name: (desc.offset, desc.size) for desc in self.descriptors}
 
     @property
     def names(self) -> list[str]:
@@ -102,7 +139,7 @@ class KvmStats(KvmFd):
     def read(self, name: str) -> int:
         """The (first) value of the statistic ``name``; KeyError if there is none."""
         offset, _ = self._places[name]
-        return _U64.unpack(self._pread(8, self.data_offset + offset))[0]
+        return _U64.unpack(_pread_exactly(self.fd, 8, self.data_offset + offset))[0]
 
     def reader(self, name: str) -> Callable[[], int] | None:
         """A callable returning the statistic ``name`` (its first value) on

@@ -12,8 +12,8 @@ works out once per fd so that the watchdog can read ``blocking`` with one
 
 The check asks a fresh vCPU's file for every statistic it offers, a name it
 does not offer and a name that is only the start of one, each with a new fd,
-and compares with the descriptors read here (:func:`read_descriptors`, which
-the check first confirms against ``KvmStats``). A wrong answer is named by
+and compares with the file's descriptors (:func:`~minikvm.kvm.stats.read_layout`,
+the parser ``KvmStats`` itself uses, first confirmed against a ``KvmStats``). A wrong answer is named by
 what it most likely is: the offset inside the data block, the descriptors'
 offset taken for the data's, another statistic's place, bytes for values.
 
@@ -22,17 +22,15 @@ The guests here are shared with lesson 14.
 
 from __future__ import annotations
 
-import ctypes
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from minikvm.kvm.stats import StatDescriptor, read_layout
 from minikvm.lessons.learner import learner_function, their_error
 from minikvm.lessons.verdict import Verdict, not_yet, passed
 
-__all__ = ["CODE_ADDR", "ENDS", "PRINTED", "SLEEPS", "StatDesc", "check_14",
-           "open_stats_fd", "read_descriptors"]
+__all__ = ["CODE_ADDR", "ENDS", "PRINTED", "SLEEPS", "check_14", "open_stats_fd"]
 
 #: Where the guests are loaded and start, in real mode.
 CODE_ADDR = 0x1000
@@ -48,24 +46,6 @@ ENDS = _PRINT + b"\xfa\xf4"
 _NO_SUCH = "no_such_statistic"
 
 
-@dataclass(frozen=True)
-class StatDesc:
-    """One descriptor of a statistics file (``struct kvm_stats_desc`` and
-    its name), and where it was found."""
-
-    name: str
-    flags: int
-    exponent: int
-    #: How many u64 values the statistic has (more than one: a histogram).
-    size: int
-    #: Where its first value lies, in bytes from the start of the data block.
-    offset: int
-    bucket_size: int
-    #: Its place among the descriptors, and its own position in the file.
-    index: int
-    at: int
-
-
 def open_stats_fd(vcpu: Any) -> int:
     """A new statistics fd of ``vcpu`` (``KVM_GET_STATS_FD``), for the caller to close."""
     from minikvm.kvm import ioctls
@@ -74,36 +54,9 @@ def open_stats_fd(vcpu: Any) -> int:
     return ioctl(vcpu.fd, ioctls.KVM_GET_STATS_FD)
 
 
-def read_descriptors(fd: int) -> tuple[Any, list[StatDesc]]:
-    """The header of the statistics file ``fd`` (a ``kvm_stats_header``)
-    and all of its descriptors, every field kept: what a table of the
-    statistics needs, where ``KvmStats`` keeps only each one's place."""
-    from minikvm.kvm.uapi import kvm_stats_desc, kvm_stats_header
-
-    header = kvm_stats_header.from_buffer_copy(_exactly(fd, ctypes.sizeof(kvm_stats_header), 0))
-    stride = ctypes.sizeof(kvm_stats_desc) + header.name_size
-    found = []
-    for index in range(header.num_desc):
-        at = header.desc_offset + index * stride
-        raw = _exactly(fd, stride, at)
-        desc = kvm_stats_desc.from_buffer_copy(raw)
-        name = raw[ctypes.sizeof(kvm_stats_desc):].split(b"\0", 1)[0].decode("ascii", "replace")
-        found.append(StatDesc(name, desc.flags, desc.exponent, desc.size, desc.offset,
-                              desc.bucket_size, index, at))
-    return header, found
-
-
-def _exactly(fd: int, size: int, offset: int) -> bytes:
-    data = os.pread(fd, size, offset)
-    if len(data) != size:
-        raise ValueError(f"the statistics file ended early: {len(data)} of {size} bytes "
-                         f"at offset {offset}")
-    return data
-
-
 # -- the check -------------------------------------------------------------------------------
 
-def _questions(descs: list[StatDesc]) -> list[str]:
+def _questions(descs: list[StatDescriptor]) -> list[str]:
     """The names to ask, in order: the two the lesson reads, a histogram,
     every other one in the kernel's order, then two that are not there."""
     names = [desc.name for desc in descs]
@@ -125,12 +78,12 @@ def _header_words(header: Any) -> str:
             f"{header.data_offset}.")
 
 
-def _desc_words(desc: StatDesc) -> str:
+def _desc_words(desc: StatDescriptor) -> str:
     return (f"Descriptor {desc.index} ({desc.name!r}) lies at byte {desc.at}: size "
             f"{desc.size}, offset {desc.offset}.")
 
 
-def _wrong_place(offset: int, desc: StatDesc, header: Any, descs: list[StatDesc]) -> str:
+def _wrong_place(offset: int, desc: StatDescriptor, header: Any, descs: list[StatDescriptor]) -> str:
     """Why ``offset`` is not where ``desc``'s values begin, as best it can be guessed."""
     right = header.data_offset + desc.offset
     if offset == desc.offset:
@@ -158,7 +111,7 @@ def _wrong_place(offset: int, desc: StatDesc, header: Any, descs: list[StatDesc]
             f"offset field ({desc.offset}) = {right}.")
 
 
-def _judge(name: str, answer: object, header: Any, descs: list[StatDesc]) -> Verdict | None:
+def _judge(name: str, answer: object, header: Any, descs: list[StatDescriptor]) -> Verdict | None:
     """None when ``answer`` is right for ``name``; else what is wrong, in words."""
     asked = f"find_stat(fd, {name!r}) returned {answer!r}"
     desc = next((d for d in descs if d.name == name), None)
@@ -202,14 +155,14 @@ def _judge(name: str, answer: object, header: Any, descs: list[StatDesc]) -> Ver
     return None
 
 
-def _confirm_reference(stats: Any, fd: int, header: Any, descs: list[StatDesc]) -> None:
+def _confirm_reference(stats: Any, fd: int, header: Any, descs: list[StatDescriptor]) -> None:
     """The descriptors read here name what ``KvmStats`` names, and its
     reads agree with the places they give (the vCPU is stopped: its values
     hold still); else the check itself is wrong, not the learner."""
     if [desc.name for desc in descs] != stats.names:
         raise RuntimeError("the checker's descriptors and KvmStats disagree on the names")
     for desc in descs:
-        value = int.from_bytes(_exactly(fd, 8, header.data_offset + desc.offset), "little")
+        value = int.from_bytes(os.pread(fd, 8, header.data_offset + desc.offset), "little")
         if value != stats.read(desc.name):
             raise RuntimeError(f"the checker and KvmStats read {desc.name!r} differently")
 
@@ -231,7 +184,7 @@ def check_14(path: Path, work: Path) -> Verdict:
         stats = machine.vcpu.stats()
         fd = open_stats_fd(machine.vcpu)
         try:
-            header, descs = read_descriptors(fd)
+            header, descs = read_layout(fd)
             _confirm_reference(stats, fd, header, descs)
         finally:
             os.close(fd)
