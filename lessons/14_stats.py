@@ -540,10 +540,12 @@ def watchdog(lesson: Lesson) -> None:
     lesson.section("4. What minikvm's watchdog does with it")
     lesson.narrate(f"""
         The watchdog (core/runner.py, `Watchdog`) wakes every {HALT_CHECK_FIRST * 1000:g} ms
-        while the vCPU makes exits. Before section 1's guess -- kick after a quiet spell -- it
+        while the vCPU makes exits. Beside section 1's rule -- kick after a quiet spell -- it
         now reads `blocking` through the reader above: if the vCPU made exits since the last
         halt check and is asleep *now*, it kicks at once. A guest that ends in `cli; hlt` is
-        seen at the first wake-up after its last exit instead of one to two periods later.
+        usually seen at the first wake-up after its last exit instead of one to two periods
+        later -- not while KVM still polls before it sleeps (`kvm_vcpu_halt` sets `blocking`
+        only once it gives up polling, virt/kvm/kvm_main.c), nor within the limit below.
     """)
     with Machine(irqchip=True) as machine:
         with_reader = machine.runners[0].blocking_reader() is not None
