@@ -127,8 +127,8 @@ class Rounds:
         that lasts less than a round moves the pair together, where the
         medians of :meth:`ratio` may take their values from different
         rounds. Its quartiles say how firm the ratio of medians is."""
-        ratios = sorted(a.cpu / b.cpu for a, b in zip(self.results[key], self.results[baseline],
-                                                        strict=True))
+        pairs = zip(self.results[key], self.results[baseline], strict=True)
+        ratios = sorted(a.cpu / b.cpu for a, b in pairs)
         if not ratios:
             raise ValueError(f"no rounds of {key} and {baseline} to pair")
         if len(ratios) < 2:

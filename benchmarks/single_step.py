@@ -354,8 +354,7 @@ def footprint(name: str, guest: Path, binary: Path, steps: int, repeat: int,
     only stands in for an interpreter, whose footprint is code as well."""
     state = BUILD / f"single_step-{name}.state"
     write_state(guest, state)
-    variants = {f"c+{kb}": (lambda kb=kb: c_loop(binary, state, steps, blockirq,
-                                                   touch_kb=kb)[0])
+    variants = {f"c+{kb}": (lambda kb=kb: c_loop(binary, state, steps, blockirq, touch_kb=kb)[0])
                 for kb in FOOTPRINTS}
     variants["a"] = lambda: debugger_loop(guest, steps)[0]
     variants["a0"] = lambda: debugger_loop(guest, steps, changed=False)[0]

@@ -296,8 +296,8 @@ def _read_the_file(lesson: Lesson, vcpu, fd: int) -> bool:
         `size` is how many u64 values the statistic has, and `offset` where the first one lies
         -- counted from the start of the **data block**, which begins at `data_offset`.
 
-        minikvm's `read_layout` (minikvm/kvm/stats.py, what `KvmStats` uses) makes that read for each
-        of the `num_desc` descriptors. Then the whole data block in one `pread`, and every
+        minikvm's `read_layout` (minikvm/kvm/stats.py, which `KvmStats` uses) makes that read
+        for each of the `num_desc` descriptors. Then the whole data block in one `pread`, and every
         statistic of this vCPU -- narration only: the list differs between kernels, and
         between KVM flavours (this host's KVM is described by `minikvm info`):
     """)

@@ -109,6 +109,14 @@ def test_single_step_breakdown_runs(stepping, capsys):
     assert "record.changed" in capsys.readouterr().out
 
 
+def test_single_step_footprint_study_runs_every_size(stepping, capsys):
+    guests, binary, blockirq = stepping
+    single_step.footprint("calls64", guests["calls64"], binary, 50, 1, blockirq)
+    out = capsys.readouterr().out
+    for kb in single_step.FOOTPRINTS:
+        assert f"touching {kb} KiB before each step" in out
+    assert "user+guest" in out and "kernel" in out
+
 
 def test_single_step_instructions_reads_callgrinds_total_and_runs_one_rung(stepping, tmp_path):
     out_file = tmp_path / "callgrind.out"
@@ -119,6 +127,7 @@ def test_single_step_instructions_reads_callgrinds_total_and_runs_one_rung(stepp
         single_step.callgrind_total(out_file)
     # what --instructions runs under callgrind, twice per rung
     assert single_step.main(["--rung", "changed", "--steps", "20", "--blockirq", "1"]) == 0
+
 
 def test_exit_latency_loops_see_the_same_exits():
     binary = exit_latency.build()

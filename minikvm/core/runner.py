@@ -370,6 +370,7 @@ class VcpuRunner:
         except Exception:  # noqa: BLE001 - a report must not fail
             return None
 
+
 class Job:
     """A piece of vCPU work running on its own thread; its result or error.
 

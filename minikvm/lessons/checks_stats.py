@@ -12,8 +12,9 @@ works out once per fd so that the watchdog can read ``blocking`` with one
 
 The check asks a fresh vCPU's file for every statistic it offers, a name it
 does not offer and a name that is only the start of one, each with a new fd,
-and compares with the file's descriptors (:func:`~minikvm.kvm.stats.read_layout`,
-the parser ``KvmStats`` itself uses, first confirmed against a ``KvmStats``). A wrong answer is named by
+and compares with the file's descriptors
+(:func:`~minikvm.kvm.stats.read_layout`, the parser ``KvmStats`` itself
+uses, first confirmed against a ``KvmStats``). A wrong answer is named by
 what it most likely is: the offset inside the data block, the descriptors'
 offset taken for the data's, another statistic's place, bytes for values.
 
@@ -83,7 +84,8 @@ def _desc_words(desc: StatDescriptor) -> str:
             f"{desc.size}, offset {desc.offset}.")
 
 
-def _wrong_place(offset: int, desc: StatDescriptor, header: Any, descs: list[StatDescriptor]) -> str:
+def _wrong_place(offset: int, desc: StatDescriptor, header: Any,
+                 descs: list[StatDescriptor]) -> str:
     """Why ``offset`` is not where ``desc``'s values begin, as best it can be guessed."""
     right = header.data_offset + desc.offset
     if offset == desc.offset:
