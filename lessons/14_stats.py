@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lesson.narrate("""
             This kernel does not offer binary statistics: `KVM_CHECK_EXTENSION
             (KVM_CAP_BINARY_STATS_FD)` says 0. They came with Linux 5.14, and the `blocking`
-            statistic this lesson watches with 5.16. minikvm does without them here: its
+            statistic this lesson watches with 5.17. minikvm does without them here: its
             watchdog finds a sleeping vCPU after a quiet spell instead (section 4 would tell
             the rest). The lesson ends here.
         """)
@@ -134,6 +134,8 @@ class Ran:
     ended: float
     mp_state: KvmMpState | None
     halt_checks: int
+    #: Of those, the ones the watchdog made early, on ``blocking``.
+    early_checks: int
 
 
 def run_guest(code: bytes, irqchip: bool, timeout: float = 10.0) -> Ran:
@@ -146,7 +148,8 @@ def run_guest(code: bytes, irqchip: bool, timeout: float = 10.0) -> Ran:
         stop = machine.run(timeout=timeout)
         ended = time.monotonic()
         runner = machine.runners[0]
-        return Ran(b"".join(output), events, stop, ended, runner.mp_state, runner.halt_checks)
+        return Ran(b"".join(output), events, stop, ended, runner.mp_state, runner.halt_checks,
+                   runner.early_checks)
 
 
 def _guest_exits(events) -> str:
@@ -232,7 +235,9 @@ def by_hand(lesson: Lesson) -> bool:
         `KVM_GET_STATS_FD` on a vCPU fd (or a VM fd) returns a **new file descriptor**, read-only,
         whose contents are that vCPU's statistics (Documentation/virt/kvm/api.rst,
         "KVM_GET_STATS_FD"; `kvm_vcpu_ioctl_get_stats_fd`, virt/kvm/kvm_main.c). It is an ordinary
-        file to read: no ioctls, no structures passed by pointer. Reading it runs
+        file to read: no ioctls, no structures passed by pointer. (Getting it *is* an ioctl on
+        the vCPU fd, which waits for the vCPU's mutex like every other: open it while the vCPU
+        is not running -- minikvm's runner does, when it is made.) Reading it runs
         `kvm_stats_read` (virt/kvm/binary_stats.c), which copies from four blocks one after
         another -- a header, an id string, the descriptors, the data -- and the data are copied
         straight out of the live `struct kvm_vcpu` at each read, **without taking the vCPU's
@@ -270,9 +275,11 @@ def _read_the_file(lesson: Lesson, vcpu, fd: int) -> bool:
         descriptors after the id's {name_size} bytes). `name_size` is the room for every name:
         each descriptor is 16 bytes of fields **and then** its name, padded with NULs to
         `name_size` bytes -- so descriptor *i* lies at `desc_offset + i * (16 + name_size)`, no
-        need to read those before it. The id names the process and the vCPU (`kvm-PID/vcpu-ID`,
-        written when the vCPU is created: `kvm_vm_ioctl_create_vcpu`, virt/kvm/kvm_main.c),
-        handy when one reads many of these files. The first descriptor, by hand:
+        need to read those before it. The id names the thread that created the vCPU and the
+        vCPU (`kvm-PID/vcpu-ID`, written when the vCPU is created: `kvm_vcpu_init` called from
+        `kvm_vm_ioctl_create_vcpu`, virt/kvm/kvm_main.c; the PID is the process's when its main
+        thread made the vCPU), handy when one reads many of these files. The first descriptor,
+        by hand:
     """)
     stride = DESC.size + name_size
     raw = os.pread(fd, stride, desc_offset)
@@ -302,8 +309,7 @@ def _read_the_file(lesson: Lesson, vcpu, fd: int) -> bool:
         between KVM flavours (this host's KVM is described by `minikvm info`):
     """)
     _, descs = read_layout(fd)
-    values = sum(desc.size for desc in descs)
-    data = os.pread(fd, 8 * values, data_offset)
+    data = os.pread(fd, max(desc.offset + 8 * desc.size for desc in descs), data_offset)
     rows = []
     for desc in descs:
         values_of = struct.unpack_from(f"<{desc.size}Q", data, desc.offset)
@@ -321,9 +327,9 @@ def _read_the_file(lesson: Lesson, vcpu, fd: int) -> bool:
         vCPU runs a nested guest) and **`blocking`** -- 1 while the vCPU sleeps in
         `kvm_vcpu_block`, which sets it before going to sleep and clears it after waking
         (virt/kvm/kvm_main.c). That is the one we want. (Before it blocks, a halted vCPU may
-        spin for some microseconds hoping for an early wake-up -- halt polling, in
-        `kvm_vcpu_halt`, counted by the `halt_poll_*` statistics; `blocking` turns 1 only when
-        it really goes to sleep.)
+        spin for up to a few hundred microseconds hoping for an early wake-up -- halt polling,
+        in `kvm_vcpu_halt`, bounded by `halt_poll_ns` and counted by the `halt_poll_*`
+        statistics; `blocking` turns 1 only when it really goes to sleep.)
     """)
     tiled = all(desc.offset == sum(8 * d.size for d in descs[:desc.index]) for desc in descs)
     lesson.checkpoint("the values lie back to back, in the descriptors' order", tiled, True)
@@ -336,7 +342,7 @@ def _read_the_file(lesson: Lesson, vcpu, fd: int) -> bool:
     if blocking is None:
         lesson.narrate("""
             This kernel has the statistics file but no `blocking` statistic: it came with Linux
-            5.16. minikvm's watchdog then waits for a quiet spell (section 1), and the rest of
+            5.17. minikvm's watchdog then waits for a quiet spell (section 1), and the rest of
             this lesson has nothing to watch. It ends here.
         """)
         lesson.checkpoint("'blocking' offered", False)
@@ -529,7 +535,7 @@ def with_the_api(lesson: Lesson) -> None:
     lesson.narrate("""
         One difference: under `Machine.run` the watchdog is running too, and now and then kicks
         the sleeping vCPU for a halt check (the guest has IF set, so it goes back to sleep).
-        For those few microseconds `blocking` reads 0 -- the vCPU is out of KVM_RUN -- which
+        For that fraction of a millisecond `blocking` reads 0 -- the vCPU is out of KVM_RUN -- which
         is why the loop above waits for a 1 rather than taking the first read.
     """)
 
@@ -544,8 +550,9 @@ def watchdog(lesson: Lesson) -> None:
         now reads `blocking` through the reader above: if the vCPU made exits since the last
         halt check and is asleep *now*, it kicks at once. A guest that ends in `cli; hlt` is
         usually seen at the first wake-up after its last exit instead of one to two periods
-        later -- not while KVM still polls before it sleeps (`kvm_vcpu_halt` sets `blocking`
-        only once it gives up polling, virt/kvm/kvm_main.c), nor within the limit below.
+        later -- not while KVM still polls before it sleeps (`kvm_vcpu_halt` polls first and
+        only then calls `kvm_vcpu_block`, which sets `blocking`; virt/kvm/kvm_main.c), nor
+        within the limit below.
     """)
     with Machine(irqchip=True) as machine:
         with_reader = machine.runners[0].blocking_reader() is not None
@@ -559,8 +566,15 @@ def watchdog(lesson: Lesson) -> None:
     late = (ran.ended - guest_events[-1].time) * 1000 if guest_events else float("nan")
     lesson.result("cli; hlt", f"{ran.stop.message}, {late:.2f} ms after the last exit, "
                               f"{ran.halt_checks} halt check"
-                              f"{'s' if ran.halt_checks != 1 else ''}")
+                              f"{'s' if ran.halt_checks != 1 else ''}, "
+                              f"{ran.early_checks} of them early (on 'blocking')")
     lesson.checkpoint("cli; hlt under the watchdog", ran.stop.kind.name, "HALT")
+    lesson.narrate("""
+        (The time is to the end of the run: the kick, `KVM_GET_MP_STATE`, the registers and
+        the run loop's own way out are in it, a few hundred microseconds here. Whether the
+        check was early is narrated, not a checkpoint: a wake-up that lands while KVM still
+        polls, a few microseconds before `blocking` turns 1, falls back on the quiet rule.)
+    """)
     lesson.narrate(f"""
         Two things keep the early check honest. It is made only for the *first* check after an
         exit: a vCPU that computes without exits is never asleep, and gets the quiet-spell
@@ -584,7 +598,7 @@ def watchdog(lesson: Lesson) -> None:
         once, since the guest makes no more exits. The run ends at its timeout.
 
         And the fallback: where the kernel has no statistics fd (before Linux 5.14) or no
-        `blocking` (before 5.16), `blocking_reader()` is None and the watchdog does what
+        `blocking` (before 5.17), `blocking_reader()` is None and the watchdog does what
         section 1 described. `minikvm info` says which of the two this host gets:
     """)
     with Kvm() as kvm:

@@ -86,8 +86,9 @@ def halt_detection(kvm: Kvm) -> str:
     except (KvmError, OSError, ValueError):
         found = False
     if found:
-        return ("usually within 1 ms of the guest's last exit: the vCPU's 'blocking' "
-                "statistic (KVM_GET_STATS_FD); else as without it")
+        return ("the check starts at the watchdog's first wake-up after the guest's last "
+                "exit (usually within 1 ms): the vCPU's 'blocking' statistic "
+                "(KVM_GET_STATS_FD); else as without it")
     return ("after 1-2 ms without exits (up to 50 ms after a long computation): "
             "no 'blocking' statistic here")
 

@@ -90,6 +90,9 @@ class VcpuRunner:
         #: short by the halt check itself (the watchdog looks at the rest).
         self.runs = 0
         self.halt_checks = 0
+        #: Of the halt checks asked for, those the watchdog made early: on
+        #: KVM's ``blocking`` statistic, before a quiet spell (:class:`Watchdog`).
+        self.early_checks = 0
         #: Exits of :meth:`exits` that were no exit of the guest's: a
         #: ``KVM_RUN`` cut short by a signal (``KVM_EXIT_INTR``: the VMM's
         #: kicks). ``Machine.run(max_exits=)`` leaves them out of its count.
@@ -492,8 +495,9 @@ class Watchdog:
     one such period of its last exit instead of one to two. Otherwise --
     after a stretch of computing without exits (the wake-ups are spaced
     out then), within ``interval`` of another early check, or while KVM
-    still polls before it sleeps (``blocking`` is set only once it does:
-    ``kvm_vcpu_halt``, virt/kvm/kvm_main.c) -- the quiet rule applies as
+    still polls before it sleeps (``kvm_vcpu_halt`` polls first and only then
+    calls ``kvm_vcpu_block``, which sets ``blocking``: virt/kvm/kvm_main.c)
+    -- the quiet rule applies as
     without the statistic. A vCPU that is computing is never asleep
     there and gets no more kicks than before. One that makes exits and
     sleeps in ``sti; hlt`` between them (waiting for its timer or its UART)
@@ -509,8 +513,10 @@ class Watchdog:
         self.first = min(first, interval)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Times the thread woke up to look at its vCPUs (or the deadline).
+        #: Times the thread woke up to look at its vCPUs (or the deadline),
+        #: and halt checks it made early, on KVM's ``blocking`` statistic.
         self.wakeups = 0
+        self.early_checks = 0
         #: The run ends on a halt only when all of its vCPUs are done.
         self.group = HaltGroup(self.runners)
         for runner in self.runners:
@@ -563,6 +569,8 @@ class Watchdog:
                 if (not due and wait_for[i] == first and asleep is not None
                         and now - early_at[i] >= self.interval and self._asleep(blocking, i)):
                     early_at[i] = now
+                    self.early_checks += 1
+                    runner.early_checks += 1
                     due = True
                 if due:
                     runner.check_halt()

@@ -73,6 +73,22 @@ def _questions(descs: list[StatDescriptor]) -> list[str]:
     return first + rest + [_NO_SUCH] + ([prefix] if prefix else [])
 
 
+_REARRANGED = ("The rearranged file holds this vCPU's statistics laid out another way that "
+               "the format allows: roomier names, gaps, more descriptors. A find_stat() that "
+               "takes every number from the header finds them as in the kernel's file.")
+
+
+def _rearranged_questions(descs: list[StatDescriptor]) -> list[str]:
+    """What to ask of the rearranged file: exits, a histogram, the last real
+    statistic (past 4 KiB of descriptors there), a prefix, a missing name."""
+    names = [d.name for d in descs]
+    asked = [name for name in ("exits",) if name in names]
+    asked += [d.name for d in descs if d.size > 1][:1]
+    asked.append(names[-1])
+    asked += [q for q in _questions(descs)[-2:] if q not in asked]
+    return asked
+
+
 def _header_words(header: Any) -> str:
     return (f"This file's header: name_size {header.name_size}, num_desc {header.num_desc}, "
             f"id_offset {header.id_offset}, desc_offset {header.desc_offset}, data_offset "
@@ -85,8 +101,10 @@ def _desc_words(desc: StatDescriptor) -> str:
 
 
 def _wrong_place(offset: int, desc: StatDescriptor, header: Any,
-                 descs: list[StatDescriptor]) -> str:
-    """Why ``offset`` is not where ``desc``'s values begin, as best it can be guessed."""
+                 descs: list[StatDescriptor], kernel: Any = None) -> str:
+    """Why ``offset`` is not where ``desc``'s values begin, as best it can be
+    guessed. ``kernel``: the kernel's own header, when ``header`` is the
+    rearranged file's (:func:`rearranged`)."""
     right = header.data_offset + desc.offset
     if offset == desc.offset:
         return (f"{offset} is the descriptor's offset field as it stands: it counts from the "
@@ -103,7 +121,21 @@ def _wrong_place(offset: int, desc: StatDescriptor, header: Any,
         return ("That is where the value would be if every statistic had one value; but a "
                 "histogram has `size` values, so the places of those after it move on. Use the "
                 "descriptor's offset field.")
+    if kernel is not None and offset == kernel.data_offset + desc.offset:
+        return (f"That is where it lies in the kernel's own file, but this file is laid out "
+                f"differently, as the header allows: use this header's numbers, not the ones "
+                f"your machine happened to show (name_size {header.name_size}, not "
+                f"{kernel.name_size}; data_offset {header.data_offset}, not "
+                f"{kernel.data_offset}).")
+    after_descs = header.desc_offset + header.num_desc * (16 + header.name_size)
+    if offset == after_descs + desc.offset and after_descs != header.data_offset:
+        return (f"That assumes the data block begins right after the last descriptor "
+                f"({after_descs}); the header says where it begins: data_offset "
+                f"({header.data_offset}). The kernel leaves no gap today; the format allows one.")
     other = next((d for d in descs if header.data_offset + d.offset == offset), None)
+    if other is not None and desc.name in other.name:
+        return (f"That is where {other.name!r} begins: you matched {other.name!r}, which "
+                f"contains {desc.name!r}. Compare whole names (the NULs after a name stripped).")
     if other is not None:
         return (f"That is where {other.name!r} begins (descriptor {other.index}), not "
                 f"{desc.name!r} (descriptor {desc.index}): the fields you used belong to another "
@@ -113,9 +145,13 @@ def _wrong_place(offset: int, desc: StatDescriptor, header: Any,
             f"offset field ({desc.offset}) = {right}.")
 
 
-def _judge(name: str, answer: object, header: Any, descs: list[StatDescriptor]) -> Verdict | None:
-    """None when ``answer`` is right for ``name``; else what is wrong, in words."""
+def _judge(name: str, answer: object, header: Any, descs: list[StatDescriptor],
+           kernel: Any = None) -> Verdict | None:
+    """None when ``answer`` is right for ``name``; else what is wrong, in words.
+    ``kernel``: the kernel's own header, when the file asked was rearranged."""
     asked = f"find_stat(fd, {name!r}) returned {answer!r}"
+    if kernel is not None:
+        asked += " on the rearranged file"
     desc = next((d for d in descs if d.name == name), None)
     if desc is None:
         if answer is None:
@@ -143,8 +179,8 @@ def _judge(name: str, answer: object, header: Any, descs: list[StatDescriptor]) 
     if offset != right:
         return not_yet(f"{asked}, but the first value of {name!r} lies at byte {right} of "
                        "the file.",
-                       _wrong_place(offset, desc, header, descs), _header_words(header),
-                       _desc_words(desc))
+                       _wrong_place(offset, desc, header, descs, kernel),
+                       _header_words(header), _desc_words(desc))
     if count != desc.size:
         if count == 8 * desc.size:
             why = ("That is its size in bytes; the answer counts values (u64s): the "
@@ -155,6 +191,57 @@ def _judge(name: str, answer: object, header: Any, descs: list[StatDescriptor]) 
         return not_yet(f"{asked}: the place is right, but {name!r} has {desc.size} "
                        f"value{'s' if desc.size != 1 else ''}.", why, _desc_words(desc))
     return None
+
+
+#: The rearranged file: names 8 bytes roomier than the kernel's, a gap
+#: after the id and another before the data, and this many made-up
+#: statistics before the real ones (more than fit in 4 KiB of descriptors).
+_ROOMIER = 8
+_GAPS = (40, 24)
+_PADDING_STATS = 32
+
+
+def rearranged(header: Any, descs: list[StatDescriptor], data: bytes) -> bytes:
+    """The kernel's statistics file laid out another way that its header
+    allows (Documentation/virt/kvm/api.rst: every offset and ``name_size``
+    come from the header): what a ``find_stat`` that reads the header must
+    find as easily as the kernel's own, and one that copied this host's
+    numbers does not. The real statistics keep their values and their
+    places in the data block; made-up ones (``minikvm_pad_N``, one value
+    each, after the real data) come first among the descriptors."""
+    import struct
+
+    from minikvm.kvm.uapi import kvm_stats_desc, kvm_stats_header
+
+    name_size = header.name_size + _ROOMIER
+    padded = [(f"minikvm_pad_{n}", 0, 0, 1, len(data) + 8 * n, 0) for n in range(_PADDING_STATS)]
+    real = [(d.name, d.flags, d.exponent, d.size, d.offset, d.bucket_size) for d in descs]
+    entries = padded + real
+    id_offset = 24
+    desc_offset = id_offset + name_size + _GAPS[0]
+    data_offset = desc_offset + len(entries) * (16 + name_size) + _GAPS[1]
+    new = kvm_stats_header(flags=0, name_size=name_size, num_desc=len(entries),
+                           id_offset=id_offset, desc_offset=desc_offset, data_offset=data_offset)
+    out = bytearray(bytes(new))
+    out += b"kvm-exercise/vcpu-0".ljust(name_size, b"\0") + bytes(_GAPS[0])
+    for name, flags, exponent, size, offset, bucket in entries:
+        out += bytes(kvm_stats_desc(flags=flags, exponent=exponent, size=size, offset=offset,
+                                    bucket_size=bucket))
+        out += name.encode().ljust(name_size, b"\0")
+    out += bytes(_GAPS[1])
+    out += data + b"".join(struct.pack("<Q", 1000 + n) for n in range(_PADDING_STATS))
+    return bytes(out)
+
+
+def _rearranged_fd(contents: bytes) -> int:
+    """A read-only fd on ``contents`` (a memory file): ``pread`` works on
+    it as on the kernel's."""
+    writer = os.memfd_create("minikvm-exercise-14", os.MFD_CLOEXEC)
+    try:
+        os.write(writer, contents)
+        return os.open(f"/proc/self/fd/{writer}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(writer)
 
 
 def _confirm_reference(stats: Any, fd: int, header: Any, descs: list[StatDescriptor]) -> None:
@@ -206,6 +293,36 @@ def check_14(path: Path, work: Path) -> Verdict:
             wrong = _judge(name, answers[name], header, descs)
             if wrong is not None:
                 return wrong
+        # The same statistics, laid out another way the header allows.
+        fd = open_stats_fd(machine.vcpu)
+        try:
+            data = os.pread(fd, max(d.offset + 8 * d.size for d in descs), header.data_offset)
+        finally:
+            os.close(fd)
+        contents = rearranged(header, descs, data)
+        fd = _rearranged_fd(contents)
+        try:
+            other_header, other_descs = read_layout(fd)
+        finally:
+            os.close(fd)
+        last_real = descs[-1].name
+        for name in _rearranged_questions(descs):
+            fd = _rearranged_fd(contents)
+            try:
+                answer = find_stat(fd, name)
+            except Exception as err:  # noqa: BLE001 - the learner's code may raise anything
+                return not_yet(f"find_stat(fd, {name!r}) on the rearranged file raised "
+                               f"{their_error(err, path)}.", _REARRANGED,
+                               _header_words(other_header))
+            finally:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            wrong = _judge(name, answer, other_header, other_descs, kernel=header)
+            if wrong is not None:
+                wrong.details.append(_REARRANGED)
+                return wrong
         details = []
         histogram = next((d for d in descs if d.size > 1 and d.name in answers), None)
         if histogram is not None:
@@ -223,6 +340,10 @@ def check_14(path: Path, work: Path) -> Verdict:
                            f"halted ({stop.kind.name}); 8 bytes read at your offset of 'exits' "
                            f"gave {seen}: every VM exit KVM counted, the `out`s and the `hlt` "
                            f"among them (KvmStats.read('exits') says {stats.read('exits')}).")
+    details.append(f"Then the same statistics in a file laid out another way the header "
+                   f"allows (name_size {other_header.name_size}, gaps before the descriptors "
+                   f"and the data, {_PADDING_STATS} more statistics first): found too, "
+                   f"{last_real!r} included.")
     missing = [name for name in answers if name not in stats.names]
     return passed(f"Your find_stat() found all {len(descs)} statistics of a fresh vCPU where "
                   f"KVM put them, and None for {' and '.join(map(repr, missing))}.",
