@@ -55,7 +55,13 @@ down to the kernel code it slept in (:func:`where_it_slept`), e.g. the
 PIT's IRQ-mask notifier at the close. Sleeps are longer on a loaded machine
 (the wake-up waits for a CPU); how many sleeps, and where, say more.
 
-    python benchmarks/startup.py [--repeat R] [--phases] [--where N]
+**Where the tail goes** (``--tail N``): N runs of (m) with KVM's
+``blocking`` statistic and N without (the runner made to find none), each
+timed from inside (:data:`TAIL_PROBE`): the last output byte to the halt
+noticed, the machine's close (the kernel's VM teardown), and the tail
+measured outside less that close -- minikvm's own part of the tail.
+
+    python benchmarks/startup.py [--repeat R] [--phases] [--tail N] [--where N]
 """
 
 from __future__ import annotations
@@ -102,6 +108,51 @@ t3 = time.perf_counter()
 machine.close()
 t4 = time.perf_counter()
 print(f"{t1 - t0} {t2 - t1} {t3 - t2} {t4 - t3} {stop.kind.value}")
+"""
+
+
+#: ``minikvm run`` with its tail timed from inside (--tail): the last byte
+#: the output thread wrote, the run's end (the watchdog closed: the halt
+#: noticed), the machine's close (the kernel's VM teardown) and the
+#: ``os._exit`` that ends it, as seconds after the last byte, on stderr.
+#: ``--no-stats`` makes the runner find no ``blocking`` statistic, as on a
+#: kernel without one.
+TAIL_PROBE = r"""
+import os, sys, time
+import minikvm.core.runner as runner
+import minikvm.machine as machine
+marks = {}
+def timed(cls, name, label):
+    original = getattr(cls, name)
+    def wrapper(self, *args, **kwargs):
+        marks.setdefault(label + ">", time.perf_counter())
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            marks[label + "<"] = time.perf_counter()
+    setattr(cls, name, wrapper)
+timed(runner.Watchdog, "close", "run end")
+timed(machine.Machine, "close", "close")
+if sys.argv[2] == "--no-stats":
+    runner.VcpuRunner._find_blocking = lambda self: None
+write = os.write
+def counted(fd, data):
+    done = write(fd, data)
+    if fd == 1:
+        marks["last byte"] = time.perf_counter()
+    return done
+os.write = counted
+leave = os._exit
+def report_and_leave(status):
+    last = marks["last byte"]
+    parts = (marks["run end>"] - last, marks["close<"] - marks["close>"],
+             time.perf_counter() - last)
+    write(2, ("tailprobe " + " ".join(str(part) for part in parts) + "\n").encode())
+    leave(status)
+os._exit = report_and_leave
+from minikvm.cli import entry
+sys.argv = ["minikvm", "run", sys.argv[1]]
+entry()   # as `python -m minikvm run` does, to its os._exit
 """
 
 
@@ -195,7 +246,7 @@ def where_it_slept(stack: list[str]) -> str:
                  "kvm_unregister_irq_ack_notifier": "PIT IRQ-ack notifier (eventfd.c)"}
         return f"{phase}synchronize_srcu: {named.get(caller[0], caller[0])}"
     if "kvm_vcpu_block" in stack:
-        return "guest halted in KVM_RUN (until the 1 ms quiet timer)"
+        return "guest halted in KVM_RUN (until the watchdog's halt check)"
     kvm = [name for name in stack if name.startswith("kvm_")]
     return phase + (kvm[0] if kvm else "elsewhere (page faults, pipes, threads)")
 
@@ -246,12 +297,44 @@ def where(commands: dict[str, list[str]], runs: int, env: dict[str, str]) -> Non
                       f"{max(values):5.1f}  {place}")
 
 
+def tail_study(spawner: Path, python: str, env: dict[str, str], rounds: int) -> None:
+    """``--tail N``: where the tail of ``minikvm run`` goes, with KVM's
+    ``blocking`` statistic and without, alternated: from the last output byte
+    to the halt noticed (the watchdog), the machine's close (the kernel's VM
+    teardown, timed inside), and the tail measured outside (to the process's
+    exit, by ``spawn.c``) less that close: minikvm's own part of the tail."""
+    parts: dict[str, list[tuple[float, float, float]]] = {"with": [], "without": []}
+    for _ in range(rounds):
+        for key, flag in (("with", "--stats"), ("without", "--no-stats")):
+            sample = check(f"tail probe {key}", spawn(
+                spawner, [python, "-c", TAIL_PROBE, str(GUEST), flag], env))
+            line = next((line for line in sample.stderr.decode().splitlines()
+                         if line.startswith("tailprobe ")), None)
+            if line is None or sample.tail is None or sample.output != EXPECTED:
+                raise RuntimeError(f"the tail probe failed: {sample.stderr!r}")
+            noticed, close, _ = (float(word) for word in line.split()[1:])
+            parts[key].append((noticed, close, sample.tail))
+    print(f"where the tail of (m) goes, {rounds} runs each, alternated (median ms; "
+          "'own part' is the tail less the VM's close):")
+    for key, rows in parts.items():
+        noticed = median(row[0] for row in rows) * 1e3
+        close = [row[1] for row in rows]
+        own = median(row[2] - row[1] for row in rows) * 1e3
+        print(f"  {key:<7} 'blocking': halt noticed {noticed:5.2f}  close {spread(close)}  "
+              f"tail {median(row[2] for row in rows) * 1e3:5.1f}  own part {own:5.2f}  "
+              f"(target <= {TARGET_TAIL * 1e3:.0f} for the whole tail)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--phases", action="store_true",
                         help="also time the phases inside one minikvm run (import, set-up, "
                              "run, close)")
+    parser.add_argument("--tail", type=int, default=0, metavar="N",
+                        help="then run (m) N times with KVM's 'blocking' statistic and N "
+                             "without, timing its tail from inside: the halt noticed, the "
+                             "VM's close, the rest")
     parser.add_argument("--where", type=int, default=0, metavar="N",
                         help="then run (c), (c-r) and (m) N times each under perf (root) and "
                              "say where in the kernel each process slept")
@@ -328,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         for i, name in enumerate(names):
             print(f"  {name:<24} {median(p[i] for p in phases) * 1e3:6.1f} ms")
         print(f"  close, all runs: {spread([p[3] for p in phases])}")
+    if args.tail:
+        tail_study(spawner, python, env, args.tail)
     if args.where:
         where({"(c)": [str(binary), str(GUEST)],
                "(c-r)": [str(binary), str(GUEST), "reinject-off"],

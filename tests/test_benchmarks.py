@@ -9,8 +9,10 @@ of changed registers, same RIPs) -- so a benchmark cannot rot unnoticed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -144,8 +146,6 @@ def test_exit_latency_loops_see_the_same_exits():
 
 
 def test_startup_c_program_runs_the_guest_and_reports_its_teardown():
-    import os
-
     spawner, binary = build_c("spawn"), build_c("startup")
     sample = startup.spawn(spawner, [str(binary), str(startup.GUEST)], dict(os.environ))
     assert sample.status == 0 and sample.output == startup.EXPECTED
@@ -176,6 +176,18 @@ kworker/1:0  9 [001] 100.016000: sched:sched_switch: prev_comm=kworker/1:0 prev_
 prev_prio=120 prev_state=I ==> next_comm=startup next_pid=7 next_prio=120
 \tffffffff82265908 __schedule+0x628 ([kernel.kallsyms])
 """
+
+
+def test_the_tail_probe_times_minikvm_run_from_inside(capsys):
+    # One run with KVM's 'blocking' statistic and one without: each prints
+    # the guest's line, ends with status 0 and reports its tail's parts.
+    spawner = build_c("spawn")
+    subprocess.run(["make", "-s", "-C", str(startup.ROOT / "guests")], check=True)
+    env = dict(os.environ, PYTHONPATH=str(startup.ROOT))
+    startup.tail_study(spawner, sys.executable, env, 1)
+    out = capsys.readouterr().out
+    assert "with    'blocking': halt noticed" in out
+    assert "without 'blocking': halt noticed" in out and "own part" in out
 
 
 def test_a_sleep_is_put_down_to_the_kernel_code_it_slept_in():
