@@ -567,13 +567,13 @@ def watchdog(lesson: Lesson) -> None:
     lesson.result("cli; hlt", f"{ran.stop.message}, {late:.2f} ms after the last exit, "
                               f"{ran.halt_checks} halt check"
                               f"{'s' if ran.halt_checks != 1 else ''}, "
-                              f"{ran.early_checks} of them early (on 'blocking')")
+                              f"{ran.early_checks} asked early (on 'blocking')")
     lesson.checkpoint("cli; hlt under the watchdog", ran.stop.kind.name, "HALT")
     lesson.narrate("""
         (The time is to the end of the run: the kick, `KVM_GET_MP_STATE`, the registers and
         the run loop's own way out are in it, a few hundred microseconds here. Whether the
         check was early is narrated, not a checkpoint: a wake-up that lands while KVM still
-        polls, a few microseconds before `blocking` turns 1, falls back on the quiet rule.)
+        polls, before `blocking` turns 1, falls back on the quiet rule.)
     """)
     lesson.narrate(f"""
         Two things keep the early check honest. It is made only for the *first* check after an

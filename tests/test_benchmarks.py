@@ -184,10 +184,14 @@ def test_the_tail_probe_times_minikvm_run_from_inside(capsys):
     spawner = build_c("spawn")
     subprocess.run(["make", "-s", "-C", str(startup.ROOT / "guests")], check=True)
     env = dict(os.environ, PYTHONPATH=str(startup.ROOT))
-    startup.tail_study(spawner, sys.executable, env, 1)
+    runs = startup.tail_study(spawner, sys.executable, env, 1)
     out = capsys.readouterr().out
     assert "with    'blocking': halt noticed" in out
-    assert "without 'blocking': halt noticed" in out and "own part" in out
+    assert "without 'blocking': halt noticed" in out and "after os._exit" in out
+    for noticed, close, inside, tail in runs["with"] + runs["without"]:
+        # in the order they happen: the halt noticed, the close within the
+        # Python side, the process's exit seen from outside after it
+        assert 0 <= noticed <= inside and 0 < close <= inside <= tail + 0.002
 
 
 def test_a_sleep_is_put_down_to_the_kernel_code_it_slept_in():

@@ -392,25 +392,30 @@ STATS_MISTAKES = [
      "there is no statistic 'exit': only 'exits' begins that way"),
     ('padded.split(b"\\0", 1)[0].decode() == name',
      'name in padded.split(b"\\0", 1)[0].decode()',
-     "which contains 'irq_exits'. Compare whole names"),
+     "Compare whole names (the NULs after a name stripped)."),
     # Numbers that happen to be the kernel's, not the header's: the checker's
     # rearranged file (roomier names, gaps, more statistics) tells them apart.
     ("return data_offset + offset, size", "return desc_offset + num_desc * stride + offset, size",
-     "assumes the data block begins right after the last descriptor"),
-    ("stride = DESC.size + name_size", "stride = DESC.size + 48",
-     "on the rearranged file"),
+     "adds up the blocks before the data as if they followed each other"),
+    ("stride = DESC.size + name_size", "stride = DESC.size + HOST_NAME_SIZE",
+     "The rearranged file holds this vCPU's statistics laid out another way"),
     ("return data_offset + offset, size", "return HOST_DATA_OFFSET + offset, size",
      "laid out differently, as the header allows"),
+    # The next descriptor's fields with this one's name: not a partial match.
+    ("DESC.unpack_from(descriptors, start)", "DESC.unpack_from(descriptors, start + stride)",
+     "the fields you used belong to another descriptor than the name you matched"),
 ]
 
 
-def _host_data_offset() -> int:
-    """The data_offset of this kernel's vCPU statistics file: what a
-    find_stat that copied this host's numbers would have written in."""
+def _host_numbers() -> dict[str, str]:
+    """The data_offset and name_size of this kernel's vCPU statistics file:
+    what a find_stat that copied this host's numbers would have written in."""
     from minikvm.machine import Machine
 
     with Machine() as machine:
-        return machine.vcpu.stats().data_offset
+        header = machine.vcpu.stats().header
+        return {"HOST_DATA_OFFSET": str(header.data_offset),
+                "HOST_NAME_SIZE": str(header.name_size)}
 
 
 @pytest.mark.kvm
@@ -418,13 +423,14 @@ def _host_data_offset() -> int:
                          ids=["no data_offset", "bytes", "one value each", "histogram of 1",
                               "stride without the name", "prefix", "substring",
                               "data after the descriptors", "name_size of this host",
-                              "data_offset of this host"])
+                              "data_offset of this host", "the next descriptor's fields"])
 def test_a_find_stat_that_goes_wrong_is_told_how(tmp_path, right, wrong, said):
     skip_without_what_it_needs("14")
     solution = (lessons_dir() / "exercises" / "solutions" / "14_stats.py").read_text()
     assert solution.count(right) == 1
     source = tmp_path / "14_stats.py"
-    wrong = wrong.replace("HOST_DATA_OFFSET", str(_host_data_offset()))
+    for placeholder, number in _host_numbers().items():
+        wrong = wrong.replace(placeholder, number)
     source.write_text(solution.replace(right, wrong))
     verdict = check_exercise("14", source)
     assert not verdict.passed

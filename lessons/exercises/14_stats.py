@@ -5,7 +5,9 @@ one descriptor per statistic (16 bytes of fields, then the name padded with
 NULs to name_size bytes), and the data -- the values themselves. The checker
 opens a fresh vCPU's file and calls ``find_stat(fd, name)`` for every
 statistic it offers and for two names it does not, and compares each answer
-with where KVM put the values. The task (14_stats.md).
+with where KVM put the values; then asks a few again on a file of its own,
+the same statistics laid out another way the header allows. The task
+(14_stats.md).
 Check with:  minikvm lesson check 14
 """
 

@@ -90,8 +90,9 @@ class VcpuRunner:
         #: short by the halt check itself (the watchdog looks at the rest).
         self.runs = 0
         self.halt_checks = 0
-        #: Of the halt checks asked for, those the watchdog made early: on
-        #: KVM's ``blocking`` statistic, before a quiet spell (:class:`Watchdog`).
+        #: Halt checks the watchdog asked for early: on KVM's ``blocking``
+        #: statistic, before a quiet spell (:class:`Watchdog`). Counted when
+        #: asked, where :attr:`halt_checks` counts those taken.
         self.early_checks = 0
         #: Exits of :meth:`exits` that were no exit of the guest's: a
         #: ``KVM_RUN`` cut short by a signal (``KVM_EXIT_INTR``: the VMM's
@@ -513,9 +514,10 @@ class Watchdog:
         self.first = min(first, interval)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Times the thread woke up to look at its vCPUs (or the deadline),
-        #: and halt checks it made early, on KVM's ``blocking`` statistic.
+        #: Times the thread woke up to look at its vCPUs (or the deadline).
         self.wakeups = 0
+        #: Halt checks it asked for early, on KVM's ``blocking`` statistic
+        #: (asked: a run that ends meanwhile may never take the last one).
         self.early_checks = 0
         #: The run ends on a halt only when all of its vCPUs are done.
         self.group = HaltGroup(self.runners)

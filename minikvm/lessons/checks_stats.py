@@ -14,9 +14,13 @@ The check asks a fresh vCPU's file for every statistic it offers, a name it
 does not offer and a name that is only the start of one, each with a new fd,
 and compares with the file's descriptors
 (:func:`~minikvm.kvm.stats.read_layout`, the parser ``KvmStats`` itself
-uses, first confirmed against a ``KvmStats``). A wrong answer is named by
-what it most likely is: the offset inside the data block, the descriptors'
-offset taken for the data's, another statistic's place, bytes for values.
+uses, first confirmed against a ``KvmStats``). Then it asks a few names
+again on a file it builds itself (:func:`rearranged`): the same statistics
+laid out another way the format allows, so that numbers copied from this
+host instead of read from the header do not pass. A wrong answer is named
+by what it most likely is: the offset inside the data block, the
+descriptors' offset taken for the data's, another statistic's place, a
+name matched in part, numbers that are not this header's, bytes for values.
 
 The guests here are shared with lesson 14.
 """
@@ -124,16 +128,23 @@ def _wrong_place(offset: int, desc: StatDescriptor, header: Any,
     if kernel is not None and offset == kernel.data_offset + desc.offset:
         return (f"That is where it lies in the kernel's own file, but this file is laid out "
                 f"differently, as the header allows: use this header's numbers, not the ones "
-                f"your machine happened to show (name_size {header.name_size}, not "
-                f"{kernel.name_size}; data_offset {header.data_offset}, not "
-                f"{kernel.data_offset}).")
-    after_descs = header.desc_offset + header.num_desc * (16 + header.name_size)
-    if offset == after_descs + desc.offset and after_descs != header.data_offset:
-        return (f"That assumes the data block begins right after the last descriptor "
-                f"({after_descs}); the header says where it begins: data_offset "
-                f"({header.data_offset}). The kernel leaves no gap today; the format allows one.")
+                f"your machine happened to show or an earlier file had (name_size "
+                f"{header.name_size}, not {kernel.name_size}; data_offset "
+                f"{header.data_offset}, not {kernel.data_offset}).")
+    stride = 16 + header.name_size
+    after_descs = header.desc_offset + header.num_desc * stride
+    packed = {after_descs, header.id_offset + header.name_size + header.num_desc * stride,
+              24 + header.name_size + header.num_desc * stride}
+    if offset - desc.offset in packed - {header.data_offset}:
+        return (f"That adds up the blocks before the data as if they followed each other "
+                f"({offset - desc.offset}); the header says where the data begins: data_offset "
+                f"({header.data_offset}). The kernel leaves no gaps today; the format allows "
+                f"them (Documentation/virt/kvm/api.rst).")
     other = next((d for d in descs if header.data_offset + d.offset == offset), None)
-    if other is not None and desc.name in other.name:
+    containing = [d for d in descs if desc.name in d.name and d is not desc]
+    found_by_scan = ([d for d in containing if d.index < desc.index][:1]
+                     + [d for d in containing if d.index > desc.index][-1:])
+    if other is not None and other in found_by_scan:
         return (f"That is where {other.name!r} begins: you matched {other.name!r}, which "
                 f"contains {desc.name!r}. Compare whole names (the NULs after a name stripped).")
     if other is not None:
@@ -164,7 +175,8 @@ def _judge(name: str, answer: object, header: Any, descs: list[StatDescriptor],
         return not_yet(f"{asked}, but this vCPU has no statistic of that name: then the "
                        "answer is None.")
     if answer is None:
-        return not_yet(f"{asked}, but this vCPU's statistics file has {name!r}: descriptor "
+        where = "the rearranged file" if kernel is not None else "this vCPU's statistics file"
+        return not_yet(f"{asked}, but {where} has {name!r}: descriptor "
                        f"{desc.index} of {len(descs)}.",
                        "Walk the descriptors from desc_offset: each takes 16 bytes of fields "
                        "and then its name, padded with NULs to name_size bytes -- 16 + "
@@ -238,7 +250,8 @@ def _rearranged_fd(contents: bytes) -> int:
     it as on the kernel's."""
     writer = os.memfd_create("minikvm-exercise-14", os.MFD_CLOEXEC)
     try:
-        os.write(writer, contents)
+        if os.write(writer, contents) != len(contents):
+            raise RuntimeError("the rearranged statistics file was not written whole")
         return os.open(f"/proc/self/fd/{writer}", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(writer)
@@ -296,17 +309,20 @@ def check_14(path: Path, work: Path) -> Verdict:
         # The same statistics, laid out another way the header allows.
         fd = open_stats_fd(machine.vcpu)
         try:
-            data = os.pread(fd, max(d.offset + 8 * d.size for d in descs), header.data_offset)
+            size = max(d.offset + 8 * d.size for d in descs)
+            data = os.pread(fd, size, header.data_offset)
         finally:
             os.close(fd)
+        if len(data) != size:
+            raise RuntimeError("the vCPU's statistics file ended before its last value")
         contents = rearranged(header, descs, data)
         fd = _rearranged_fd(contents)
         try:
             other_header, other_descs = read_layout(fd)
         finally:
             os.close(fd)
-        last_real = descs[-1].name
-        for name in _rearranged_questions(descs):
+        rearranged_asked = _rearranged_questions(descs)
+        for name in rearranged_asked:
             fd = _rearranged_fd(contents)
             try:
                 answer = find_stat(fd, name)
@@ -323,7 +339,11 @@ def check_14(path: Path, work: Path) -> Verdict:
             if wrong is not None:
                 wrong.details.append(_REARRANGED)
                 return wrong
-        details = []
+        details = [f"Then the same statistics in a file laid out another way the header allows "
+                   f"(name_size {other_header.name_size}, gaps before the descriptors and the "
+                   f"data, {_PADDING_STATS} more statistics first): the {len(rearranged_asked)} "
+                   f"names asked there ({', '.join(map(repr, rearranged_asked))}) answered "
+                   f"right too."]
         histogram = next((d for d in descs if d.size > 1 and d.name in answers), None)
         if histogram is not None:
             details.append(f"{histogram.name!r} is a histogram: {histogram.size} values from "
@@ -340,10 +360,6 @@ def check_14(path: Path, work: Path) -> Verdict:
                            f"halted ({stop.kind.name}); 8 bytes read at your offset of 'exits' "
                            f"gave {seen}: every VM exit KVM counted, the `out`s and the `hlt` "
                            f"among them (KvmStats.read('exits') says {stats.read('exits')}).")
-    details.append(f"Then the same statistics in a file laid out another way the header "
-                   f"allows (name_size {other_header.name_size}, gaps before the descriptors "
-                   f"and the data, {_PADDING_STATS} more statistics first): found too, "
-                   f"{last_real!r} included.")
     missing = [name for name in answers if name not in stats.names]
     return passed(f"Your find_stat() found all {len(descs)} statistics of a fresh vCPU where "
                   f"KVM put them, and None for {' and '.join(map(repr, missing))}.",
