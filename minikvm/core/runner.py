@@ -496,10 +496,10 @@ class Watchdog:
     one such period of its last exit instead of one to two. Otherwise --
     after a stretch of computing without exits (the wake-ups are spaced
     out then), within ``interval`` of another early check, or while KVM
-    still polls before it sleeps (``kvm_vcpu_halt`` polls first and only then
-    calls ``kvm_vcpu_block``, which sets ``blocking``: virt/kvm/kvm_main.c)
-    -- the quiet rule applies as
-    without the statistic. A vCPU that is computing is never asleep
+    still polls before it sleeps (``kvm_vcpu_halt`` polls first and only
+    then calls ``kvm_vcpu_block``, which sets ``blocking``:
+    virt/kvm/kvm_main.c) -- the quiet rule applies as without the
+    statistic. A vCPU that is computing is never asleep
     there and gets no more kicks than before. One that makes exits and
     sleeps in ``sti; hlt`` between them (waiting for its timer or its UART)
     would be found asleep at wake-up after wake-up and kicked for nothing,
@@ -514,11 +514,10 @@ class Watchdog:
         self.first = min(first, interval)
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        #: Times the thread woke up to look at its vCPUs (or the deadline).
+        #: Times the thread woke up to look at its vCPUs (or the deadline);
+        #: the early checks it asked for are counted per runner
+        #: (:attr:`VcpuRunner.early_checks`).
         self.wakeups = 0
-        #: Halt checks it asked for early, on KVM's ``blocking`` statistic
-        #: (asked: a run that ends meanwhile may never take the last one).
-        self.early_checks = 0
         #: The run ends on a halt only when all of its vCPUs are done.
         self.group = HaltGroup(self.runners)
         for runner in self.runners:
@@ -567,11 +566,9 @@ class Watchdog:
                 # last exit, asleep inside KVM_RUN right now (an early check,
                 # at most one per interval).
                 due = now - quiet_since[i] >= wait_for[i]
-                asleep = blocking[i]
-                if (not due and wait_for[i] == first and asleep is not None
+                if (not due and wait_for[i] == first and blocking[i] is not None
                         and now - early_at[i] >= self.interval and self._asleep(blocking, i)):
                     early_at[i] = now
-                    self.early_checks += 1
                     runner.early_checks += 1
                     due = True
                 if due:

@@ -28,10 +28,12 @@ The guests here are shared with lesson 14.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 from minikvm.kvm.stats import StatDescriptor, read_layout
+from minikvm.kvm.uapi import kvm_stats_desc, kvm_stats_header
 from minikvm.lessons.learner import learner_function, their_error
 from minikvm.lessons.verdict import Verdict, not_yet, passed
 
@@ -221,10 +223,6 @@ def rearranged(header: Any, descs: list[StatDescriptor], data: bytes) -> bytes:
     numbers does not. The real statistics keep their values and their
     places in the data block; made-up ones (``minikvm_pad_N``, one value
     each, after the real data) come first among the descriptors."""
-    import struct
-
-    from minikvm.kvm.uapi import kvm_stats_desc, kvm_stats_header
-
     name_size = header.name_size + _ROOMIER
     padded = [(f"minikvm_pad_{n}", 0, 0, 1, len(data) + 8 * n, 0) for n in range(_PADDING_STATS)]
     real = [(d.name, d.flags, d.exponent, d.size, d.offset, d.bucket_size) for d in descs]
