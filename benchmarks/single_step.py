@@ -229,7 +229,7 @@ def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
             elif rung == "run_reason":
                 run_reason = debugger.runner.run_reason
                 for _ in range(steps):
-                    run_reason(())   # as the stepper calls it while nobody listens
+                    run_reason(())   # what the stepper writes out, as a call (nobody listens)
             elif rung == "unpack":
                 # What the stepper reads after its run (untimed: nobody listens).
                 run_reason, page, qwords = debugger.runner.run_reason, vcpu.page, vcpu.qwords

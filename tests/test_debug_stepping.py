@@ -19,6 +19,7 @@ from minikvm.debug.debugger import Debugger, ExitFilter
 from minikvm.debug.events import StepRecord
 from minikvm.debug.disasm import disassemble
 from minikvm.guestbuild import assemble, tools_available
+from minikvm.kvm.uapi import kvm_sregs
 from minikvm.machine import Machine, StopKind
 
 pytestmark = [pytest.mark.kvm,
@@ -367,6 +368,104 @@ def test_a_plain_step_record_reads_as_the_one_init_makes(nops):
     assert debugger.view.values() is record.values_after
 
 
+def test_a_one_byte_step_on_the_page_of_the_last_finds_its_byte_without_a_call(nops, monkeypatch):
+    """The stepper's written-out TLB check hits: the second nop's hlt
+    check calls neither synced_byte nor cached_byte (their keys and the
+    stepper's must agree, or every step would go the long way)."""
+    machine, debugger = nops
+    view = debugger.view
+    debugger.step_instruction()                         # the first nop fills tlb.last
+    calls = []
+    for name in ("synced_byte", "cached_byte"):
+        original = getattr(view, name)
+        monkeypatch.setattr(view, name, lambda *a, _o=original: calls.append(a) or _o(*a))
+    hits = view.tlb.hits
+    assert debugger.step_instruction().stop is None     # the second nop
+    assert calls == [] and view.tlb.hits == hits + 1
+
+
+def test_a_plain_step_tells_the_view_through_last_step_alone(nops):
+    """The hot path stores one tuple in the view; every question about the
+    stop (registers, values, pc, the any-thread last_regs) answers from it."""
+    machine, debugger = nops
+    view = debugger.view
+    record = debugger.step_instruction()                # the first nop
+    runs = debugger.runner.runs
+    assert view.last_step == (runs, record.values_after, 0x1001)
+    assert view.last_regs.rip == 0x1001                  # before any question adopts it
+    assert view.current and view.pc == 0x1001
+    assert view.values() is record.values_after
+    assert view.regs().rip == 0x1001 == machine.vcpu.get_regs().rip
+
+
+def test_a_kick_before_a_plain_step_is_taken_and_the_step_still_runs_one_instruction(nops):
+    """A kick waiting in ``immediate_exit`` ends the step's own ``KVM_RUN``
+    with EINTR (the stepper's inline run, the long way out): the step runs
+    again and still executes exactly one instruction."""
+    machine, debugger = nops
+    vcpu, runner = machine.vcpu, debugger.runner
+    debugger.step_instruction()
+    runs = runner.runs
+    vcpu.kick()                          # this thread: no signal, only immediate_exit
+    record = debugger.step_instruction()
+    assert (record.pc, record.new_pc) == (0x1001, 0x1002)
+    assert runner.runs == runs + 2                      # the kicked run, then the step's
+    assert vcpu.run_page.immediate_exit == 0
+    assert vcpu._thread_id is None                      # no kick signals this thread after the step
+
+
+def test_a_failed_step_run_raises_and_leaves_the_vcpu_unheld(nops, monkeypatch):
+    """``KVM_RUN`` failing with another errno than EINTR/EAGAIN is the
+    caller's error (KvmError naming the ioctl), and the thread is let go."""
+    import errno
+
+    from minikvm.kvm.errors import KvmError
+
+    machine, debugger = nops
+    debugger.step_instruction()
+
+    def fail():
+        raise OSError(errno.EFAULT, "Bad address")
+    monkeypatch.setattr(debugger.stepper, "_enter", fail)
+    runs = debugger.runner.runs
+    with pytest.raises(KvmError, match="KVM_RUN"):
+        debugger.step_instruction()
+    assert machine.vcpu._thread_id is None and debugger.runner.runs == runs
+
+
+def test_ctrl_c_in_a_step_run_leaves_the_vcpu_unheld(nops, monkeypatch):
+    """A signal handler's exception comes out of the ioctl instead of
+    EINTR (Ctrl-C's KeyboardInterrupt): later kicks must not signal this
+    thread, which no longer runs the vCPU."""
+    machine, debugger = nops
+    debugger.step_instruction()
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(debugger.stepper, "_enter", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        debugger.step_instruction()
+    assert machine.vcpu._thread_id is None
+
+
+def test_an_eagain_from_a_step_run_runs_again(nops, monkeypatch):
+    """EAGAIN (an INIT woke a parked vCPU: no exit) is entered again, as
+    VcpuRunner.run_reason does, and the step ends one instruction on."""
+    import errno
+
+    machine, debugger = nops
+    debugger.step_instruction()
+    runs = debugger.runner.runs
+
+    def woken():
+        monkeypatch.undo()
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+    monkeypatch.setattr(debugger.stepper, "_enter", woken)
+    record = debugger.step_instruction()
+    assert (record.pc, record.new_pc) == (0x1001, 0x1002)
+    assert debugger.runner.runs == runs + 2
+
+
 def test_a_translation_remembered_for_another_cr3_is_not_used_for_the_hlt_check(nops):
     """As if the guest had switched address spaces since the last one-byte
     step: the translation the TLB used last says the code page is a page
@@ -375,13 +474,16 @@ def test_a_translation_remembered_for_another_cr3_is_not_used_for_the_hlt_check(
     view = debugger.view
     debugger.step_instruction()
     assert debugger.step_instruction().stop is None    # the second nop: tlb.last is the code page
-    control, page, _, _ = view.tlb.last
-    cr0, cr3, cr4, efer = control
+    control, page, _, _ = view.tlb.last                 # control: the run page's bytes CR0-EFER
+    forged = bytearray(control)
+    at = kvm_sregs.cr3.offset - kvm_sregs.cr0.offset
+    cr3 = int.from_bytes(control[at:at + 8], "little")
+    forged[at:at + 8] = (cr3 ^ 0x1000).to_bytes(8, "little")   # only CR3 differs
     machine.memory.write(FORGED_FRAME, b"\x90" * 0x1000)
     region = machine.memory.region_at(FORGED_FRAME)
     base = FORGED_FRAME - region.guest_phys_addr - (page << 12)
     view.tlb.entries.clear()
-    view.tlb.last = ((cr0, cr3 ^ 0x1000, cr4, efer), page, region.mapping, base)
+    view.tlb.last = (bytes(forged), page, region.mapping, base)
     record = debugger.step_instruction()                # the hlt at 0x1002
     assert record.old_rip == 0x1002
     assert record.stop is not None and record.stop.kind is StopKind.HALT

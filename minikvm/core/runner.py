@@ -136,13 +136,14 @@ class VcpuRunner:
         """``KVM_RUN`` once, leaving the exit undecoded in the run page: the
         raw ``KVM_EXIT_*`` reason (``KVM_EXIT_INTR`` for a kick). A caller
         that looks at a few bytes of the exit reads them itself and asks
-        :meth:`decode` for a typed exit only when it needs one: the
-        debugger's stepper, once per guest instruction. ``EAGAIN`` (an INIT
+        :meth:`decode` for a typed exit only when it needs one (the
+        debugger's stepper does what this does, written out, once per guest
+        instruction: debug/stepper.py). ``EAGAIN`` (an INIT
         woke the vCPU, no exit: :meth:`_woken`) enters again -- in a loop,
         not by recursion: another vCPU may send INIT after INIT.
 
-        With ``timed`` false :attr:`returned` is left as it was: for the
-        stepper while nobody listens, which makes no event of a plain step
+        With ``timed`` false :attr:`returned` is left as it was: as the
+        stepper does while nobody listens, which makes no event of a plain step
         and stamps :attr:`returned` itself when the step met an exit
         (:meth:`stamp`). :attr:`started` is always read: the time an exit's
         guest run began is known only before it."""

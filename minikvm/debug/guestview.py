@@ -14,8 +14,10 @@ count (:attr:`VcpuRunner.runs`) with what it read; when the count has moved
 the vCPU ran since, and the next question reads again. The debugger calls
 :meth:`GuestView.invalidate` after it sets registers itself, and hands the
 view the registers it already has after a step (:meth:`GuestView.stepped`,
-or :meth:`GuestView.stepped_values` with the 18 values the stepper unpacked
-from the run page), so a single step costs at most one ``KVM_GET_REGS`` --
+or :meth:`GuestView.stepped_values` with the 18 values unpacked from the run
+page; the stepper's plain step only stores them in
+:attr:`GuestView.last_step`, which the first question after it takes as the
+stop's), so a single step costs at most one ``KVM_GET_REGS`` --
 none when ``KVM_CAP_SYNC_REGS`` left the registers in the run page: a
 ``kvm_regs`` is then made only if someone asks :meth:`GuestView.regs`.
 
@@ -117,6 +119,13 @@ def _control_struct() -> tuple[struct.Struct, int]:
 
 
 _SYNCED_CONTROL, _SYNCED_CONTROL_OFFSET = _control_struct()
+#: The run page's bytes from CR0 to EFER (CR2 and CR8 among them): the key
+#: :attr:`Tlb.last` keeps its translation under. One slice of the mapping
+#: (bytes, one ``memcmp`` to compare) costs less than unpacking the four
+#: registers, whose values are mostly too large for CPython's cached small
+#: ints (callgrind: ~800 instructions against ~2,000). A change of CR2 or
+#: CR8 only sends the look-up the long way.
+_SYNCED_CONTROL_SPAN = slice(_SYNCED_CONTROL_OFFSET, _SYNCED_CONTROL_OFFSET + _SYNCED_CONTROL.size)
 
 
 def linear_rip(regs: kvm_regs, sregs: kvm_sregs) -> int:
@@ -164,11 +173,11 @@ class Tlb:
         #: the frame in that mapping): the byte read needs no region search.
         self.entries: dict[tuple[int, int, int], tuple] = {}
         #: The last translation :meth:`GuestView.synced_byte` used, as
-        #: ((CR0, CR3, CR4, EFER), linear page number, RAM mapping, base):
-        #: the byte at linear address ``a`` of that page is
+        #: (the run page's bytes from CR0 to EFER, linear page number, RAM
+        #: mapping, base): the byte at linear address ``a`` of that page is
         #: ``mapping[base + a]``. A stepper stays on one page of code for
-        #: many steps, and comparing four registers is cheaper than
-        #: building the key and looking it up.
+        #: many steps, and comparing 48 bytes is cheaper than building the
+        #: key and looking it up.
         self.last: tuple | None = None
         self.hits = 0
         self.misses = 0
@@ -198,6 +207,7 @@ class GuestView:
         self.runner = machine.runners[vcpu]
         self.vcpu = self.runner.vcpu
         self._run_page = self.vcpu.page
+        self._run_mapping = self.vcpu.mapping
         self.memory = machine.memory
         self._regs: kvm_regs | None = None
         #: The same registers as 18 values (``inspect.values_of``), when the
@@ -212,9 +222,11 @@ class GuestView:
         self._pc_at = _NEVER
         #: ``(runs, values, pc)`` of the plain step that made this stop
         #: (:meth:`stepped_values` with a pc), or None; it describes the stop
-        #: while ``runs`` is the runner's count. The stepper's next step
-        #: starts from it with no call to :meth:`values_and_pc` (~800 of
-        #: its ~1,100 instructions, callgrind). One tuple, replaced whole.
+        #: while ``runs`` is the runner's count. The stepper's plain step
+        #: sets only this (one store instead of five): the questions below
+        #: take it as this stop's registers when they find it current
+        #: (:meth:`_adopt`), and the next step starts from it with no call
+        #: to :meth:`values_and_pc`. One tuple, replaced whole.
         self.last_step: tuple[int, tuple[int, ...], int] | None = None
         #: Translations for :meth:`cached_byte` (see the module docstring).
         self.tlb = Tlb()
@@ -224,8 +236,23 @@ class GuestView:
     @property
     def current(self) -> bool:
         """Whether the cached registers still describe the vCPU (it has not
-        run since they were read)."""
-        return self._regs_at == self.runner.runs
+        run since they were read); a plain step's :attr:`last_step` that
+        describes it is taken as the cache here (:meth:`_adopt`)."""
+        runs = self.runner.runs
+        return self._regs_at == runs or self._adopt(runs)
+
+    def _adopt(self, runs: int) -> bool:
+        """If the last plain step made the stop of ``runs``, take its
+        registers and pc as this stop's (what :meth:`stepped_values` does,
+        left to the first question after the step) and say so."""
+        last = self.last_step
+        if last is None or last[0] != runs:
+            return False
+        self._regs = None   # first: another thread's last_regs never pairs old and new
+        self._values = last[1]
+        self._pc = last[2]
+        self._regs_at = self._pc_at = runs
+        return True
 
     def invalidate(self) -> None:
         """Forget the registers: the next question reads them again. For
@@ -263,7 +290,7 @@ class GuestView:
         """``KVM_GET_REGS``, once per stop. The structure is the cache itself:
         whoever changes it must ``KVM_SET_REGS`` it and :meth:`invalidate`."""
         runs = self.runner.runs
-        if self._regs_at != runs:
+        if self._regs_at != runs and not self._adopt(runs):
             self._regs = self.vcpu.get_regs()
             self._values = None
             self._regs_at = runs
@@ -282,7 +309,8 @@ class GuestView:
 
     def values(self) -> tuple[int, ...]:
         """:meth:`regs` as the 18 values of ``kvm_regs`` (in its order)."""
-        if self._regs_at == self.runner.runs:
+        runs = self.runner.runs
+        if self._regs_at == runs or self._adopt(runs):
             values = self._values
             if values is None:
                 values = self._values = values_of(self._regs)
@@ -295,6 +323,9 @@ class GuestView:
         """:meth:`values` and :attr:`pc` in one call: the stepper's hot loop
         asks for both before every instruction."""
         runs = self.runner.runs
+        last = self.last_step
+        if last is not None and last[0] == runs:
+            return last[1], last[2]
         if self._regs_at == runs and self._pc_at == runs:
             values = self._values
             if values is not None:
@@ -305,7 +336,7 @@ class GuestView:
         """A ``kvm_regs`` holding ``values``: :meth:`regs` itself when they
         are this stop's (the same tuple), so that a step record and the
         view hand out one structure, else a fresh one."""
-        if values is self._values and self._regs_at == self.runner.runs:
+        if self.current and values is self._values:
             return self.regs()
         return regs_from_values(values)
 
@@ -332,9 +363,10 @@ class GuestView:
     @property
     def pc(self) -> int:
         """The linear address of the next instruction (see :func:`linear_rip`)."""
-        if self._pc_at != self.runner.runs:
+        runs = self.runner.runs
+        if self._pc_at != runs and not self._adopt(runs):
             self._pc = linear_rip(self.regs(), self.sregs())
-            self._pc_at = self.runner.runs
+            self._pc_at = runs
         return self._pc
 
     def bitness(self) -> int:
@@ -349,6 +381,9 @@ class GuestView:
     @property
     def last_regs(self) -> kvm_regs | None:
         """The registers as last read, however old; no ioctl (any thread)."""
+        last = self.last_step
+        if last is not None and last[0] > self._regs_at:
+            return regs_from_values(last[1])   # a plain step's, not yet adopted
         regs = self._regs
         if regs is None:
             values = self._values
@@ -412,14 +447,14 @@ class GuestView:
         before the look-up. It leaves the translation it used in
         :attr:`Tlb.last`, where the stepper looks first (debug/stepper.py:
         the same comparisons, written out there after every one-byte step)."""
-        control = _SYNCED_CONTROL.unpack_from(self._run_page, _SYNCED_CONTROL_OFFSET)
+        control = self._run_mapping[_SYNCED_CONTROL_SPAN]
         page = address >> _PAGE_SHIFT
         tlb = self.tlb
         last = tlb.last
         if last is not None and last[1] == page and last[0] == control:
             tlb.hits += 1
         else:
-            cr0, cr3, cr4, efer = control
+            cr0, cr3, cr4, efer = _SYNCED_CONTROL.unpack(control)
             entry = self._tlb_entry((cr3, (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING)
                                      | (efer & _EFER_PAGING) << 32, page), address)
             if entry is None:

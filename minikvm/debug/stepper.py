@@ -6,8 +6,10 @@ the CPU raises ``#DB`` after the next instruction, with DR6.BS set (SDM vol.
 linear address of the instruction after (Documentation/virt/kvm/api.rst,
 "KVM_SET_GUEST_DEBUG" and ``kvm_run.debug``). One ``KVM_RUN`` and the
 registers per instruction: that is the hot loop of every stepping run, and
-:meth:`Stepper.step` does little else unless the step met an exit. After
-:meth:`VcpuRunner.run_reason` it reads the debug exit's ``pc`` and DR6 straight
+:meth:`Stepper.step` does little else unless the step met an exit. It makes
+the ``KVM_RUN`` itself (what :meth:`VcpuRunner.run_reason` does, written
+out: the clock, the thread a kick signals, the run count; a failed run goes
+the long way), then reads the exit reason, the debug exit's ``pc`` and DR6 straight
 from the run page (no exit object), and the 18 registers that
 ``KVM_CAP_SYNC_REGS`` left there as a tuple of ints (one ``unpack_from``: no
 ioctl, no ``kvm_regs``); the :class:`StepRecord` keeps the tuples before and
@@ -18,11 +20,12 @@ Why so frugal: on kvm-pvm every ``KVM_RUN`` comes back to caches and TLBs
 the nested hypervisor has cooled, and each object or function a step then
 touches costs several times what it costs in a tight loop
 (benchmarks/README.md, "Where the time goes"). A plain step is one run,
-two words and one unpack of the run page, one record and, after a one-byte
-step, one comparison of CR0-EFER with the last translation's. On CPython
-3.11 a call of a Python function costs ~700 instructions here, as much as
-the few stores it would make, so what a plain step does to the view and the
-record is written out in :meth:`Stepper.step` (each line says what it
+three words and one unpack of the run page, one tuple for the view, one
+record and, after a one-byte step, one comparison of the run page's bytes
+from CR0 to EFER with the last translation's. On CPython 3.11 a call of a
+Python function costs ~700 instructions here, as much as the few stores it
+would make, so the run, and what a plain step does to the view and the
+record, are written out in :meth:`Stepper.step` (each line says what it
 stands for; tests/test_debug_stepping.py, "the hot path", holds them to
 it), and no clock is read after the run while nobody listens.
 
@@ -42,10 +45,11 @@ one-byte step the stepper looks whether the byte was ``hlt`` (0xF4) and
 hands the machine the HLT exit it stands for. That look is on the hot path
 (push, pop, nop, ``cld`` are one byte), so it reads the byte through the
 view's TLB: the translation it used last (:attr:`Tlb.last`) while the step
-stays on that page and CR0, CR3, CR4 and EFER in the run page are those it
-was made for, else :meth:`GuestView.synced_byte` (a dictionary look-up), and
-walks the page tables afresh only when the cached frame does hold 0xF4, so
-a stale entry never invents a ``hlt``.
+stays on that page and the run page's bytes from CR0 to EFER are those it
+was made for (CR0, CR3, CR4 and EFER decide the translation), else
+:meth:`GuestView.synced_byte` (a dictionary look-up), and walks the page
+tables afresh only when the cached frame does hold 0xF4, so a stale entry
+never invents a ``hlt``.
 
 **Interrupts and ``hlt``.** A step keeps interrupts out
 (``KVM_GUESTDBG_BLOCKIRQ``: ``inject_pending_event`` in arch/x86/kvm/x86.c
@@ -71,6 +75,8 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from threading import get_ident as _thread
+from time import monotonic as _now
 from collections.abc import Callable
 
 from minikvm.core.events import ExitEvent
@@ -80,11 +86,11 @@ from minikvm.debug.arming import Arming
 from minikvm.debug.breakpoints import DR6_BS
 from minikvm.debug.events import StepRecord
 from minikvm.debug.guestview import GuestView
-from minikvm.debug.guestview import _SYNCED_CONTROL as _CONTROL
-from minikvm.debug.guestview import _SYNCED_CONTROL_OFFSET as _CONTROL_OFFSET
+from minikvm.debug.guestview import _SYNCED_CONTROL_SPAN as _CONTROL
 from minikvm.debug.guestview import _PAGE_SHIFT
 from minikvm.debug.inspect import REG_INDEX, values_of
 from minikvm.debug.probe import DebugSupport
+from minikvm.kvm.errors import KvmError
 from minikvm.kvm.exits import Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, MmioWrite, VmExit
 from minikvm.kvm.uapi import (
     KVM_GUESTDBG_BLOCKIRQ,
@@ -137,6 +143,9 @@ _PC_OFFSET = kvm_run.debug.offset + kvm_run_debug.arch.offset + kvm_debug_exit_a
 _DR6_OFFSET = kvm_run.debug.offset + kvm_run_debug.arch.offset + kvm_debug_exit_arch.dr6.offset
 assert _PC_OFFSET % 8 == 0 and _DR6_OFFSET % 8 == 0
 _PC_INDEX = _PC_OFFSET // 8
+#: ``kvm_run.exit_reason`` (a __u32 at offset 8) is the low half of word 1.
+assert kvm_run.exit_reason.offset == 8
+_EXIT_REASON_INDEX = 1
 _DR6_INDEX = _DR6_OFFSET // 8
 #: The 18 registers ``KVM_CAP_SYNC_REGS`` leaves in ``kvm_run.s.regs.regs``,
 #: read as values (no ``kvm_regs`` copy) in one ``unpack_from``.
@@ -180,6 +189,9 @@ class Stepper:
         self._listeners = machine.listeners
         self._page = self._vcpu.page
         self._qwords = self._vcpu.qwords
+        self._mapping = self._vcpu.mapping
+        #: KVM_RUN as a bare callable (:meth:`Vcpu.entry`).
+        self._enter = self._vcpu.entry()
         self._blocking: tuple[int, tuple[int, ...]] | None = None
         self._open: tuple[int, tuple[int, ...]] = (0, (0,) * 8)
 
@@ -210,23 +222,43 @@ class Stepper:
         # No clock after the run while nobody listens: a plain step makes no
         # event; one that met an exit stamps its return time below.
         timed = self._listeners
-        reason = runner.run_reason(timed)
-        synced = self._vcpu.sync_mask
-        if reason == _KVM_EXIT_DEBUG and synced & _SYNC_REGS:
-            page = self._page
+        # runner.run_reason(timed) written out (a call of each of it and
+        # Vcpu.run_reason costs more than what it does): the thread a kick
+        # signals, the synced copy marked stale for the run, one KVM_RUN;
+        # anything but success goes the long way (_run_failed).
+        vcpu = self._vcpu
+        synced = vcpu.sync_mask
+        runner.started = _now()
+        holder = vcpu._thread_id
+        vcpu._thread_id = _thread()
+        vcpu.synced = False
+        try:
+            self._enter()
+        except OSError as failed:
+            reason = self._run_failed(failed, holder, timed)
+        except BaseException:
+            # A signal handler's exception (Ctrl-C, hostio.Terminated) comes
+            # out of the ioctl instead of EINTR: let the thread go all the same.
+            vcpu._thread_id = holder
+            raise
+        else:
+            vcpu._thread_id = holder
+            vcpu.synced = synced != 0
+            runs = runner.runs = runner.runs + 1
+            if timed:
+                runner.returned = _now()
             qwords = self._qwords
-            if qwords[_DR6_INDEX] & _DR6_BS_OR_B == DR6_BS:
+            if (qwords[_EXIT_REASON_INDEX] & 0xFFFF_FFFF == _KVM_EXIT_DEBUG and synced & _SYNC_REGS
+                    and qwords[_DR6_INDEX] & _DR6_BS_OR_B == DR6_BS):
+                page = self._page
                 new_pc = qwords[_PC_INDEX]
                 after = _SYNCED_REGS.unpack_from(page, _SYNCED_REGS_OFFSET)
-                # view.stepped_values(after, new_pc) and stepped_record(before,
-                # after, pc, new_pc, view) written out: each call would cost
-                # ~700 instructions, as much as what it does (callgrind,
+                # view.stepped_values(after, new_pc) in one store (the view
+                # takes last_step as its stop's registers when asked:
+                # GuestView._adopt) and stepped_record(before, after, pc,
+                # new_pc, view) written out: each call would cost ~700
+                # instructions, as much as what it does (callgrind,
                 # benchmarks/single_step.py --instructions).
-                runs = runner.runs
-                view._regs = None   # first, as stepped_values does
-                view._values = after
-                view._regs_at = view._pc_at = runs
-                view._pc = new_pc
                 view.last_step = (runs, after, new_pc)
                 self.steps += 1
                 record = _new(StepRecord)
@@ -241,10 +273,10 @@ class Stepper:
                     # Nothing touched the vCPU since its run: with the sregs
                     # synced, the run page holds this stop's CR0-EFER.
                     # The common case of view.synced_byte(pc) written out: the
-                    # page and CR0-EFER of the translation it used last.
+                    # page and the CR0-EFER bytes of the translation it used last.
                     last = view.tlb.last
                     if (synced & _SYNC_SREGS and last is not None and last[1] == pc >> _PAGE_SHIFT
-                            and last[0] == _CONTROL.unpack_from(page, _CONTROL_OFFSET)):
+                            and last[0] == self._mapping[_CONTROL]):
                         view.tlb.hits += 1
                         try:
                             byte = last[2][last[3] + pc]
@@ -257,9 +289,33 @@ class Stepper:
                     if byte == HLT_OPCODE:
                         self._stepped_hlt(record)
                 return record
+            reason = qwords[_EXIT_REASON_INDEX] & 0xFFFF_FFFF
         if not timed:
             runner.stamp()
         return self._step_slow(before, pc, runner.decode(reason))
+
+    def _run_failed(self, failed: OSError, holder: int | None, timed: object) -> int:
+        """The inline ``KVM_RUN`` of :meth:`step` failed: what
+        :meth:`VcpuRunner.run_reason` does then (a kick is ``KVM_EXIT_INTR``;
+        ``EAGAIN``, an INIT that woke the vCPU, runs again, in a loop, with
+        the run's first start time kept; anything else raises)."""
+        vcpu, runner = self._vcpu, self.runner
+        vcpu._thread_id = holder
+        vcpu.synced = vcpu.sync_mask != 0   # KVM stores them on every way out
+        try:
+            reason = vcpu.run_failed(failed.errno)
+        except KvmError as err:
+            runner._woken(err)   # EAGAIN counts as a run; anything else raises
+            while True:
+                try:
+                    reason = vcpu.run_reason()
+                    break
+                except KvmError as again:
+                    runner._woken(again)
+        runner.runs += 1
+        if timed:
+            runner.returned = _now()
+        return reason
 
     def _step_slow(self, before: tuple[int, ...], pc: int, exit: VmExit) -> StepRecord:
         """A step that exited to the VMM on the way (I/O, MMIO, hlt, a kick)."""

@@ -128,12 +128,19 @@ class Vcpu(KvmFd):
         self._page = mmap.mmap(fd, mmap_size, flags=mmap.MAP_SHARED,
                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self._view = memoryview(self._page)
+        #: The run page's mapping itself: a slice of it is ``bytes`` (one
+        #: copy), where a slice of :attr:`page` is another memoryview.
+        self.mapping = self._page
         #: The run page as native 64-bit words: ``qwords[SYNC_RIP_INDEX]`` is
         #: the synced RIP, one index with no call or tuple (host byte order,
         #: as KVM stores it).
         self.qwords = self._view.cast("Q")
         #: The shared ``kvm_run`` structure, a ctypes view of the mapping.
         self.run_page = kvm_run.from_buffer(self._page)
+        #: The thread a :meth:`kick` signals while it runs this vCPU: set
+        #: around each ``KVM_RUN`` by :meth:`run_reason`, by
+        #: :meth:`hold_thread` for a loop, and by the debugger's stepper,
+        #: which writes :meth:`run_reason` out (debug/stepper.py).
         self._thread_id: int | None = None
         self._kick_lock = threading.Lock()
         #: How many times :meth:`kick` was called (see :meth:`immediate`).
@@ -184,9 +191,10 @@ class Vcpu(KvmFd):
     # -- the pieces of run_reason, for a loop that runs exit after exit ------
 
     def entry(self) -> Callable[[], int]:
-        """``KVM_RUN`` as a bare callable, for the one loop that runs this
+        """``KVM_RUN`` as a bare callable, for the loop that runs this
         vCPU exit after exit (:meth:`VcpuRunner.exits
-        <minikvm.core.runner.VcpuRunner.exits>`): it returns 0, or raises
+        <minikvm.core.runner.VcpuRunner.exits>`) and the debugger's stepper,
+        which runs it once per instruction: it returns 0, or raises
         ``OSError`` and then :meth:`run_failed` with its ``errno`` says what
         happened; it does nothing else. What :meth:`run_reason` does around
         the ioctl is left to that loop, which does the per-loop parts once
