@@ -148,6 +148,12 @@ class VcpuRunner:
         (:meth:`stamp`). :attr:`started` is always read: the time an exit's
         guest run began is known only before it."""
         self.started = _now()
+        return self.run_reason_again(timed)
+
+    def run_reason_again(self, timed: object = True) -> int:
+        """:meth:`run_reason` with :attr:`started` kept: for a caller whose
+        own ``KVM_RUN`` of this exit failed with ``EAGAIN`` (the debugger's
+        stepper, which makes its run itself) and enters again."""
         while True:
             try:
                 reason = self.vcpu.run_reason()

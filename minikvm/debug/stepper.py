@@ -306,12 +306,7 @@ class Stepper:
             reason = vcpu.run_failed(failed.errno)
         except KvmError as err:
             runner._woken(err)   # EAGAIN counts as a run; anything else raises
-            while True:
-                try:
-                    reason = vcpu.run_reason()
-                    break
-                except KvmError as again:
-                    runner._woken(again)
+            return runner.run_reason_again(timed)
         runner.runs += 1
         if timed:
             runner.returned = _now()
