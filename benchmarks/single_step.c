@@ -12,6 +12,13 @@
  *   - after a one-byte step, the hlt check: translate the instruction's
  *     linear address through the guest's page tables (CR0/CR3/CR4/EFER from
  *     the synced sregs) and look whether the byte there is 0xF4.
+ * With IRQCHIP=1 the VM has the in-kernel irqchip and PIT (KVM_CREATE_IRQCHIP,
+ * KVM_CREATE_PIT2, as the minikvm CLI's default board); where BLOCKIRQ is on
+ * too the byte is read before each step instead, as the Python stepper then
+ * does (its steps may let interrupts into a hlt): a hlt with IF set
+ * would let interrupts in, an iret (0xCF, or 0x66/REX then 0xCF: a second
+ * byte) would be stepped under a watchdog; after a one-byte step the same byte
+ * is the hlt check.
  * With SYNC=0 it does what the old baseline did instead: KVM_GET_REGS after
  * each step, no sync regs, no changed, no hlt check.
  *
@@ -26,9 +33,11 @@
  * shows how the kernel's part of a step grows with that footprint
  * (single_step.py --footprint).
  *
- * usage: single_step STATE_FILE STEPS BLOCKIRQ(0|1) SYNC(0|1) [TOUCH_KB]
+ * usage: single_step STATE_FILE STEPS BLOCKIRQ(0|1) SYNC(0|1) IRQCHIP(0|1) [TOUCH_KB]
  * state file: u64 memory size, struct kvm_regs, struct kvm_sregs, memory.
  * prints: steps wall_ns cpu_ns final_rip final_rax final_rdx changed_total hlt_checks
+ *         (bytes read for the hlt check; with IRQCHIP=1 and BLOCKIRQ=1 one per step and
+ *         the iret's second after a prefix)
  *         system_ns (the kernel's part of cpu_ns, getrusage's estimate)
  */
 #include <fcntl.h>
@@ -53,6 +62,7 @@
 #define PTE_P 1ull
 #define PTE_PS (1ull << 7)
 #define ADDR_MASK 0x000ffffffffff000ull
+#define RFLAGS_IF (1ull << 9)
 #define NREGS 18 /* struct kvm_regs: 16 GPRs, rip, rflags, all u64 */
 _Static_assert(sizeof(struct kvm_regs) == NREGS * 8, "kvm_regs is 18 u64");
 
@@ -115,16 +125,24 @@ static int64_t translate(const struct kvm_sregs *s, uint64_t linear)
     return (int64_t)((pte & 0xfffff000u) | (linear & 0xfff));
 }
 
+/* The byte at a linear address; -1 when unmapped or outside RAM. */
+static int byte_at(const struct kvm_sregs *s, uint64_t linear)
+{
+    int64_t phys = translate(s, linear);
+    return phys >= 0 && (uint64_t)phys < mem_size ? mem[phys] : -1;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 5 && argc != 6) {
-        fprintf(stderr, "usage: %s STATE STEPS BLOCKIRQ SYNC [TOUCH_KB]\n", argv[0]);
+    if (argc != 6 && argc != 7) {
+        fprintf(stderr, "usage: %s STATE STEPS BLOCKIRQ SYNC IRQCHIP [TOUCH_KB]\n", argv[0]);
         return 2;
     }
     unsigned long steps = strtoul(argv[2], NULL, 0);
     int blockirq = atoi(argv[3]);
     int sync = atoi(argv[4]);
-    unsigned long touch_kb = argc == 6 ? strtoul(argv[5], NULL, 0) : 0;
+    int irqchip = atoi(argv[5]);
+    unsigned long touch_kb = argc == 7 ? strtoul(argv[6], NULL, 0) : 0;
     if (touch_kb > 65536) { fprintf(stderr, "TOUCH_KB: at most 65536\n"); return 2; }
     unsigned long touch = touch_kb * 1024;
     volatile uint8_t *footprint = NULL;
@@ -157,6 +175,11 @@ int main(int argc, char **argv)
         .slot = 0, .guest_phys_addr = 0, .memory_size = mem_size, .userspace_addr = (uint64_t)mem,
     };
     if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region) < 0) die("KVM_SET_USER_MEMORY_REGION");
+    if (irqchip) {
+        if (ioctl(vm, KVM_CREATE_IRQCHIP, 0) < 0) die("KVM_CREATE_IRQCHIP");
+        struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
+        if (ioctl(vm, KVM_CREATE_PIT2, &pit) < 0) die("KVM_CREATE_PIT2");
+    }
     int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
     if (vcpu < 0) die("KVM_CREATE_VCPU");
     int size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
@@ -173,6 +196,7 @@ int main(int argc, char **argv)
     if (ioctl(vcpu, KVM_SET_GUEST_DEBUG, &debug) < 0) die("KVM_SET_GUEST_DEBUG");
 
     unsigned long changed_total = 0, hlt_checks = 0;
+    int read_first = irqchip && blockirq; /* before each step: the stepper's wake_hlts */
     long long wall0 = 0, cpu0 = 0, system0 = 0;
     for (unsigned long i = 0; i <= steps; i++) {
         if (i == 1) {
@@ -183,6 +207,23 @@ int main(int argc, char **argv)
         uint64_t pc = regs.rip; /* 64-bit code: the linear address is RIP */
         for (unsigned long line = 0; line < touch; line += 64)
             footprint[line]++;
+        int first = -1; /* the instruction's first byte, read before it runs (IRQCHIP) */
+        if (read_first && sync && i > 0) {
+            first = byte_at(&run->s.regs.sregs, pc);
+            hlt_checks++;
+            if (first == 0xf4 && (regs.rflags & RFLAGS_IF)) {
+                fprintf(stderr, "a hlt with IF set at %#llx\n", (unsigned long long)pc);
+                return 3;
+            }
+            if (first == 0x66 || (first & 0xf0) == 0x40) {
+                hlt_checks++;
+                first |= byte_at(&run->s.regs.sregs, pc + 1) == 0xcf ? 0x100 : 0;
+            }
+            if (first == 0xcf || (first & 0x100)) {
+                fprintf(stderr, "an iret at %#llx\n", (unsigned long long)pc);
+                return 3;
+            }
+        }
         if (ioctl(vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
         if (run->exit_reason != KVM_EXIT_DEBUG || !(run->debug.arch.dr6 & DR6_BS)) {
             fprintf(stderr, "step %lu: unexpected exit %u\n", i, run->exit_reason);
@@ -200,10 +241,14 @@ int main(int argc, char **argv)
         for (int r = 0; r < NREGS; r++)
             changed |= (unsigned)(before[r] != after[r]) << r;
         if (i > 0) changed_total += (unsigned)__builtin_popcount(changed);
-        if (run->debug.arch.pc - pc == 1) {
+        if (read_first) {
+            if (first == 0xf4 && run->debug.arch.pc - pc == 1) {
+                fprintf(stderr, "stepped over hlt at %#llx\n", (unsigned long long)pc);
+                return 3;
+            }
+        } else if (run->debug.arch.pc - pc == 1) {
             hlt_checks += i > 0;
-            int64_t phys = translate(&run->s.regs.sregs, pc);
-            if (phys >= 0 && (uint64_t)phys < mem_size && mem[phys] == 0xf4) {
+            if (byte_at(&run->s.regs.sregs, pc) == 0xf4) {
                 fprintf(stderr, "stepped over hlt at %#llx\n", (unsigned long long)pc);
                 return 3;
             }

@@ -34,6 +34,14 @@ registers over the run. Target: (a)/(c) <= 1.3 on calls64.
 the binding, the registers, the stepper, the debugger, ``changed``) and
 prints what each layer adds: where the time goes.
 
+``--irqchip`` runs every loop on the board the ``minikvm`` CLI builds by
+default, with the in-kernel irqchip and PIT (the Python API's ``Machine()``
+has neither): the TUI's and the trace's steps. Where KVM offers
+``KVM_GUESTDBG_BLOCKIRQ`` the stepper then reads each instruction's first
+byte before it runs instead of after a one-byte step (a ``hlt`` that may
+wait for its interrupt, an ``iret``; the second byte after a prefix), and
+the C loop does the same.
+
 Not covered: steps that exit to the VMM on the way (``out``, MMIO), which
 go through the machine's full exit handling; watchpoints (a step then also
 reads memory); ``cont`` with breakpoints that need stepping.
@@ -57,7 +65,8 @@ one; ``callgrind_annotate`` on the files it leaves in benchmarks/build says
 where the instructions go.
 
     python benchmarks/single_step.py [--steps N] [--repeat R] [--breakdown] [--footprint]
-    python benchmarks/single_step.py --instructions
+                                     [--irqchip]
+    python benchmarks/single_step.py --instructions [--irqchip]
 """
 
 from __future__ import annotations
@@ -107,8 +116,8 @@ def build() -> tuple[dict[str, Path], Path]:
     return guests, build_c("single_step")
 
 
-def _machine(guest: Path) -> Machine:
-    machine = Machine()
+def _machine(guest: Path, irqchip: bool = False) -> Machine:
+    machine = Machine(irqchip=irqchip)
     image = machine.load_elf(guest)
     count = image.symbols.lookup("count")
     machine.memory.write_u64(count.address, PASSES)
@@ -132,9 +141,10 @@ def write_state(guest: Path, path: Path) -> None:
 Final = tuple[int, int, int, "int | None"]
 
 
-def debugger_loop(guest: Path, steps: int, changed: bool = True) -> tuple[Timing, Final]:
+def debugger_loop(guest: Path, steps: int, changed: bool = True,
+                  irqchip: bool = False) -> tuple[Timing, Final]:
     """(a), or (a0) without ``changed``."""
-    with _machine(guest) as machine:
+    with _machine(guest, irqchip) as machine:
         debugger = Debugger(machine)
         step = debugger.step_instruction
         step()   # issues KVM_SET_GUEST_DEBUG: outside the timing, as in C
@@ -151,9 +161,10 @@ def debugger_loop(guest: Path, steps: int, changed: bool = True) -> tuple[Timing
                                          total if changed else None)
 
 
-def bare_loop(guest: Path, steps: int, blockirq: bool) -> tuple[Timing, Final]:
+def bare_loop(guest: Path, steps: int, blockirq: bool,
+              irqchip: bool = False) -> tuple[Timing, Final]:
     """(b): Vcpu.run() + Vcpu.get_regs(), nothing else."""
-    with _machine(guest) as machine:
+    with _machine(guest, irqchip) as machine:
         vcpu = machine.vcpu
         vcpu.set_guest_debug(KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP
                              | (KVM_GUESTDBG_BLOCKIRQ if blockirq else 0))
@@ -168,10 +179,11 @@ def bare_loop(guest: Path, steps: int, blockirq: bool) -> tuple[Timing, Final]:
 
 
 def c_loop(binary: Path, state: Path, steps: int, blockirq: bool,
-           sync: bool = True, touch_kb: int = 0) -> tuple[Timing, Final]:
+           sync: bool = True, touch_kb: int = 0, irqchip: bool = False) -> tuple[Timing, Final]:
     """(c), or (c0) with ``sync`` False; with ``touch_kb`` the footprint
     study (``--footprint``)."""
-    command = [str(binary), str(state), str(steps), str(int(blockirq)), str(int(sync))]
+    command = [str(binary), str(state), str(steps), str(int(blockirq)), str(int(sync)),
+               str(int(irqchip))]
     if touch_kb:
         command.append(str(touch_kb))
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -181,7 +193,7 @@ def c_loop(binary: Path, state: Path, steps: int, blockirq: bool,
 
 
 def bench_guest(name: str, guest: Path, binary: Path, steps: int, repeat: int,
-                blockirq: bool) -> Rounds:
+                blockirq: bool, irqchip: bool = False) -> Rounds:
     """All variants on one guest, interleaved; checks that they agree."""
     state = BUILD / f"single_step-{name}.state"
     write_state(guest, state)
@@ -196,11 +208,12 @@ def bench_guest(name: str, guest: Path, binary: Path, steps: int, repeat: int,
 
     rounds = Rounds()
     rounds.run(repeat, {
-        "c": variant("c", lambda: c_loop(binary, state, steps, blockirq)),
-        "a": variant("a", lambda: debugger_loop(guest, steps)),
-        "a0": variant("a0", lambda: debugger_loop(guest, steps, changed=False)),
-        "b": variant("b", lambda: bare_loop(guest, steps, blockirq)),
-        "c0": variant("c0", lambda: c_loop(binary, state, steps, blockirq, sync=False)),
+        "c": variant("c", lambda: c_loop(binary, state, steps, blockirq, irqchip=irqchip)),
+        "a": variant("a", lambda: debugger_loop(guest, steps, irqchip=irqchip)),
+        "a0": variant("a0", lambda: debugger_loop(guest, steps, changed=False, irqchip=irqchip)),
+        "b": variant("b", lambda: bare_loop(guest, steps, blockirq, irqchip)),
+        "c0": variant("c0", lambda: c_loop(binary, state, steps, blockirq, sync=False,
+                                           irqchip=irqchip)),
     })
     places = {final[:3] for final in finals.values()}
     if len(places) != 1:
@@ -211,12 +224,13 @@ def bench_guest(name: str, guest: Path, binary: Path, steps: int, repeat: int,
     return rounds
 
 
-def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool) -> Timing:
+def ladder_loop(guest: Path, steps: int, rung: str, blockirq: bool,
+                irqchip: bool = False) -> Timing:
     """One rung of ``--breakdown``: the stepping loop built up piece by piece."""
     from minikvm.debug import stepper
     from minikvm.kvm import ioctls
 
-    with _machine(guest) as machine:
+    with _machine(guest, irqchip) as machine:
         debugger = Debugger(machine)
         debugger.step_instruction()   # guest debugging on, as in every loop here
         vcpu = machine.vcpu
@@ -278,10 +292,10 @@ def callgrind_total(out_file: Path) -> int:
     return int(match.group(1))
 
 
-def instructions(blockirq: bool) -> int:
+def instructions(blockirq: bool, irqchip: bool = False) -> int:
     """``--instructions``: user-space instructions per step of each rung, on calls64."""
-    print(f"instructions per step, calls64 (callgrind, steps {INSTRUCTION_RUNS[1]} minus "
-          f"{INSTRUCTION_RUNS[0]}):")
+    print(f"instructions per step, calls64{BOARDS[irqchip]} (callgrind, steps "
+          f"{INSTRUCTION_RUNS[1]} minus {INSTRUCTION_RUNS[0]}):")
     env = dict(os.environ, PYTHONHASHSEED="0")   # the same dictionaries every run
     previous = None
     for rung, label in RUNGS.items():
@@ -290,7 +304,7 @@ def instructions(blockirq: bool) -> int:
             out_file = BUILD / f"single_step.callgrind.{rung}.{steps}"
             command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}",
                        sys.executable, __file__, "--rung", rung, "--steps", str(steps),
-                       "--blockirq", str(int(blockirq))]
+                       "--blockirq", str(int(blockirq))] + (["--irqchip"] if irqchip else [])
             try:
                 subprocess.run(command, check=True, capture_output=True, env=env)
             except FileNotFoundError:
@@ -305,17 +319,17 @@ def instructions(blockirq: bool) -> int:
 
 
 def breakdown(name: str, guest: Path, binary: Path, steps: int, repeat: int,
-              blockirq: bool) -> None:
+              blockirq: bool, irqchip: bool = False) -> None:
     """Where the time of (a) goes: each rung adds one layer, against (c)."""
     state = BUILD / f"single_step-{name}.state"
     write_state(guest, state)
     rounds = Rounds()
-    variants = {"c": lambda: c_loop(binary, state, steps, blockirq)[0]}
+    variants = {"c": lambda: c_loop(binary, state, steps, blockirq, irqchip=irqchip)[0]}
     for rung in RUNGS:
-        variants[rung] = lambda rung=rung: ladder_loop(guest, steps, rung, blockirq)
+        variants[rung] = lambda rung=rung: ladder_loop(guest, steps, rung, blockirq, irqchip)
     rounds.run(repeat, variants)
     c = rounds.median("c")
-    print(f"\nwhere the time goes, {name} (median CPU per step; ratio to (c) "
+    print(f"\nwhere the time goes, {name}{BOARDS[irqchip]} (median CPU per step; ratio to (c) "
           f"{c.cpu * 1e6:.2f} us, {_split(c)}):")
     previous = None
     for rung, label in RUNGS.items():
@@ -339,12 +353,17 @@ def _split(timing: Timing) -> str:
     return f"user+guest {user * 1e6:5.2f} + kernel {timing.system * 1e6:5.2f}"
 
 
+#: How the headings name the board: no irqchip (the Python API's default),
+#: or the CLI's (``--irqchip``).
+BOARDS = {False: "", True: ", irqchip and PIT"}
+
+
 #: Footprints of ``--footprint``: KiB the C loop touches before each step.
 FOOTPRINTS = (0, 16, 64, 256)
 
 
 def footprint(name: str, guest: Path, binary: Path, steps: int, repeat: int,
-              blockirq: bool) -> None:
+              blockirq: bool, irqchip: bool = False) -> None:
     """``--footprint``: why instructions may not be the whole story. The C
     loop (c), made to touch one byte in each cache line of a buffer before
     every ``KVM_RUN``, against (a) and (a0): if the kernel's part of a step
@@ -354,13 +373,15 @@ def footprint(name: str, guest: Path, binary: Path, steps: int, repeat: int,
     only stands in for an interpreter, whose footprint is code as well."""
     state = BUILD / f"single_step-{name}.state"
     write_state(guest, state)
-    variants = {f"c+{kb}": (lambda kb=kb: c_loop(binary, state, steps, blockirq, touch_kb=kb)[0])
+    variants = {f"c+{kb}": (lambda kb=kb: c_loop(binary, state, steps, blockirq, touch_kb=kb,
+                                                 irqchip=irqchip)[0])
                 for kb in FOOTPRINTS}
-    variants["a"] = lambda: debugger_loop(guest, steps)[0]
-    variants["a0"] = lambda: debugger_loop(guest, steps, changed=False)[0]
+    variants["a"] = lambda: debugger_loop(guest, steps, irqchip=irqchip)[0]
+    variants["a0"] = lambda: debugger_loop(guest, steps, changed=False, irqchip=irqchip)[0]
     rounds = Rounds()
     rounds.run(repeat, variants)
-    print(f"\nfootprint study, {name} (median per step; the kernel's part sampled):")
+    print(f"\nfootprint study, {name}{BOARDS[irqchip]} (median per step; the kernel's part "
+          "sampled):")
     for key in variants:
         label = (f"(c) touching {key[2:]} KiB before each step" if key.startswith("c+")
                  else LABELS[key])
@@ -392,20 +413,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--footprint", action="store_true",
                         help="also run the footprint study: the C loop touching 0-256 KiB "
                              "between steps, its kernel time against (a)'s")
+    parser.add_argument("--irqchip", action="store_true",
+                        help="on the minikvm CLI's default board: the in-kernel irqchip and PIT "
+                             "on both sides (the stepper then reads each instruction's first "
+                             "byte before it runs: a hlt that may wait, an iret)")
     parser.add_argument("--rung", choices=sorted(RUNGS), help=argparse.SUPPRESS)
     parser.add_argument("--blockirq", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     guests, binary = build()
     if args.rung is not None:   # one run of --instructions, under callgrind
-        ladder_loop(guests["calls64"], args.steps, args.rung, bool(args.blockirq))
+        ladder_loop(guests["calls64"], args.steps, args.rung, bool(args.blockirq), args.irqchip)
         return 0
     blockirq = probe_debug_support().block_irq
+    irqchip = args.irqchip
     if args.instructions:
-        return instructions(blockirq)
-    print(f"single-step: {args.steps} steps per run, {args.repeat} interleaved rounds "
-          f"(median), BLOCKIRQ {'on' if blockirq else 'off'}; {load_average()}")
+        return instructions(blockirq, irqchip)
+    print(f"single-step{BOARDS[irqchip]}: {args.steps} steps per run, {args.repeat} interleaved "
+          f"rounds (median), BLOCKIRQ {'on' if blockirq else 'off'}; {load_average()}")
     for name in args.guest or GUESTS:
-        rounds = bench_guest(name, guests[name], binary, args.steps, args.repeat, blockirq)
+        rounds = bench_guest(name, guests[name], binary, args.steps, args.repeat, blockirq,
+                             irqchip)
         print(f"\n{name}")
         for key, label in LABELS.items():
             median = rounds.median(key)
@@ -416,9 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         print_ratio("  (a0)/(c)", rounds.ratio("a0", "c"), spread=rounds.spread("a0", "c"))
         print_ratio("  (b)/(c)", rounds.ratio("b", "c"))
     if args.breakdown:
-        breakdown("calls64", guests["calls64"], binary, args.steps, args.repeat, blockirq)
+        breakdown("calls64", guests["calls64"], binary, args.steps, args.repeat, blockirq,
+                  irqchip)
     if args.footprint:
-        footprint("calls64", guests["calls64"], binary, args.steps, args.repeat, blockirq)
+        footprint("calls64", guests["calls64"], binary, args.steps, args.repeat, blockirq,
+                  irqchip)
     print(f"\n{load_average()}")
     return 0
 

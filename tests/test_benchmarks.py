@@ -71,6 +71,25 @@ def test_single_step_python_and_c_step_the_same_instructions(stepping, tmp_path,
     assert python[3] > steps                        # RIP changes at every step, more besides
 
 
+def test_single_step_on_the_cli_board_python_and_c_step_the_same_instructions(stepping,
+                                                                              tmp_path):
+    """``--irqchip``: both sides on the in-kernel irqchip and PIT, the C
+    loop reading each instruction's first byte before it runs as the
+    stepper then does (one read a step, a second after a prefix)."""
+    guests, binary, blockirq = stepping
+    state = tmp_path / "state"
+    single_step.write_state(guests["calls64"], state)
+    steps = 190
+    _, python = single_step.debugger_loop(guests["calls64"], steps, irqchip=True)
+    _, c = single_step.c_loop(binary, state, steps, blockirq, irqchip=True)
+    assert python == c
+    out = subprocess.run([str(binary), str(state), str(steps), str(int(blockirq)), "1", "1"],
+                         check=True, capture_output=True, text=True).stdout.split()
+    if blockirq:   # the stepper reads before each step (without, after one-byte steps)
+        # from 0x1018: mov (REX.W), two xors, 9 passes of 19 with 8 REX.W each, then 16 with 6
+        assert int(out[7]) == steps + 1 + 9 * 8 + 6  # reads: one a step, two after a prefix
+
+
 def test_single_step_c_loop_steps_the_same_while_touching_memory(stepping, tmp_path):
     guests, binary, blockirq = stepping
     state = tmp_path / "state"

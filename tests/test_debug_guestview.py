@@ -257,11 +257,11 @@ def _run_on_a_second_address_space(machine) -> None:
     and let the guest run one exit on them."""
     memory = machine.memory
     sregs = machine.vcpu.get_sregs()
-    other_root = TABLES + 0x20000
+    other_root = TABLES + 0x30000                       # clear of FIRST_FRAME's page
     memory.write(other_root, memory.read(sregs.cr3, PAGE_4K))
     memory.write_u64(other_root + 8, 0)                 # PML4 entry 1: HIGH's, unshared
     map_page(memory, other_root, HIGH, SECOND_FRAME, PAGE_4K, RW,
-             PageTableAllocator(memory, TABLES + 0x21000, TABLES + 0x30000))
+             PageTableAllocator(memory, TABLES + 0x31000, TABLES + 0x40000))
     sregs.cr3 = other_root
     machine.vcpu.set_sregs(sregs)
     machine.step()                                      # the guest runs on the new tables
@@ -275,20 +275,37 @@ def test_another_cr3_is_another_tlb_context(machine):
     assert len(view.tlb) == 2
 
 
-def test_synced_byte_answers_as_cached_byte_and_its_last_translation_follows_cr3(machine):
-    """The stepper's look-up right after a run: the same bytes, the same
-    counts, and the translation it remembers is dropped by a flush and
-    not used for another address space."""
+def test_current_byte_answers_as_cached_byte_and_its_last_translation_follows_cr3(machine):
+    """The stepper's look-up at a stop: the same bytes, the same counts,
+    and the translation it remembers is dropped by a flush and not used
+    for another address space."""
     view = _view_of_high(machine, b"AZ")
     machine.step()
-    assert [view.synced_byte(HIGH), view.synced_byte(HIGH + 1)] == [ord("A"), ord("Z")]
+    assert [view.current_byte(HIGH), view.current_byte(HIGH + 1)] == [ord("A"), ord("Z")]
     assert (view.tlb.misses, view.tlb.hits) == (1, 1)
     assert view.cached_byte(HIGH) == ord("A") and view.tlb.misses == 1
     view.tlb.flush()
-    assert view.synced_byte(HIGH) == ord("A") and view.tlb.misses == 2
+    assert view.current_byte(HIGH) == ord("A") and view.tlb.misses == 2
     _run_on_a_second_address_space(machine)
-    assert view.synced_byte(HIGH) == ord("B")           # not the remembered frame
+    assert view.current_byte(HIGH) == ord("B")          # not the remembered frame
     assert view.tlb.misses == 3
+
+
+def test_current_byte_after_the_registers_were_set_reads_them_not_the_run_page(machine):
+    """Once the control registers were set, the run page shows the last
+    exit's and no longer this stop's: the look-up goes through the
+    registers KVM holds, and what it remembers is filed under them."""
+    view = _view_of_high(machine, b"A")
+    machine.step()
+    first_space = machine.vcpu.get_sregs()
+    _run_on_a_second_address_space(machine)
+    assert view.current_byte(HIGH) == ord("B")
+    machine.vcpu.set_sregs(first_space)                 # the run page still shows the second
+    view.invalidate()                                   # as whoever sets them must
+    assert not machine.vcpu.synced
+    assert view.current_byte(HIGH) == ord("A")
+    assert [key[0] for key in view.tlb.entries] == [first_space.cr3]
+    assert view.tlb.last is None                        # nothing kept under the run page's bytes
 
 
 def test_the_tlb_is_emptied_by_writes_invalidate_cont_and_step(machine):

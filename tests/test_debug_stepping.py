@@ -368,15 +368,16 @@ def test_a_plain_step_record_reads_as_the_one_init_makes(nops):
     assert debugger.view.values() is record.values_after
 
 
-def test_a_one_byte_step_on_the_page_of_the_last_finds_its_byte_without_a_call(nops, monkeypatch):
-    """The stepper's written-out TLB check hits: the second nop's hlt
-    check calls neither synced_byte nor cached_byte (their keys and the
-    stepper's must agree, or every step would go the long way)."""
+def test_a_one_byte_step_on_the_page_of_the_last_finds_its_byte_in_the_last_translation(
+        nops, monkeypatch):
+    """The second nop's hlt check hits the translation the first one left
+    (``Tlb.last``): no TLB look-up and no walk (its key and the run page's
+    bytes must agree, or every step would go the long way)."""
     machine, debugger = nops
     view = debugger.view
     debugger.step_instruction()                         # the first nop fills tlb.last
     calls = []
-    for name in ("synced_byte", "cached_byte"):
+    for name in ("_tlb_entry", "cached_byte"):
         original = getattr(view, name)
         monkeypatch.setattr(view, name, lambda *a, _o=original: calls.append(a) or _o(*a))
     hits = view.tlb.hits
@@ -487,6 +488,88 @@ def test_a_translation_remembered_for_another_cr3_is_not_used_for_the_hlt_check(
     record = debugger.step_instruction()                # the hlt at 0x1002
     assert record.old_rip == 0x1002
     assert record.stop is not None and record.stop.kind is StopKind.HALT
+
+
+#: movabs rdi, 0x100c; mov al, 0xf4; stosb (at 0x100c: writes 0xf4 over
+#: itself); hlt -- a one-byte step that leaves 0xf4 behind where it ran.
+STOSB_OVER_ITSELF = (bytes([0x48, 0xBF]) + (0x100C).to_bytes(8, "little")
+                     + bytes([0xB0, 0xF4, 0xAA, 0xF4]))
+
+
+@pytest.mark.parametrize("irqchip", [False, True], ids=["no-irqchip", "irqchip"])
+def test_a_stosb_that_writes_0xf4_over_itself_is_not_a_stepped_hlt(irqchip):
+    """The hlt check asks what ran: with the irqchip the byte was read
+    before the step (0xaa), without it a 0xf4 read after the step is not
+    taken for a hlt when a register other than RIP moved (RDI here)."""
+    with Machine(irqchip=irqchip, output=lambda data: None) as machine:
+        machine.load_flat(STOSB_OVER_ITSELF, 0x1000, mode="long")
+        debugger = Debugger(machine)
+        debugger.step(2)
+        record = debugger.step_instruction()            # the stosb
+        assert (record.pc, record.new_pc) == (0x100C, 0x100D)
+        assert machine.memory.read(0x100C, 1) == b"\xf4"
+        assert record.stop is None and record.exits == ()
+        last = debugger.step_instruction()              # the hlt after it
+        assert last.pc == 0x100D and last.stop is not None and last.stop.kind is StopKind.HALT
+        debugger.close()
+
+
+@pytest.fixture
+def irqchip_debugger():
+    """A debugger on a machine with the in-kernel irqchip, where steps let
+    interrupts into a hlt (KVM_GUESTDBG_BLOCKIRQ offered), at code the test
+    writes at 0x1000 in long mode."""
+    with Machine(irqchip=True, output=lambda data: None) as machine:
+        machine.load_flat(b"\x90", 0x1000, mode="long")
+        debugger = Debugger(machine)
+        if not debugger.stepper.wake_hlts:
+            pytest.skip("this KVM offers no KVM_GUESTDBG_BLOCKIRQ: steps never let interrupts in")
+        yield machine, debugger
+        debugger.close()
+
+
+@pytest.mark.parametrize("code, watched", [
+    (b"\xcf", True),                                  # iret
+    (b"\x48\xcf", True),                              # iretq
+    (b"\x66\xcf", True),                              # iret with the operand-size prefix
+    (b"\x48\x90", False),                             # REX.W nop: a prefix, then no iret
+    (b"\x90", False),
+], ids=["iret", "iretq", "66-iret", "rex-nop", "nop"])
+def test_with_the_irqchip_an_iret_is_stepped_under_a_watchdog_of_its_own(
+        irqchip_debugger, monkeypatch, code, watched):
+    """kvm-pvm may put the vCPU back to sleep after an iret that returns
+    to a hlt's successor; outside a run such a step gets a watchdog
+    (Stepper._watched). The iret is known by its first byte, and after a
+    prefix by its second."""
+    machine, debugger = irqchip_debugger
+    machine.memory.write(0x1001, code)                  # after the nop
+    debugger.step_instruction()                         # the byte is then read at a stop
+    seen = []
+    monkeypatch.setattr(debugger.stepper, "_watched", lambda step: seen.append(step) or "watched")
+    hits = debugger.view.tlb.hits
+    result = debugger.stepper.step()
+    assert (result == "watched") is watched and len(seen) == int(watched)
+    assert debugger.view.tlb.hits > hits                # through the last translation
+
+
+def test_with_the_irqchip_a_step_reads_its_instruction_once_before_it_runs(
+        irqchip_debugger, monkeypatch):
+    """The first byte, read before the run, is also the hlt check's: a
+    one-byte step reads one byte, a prefixed instruction two (is an iret
+    behind the prefix?), and nothing is read after either."""
+    machine, debugger = irqchip_debugger
+    machine.memory.write(0x1000, b"\x90\x48\x89\xc0\xf4")   # nop; mov rax, rax; hlt
+    view = debugger.view
+    reads = []
+    original = view.current_byte
+    monkeypatch.setattr(view, "current_byte", lambda a: reads.append(a) or original(a))
+    assert debugger.step_instruction().new_pc == 0x1001
+    assert reads == [0x1000]
+    assert debugger.step_instruction().new_pc == 0x1004
+    assert reads == [0x1000, 0x1001, 0x1002]
+    last = debugger.step_instruction()                  # the hlt, IF clear: the end
+    assert last.stop is not None and last.stop.kind is StopKind.HALT
+    assert reads == [0x1000, 0x1001, 0x1002, 0x1004]
 
 
 def test_an_exit_met_during_a_step_nobody_listens_to_has_the_time_of_its_own_run(session):

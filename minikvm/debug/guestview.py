@@ -37,9 +37,12 @@ address. A linear read that crosses a page boundary is split, and each page
 translated on its own: two neighbouring virtual pages may live in frames far
 apart.
 
-**A TLB for the stepper.** After every one-byte step the stepper asks which
-byte it stepped over (was it ``hlt``?), and a full page walk per step would
-cost more than the step. :meth:`GuestView.cached_byte` answers from a
+**A TLB for the stepper.** The stepper asks which byte each one-byte step
+stepped over (was it ``hlt``?) -- with the in-kernel irqchip, where steps
+may let interrupts into a ``hlt``, it asks before every step instead what
+the instruction starts with (a ``hlt`` that may wait for its interrupt, an
+``iret``) -- and a full page walk per step would cost more than the step.
+:meth:`GuestView.current_byte` and :meth:`GuestView.cached_byte` answer from a
 :class:`Tlb`: linear page -> guest-physical page, as the CPU's translation
 lookaside buffer keeps them (SDM vol. 3A, 4.10). Its key is the translation
 *context* -- CR3 and the bits of CR0, CR4 and EFER that choose the paging
@@ -50,9 +53,11 @@ every exit (no ioctl). Like a real TLB it does not notice the guest editing a
 page-table entry in place: the CPU needs an ``invlpg`` or a CR3 write then,
 which we do not see. So the debugger empties it at the start of every
 ``cont`` and ``step(count)`` and after it writes guest memory or segment
-registers itself, and the stepper trusts a cached answer only to say "not a
-``hlt``": when the cached frame holds 0xF4 it walks the tables afresh before
-it acts. :meth:`physical`, :meth:`translate` and the reads never use it.
+registers itself, and the stepper trusts a cached answer only where a wrong
+one costs nothing lasting: when the cached frame holds 0xF4 after a step it
+walks the tables afresh before it calls that a ``hlt``, and what it reads
+before a step only lets interrupts into that step or gives it a watchdog.
+:meth:`physical`, :meth:`translate` and the reads never use it.
 """
 
 from __future__ import annotations
@@ -172,7 +177,7 @@ class Tlb:
         #: (cr3, mode, linear page number) -> (frame, RAM mapping, offset of
         #: the frame in that mapping): the byte read needs no region search.
         self.entries: dict[tuple[int, int, int], tuple] = {}
-        #: The last translation :meth:`GuestView.synced_byte` used, as
+        #: The last translation :meth:`GuestView.current_byte` used, as
         #: (the run page's bytes from CR0 to EFER, linear page number, RAM
         #: mapping, base): the byte at linear address ``a`` of that page is
         #: ``mapping[base + a]``. A stepper stays on one page of code for
@@ -228,7 +233,8 @@ class GuestView:
         #: (:meth:`_adopt`), and the next step starts from it with no call
         #: to :meth:`values_and_pc`. One tuple, replaced whole.
         self.last_step: tuple[int, tuple[int, ...], int] | None = None
-        #: Translations for :meth:`cached_byte` (see the module docstring).
+        #: Translations for :meth:`current_byte` and :meth:`cached_byte`
+        #: (see the module docstring).
         self.tlb = Tlb()
 
     # -- the registers of this stop ------------------------------------------------
@@ -434,19 +440,27 @@ class GuestView:
         before in the same context, a page walk (remembered) when not.
         None when the address is unmapped or outside RAM (never remembered).
 
-        The stepper's hlt check, after every one-byte step. The answer may
-        be stale where the guest edited its page tables in place (see the
-        module docstring): use it where a wrong answer is checked again."""
+        :meth:`current_byte` when the run page does not show this stop's
+        control registers. The answer may be stale where the guest edited
+        its page tables in place (see the module docstring): use it where a
+        wrong answer is checked again."""
         cr3, mode = self.paging_context()
         return self._tlb_byte((cr3, mode, address >> _PAGE_SHIFT), address)
 
-    def synced_byte(self, address: int) -> int | None:
-        """:meth:`cached_byte` for a caller that knows the run page holds the
-        control registers of this stop -- the stepper right after its
-        ``KVM_RUN``, with ``KVM_SYNC_X86_SREGS`` on: no checks, no calls
-        before the look-up. It leaves the translation it used in
-        :attr:`Tlb.last`, where the stepper looks first (debug/stepper.py:
-        the same comparisons, written out there after every one-byte step)."""
+    def current_byte(self, address: int) -> int | None:
+        """The byte at linear ``address`` at this stop, through the
+        :class:`Tlb`: the stepper's look at the instruction it steps, before
+        the run where steps may let interrupts in, else after a one-byte
+        step (debug/stepper.py), so the common case costs one slice and one
+        comparison. While the run page holds this stop's control registers
+        (KVM synced them at the last exit and nobody set them since:
+        :attr:`Vcpu.synced`), the translation used last (:attr:`Tlb.last`)
+        answers for an address on its page if the run page's bytes from CR0
+        to EFER are those it was made for, and the TLB's entry (or a walk)
+        replaces it when not. Without them, :meth:`cached_byte`."""
+        vcpu = self.vcpu
+        if not (vcpu.synced and vcpu.sync_mask & KVM_SYNC_X86_SREGS):
+            return self.cached_byte(address)
         control = self._run_mapping[_SYNCED_CONTROL_SPAN]
         page = address >> _PAGE_SHIFT
         tlb = self.tlb

@@ -21,8 +21,9 @@ the nested hypervisor has cooled, and each object or function a step then
 touches costs several times what it costs in a tight loop
 (benchmarks/README.md, "Where the time goes"). A plain step is one run,
 three words and one unpack of the run page, one tuple for the view, one
-record and, after a one-byte step, one comparison of the run page's bytes
-from CR0 to EFER with the last translation's. On CPython 3.11 a call of a
+record and, where the stepper must look for a ``hlt``, one call of
+:meth:`GuestView.current_byte` (one comparison of the run page's bytes from
+CR0 to EFER with the last translation's). On CPython 3.11 a call of a
 Python function costs ~700 instructions here, as much as the few stores it
 would make, so the run, and what a plain step does to the view and the
 record, are written out in :meth:`Stepper.step` (each line says what it
@@ -44,12 +45,18 @@ irqchip a ``hlt`` never exits at all (the vCPU waits inside KVM). So after a
 one-byte step the stepper looks whether the byte was ``hlt`` (0xF4) and
 hands the machine the HLT exit it stands for. That look is on the hot path
 (push, pop, nop, ``cld`` are one byte), so it reads the byte through the
-view's TLB: the translation it used last (:attr:`Tlb.last`) while the step
-stays on that page and the run page's bytes from CR0 to EFER are those it
-was made for (CR0, CR3, CR4 and EFER decide the translation), else
-:meth:`GuestView.synced_byte` (a dictionary look-up), and walks the page
+view's TLB (:meth:`GuestView.current_byte`): the translation used last
+(:attr:`Tlb.last`) while the step stays on that page and the run page's
+bytes from CR0 to EFER are those it was made for (CR0, CR3, CR4 and EFER
+decide the translation), else a dictionary look-up, and walks the page
 tables afresh only when the cached frame does hold 0xF4, so a stale entry
-never invents a ``hlt``.
+never invents a ``hlt``. Where steps let interrupts into a ``hlt`` (the
+irqchip and ``KVM_GUESTDBG_BLOCKIRQ``, below) the stepper needs the byte
+*before* every step anyway (a ``hlt`` that may wait for its interrupt; an
+``iret``, after which kvm-pvm may put the vCPU back to sleep,
+:meth:`Stepper._slept_after`), so it reads it there instead, once, and the
+same byte answers after the step. It is also the byte that ran, where a
+``stosb`` that overwrites itself leaves another one behind.
 
 **Interrupts and ``hlt``.** A step keeps interrupts out
 (``KVM_GUESTDBG_BLOCKIRQ``: ``inject_pending_event`` in arch/x86/kvm/x86.c
@@ -86,8 +93,6 @@ from minikvm.debug.arming import Arming
 from minikvm.debug.breakpoints import DR6_BS
 from minikvm.debug.events import StepRecord
 from minikvm.debug.guestview import GuestView
-from minikvm.debug.guestview import _SYNCED_CONTROL_SPAN as _CONTROL
-from minikvm.debug.guestview import _PAGE_SHIFT
 from minikvm.debug.inspect import REG_INDEX, values_of
 from minikvm.debug.probe import DebugSupport
 from minikvm.kvm.errors import KvmError
@@ -114,6 +119,9 @@ __all__ = ["Stepper"]
 HLT_OPCODE = 0xF4
 #: ``iret``/``iretd``/``iretq`` (SDM vol. 2, "IRET/IRETD/IRETQ").
 _IRET_OPCODE = 0xCF
+#: What an ``iret`` may start with: itself, or the operand-size prefix
+#: (0x66) or a REX prefix (0x40-0x4F; ``iretq`` is 0x48 0xCF) before it.
+_IRET_FIRST_BYTES = frozenset({_IRET_OPCODE, 0x66, *range(0x40, 0x50)})
 _RFLAGS_IF = 1 << 9
 #: KVM_RUN calls one instruction may need: the exit itself, the completion
 #: run, and retries after a stray kick. More means something is wrong.
@@ -131,7 +139,6 @@ LONE_WAIT_TIMEOUT = 2.0
 _RIP = REG_INDEX["rip"]
 _RFLAGS = REG_INDEX["rflags"]
 _SYNC_REGS = int(KVM_SYNC_X86_REGS)
-_SYNC_SREGS = int(KVM_SYNC_X86_SREGS)
 _new = object.__new__
 
 
@@ -189,7 +196,6 @@ class Stepper:
         self._listeners = machine.listeners
         self._page = self._vcpu.page
         self._qwords = self._vcpu.qwords
-        self._mapping = self._vcpu.mapping
         #: KVM_RUN as a bare callable (:meth:`Vcpu.entry`).
         self._enter = self._vcpu.entry()
         self._blocking: tuple[int, tuple[int, ...]] | None = None
@@ -212,10 +218,17 @@ class Stepper:
         if self.asleep:
             return self._wake(before, pc)
         state = self.arming.stepping_state
+        opcode = None   # the instruction's first byte, where it is read before the run
         if self.wake_hlts:
-            if before[_RFLAGS] & _RFLAGS_IF and view.cached_byte(pc) == HLT_OPCODE:
-                state = self._letting_interrupts_in(state)
-            elif runner.group is None and self._is_iret(pc):
+            # Is it a hlt that may wait for its interrupt, or an iret? The
+            # byte also answers "was that a hlt?" after the step.
+            opcode = view.current_byte(pc)
+            if opcode == HLT_OPCODE:
+                if before[_RFLAGS] & _RFLAGS_IF:
+                    state = self._letting_interrupts_in(state)
+            elif opcode in _IRET_FIRST_BYTES and runner.group is None and (
+                    opcode == _IRET_OPCODE or view.current_byte(pc + 1) == _IRET_OPCODE):
+                # an iret, alone or after its prefix
                 return self._watched(self.step)
         if state is not runner.guest_debug:
             runner.set_guest_debug(state)
@@ -270,23 +283,9 @@ class Stepper:
                 record.exits = ()
                 record._view = view
                 if new_pc - pc == 1 and self.check_hlt:
-                    # Nothing touched the vCPU since its run: with the sregs
-                    # synced, the run page holds this stop's CR0-EFER.
-                    # The common case of view.synced_byte(pc) written out: the
-                    # page and the CR0-EFER bytes of the translation it used last.
-                    last = view.tlb.last
-                    if (synced & _SYNC_SREGS and last is not None and last[1] == pc >> _PAGE_SHIFT
-                            and last[0] == self._mapping[_CONTROL]):
-                        view.tlb.hits += 1
-                        try:
-                            byte = last[2][last[3] + pc]
-                        except (IndexError, ValueError):   # the RAM was closed meanwhile
-                            byte = None
-                    elif synced & _SYNC_SREGS:
-                        byte = view.synced_byte(pc)
-                    else:
-                        byte = view.cached_byte(pc)
-                    if byte == HLT_OPCODE:
+                    if not self.wake_hlts:   # else read before the run
+                        opcode = view.current_byte(pc)
+                    if opcode == HLT_OPCODE:
                         self._stepped_hlt(record)
                 return record
             reason = qwords[_EXIT_REASON_INDEX] & 0xFFFF_FFFF
@@ -360,9 +359,14 @@ class Stepper:
         was ``hlt``, give the machine the exit it stands for.
 
         The byte is read through a fresh page walk here, whatever the TLB
-        said (see the module docstring). With the irqchip and RFLAGS.IF set
-        the vCPU would wait for an interrupt, and the stepping goes on; with
-        IF clear nothing can wake it, and the next step would wait for ever."""
+        said (see the module docstring), and a ``hlt`` changes no
+        general-purpose register: a one-byte ``stosb``, ``movsb`` or
+        ``push`` that wrote 0xF4 over itself moved RDI or RSP, and is not
+        taken for one. With the irqchip and RFLAGS.IF set the vCPU would
+        wait for an interrupt, and the stepping goes on; with IF clear
+        nothing can wake it, and the next step would wait for ever."""
+        if record.values_before[:_RIP] != record.values_after[:_RIP]:   # the 16 GPRs
+            return
         try:
             phys = self.view.physical(record.pc)
             if phys is None or self.machine.memory.read_u8(phys) != HLT_OPCODE:
@@ -393,15 +397,6 @@ class Stepper:
             self._blocking = state
             self._open = (state[0] & ~_BLOCKIRQ, state[1])
         return self._open
-
-    def _is_iret(self, pc: int) -> bool:
-        """Is the instruction at ``pc`` an ``iret`` (0xCF, after at most one
-        operand-size or REX prefix)? Read through the view's TLB."""
-        byte = self.view.cached_byte(pc)
-        if byte == _IRET_OPCODE:
-            return True
-        return (byte is not None and (byte == 0x66 or byte & 0xF0 == 0x40)
-                and self.view.cached_byte(pc + 1) == _IRET_OPCODE)
 
     def _watched(self, step: Callable[[], StepRecord]) -> StepRecord:
         """``step`` outside any run, under a watchdog of its own: its halt
