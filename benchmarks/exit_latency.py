@@ -18,7 +18,13 @@ device claims, then halts; each write is one VM exit. We time, interleaved
   (dw) (d) with a listener that reads the words of every exit, as the
       trace and the TUI do (a sentence per exit, made while it happens);
   (e) the C loop reading RIP from the synced registers at every exit;
-and for information (c0), the C loop without sync regs.
+and for information (c0), the C loop without sync regs, and
+  (f) the floor of any Python run loop: ``fcntl.ioctl(fd, KVM_RUN)`` and
+      the exit reason read from the run page, nothing else -- no device, no
+      stop check, no count but the loop's own. What (b) costs above (f) is
+      the run loop's; (f) above (c) is the interpreter's own, and on some
+      hosts (a cheap ``KVM_RUN``, a slow interpreter) it is a good part of
+      the (b)/(c) target already.
 (d), (dw) and (e) must sum the same RIPs. Targets: (b)/(c) <= 1.25, (d)/(e) <= 1.6.
 
 Not covered: exits a device claims (the device model's own cost), MMIO
@@ -31,6 +37,7 @@ so ``hlt`` is an exit of its own).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +53,9 @@ from benchmarks.common import (  # noqa: E402
     load_average,
     print_ratio,
 )
+from minikvm.kvm import ioctls  # noqa: E402
 from minikvm.kvm.exits import Hlt, IoOut  # noqa: E402
+from minikvm.kvm.uapi import KvmExit  # noqa: E402
 from minikvm.machine import Machine  # noqa: E402
 
 GUEST = ROOT / "guests" / "build" / "portloop.bin"
@@ -82,6 +91,28 @@ def raw_loop(exits: int) -> Timing:
                 if type(exit) is Hlt:
                     break
                 raise RuntimeError(f"unexpected exit {exit}")
+    assert seen == exits, (seen, exits)
+    return clock.timing.per(exits)
+
+
+def floor_loop(exits: int) -> Timing:
+    """(f) ``fcntl.ioctl(KVM_RUN)`` and the exit reason, the low half of
+    the run page's second 64-bit word (``kvm_run.exit_reason``)."""
+    io, hlt = int(KvmExit.KVM_EXIT_IO), int(KvmExit.KVM_EXIT_HLT)
+    with _machine(exits) as machine:
+        vcpu = machine.vcpu
+        fd, request, words = vcpu.fd, int(ioctls.KVM_RUN), vcpu.qwords
+        seen = 0
+        with Clock() as clock:
+            while True:
+                fcntl.ioctl(fd, request)
+                reason = words[1] & 0xFFFF_FFFF
+                if reason == io:
+                    seen += 1
+                    continue
+                if reason == hlt:
+                    break
+                raise RuntimeError(f"unexpected exit reason {reason}")
     assert seen == exits, (seen, exits)
     return clock.timing.per(exits)
 
@@ -135,6 +166,7 @@ LABELS = {
     "dw": "(dw) (d) + the words of every exit",
     "e": "(e)  C loop, RIP from sync regs",
     "c0": "(c0) C loop, no sync regs",
+    "f": "(f)  fcntl.ioctl + exit reason: floor",
 }
 
 
@@ -156,6 +188,7 @@ def measure(exits: int, repeat: int) -> Rounds:
         "d": lambda: keep("d", machine_timing(exits, listen=True)),
         "dw": lambda: keep("dw", machine_timing(exits, listen=True, words=True)),
         "c0": lambda: c_loop(binary, exits, 0)[0],
+        "f": lambda: floor_loop(exits),
     })
     if not sums["d"] == sums["dw"] == sums["e"]:
         raise RuntimeError(f"the listener summed RIPs to {sums['d']:#x}, C to {sums['e']:#x}")
@@ -175,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:<40} CPU {median.cpu * 1e6:6.2f} us/exit  "
               f"wall {median.wall * 1e6:6.2f} us/exit")
     print_ratio("(a)/(c)", rounds.ratio("a", "c"))
+    print_ratio("(f)/(c)", rounds.ratio("f", "c"), spread=rounds.spread("f", "c"))
     for (key, baseline), target in TARGETS.items():
         print_ratio(f"({key})/({baseline})", rounds.ratio(key, baseline), target,
                     rounds.spread(key, baseline))
