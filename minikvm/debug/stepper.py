@@ -100,7 +100,6 @@ from minikvm.kvm.exits import Debug, Hlt, Interrupted, IoIn, IoOut, MmioRead, Mm
 from minikvm.kvm.uapi import (
     KVM_GUESTDBG_BLOCKIRQ,
     KVM_SYNC_X86_REGS,
-    KVM_SYNC_X86_SREGS,
     KvmExit,
     KvmMpState,
     kvm_debug_exit_arch,
