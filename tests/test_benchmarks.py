@@ -209,9 +209,12 @@ def test_the_tail_probe_times_minikvm_run_from_inside(capsys):
     assert "with    'blocking': halt noticed" in out
     assert "without 'blocking': halt noticed" in out and "after os._exit" in out
     for noticed, close, inside, tail in runs["with"] + runs["without"]:
-        # in the order they happen: the halt noticed, the close within the
-        # Python side, the process's exit seen from outside after it
-        assert 0 <= noticed <= inside and 0 < close <= inside <= tail + 0.002
+        # Measured from the last output byte: the halt noticed before the
+        # exit, the close within the Python side (the CLI drains the output
+        # before it closes the machine), the exit within the tail seen from
+        # outside. The halt may be noticed before the byte is written: on a
+        # busy machine the output thread can be that late.
+        assert noticed <= inside and 0 < close <= inside <= tail + 0.002
 
 
 def test_a_sleep_is_put_down_to_the_kernel_code_it_slept_in():
