@@ -208,6 +208,7 @@ int main(int argc, char **argv)
         for (unsigned long line = 0; line < touch; line += 64)
             footprint[line]++;
         int first = -1; /* the instruction's first byte, read before it runs (IRQCHIP) */
+        int iret = 0;
         if (read_first && sync && i > 0) {
             first = byte_at(&run->s.regs.sregs, pc);
             hlt_checks++;
@@ -215,11 +216,13 @@ int main(int argc, char **argv)
                 fprintf(stderr, "a hlt with IF set at %#llx\n", (unsigned long long)pc);
                 return 3;
             }
-            if (first == 0x66 || (first & 0xf0) == 0x40) {
+            if (first == 0xcf) {
+                iret = 1;
+            } else if (first == 0x66 || (first >= 0x40 && first <= 0x4f)) {
                 hlt_checks++;
-                first |= byte_at(&run->s.regs.sregs, pc + 1) == 0xcf ? 0x100 : 0;
+                iret = byte_at(&run->s.regs.sregs, pc + 1) == 0xcf;
             }
-            if (first == 0xcf || (first & 0x100)) {
+            if (iret) {
                 fprintf(stderr, "an iret at %#llx\n", (unsigned long long)pc);
                 return 3;
             }

@@ -36,7 +36,7 @@ prints what each layer adds: where the time goes.
 
 ``--irqchip`` runs every loop on the board the ``minikvm`` CLI builds by
 default, with the in-kernel irqchip and PIT (the Python API's ``Machine()``
-has neither): the TUI's and the trace's steps. Where KVM offers
+has neither): the TUI's and the gdb stub's steps. Where KVM offers
 ``KVM_GUESTDBG_BLOCKIRQ`` the stepper then reads each instruction's first
 byte before it runs instead of after a one-byte step (a ``hlt`` that may
 wait for its interrupt, an ``iret``; the second byte after a prefix), and

@@ -210,11 +210,12 @@ def test_the_tail_probe_times_minikvm_run_from_inside(capsys):
     assert "without 'blocking': halt noticed" in out and "after os._exit" in out
     for noticed, close, inside, tail in runs["with"] + runs["without"]:
         # Measured from the last output byte: the halt noticed before the
-        # exit, the close within the Python side (the CLI drains the output
-        # before it closes the machine), the exit within the tail seen from
-        # outside. The halt may be noticed before the byte is written: on a
-        # busy machine the output thread can be that late.
-        assert noticed <= inside and 0 < close <= inside <= tail + 0.002
+        # exit, the exit within the tail seen from outside. The output
+        # thread writes that byte, and the CLI waits for it only after the
+        # machine's close (cli/run.py, _drain): on a busy machine it comes
+        # after the halt was noticed, even after the close, so neither is
+        # bounded by it.
+        assert noticed <= inside and 0 < close and 0 <= inside <= tail + 0.002
 
 
 def test_a_sleep_is_put_down_to_the_kernel_code_it_slept_in():

@@ -53,10 +53,11 @@ every exit (no ioctl). Like a real TLB it does not notice the guest editing a
 page-table entry in place: the CPU needs an ``invlpg`` or a CR3 write then,
 which we do not see. So the debugger empties it at the start of every
 ``cont`` and ``step(count)`` and after it writes guest memory or segment
-registers itself, and the stepper trusts a cached answer only where a wrong
-one costs nothing lasting: when the cached frame holds 0xF4 after a step it
-walks the tables afresh before it calls that a ``hlt``, and what it reads
-before a step only lets interrupts into that step or gives it a watchdog.
+registers itself, and a stale answer can make the stepper miss a ``hlt`` or
+an ``iret``, never invent one that lasts: when the cached frame holds 0xF4
+it walks the tables afresh before it calls that a ``hlt``, and a stale 0xF4
+or 0xCF read before a step only lets interrupts into that step or gives it
+a watchdog.
 :meth:`physical`, :meth:`translate` and the reads never use it.
 """
 
@@ -440,10 +441,10 @@ class GuestView:
         before in the same context, a page walk (remembered) when not.
         None when the address is unmapped or outside RAM (never remembered).
 
-        :meth:`current_byte` when the run page does not show this stop's
-        control registers. The answer may be stale where the guest edited
-        its page tables in place (see the module docstring): use it where a
-        wrong answer is checked again."""
+        What :meth:`current_byte` falls back to when the run page does not
+        show this stop's control registers. The answer may be stale where
+        the guest edited its page tables in place (see the module
+        docstring)."""
         cr3, mode = self.paging_context()
         return self._tlb_byte((cr3, mode, address >> _PAGE_SHIFT), address)
 

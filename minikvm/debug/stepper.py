@@ -22,8 +22,9 @@ touches costs several times what it costs in a tight loop
 (benchmarks/README.md, "Where the time goes"). A plain step is one run,
 three words and one unpack of the run page, one tuple for the view, one
 record and, where the stepper must look for a ``hlt``, one call of
-:meth:`GuestView.current_byte` (one comparison of the run page's bytes from
-CR0 to EFER with the last translation's). On CPython 3.11 a call of a
+:meth:`GuestView.current_byte` (two after an ``iret``'s possible prefix),
+each one comparison of the run page's bytes from CR0 to EFER with the last
+translation's. On CPython 3.11 a call of a
 Python function costs ~700 instructions here, as much as the few stores it
 would make, so the run, and what a plain step does to the view and the
 record, are written out in :meth:`Stepper.step` (each line says what it
