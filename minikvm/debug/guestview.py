@@ -110,6 +110,12 @@ _CR4_PAGING = int(Cr4.PSE | Cr4.PAE | Cr4.LA57)
 _EFER_PAGING = int(Efer.LMA | Efer.NXE)
 
 
+def _paging_mode(cr0: int, cr4: int, efer: int) -> int:
+    """The bits of CR0, CR4 and EFER that choose the paging mode, packed
+    into one int: with CR3, the context a :class:`Tlb` key names."""
+    return (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING) | (efer & _EFER_PAGING) << 32
+
+
 def _control_struct() -> tuple[struct.Struct, int]:
     """CR0, CR3, CR4 and EFER as KVM_CAP_SYNC_REGS leaves them in the run
     page: one ``unpack_from`` at the returned offset (the kernel keeps them
@@ -433,7 +439,7 @@ class GuestView:
         else:
             sregs = self.sregs()
             cr0, cr3, cr4, efer = sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
-        return cr3, (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING) | (efer & _EFER_PAGING) << 32
+        return cr3, _paging_mode(cr0, cr4, efer)
 
     def cached_byte(self, address: int) -> int | None:
         """The byte at linear ``address``, translated through the
@@ -470,8 +476,7 @@ class GuestView:
             tlb.hits += 1
         else:
             cr0, cr3, cr4, efer = _SYNCED_CONTROL.unpack(control)
-            entry = self._tlb_entry((cr3, (cr0 & _CR0_PAGING) | (cr4 & _CR4_PAGING)
-                                     | (efer & _EFER_PAGING) << 32, page), address)
+            entry = self._tlb_entry((cr3, _paging_mode(cr0, cr4, efer), page), address)
             if entry is None:
                 return None
             last = tlb.last = (control, page, entry[1], entry[2] - (page << _PAGE_SHIFT))
