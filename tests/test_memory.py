@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from minikvm.memory import PAGE_SIZE, GuestMemory, GuestMemoryError
+from minikvm.memory import FILL_CHUNK, PAGE_SIZE, GuestMemory, GuestMemoryError
 
 MIB = 1 << 20
 
@@ -139,3 +141,62 @@ def test_sized_access_round_trips_or_raises(addr, width, value):
             writer(addr, value)
         with pytest.raises(GuestMemoryError):
             reader(addr)
+
+
+# -- fill ------------------------------------------------------------------------------------
+
+FILL_RAM = 4 * MIB
+FILL_BASE = 16 * PAGE_SIZE   # not 0: a guest address is not an offset into the region
+
+#: Sizes around the edges of fill's chunks, and any size up to three of them.
+fill_sizes = st.one_of(
+    st.integers(min_value=0, max_value=3 * FILL_CHUNK + 16),
+    st.integers(min_value=0, max_value=3).flatmap(
+        lambda chunks: st.integers(min_value=max(0, chunks * FILL_CHUNK - 8),
+                                   max_value=chunks * FILL_CHUNK + 8)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(addr=st.integers(min_value=FILL_BASE - 8, max_value=FILL_BASE + FILL_RAM + 8),
+       size=fill_sizes, byte=st.integers(min_value=0, max_value=255))
+@example(addr=FILL_BASE, size=0, byte=1)
+@example(addr=FILL_BASE + 1, size=FILL_CHUNK, byte=2)
+@example(addr=FILL_BASE, size=2 * FILL_CHUNK, byte=3)
+@example(addr=FILL_BASE + 7, size=FILL_CHUNK + 1, byte=4)
+@example(addr=FILL_BASE, size=FILL_RAM, byte=5)
+def test_fill_sets_exactly_its_range_or_refuses_it_whole(addr, size, byte):
+    """The spec: inside the region every byte of the range becomes ``byte``
+    and nothing else changes; a range that leaves the region is refused
+    before anything is written."""
+    mem = GuestMemory.with_size(FILL_RAM, base=FILL_BASE)
+    mem.write(FILL_BASE, bytes(range(256)) * (FILL_RAM // 256))
+    model = bytearray(mem.read(FILL_BASE, FILL_RAM))
+    if FILL_BASE <= addr and addr + size <= FILL_BASE + FILL_RAM:
+        mem.fill(addr, size, byte)
+        model[addr - FILL_BASE:addr - FILL_BASE + size] = bytes((byte,)) * size
+    else:
+        with pytest.raises(GuestMemoryError):
+            mem.fill(addr, size, byte)
+    assert mem.read(FILL_BASE, FILL_RAM) == model
+
+
+def test_fill_of_a_large_range_allocates_one_chunk_on_the_host():
+    """A BSS of most of guest RAM (the size comes from the image) must not
+    cost a host allocation as large: fill writes from one chunk, and the
+    last, shorter part through a view of it, not a copy."""
+    size = 32 * MIB - PAGE_SIZE   # whole chunks and a tail
+    mem = GuestMemory.with_size(32 * MIB)
+    tracing_already = tracemalloc.is_tracing()
+    if not tracing_already:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        start, _ = tracemalloc.get_traced_memory()
+        mem.fill(0, size, 0xCC)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        if not tracing_already:
+            tracemalloc.stop()
+    assert mem.read(size - 4, 5) == b"\xcc" * 4 + b"\x00"
+    assert peak - start < FILL_CHUNK + 64 * 1024, peak - start
