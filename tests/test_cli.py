@@ -140,6 +140,24 @@ def test_run_loads_neither_debugger_nor_tui_nor_lessons_nor_capstone_nor_rich(gu
     assert heavy(modules) == []                  # ... and none of this
 
 
+@pytest.mark.kvm
+def test_lesson_check_loads_no_markdown_renderer(guests):
+    # A check runs after every save, or over a whole class's files: the
+    # renderer of `lesson show` (markdown-it, pygments) is ~120 ms of imports
+    # it has no use for.
+    solution = ROOT / "lessons" / "exercises" / "solutions" / "05_gdt.py"
+    result, modules = modules_after(
+        "from minikvm.cli import main\n"
+        f"status = main(['lesson', 'check', '05', '--file', {str(solution)!r}])\n"
+        "assert status == 0, status")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PASSED" in result.stdout
+    renderer = ("rich.markdown", "markdown_it", "pygments")
+    assert "minikvm.lessons.checker" in modules    # the check sees what a check loads ...
+    assert sorted(name for name in modules         # ... and none of this
+                  if any(name == r or name.startswith(r + ".") for r in renderer)) == []
+
+
 def imported_modules(path) -> set[str]:
     """Every module ``path`` imports, at its top or inside a function."""
     import ast

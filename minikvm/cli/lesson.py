@@ -97,7 +97,6 @@ def _shown(path: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     """``minikvm lesson ...``; returns a :class:`CheckStatus`."""
     from rich.console import Console
-    from rich.markdown import Markdown
 
     console = Console(highlight=False)
     if args.lesson_command == "list":
@@ -106,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     if lesson is None:
         return CheckStatus.USAGE
     if args.lesson_command == "show":
+        # Only here: the Markdown renderer brings markdown-it and pygments,
+        # ~120 ms of imports that a check (run after every save, or by a
+        # teacher over a class's files) does not need.
+        from rich.markdown import Markdown
+
         console.print(Markdown(lesson.task.read_text()))
         return CheckStatus.PASSED
     path = Path(args.file) if args.file else Path(lesson.starter)
