@@ -181,6 +181,41 @@ def module_level_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
 
 
 @cache
+def lazy_exports(package: str) -> dict[str, str]:
+    """The names a package of ours exports lazily, and the module of each: a
+    package with a module ``__getattr__`` (PEP 562) that imports a name of its
+    ``__all__`` only under ``if TYPE_CHECKING:`` fetches it from that module
+    the first time it is asked for (minikvm/debug/__init__.py,
+    minikvm/loaders/__init__.py; a name not in ``__all__`` is there for the
+    annotations alone). So
+    ``from minikvm.debug import Debugger`` at a module's top imports
+    minikvm.debug.debugger then, although no import statement of the
+    package's says so."""
+    path = MODULES.get(package)
+    if path is None or path.name != "__init__.py":
+        return {}
+    body = parse(path).body
+    if not any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+               for node in body):
+        return {}
+    exported: set[str] = set()
+    for statement in body:
+        if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.List)
+                and any(getattr(target, "id", None) == "__all__" for target in statement.targets)):
+            exported.update(ast.literal_eval(statement.value))
+    homes = {}
+    for statement in body:
+        if isinstance(statement, ast.If) and "TYPE_CHECKING" in ast.unparse(statement.test):
+            for inner in ast.walk(statement):
+                if isinstance(inner, ast.ImportFrom) and inner.module and not inner.level:
+                    home = resolve(inner.module)
+                    if home is not None:
+                        homes.update((alias.asname or alias.name, home) for alias in inner.names
+                                     if (alias.asname or alias.name) in exported)
+    return homes
+
+
+@cache
 def module_level_imports(name: str) -> list[Import]:
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -194,9 +229,16 @@ def module_level_imports(name: str) -> list[Import]:
                 anchor = package.split(".")[:len(package.split(".")) - statement.level + 1]
                 base = ".".join(anchor + ([base] if base else []))
             # ``from pkg import mod`` imports the submodule; ``from pkg import Name``
-            # runs the package's __init__.
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES
-                       else resolve(base) for alias in statement.names]
+            # runs the package's __init__, and imports Name's module if the
+            # package exports it lazily.
+            targets = []
+            for alias in statement.names:
+                if f"{base}.{alias.name}" in MODULES:
+                    targets.append(f"{base}.{alias.name}")
+                else:
+                    package_name = resolve(base)
+                    targets += [package_name,
+                                lazy_exports(package_name or "").get(alias.name)]
         else:
             continue
         found += [Import(name, target, statement.lineno) for target in dict.fromkeys(targets)
@@ -251,6 +293,30 @@ def test_cycle_finder_finds_a_cycle_and_only_the_cycle():
 
 def test_the_graph_sees_the_machine_import_the_runner():
     assert "minikvm.core.runner" in import_graph()["minikvm.machine"]
+
+
+def test_the_graph_follows_a_name_a_package_exports_lazily_to_its_module():
+    # minikvm/tui/session.py: ``from minikvm.debug import Debugger`` at its top.
+    import minikvm.debug
+
+    # Every name the debugger's package exports is lazy.
+    assert set(lazy_exports("minikvm.debug")) == set(minikvm.debug.__all__)
+    assert lazy_exports("minikvm.debug")["Debugger"] == "minikvm.debug.debugger"
+    assert "minikvm.debug.debugger" in import_graph()["minikvm.tui.session"]
+    assert lazy_exports("minikvm.kvm") == {}    # a package without __getattr__
+
+
+@pytest.mark.parametrize("package", ["minikvm.debug", "minikvm.loaders"])
+def test_a_lazy_package_exports_each_name_from_the_module_its_type_imports_name(package):
+    # The names are written out more than once (the TYPE_CHECKING imports,
+    # __all__, and where __getattr__ looks): they must agree.
+    import importlib
+
+    module = importlib.import_module(package)
+    homes = lazy_exports(package)
+    assert homes
+    for name, home in homes.items():
+        assert getattr(module, name) is getattr(importlib.import_module(home), name), name
 
 
 def test_module_level_imports_have_no_cycle():

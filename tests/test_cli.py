@@ -141,6 +141,21 @@ def test_run_loads_neither_debugger_nor_tui_nor_lessons_nor_capstone_nor_rich(gu
 
 
 @pytest.mark.kvm
+def test_trace_loads_neither_debugger_nor_tui_nor_lessons_nor_capstone(guests):
+    # The tracer lives in the debugger's package, whose other modules (and
+    # capstone, ~11 MiB) a trace has no use for.
+    hello = str(guests / "hello.bin")
+    result, modules = modules_after(
+        "from minikvm.cli import main\n"
+        f"status = main(['trace', {hello!r}, '--load-addr', '0x1000', '--entry', '0x1000'])\n"
+        "assert status == 0, status")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "IO_OUT" in result.stdout
+    assert "minikvm.debug.trace" in modules       # the check sees what a trace loads ...
+    assert [name for name in heavy(modules) if not name.startswith("rich")] == []
+
+
+@pytest.mark.kvm
 def test_lesson_check_loads_no_markdown_renderer(guests):
     # A check runs after every save, or over a whole class's files: the
     # renderer of `lesson show` (markdown-it, pygments) is ~120 ms of imports

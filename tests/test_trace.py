@@ -101,7 +101,7 @@ def test_trace_arguments_parse():
 
 
 def test_the_commands_default_capacity_is_the_tracers():
-    # Written twice so that building the parser does not import the debugger.
+    # Written twice so that building the parser does not import the tracer.
     assert DEFAULT_CAPACITY == trace.DEFAULT_CAPACITY
 
 

@@ -9,7 +9,8 @@ records as JSON Lines while the guest runs normally.
 
 The rendering functions are pure (records in, rich tables out), so tests
 render them without a terminal. rich and the tracer are imported only when
-a trace is made: importing :mod:`minikvm.debug` loads the whole debugger.
+a trace is made, and the tracer alone of the debugger's package (see
+:mod:`minikvm.debug`: its names are imported when first asked for).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ HELP = "run a guest and print every VM exit, explained"
 DEFAULT_TRACE_TIMEOUT = 10.0
 #: Exits kept in memory unless --capacity says otherwise: the tracer's own
 #: default (:data:`minikvm.debug.trace.DEFAULT_CAPACITY`, a test holds them
-#: equal), written here so that building the parser does not import the debugger.
+#: equal), written here so that building the parser does not import the tracer.
 DEFAULT_CAPACITY = 10_000
 
 
@@ -279,6 +280,8 @@ def mp_state_words(state: int) -> str:
              "KVM_MP_STATE_UNINITIALIZED": "waiting for INIT/SIPI",
              "KVM_MP_STATE_INIT_RECEIVED": "waiting for SIPI"}.get(name)
     return f"{words} ({name})" if words else name
+
+
 def _print(console: Console, renderable: object) -> None:
     """Print; without colours (a pipe, a file) as plain text without trailing blanks."""
     if console.color_system is not None:
