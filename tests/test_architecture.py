@@ -187,10 +187,9 @@ def lazy_exports(package: str) -> dict[str, str]:
     ``__all__`` only under ``if TYPE_CHECKING:`` fetches it from that module
     the first time it is asked for (minikvm/debug/__init__.py,
     minikvm/loaders/__init__.py; a name not in ``__all__`` is there for the
-    annotations alone). So
-    ``from minikvm.debug import Debugger`` at a module's top imports
-    minikvm.debug.debugger then, although no import statement of the
-    package's says so."""
+    annotations alone). So ``from minikvm.debug import Debugger`` at a
+    module's top imports minikvm.debug.debugger then, although no import
+    statement of the package's says so."""
     path = MODULES.get(package)
     if path is None or path.name != "__init__.py":
         return {}
@@ -307,7 +306,7 @@ def test_the_graph_follows_a_name_a_package_exports_lazily_to_its_module():
 
 
 @pytest.mark.parametrize("package", ["minikvm.debug", "minikvm.loaders"])
-def test_a_lazy_package_exports_each_name_from_the_module_its_type_imports_name(package):
+def test_each_name_a_package_exports_lazily_is_its_modules_own(package):
     # The names are written out more than once (the TYPE_CHECKING imports,
     # __all__, and where __getattr__ looks): they must agree.
     import importlib

@@ -156,7 +156,7 @@ def test_trace_loads_neither_debugger_nor_tui_nor_lessons_nor_capstone(guests):
 
 
 @pytest.mark.kvm
-def test_lesson_check_loads_no_markdown_renderer(guests):
+def test_lesson_check_loads_no_markdown_renderer():
     # A check runs after every save, or over a whole class's files: the
     # renderer of `lesson show` (markdown-it, pygments) is ~120 ms of imports
     # it has no use for.
