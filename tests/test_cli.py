@@ -116,9 +116,20 @@ def modules_after(code: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     return result, set(result.stderr.split())
 
 
-def heavy(modules: set[str]) -> list[str]:
+def command_modules(argv: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """``minikvm ARGV`` run through the CLI's ``main`` in a fresh interpreter,
+    which must return 0; the modules loaded at its end."""
+    result, modules = modules_after("from minikvm.cli import main\n"
+                                    f"status = main({argv!r})\n"
+                                    "assert status == 0, status")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result, modules
+
+
+def heavy(modules: set[str], names: tuple[str, ...] = HEAVY) -> list[str]:
+    """The ``modules`` that are one of ``names`` or inside one of them."""
     return sorted(name for name in modules
-                  if any(name == h or name.startswith(h + ".") for h in HEAVY))
+                  if any(name == h or name.startswith(h + ".") for h in names))
 
 
 def test_building_the_parser_imports_no_command_body():
@@ -130,11 +141,7 @@ def test_building_the_parser_imports_no_command_body():
 @pytest.mark.kvm
 def test_run_loads_neither_debugger_nor_tui_nor_lessons_nor_capstone_nor_rich(guests):
     hello = str(guests / "hello.bin")
-    result, modules = modules_after(
-        "from minikvm.cli import main\n"
-        f"status = main(['run', {hello!r}, '--load-addr', '0x1000', '--entry', '0x1000'])\n"
-        "assert status == 0, status")
-    assert result.returncode == 0, result.stderr[-2000:]
+    result, modules = command_modules(["run", hello, "--load-addr", "0x1000", "--entry", "0x1000"])
     assert "Hello from a KVM guest" in result.stdout
     assert "minikvm.machine" in modules          # the check sees what a run loads ...
     assert heavy(modules) == []                  # ... and none of this
@@ -145,11 +152,8 @@ def test_trace_loads_neither_debugger_nor_tui_nor_lessons_nor_capstone(guests):
     # The tracer lives in the debugger's package, whose other modules (and
     # capstone, ~11 MiB) a trace has no use for.
     hello = str(guests / "hello.bin")
-    result, modules = modules_after(
-        "from minikvm.cli import main\n"
-        f"status = main(['trace', {hello!r}, '--load-addr', '0x1000', '--entry', '0x1000'])\n"
-        "assert status == 0, status")
-    assert result.returncode == 0, result.stderr[-2000:]
+    result, modules = command_modules(["trace", hello, "--load-addr", "0x1000", "--entry",
+                                       "0x1000"])
     assert "IO_OUT" in result.stdout
     assert "minikvm.debug.trace" in modules       # the check sees what a trace loads ...
     assert [name for name in heavy(modules) if not name.startswith("rich")] == []
@@ -161,16 +165,10 @@ def test_lesson_check_loads_no_markdown_renderer():
     # renderer of `lesson show` (markdown-it, pygments) is ~120 ms of imports
     # it has no use for.
     solution = ROOT / "lessons" / "exercises" / "solutions" / "05_gdt.py"
-    result, modules = modules_after(
-        "from minikvm.cli import main\n"
-        f"status = main(['lesson', 'check', '05', '--file', {str(solution)!r}])\n"
-        "assert status == 0, status")
-    assert result.returncode == 0, result.stderr[-2000:]
+    result, modules = command_modules(["lesson", "check", "05", "--file", str(solution)])
     assert "PASSED" in result.stdout
-    renderer = ("rich.markdown", "markdown_it", "pygments")
     assert "minikvm.lessons.checker" in modules    # the check sees what a check loads ...
-    assert sorted(name for name in modules         # ... and none of this
-                  if any(name == r or name.startswith(r + ".") for r in renderer)) == []
+    assert heavy(modules, ("rich.markdown", "markdown_it", "pygments")) == []   # ... not this
 
 
 def imported_modules(path) -> set[str]:
